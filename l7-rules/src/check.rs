@@ -1,0 +1,654 @@
+//! The logic behind `ward-check`: turning a question (two peers, a port, maybe an L7 request)
+//! into flows, asking the engine, and rendering the verdict as text or JSON. Case files
+//! (JSON lines) go through the same path.
+
+use crate::engine::{Engine, Flow, L3L4Verdict, L7Request, Stage, Verdict};
+use crate::identity::{Peer, PeerKind, Reserved};
+use crate::l7::http::HttpRequest;
+use crate::l7::kafka::KafkaRequest;
+use crate::labels::{pod_labels, split_source, LabelSet};
+use crate::model::*;
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// A peer as written by the user, before it meets the policy set.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSpec {
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub ip: Option<IpAddr>,
+    #[serde(default)]
+    pub fqdn: Option<String>,
+    #[serde(default)]
+    pub named_ports: BTreeMap<String, u16>,
+    #[serde(skip)]
+    pub entity: Option<Reserved>,
+}
+
+/// JSON form of a peer: an entity string or an object.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PeerJson {
+    Entity(String),
+    Object(PeerSpec),
+}
+
+impl PeerJson {
+    pub fn into_spec(self) -> Result<PeerSpec, String> {
+        match self {
+            PeerJson::Entity(e) => parse_peer(&e),
+            PeerJson::Object(o) => Ok(o),
+        }
+    }
+}
+
+/// Parses the command-line peer forms: an entity (`world`, `host`, …), `cidr:IP`,
+/// `fqdn:NAME[=IP]`, or labels `k=v,k=v` (with optional `k8s:` prefixes and `namespace=`).
+pub fn parse_peer(text: &str) -> Result<PeerSpec, String> {
+    let text = text.trim();
+    if let Some(r) = Reserved::from_name(text) {
+        return Ok(PeerSpec {
+            entity: Some(r),
+            ..Default::default()
+        });
+    }
+    if let Some(ip) = text.strip_prefix("cidr:").or_else(|| text.strip_prefix("ip:")) {
+        let ip: IpAddr = ip
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .parse()
+            .map_err(|_| format!("{text:?}: expected cidr:<IP address>"))?;
+        return Ok(PeerSpec {
+            ip: Some(ip),
+            ..Default::default()
+        });
+    }
+    if let Some(rest) = text.strip_prefix("fqdn:") {
+        let (name, ip) = match rest.split_once('=') {
+            Some((n, ip)) => (
+                n,
+                Some(ip.parse().map_err(|_| format!("{text:?}: expected fqdn:NAME=IP"))?),
+            ),
+            None => (rest, None),
+        };
+        return Ok(PeerSpec {
+            fqdn: Some(name.to_string()),
+            ip,
+            ..Default::default()
+        });
+    }
+    let mut spec = PeerSpec::default();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = part.split_once('=') else {
+            return Err(format!(
+                "{part:?} is not a label (k=v), an entity ({}), cidr:IP or fqdn:NAME",
+                crate::identity::Entity::NAMES.join(", ")
+            ));
+        };
+        let (_, bare) = split_source(k);
+        if bare == "namespace" || bare == crate::labels::POD_NAMESPACE {
+            spec.namespace = Some(v.to_string());
+        } else {
+            spec.labels.insert(k.to_string(), v.to_string());
+        }
+    }
+    if spec.labels.is_empty() && spec.namespace.is_none() {
+        return Err(format!("{text:?}: no labels given"));
+    }
+    Ok(spec)
+}
+
+impl Engine {
+    /// All CIDRs the policies mention: they become CIDR identities in the ipcache.
+    pub fn policy_cidrs(&self) -> Vec<IpNet> {
+        let mut out = Vec::new();
+        for p in &self.set.policies {
+            for f in p.ingress.filters.iter().chain(&p.egress.filters) {
+                if let PeerSelector::Any(terms) = &*f.peers {
+                    for t in terms {
+                        if let PeerTerm::Cidr { net, except } = t {
+                            out.push(*net);
+                            out.extend(except.iter().copied());
+                        }
+                    }
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The toFQDNs selectors (as written) of all policies.
+    pub fn fqdn_selectors(&self) -> Vec<crate::l7::dns::NamePattern> {
+        let mut out = Vec::new();
+        for p in &self.set.policies {
+            for f in &p.egress.filters {
+                if let PeerSelector::Any(terms) = &*f.peers {
+                    for t in terms {
+                        if let PeerTerm::Fqdn(n) = t {
+                            out.push(n.clone());
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Turns a user's peer into the peer the policies see.
+    pub fn peer(&self, spec: &PeerSpec) -> Peer {
+        if let Some(r) = spec.entity {
+            return Peer::reserved(r);
+        }
+        if let Some(name) = &spec.fqdn {
+            let ip = spec.ip.unwrap_or(IpAddr::from([192, 0, 2, 1]));
+            let fqdn = parsers::dns::normalize_name(name);
+            let selectors: Vec<String> = self
+                .fqdn_selectors()
+                .iter()
+                .filter(|p| crate::l7::dns::pattern_matches(p, &fqdn))
+                .map(|p| p.written().to_string())
+                .collect();
+            let mut p = Peer::fqdn(ip, vec![fqdn], &selectors);
+            p.named_ports = spec.named_ports.clone();
+            return p;
+        }
+        if spec.labels.is_empty() && spec.namespace.is_none() {
+            if let Some(ip) = spec.ip {
+                let prefix = self
+                    .policy_cidrs()
+                    .into_iter()
+                    .filter(|n| n.contains(&ip))
+                    .max_by_key(IpNet::prefix_len);
+                let mut p = Peer::cidr(ip, prefix);
+                p.named_ports = spec.named_ports.clone();
+                return p;
+            }
+        }
+        let ns = spec.namespace.clone().unwrap_or_else(|| "default".into());
+        let ns_labels = self.set.catalog.namespaces.get(&ns).cloned().unwrap_or_default();
+        let labels: LabelSet = pod_labels(&spec.labels, &ns, &ns_labels, None);
+        let name = spec
+            .labels
+            .get("app")
+            .or(spec.labels.get("class"))
+            .or(spec.labels.get("name"))
+            .or(spec.labels.values().next())
+            .cloned()
+            .unwrap_or_else(|| "pod".into());
+        let mut p = Peer::endpoint(labels, format!("{ns}/{name}"));
+        p.ip = spec.ip;
+        p.named_ports = spec.named_ports.clone();
+        p
+    }
+}
+
+/// One question for the engine.
+#[derive(Clone, Debug)]
+pub struct Question {
+    pub from: PeerSpec,
+    pub to: PeerSpec,
+    pub direction: Option<Direction>,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub l7: Option<L7Question>,
+    pub audit: bool,
+}
+
+#[derive(Clone, Debug)]
+pub enum L7Question {
+    Http {
+        method: String,
+        path: String,
+        host: String,
+        headers: Vec<(String, String)>,
+    },
+    Grpc {
+        service: String,
+        method: String,
+    },
+    Kafka {
+        api_key: i16,
+        api_version: i16,
+        client_id: Option<String>,
+        topics: Vec<String>,
+    },
+    Dns {
+        name: String,
+    },
+}
+
+/// The combined answer over the directions checked.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub allowed: bool,
+    pub stage: Stage,
+    pub l3l4: L3L4Verdict,
+    pub l7: Option<bool>,
+    pub audit: bool,
+    pub reason: String,
+    pub policy: Option<String>,
+    pub rule: Option<String>,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        json!({
+            "verdict": if self.allowed { "allow" } else { "deny" },
+            "stage": match self.stage { Stage::L3L4 => "l3l4", Stage::L7 => "l7" },
+            "l3l4": match self.l3l4 {
+                L3L4Verdict::Allow => "allow",
+                L3L4Verdict::Deny => "deny",
+                L3L4Verdict::Redirect(_) => "redirect",
+            },
+            "l7": self.l7.map(|ok| if ok { "allow" } else { "deny" }),
+            "audit": self.audit,
+            "reason": self.reason,
+            "policy": self.policy,
+            "rule": self.rule,
+        })
+    }
+
+    pub fn text(&self) -> String {
+        let head = match (self.allowed, self.audit) {
+            (true, true) => "AUDIT",
+            (true, false) => "ALLOWED",
+            (false, _) => "DENIED",
+        };
+        let stage = match self.stage {
+            Stage::L3L4 => "L3/L4",
+            Stage::L7 => "L7",
+        };
+        format!("{head} ({stage}): {}", self.reason)
+    }
+}
+
+/// A question the engine cannot answer as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum QuestionError {
+    #[error("invalid request path {path:?}: {message}")]
+    BadPath { path: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Answers a question: checks the source's egress and/or the destination's ingress.
+pub fn answer(engine: &Engine, q: &Question) -> Result<Answer, QuestionError> {
+    let from = engine.peer(&q.from);
+    let to = engine.peer(&q.to);
+    let is_subject = |p: &Peer| p.kind == PeerKind::Endpoint;
+    let directions: Vec<Direction> = match q.direction {
+        Some(d) => {
+            let subject = match d {
+                Direction::Ingress => &to,
+                Direction::Egress => &from,
+            };
+            if !is_subject(subject) && subject.kind != PeerKind::Reserved(Reserved::Host) {
+                return Err(QuestionError::Invalid(format!(
+                    "{d} policy belongs to the {} side, which is {} (not an endpoint Ward enforces on)",
+                    if d == Direction::Ingress { "destination" } else { "source" },
+                    subject.display
+                )));
+            }
+            vec![d]
+        }
+        None => {
+            let mut v = Vec::new();
+            if is_subject(&from) {
+                v.push(Direction::Egress);
+            }
+            if is_subject(&to) {
+                v.push(Direction::Ingress);
+            }
+            if v.is_empty() {
+                return Err(QuestionError::Invalid(
+                    "neither side is a pod: give --direction to check a host policy".into(),
+                ));
+            }
+            v
+        }
+    };
+    let headers_storage: Vec<(String, String)> = match &q.l7 {
+        Some(L7Question::Http { headers, .. }) => headers.clone(),
+        Some(L7Question::Grpc { .. }) => vec![
+            ("content-type".into(), "application/grpc".into()),
+            ("te".into(), "trailers".into()),
+        ],
+        _ => Vec::new(),
+    };
+    let header_refs: Vec<(&str, &str)> = headers_storage
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let path_storage: String = match &q.l7 {
+        Some(L7Question::Http { path, .. }) => parsers::path::normalize(path)
+            .map_err(|e| QuestionError::BadPath {
+                path: path.clone(),
+                message: e.to_string(),
+            })?
+            .into_owned(),
+        Some(L7Question::Grpc { service, method }) => format!("/{service}/{method}"),
+        _ => String::new(),
+    };
+    let topic_refs: Vec<&str> = match &q.l7 {
+        Some(L7Question::Kafka { topics, .. }) => topics.iter().map(String::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let request: Option<L7Request<'_>> = match &q.l7 {
+        None => None,
+        Some(L7Question::Http { method, host, .. }) => Some(L7Request::Http(HttpRequest {
+            method,
+            path: &path_storage,
+            host,
+            headers: &header_refs,
+        })),
+        Some(L7Question::Grpc { .. }) => Some(L7Request::Http(HttpRequest {
+            method: "POST",
+            path: &path_storage,
+            host: "",
+            headers: &header_refs,
+        })),
+        Some(L7Question::Kafka {
+            api_key,
+            api_version,
+            client_id,
+            ..
+        }) => Some(L7Request::Kafka(KafkaRequest {
+            api_key: *api_key,
+            api_version: *api_version,
+            client_id: client_id.as_deref(),
+            topics: &topic_refs,
+        })),
+        Some(L7Question::Dns { name }) => Some(L7Request::Dns { name }),
+    };
+
+    let mut verdicts: Vec<(Direction, Verdict)> = Vec::new();
+    for d in directions {
+        let (subject, peer) = match d {
+            Direction::Ingress => (&to, &from),
+            Direction::Egress => (&from, &to),
+        };
+        let flow = Flow {
+            direction: d,
+            subject,
+            peer,
+            protocol: q.protocol,
+            port: q.port,
+        };
+        verdicts.push((d, engine.decide(&flow, request.as_ref(), q.audit)));
+    }
+    Ok(combine(verdicts, q.l7.is_some()))
+}
+
+fn combine(verdicts: Vec<(Direction, Verdict)>, has_l7: bool) -> Answer {
+    let deciding = verdicts
+        .iter()
+        .find(|(_, v)| !v.allowed || v.audit)
+        .or_else(|| verdicts.iter().find(|(_, v)| v.stage == Stage::L7))
+        .or_else(|| verdicts.iter().find(|(_, v)| v.origin.is_some()))
+        .unwrap_or(&verdicts[0]);
+    let allowed = verdicts.iter().all(|(_, v)| v.allowed);
+    let l3l4 = if verdicts.iter().any(|(_, v)| v.l3l4 == L3L4Verdict::Deny) {
+        L3L4Verdict::Deny
+    } else {
+        verdicts
+            .iter()
+            .find_map(|(_, v)| matches!(v.l3l4, L3L4Verdict::Redirect(_)).then_some(v.l3l4))
+            .unwrap_or(L3L4Verdict::Allow)
+    };
+    let l7 = if verdicts.iter().any(|(_, v)| v.l7.is_some()) {
+        Some(verdicts.iter().all(|(_, v)| v.l7 != Some(false)))
+    } else {
+        None
+    };
+    let mut reason = if verdicts.len() > 1 {
+        verdicts
+            .iter()
+            .map(|(d, v)| format!("[{d}] {}", v.reason))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    } else {
+        deciding.1.reason.clone()
+    };
+    if has_l7 && l7.is_none() && l3l4 != L3L4Verdict::Deny {
+        reason.push_str(" (no L7 check: the port is not redirected to the proxy)");
+    }
+    Answer {
+        allowed,
+        stage: deciding.1.stage,
+        l3l4,
+        l7,
+        audit: verdicts.iter().any(|(_, v)| v.audit),
+        reason,
+        policy: deciding.1.policy(),
+        rule: deciding.1.rule(),
+    }
+}
+
+/// One line of a case file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub from: PeerJson,
+    pub to: PeerJson,
+    #[serde(default)]
+    pub direction: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub icmp_type: Option<u8>,
+    #[serde(default)]
+    pub http: Option<HttpCase>,
+    #[serde(default)]
+    pub grpc: Option<GrpcCase>,
+    #[serde(default)]
+    pub kafka: Option<KafkaCase>,
+    #[serde(default)]
+    pub dns: Option<DnsCase>,
+    #[serde(default)]
+    pub audit: Option<bool>,
+    #[serde(default)]
+    pub expect: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCase {
+    pub method: String,
+    pub path: String,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcCase {
+    pub service: String,
+    pub method: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ApiKeyJson {
+    Name(String),
+    Number(i16),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaCase {
+    pub api_key: ApiKeyJson,
+    #[serde(default)]
+    pub api_version: Option<i16>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub topics: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsCase {
+    pub name: String,
+}
+
+pub fn parse_direction(text: &str) -> Result<Direction, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "ingress" => Ok(Direction::Ingress),
+        "egress" => Ok(Direction::Egress),
+        other => Err(format!("direction {other:?}: use ingress or egress")),
+    }
+}
+
+pub fn parse_api_key(text: &str) -> Result<i16, String> {
+    if let Ok(n) = text.parse::<i16>() {
+        return Ok(n);
+    }
+    parsers::kafka::api_key_from_name(text).ok_or_else(|| format!("unknown Kafka API key {text:?}"))
+}
+
+impl Case {
+    /// Turns the JSON case into a question.
+    pub fn question(self) -> Result<(Option<String>, Question, Option<bool>), String> {
+        let protocol = match self.protocol.as_deref() {
+            None => Protocol::Tcp,
+            Some(p) => Protocol::parse(p).ok_or_else(|| format!("unknown protocol {p:?}"))?,
+        };
+        let port = if matches!(protocol, Protocol::Icmp | Protocol::Icmpv6) {
+            u16::from(self.icmp_type.ok_or("ICMP cases need \"icmp_type\"")?)
+        } else {
+            match self.port {
+                Some(p) => p,
+                None if self.dns.is_some() => 53,
+                None => return Err("\"port\" is required".into()),
+            }
+        };
+        let n_l7 = [
+            self.http.is_some(),
+            self.grpc.is_some(),
+            self.kafka.is_some(),
+            self.dns.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if n_l7 > 1 {
+            return Err("at most one of http, grpc, kafka, dns".into());
+        }
+        let l7 = if let Some(h) = self.http {
+            Some(L7Question::Http {
+                method: h.method,
+                path: h.path,
+                host: h.host.unwrap_or_default(),
+                headers: h.headers.into_iter().collect(),
+            })
+        } else if let Some(g) = self.grpc {
+            Some(L7Question::Grpc {
+                service: g.service,
+                method: g.method,
+            })
+        } else if let Some(k) = self.kafka {
+            Some(L7Question::Kafka {
+                api_key: match k.api_key {
+                    ApiKeyJson::Number(n) => n,
+                    ApiKeyJson::Name(s) => parse_api_key(&s)?,
+                },
+                api_version: k.api_version.unwrap_or(0),
+                client_id: k.client_id,
+                topics: k.topics,
+            })
+        } else {
+            self.dns.map(|d| L7Question::Dns { name: d.name })
+        };
+        let expect = match self.expect.as_deref() {
+            None => None,
+            Some("allow") => Some(true),
+            Some("deny") => Some(false),
+            Some(other) => return Err(format!("expect {other:?}: use allow or deny")),
+        };
+        let direction = self.direction.as_deref().map(parse_direction).transpose()?;
+        Ok((
+            self.name,
+            Question {
+                from: self.from.into_spec()?,
+                to: self.to.into_spec()?,
+                direction,
+                protocol,
+                port,
+                l7,
+                audit: self.audit.unwrap_or(false),
+            },
+            expect,
+        ))
+    }
+}
+
+/// Result of running a case file.
+#[derive(Debug, Default)]
+pub struct CaseRun {
+    pub lines: Vec<serde_json::Value>,
+    pub passed: usize,
+    pub failed: usize,
+    pub errors: usize,
+    pub any_expect: bool,
+}
+
+/// Runs every case line; malformed lines are reported (with their line number) and counted.
+pub fn run_cases(engine: &Engine, text: &str) -> CaseRun {
+    let mut run = CaseRun::default();
+    for (i, line) in text.lines().enumerate() {
+        let line_no = i + 1;
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let case: Result<Case, String> = serde_json::from_str(line).map_err(|e| e.to_string());
+        let parsed = case.and_then(Case::question);
+        let (name, q, expect) = match parsed {
+            Ok(x) => x,
+            Err(e) => {
+                run.errors += 1;
+                run.lines.push(json!({"line": line_no, "error": e}));
+                continue;
+            }
+        };
+        let name = name.unwrap_or_else(|| format!("line {line_no}"));
+        match answer(engine, &q) {
+            Ok(a) => {
+                let mut obj = a.json();
+                obj["name"] = json!(name);
+                if let Some(want) = expect {
+                    run.any_expect = true;
+                    let ok = want == a.allowed;
+                    obj["expect"] = json!(if want { "allow" } else { "deny" });
+                    obj["pass"] = json!(ok);
+                    if ok {
+                        run.passed += 1;
+                    } else {
+                        run.failed += 1;
+                    }
+                }
+                run.lines.push(obj);
+            }
+            Err(e) => {
+                run.errors += 1;
+                run.lines.push(json!({"name": name, "line": line_no, "error": e.to_string()}));
+            }
+        }
+    }
+    run
+}

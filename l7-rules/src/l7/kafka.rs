@@ -1,0 +1,182 @@
+//! Compiled Kafka rules and matching (POLICY-SEMANTICS §4.2): every topic of a request must be
+//! covered, possibly by different rules; rules without a topic (or keys that carry no topic)
+//! match outright.
+
+use crate::RuleRef;
+
+/// A set of Kafka API keys (0..128).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApiKeySet(u128);
+
+impl ApiKeySet {
+    pub fn from_keys(keys: &[i16]) -> ApiKeySet {
+        let mut s = ApiKeySet(0);
+        for k in keys {
+            s.insert(*k);
+        }
+        s
+    }
+
+    pub fn insert(&mut self, key: i16) {
+        if (0..128).contains(&key) {
+            self.0 |= 1u128 << key;
+        }
+    }
+
+    pub fn contains(self, key: i16) -> bool {
+        (0..128).contains(&key) && self.0 & (1u128 << key) != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct KafkaRule {
+    /// Empty = every key.
+    pub api_keys: ApiKeySet,
+    /// `None` = every version.
+    pub api_version: Option<i16>,
+    pub client_id: Option<Box<str>>,
+    pub topic: Option<Box<str>>,
+    pub origin: RuleRef,
+    pub summary: String,
+}
+
+/// A Kafka request as the rules see it.
+#[derive(Clone, Copy, Debug)]
+pub struct KafkaRequest<'a> {
+    pub api_key: i16,
+    pub api_version: i16,
+    /// `None` for header v0 (treated as empty).
+    pub client_id: Option<&'a str>,
+    pub topics: &'a [&'a str],
+}
+
+impl KafkaRule {
+    fn matches_header(&self, req: &KafkaRequest<'_>) -> bool {
+        (self.api_keys.is_empty() || self.api_keys.contains(req.api_key))
+            && self.api_version.is_none_or(|v| v == req.api_version)
+            && self
+                .client_id
+                .as_deref()
+                .is_none_or(|c| c == req.client_id.unwrap_or(""))
+    }
+}
+
+/// The outcome: which rules allowed it (one rule, or the rules whose topics together covered
+/// every topic), or which topics were left uncovered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KafkaVerdict {
+    Allowed { rules: Vec<usize> },
+    Denied { uncovered: Vec<String> },
+}
+
+/// OR of rules with topic coverage. An empty rule list denies everything.
+pub fn check<R: std::borrow::Borrow<KafkaRule>>(rules: &[R], req: &KafkaRequest<'_>) -> KafkaVerdict {
+    let topic_kind = parsers::kafka::is_topic_kind(req.api_key);
+    // Bit i set = topic i still uncovered (requests rarely carry more than a few topics).
+    let mut remaining: Vec<bool> = vec![true; req.topics.len()];
+    let mut used = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        let rule: &KafkaRule = std::borrow::Borrow::borrow(rule);
+        if !rule.matches_header(req) {
+            continue;
+        }
+        match (&rule.topic, topic_kind) {
+            (Some(topic), true) => {
+                let mut hit = false;
+                for (j, t) in req.topics.iter().enumerate() {
+                    if remaining[j] && **t == **topic {
+                        remaining[j] = false;
+                        hit = true;
+                    }
+                }
+                if hit {
+                    used.push(i);
+                    if remaining.iter().all(|r| !r) {
+                        return KafkaVerdict::Allowed { rules: used };
+                    }
+                }
+            }
+            _ => return KafkaVerdict::Allowed { rules: vec![i] },
+        }
+    }
+    KafkaVerdict::Denied {
+        uncovered: req
+            .topics
+            .iter()
+            .zip(&remaining)
+            .filter(|(_, r)| **r)
+            .map(|(t, _)| t.to_string())
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(keys: &[i16], topic: Option<&str>) -> KafkaRule {
+        KafkaRule {
+            api_keys: ApiKeySet::from_keys(keys),
+            api_version: None,
+            client_id: None,
+            topic: topic.map(Into::into),
+            origin: RuleRef::test("kafka"),
+            summary: String::new(),
+        }
+    }
+
+    fn req<'a>(key: i16, topics: &'a [&'a str]) -> KafkaRequest<'a> {
+        KafkaRequest {
+            api_key: key,
+            api_version: 5,
+            client_id: Some("c1"),
+            topics,
+        }
+    }
+
+    #[test]
+    fn all_topics_must_be_covered_possibly_by_several_rules() {
+        let consume = parsers::kafka::ROLE_CONSUME;
+        let rules = vec![rule(consume, Some("orders")), rule(consume, Some("events"))];
+        let allowed = |k, t: &[&str]| matches!(check(&rules, &req(k, t)), KafkaVerdict::Allowed { .. });
+        assert!(allowed(1, &["orders"]));
+        assert!(allowed(1, &["orders", "events"]));
+        assert!(!allowed(1, &["orders", "payments"]));
+        assert!(!allowed(0, &["orders"]), "produce is not in the consume role");
+        // Heartbeat (12) carries no topic: a topic rule of the role matches outright.
+        assert!(allowed(12, &[]));
+        // Metadata for all topics (empty list) never satisfies a topic rule.
+        assert!(!allowed(3, &[]));
+        assert_eq!(
+            check(&rules, &req(1, &["orders", "payments"])),
+            KafkaVerdict::Denied { uncovered: vec!["payments".into()] }
+        );
+    }
+
+    #[test]
+    fn empty_list_denies_and_empty_rule_allows() {
+        assert!(matches!(check::<KafkaRule>(&[], &req(0, &["t"])), KafkaVerdict::Denied { .. }));
+        assert!(matches!(check(&[rule(&[], None)], &req(0, &["t"])), KafkaVerdict::Allowed { .. }));
+    }
+
+    #[test]
+    fn version_and_client_id_are_exact() {
+        let mut r = rule(&[0], None);
+        r.api_version = Some(3);
+        r.client_id = Some("app".into());
+        let rules = [r];
+        let mut q = req(0, &["t"]);
+        q.api_version = 3;
+        q.client_id = Some("app");
+        assert!(matches!(check(&rules, &q), KafkaVerdict::Allowed { .. }));
+        q.api_version = 4;
+        assert!(matches!(check(&rules, &q), KafkaVerdict::Denied { .. }));
+        q.api_version = 3;
+        q.client_id = None;
+        assert!(matches!(check(&rules, &q), KafkaVerdict::Denied { .. }));
+    }
+}

@@ -1,0 +1,69 @@
+//! Warnings that need more than one rule in view: the known traps of POLICY-SEMANTICS §2.2.
+
+use crate::diag::{Diagnostic, Severity};
+use crate::model::*;
+
+/// Two port lists share at least one (protocol, port).
+fn overlaps(a: &L4, b: &L4) -> bool {
+    match (a, b) {
+        (L4::Any, _) | (_, L4::Any) => true,
+        (L4::Ports(x), L4::Ports(y)) => x.iter().any(|p| {
+            y.iter().any(|q| {
+                p.protocol == q.protocol
+                    && match (&p.port, &q.port) {
+                        (Port::Range(a0, a1), Port::Range(b0, b1)) => a0 <= b1 && b0 <= a1,
+                        (Port::Named(m), Port::Named(n)) => m == n,
+                        _ => false,
+                    }
+            })
+        }),
+        _ => false,
+    }
+}
+
+fn subject_key(s: &Subject) -> String {
+    match s {
+        Subject::Endpoints(sel) => format!("ep:{sel}"),
+        Subject::Nodes(sel) => format!("node:{sel}"),
+    }
+}
+
+/// An L4-only allow on the same subject, direction, port and (a superset of the) peers makes
+/// the L7 rules of another rule ineffective: every request is allowed (§2.2, case 7A/7B).
+pub fn cross_policy_warnings(policies: &[Policy], diags: &mut Vec<Diagnostic>) {
+    for p in policies {
+        for dir in [Direction::Ingress, Direction::Egress] {
+            for a in p.direction(dir).filters.iter().filter(|f| f.l7.is_some() && !f.deny) {
+                let neutraliser = policies
+                    .iter()
+                    .filter(|q| subject_key(&q.subject) == subject_key(&p.subject))
+                    .flat_map(|q| q.direction(dir).filters.iter())
+                    .find(|b| {
+                        !b.deny
+                            && b.l7.is_none()
+                            && overlaps(&a.l4, &b.l4)
+                            && (b.peers.is_wildcard()
+                                || format!("{:?}", b.peers) == format!("{:?}", a.peers))
+                    });
+                if let Some(b) = neutraliser {
+                    diags.push(Diagnostic {
+                        severity: Severity::Warning,
+                        file: a.origin.policy.file.clone(),
+                        line: None,
+                        document: a.origin.policy.document,
+                        object: Some(format!(
+                            "{} {}",
+                            a.origin.policy.kind.as_str(),
+                            a.origin.policy.id()
+                        )),
+                        field: a.origin.path.clone(),
+                        message: format!(
+                            "the L4-only allow at {} covers the same port and peers, so these L7 rules have no effect: every request is allowed (traffic still goes through the proxy)",
+                            b.origin
+                        ),
+                    });
+                }
+            }
+        }
+    }
+}
