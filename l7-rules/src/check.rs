@@ -410,14 +410,19 @@ fn combine(verdicts: Vec<(Direction, Verdict)>, has_l7: bool) -> Answer {
     } else {
         None
     };
-    let mut reason = if verdicts.len() > 1 {
-        verdicts
+    // Sides that no policy restricts add nothing to the explanation when the other side does.
+    let relevant: Vec<&(Direction, Verdict)> = verdicts
+        .iter()
+        .filter(|(_, v)| v.origin.is_some() || !v.allowed || v.audit || v.stage == Stage::L7)
+        .collect();
+    let mut reason = match relevant.as_slice() {
+        [] => deciding.1.reason.clone(),
+        [(_, v)] => v.reason.clone(),
+        many => many
             .iter()
             .map(|(d, v)| format!("[{d}] {}", v.reason))
             .collect::<Vec<_>>()
-            .join(" | ")
-    } else {
-        deciding.1.reason.clone()
+            .join(" | "),
     };
     if has_l7 && l7.is_none() && l3l4 != L3L4Verdict::Deny {
         reason.push_str(" (no L7 check: the port is not redirected to the proxy)");

@@ -176,7 +176,7 @@ impl Verdict {
     }
 
     pub fn rule(&self) -> Option<String> {
-        self.origin.as_ref().map(|o| o.path.clone())
+        self.origin.as_ref().map(|o| o.path.clone()).filter(|p| !p.is_empty())
     }
 }
 
@@ -213,6 +213,9 @@ pub struct Engine {
     pub mode: EnforcementMode,
     /// Node labels, for host policies (`nodeSelector`).
     pub node_labels: crate::labels::LabelSet,
+    /// Ingress from the local host is always allowed to pods (`--allow-localhost=always`, what
+    /// Cilium does in Kubernetes mode, §2.1).
+    pub allow_localhost: bool,
     l7_cache: RwLock<HashMap<L7CacheKey, L7Policy>>,
 }
 
@@ -240,6 +243,7 @@ impl Engine {
             set,
             mode: EnforcementMode::Default,
             node_labels: crate::labels::LabelSet::default(),
+            allow_localhost: true,
             l7_cache: RwLock::new(HashMap::new()),
         }
     }
@@ -288,6 +292,9 @@ impl Engine {
             .collect();
         if !default_deny {
             out.push(default_allow_filter(direction));
+        }
+        if self.allow_localhost && direction == Direction::Ingress && subject.kind == PeerKind::Endpoint {
+            out.push(allow_localhost_filter());
         }
         out
     }
@@ -422,14 +429,27 @@ impl Engine {
         };
         let what = format!("{} {}/{}", flow.direction, flow.port, flow.protocol);
         match chosen {
-            None => (
-                L3L4Verdict::Deny,
-                format!(
-                    "{} is in default deny for {} and no rule allows {} from {}",
-                    flow.subject.display, flow.direction, what, flow.peer.display
-                ),
-                None,
-            ),
+            None => {
+                let enabling = self
+                    .selecting(flow.subject)
+                    .find(|p| p.direction(flow.direction).present && p.direction(flow.direction).default_deny)
+                    .map(|p| RuleRef { policy: p.meta.clone(), path: String::new() });
+                (
+                    L3L4Verdict::Deny,
+                    format!(
+                        "{} is in {} default deny{} and no rule allows {} from {}",
+                        flow.subject.display,
+                        flow.direction,
+                        enabling
+                            .as_ref()
+                            .map(|r| format!(" (selected by {})", r.policy.id()))
+                            .unwrap_or_default(),
+                        what,
+                        flow.peer.display
+                    ),
+                    enabling,
+                )
+            }
             Some((_, _, e)) if e.value.deny => (
                 L3L4Verdict::Deny,
                 format!("{} denies {}", describe_origin(&e.value.origin), what),
@@ -536,10 +556,11 @@ impl Engine {
         };
         if let (L3L4Verdict::Redirect(parser), Some(req)) = (l3l4, request) {
             v.stage = Stage::L7;
-            let (ok, reason, origin, actions) = self.check_l7(flow, parser, req);
+            let redirect_origin = v.origin.as_ref().map_or("a default-allow rule".to_string(), |o| o.to_string());
+            let (ok, reason, origin, actions) = self.check_l7(flow, parser, req, &redirect_origin);
             v.l7 = Some(ok);
             v.allowed = ok;
-            v.reason = format!("{}; {}", v.reason, reason);
+            v.reason = reason;
             if origin.is_some() || !ok {
                 v.origin = origin.or(v.origin);
             }
@@ -558,6 +579,7 @@ impl Engine {
         flow: &Flow<'_>,
         parser: L7Parser,
         req: &L7Request<'_>,
+        redirect_origin: &str,
     ) -> (bool, String, Option<RuleRef>, Vec<HeaderAction>) {
         let policy = self.l7_policy(flow);
         match (&policy, req) {
@@ -583,7 +605,7 @@ impl Engine {
                         let rule = &set.rules()[i];
                         (
                             true,
-                            format!("{} allows {}: {} {} matches", rule.origin, rule.summary, r.method, r.path),
+                            format!("{} allows {}", rule.origin, rule.summary),
                             Some(rule.origin.clone()),
                             verdict.actions,
                         )
@@ -591,10 +613,10 @@ impl Engine {
                     None => (
                         false,
                         format!(
-                            "{} {} matched no http rule (allowed: {})",
+                            "{redirect_origin} allows {}; {} {} matched no http rule",
+                            summarize(set.rules().iter().map(|r| r.summary.as_str())),
                             r.method,
                             r.path,
-                            summarize(set.rules().iter().map(|r| r.summary.as_str()))
                         ),
                         set.rules().first().map(|r| r.origin.clone()),
                         verdict.actions,
@@ -620,17 +642,17 @@ impl Engine {
                     false,
                     if uncovered.is_empty() {
                         format!(
-                            "kafka api key {} v{} matched no kafka rule (allowed: {})",
+                            "{redirect_origin} allows {}; kafka api key {} v{} matched no kafka rule",
+                            summarize(rules.iter().map(|r| r.summary.as_str())),
                             r.api_key,
                             r.api_version,
-                            summarize(rules.iter().map(|r| r.summary.as_str()))
                         )
                     } else {
                         format!(
-                            "kafka api key {}: topic(s) {} not covered by any kafka rule (allowed: {})",
+                            "{redirect_origin} allows {}; kafka api key {}: topic(s) {} not covered by any kafka rule",
+                            summarize(rules.iter().map(|r| r.summary.as_str())),
                             r.api_key,
                             uncovered.join(", "),
-                            summarize(rules.iter().map(|r| r.summary.as_str()))
                         )
                     },
                     rules.first().map(|r| r.origin.clone()),
@@ -645,7 +667,12 @@ impl Engine {
                     vec![],
                 ),
                 None if m.matches(name) => (true, format!("DNS {name} allowed"), None, vec![]),
-                None => (false, format!("DNS query {name} matched no dns rule"), None, vec![]),
+                None => (
+                    false,
+                    format!("{redirect_origin} restricts DNS names; {name} matched no dns rule"),
+                    None,
+                    vec![],
+                ),
             },
             (_, other) => (
                 false,
@@ -709,6 +736,30 @@ fn default_allow_filter(direction: Direction) -> &'static Filter {
         Direction::Ingress => INGRESS.get_or_init(make),
         Direction::Egress => EGRESS.get_or_init(make),
     }
+}
+
+/// Cilium's implicit allow of ingress from the local host (k8s mode `--allow-localhost`).
+fn allow_localhost_filter() -> &'static Filter {
+    use std::sync::OnceLock;
+    static F: OnceLock<Filter> = OnceLock::new();
+    F.get_or_init(|| Filter {
+        origin: RuleRef {
+            policy: Arc::new(PolicyMeta {
+                kind: PolicyKind::CiliumNetworkPolicy,
+                namespace: None,
+                name: "(allow-localhost)".into(),
+                file: String::new(),
+                document: 0,
+            }),
+            path: "ingress from host is always allowed in Kubernetes mode".into(),
+        },
+        direction: Direction::Ingress,
+        deny: false,
+        peers: Arc::new(PeerSelector::Any(vec![PeerTerm::Entity(crate::identity::Entity::Host)])),
+        l4: L4::Any,
+        l7: None,
+        priority: 0,
+    })
 }
 
 /// The map keys one filter produces for one identity.
