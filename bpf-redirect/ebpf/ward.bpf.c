@@ -1,0 +1,557 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Ward TC datapath (IPv4). Three entry points share one set of pinned maps:
+ *
+ *   ward_from_endpoint  host-side veth, TC ingress (packets leaving a pod)
+ *   ward_to_endpoint    host-side veth, TC egress  (packets entering a pod)
+ *   ward_from_netdev    uplink, TC ingress         (packets from outside)
+ *
+ * The first hook a new flow meets decides it: source endpoint's egress policy
+ * and, when the destination is a local endpoint, its ingress policy. Allowed
+ * flows get a conntrack entry; redirects are bpf_sk_assign'ed to the proxy's
+ * transparent listener (fail closed when there is none). Replies skip policy;
+ * established forward packets are re-checked at the hook that created the
+ * entry, so removing a rule cuts a flow. Verdict = return value, always.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "ward.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, WARD_IPCACHE_MAX);
+	__type(key, struct ward_ipcache_key);
+	__type(value, struct ward_ipcache_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} ward_ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, WARD_POLICY_MAX);
+	__type(key, struct ward_policy_key);
+	__type(value, struct ward_policy_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} ward_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WARD_ENDPOINTS_MAX);
+	__type(key, __u32);
+	__type(value, struct ward_endpoint);
+} ward_endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, WARD_CT_MAX);
+	__type(key, struct ward_ct_key);
+	__type(value, struct ward_ct_value);
+} ward_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, WARD_EVENTS_BYTES);
+} ward_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, WARD_COUNTERS_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} ward_counters SEC(".maps");
+
+#define NSEC 1000000000ULL
+#define CT_LIFETIME_TCP (21600ULL * NSEC)
+#define CT_LIFETIME_CLOSING (10ULL * NSEC)
+#define CT_LIFETIME_OTHER (60ULL * NSEC)
+
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+
+#define ICMP_DEST_UNREACH 3
+#define ICMP_FRAG_NEEDED 4
+#define ICMP_ECHO_REPLY 0
+#define ICMP_ECHO_REQUEST 8
+
+#define IP_OFFSET_MASK 0x1fff
+
+struct flow {
+	struct ward_ct_key key;
+	__u32 ifindex;
+	__u16 dport_host; /* for policy keys / events */
+	__u8 tcp_flags;
+	__u8 hook;
+	__u8 ct_state;
+	__u8 l4_ok;
+};
+
+struct decision {
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u16 src_endpoint;
+	__u16 dst_endpoint;
+	__u16 proxy_port;
+	__u16 reason;      /* drop reason, 0 = pass */
+	__u16 audit_reason; /* set when audit turned a drop into a pass */
+	__u8 policy_dir;
+	__u8 pad;
+	__u32 cookie;
+};
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&ward_counters, &idx);
+
+	if (v)
+		*v += 1; /* per-CPU slot: no atomics needed */
+}
+
+static __always_inline void emit(const struct flow *f, const struct decision *d, __u8 kind,
+				 __u16 reason)
+{
+	struct ward_event *e = bpf_ringbuf_reserve(&ward_events, sizeof(*e), 0);
+
+	if (!e) {
+		count(WARD_CNT_EVENTS_LOST);
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts_ns = bpf_ktime_get_ns();
+	e->saddr = f->key.saddr;
+	e->daddr = f->key.daddr;
+	e->sport = bpf_ntohs(f->key.sport);
+	e->dport = f->dport_host;
+	e->src_identity = d->src_identity;
+	e->dst_identity = d->dst_identity;
+	e->src_endpoint = d->src_endpoint;
+	e->dst_endpoint = d->dst_endpoint;
+	e->ifindex = f->ifindex;
+	e->cookie = d->cookie;
+	e->proxy_port = d->proxy_port;
+	e->reason = reason;
+	e->kind = kind;
+	e->proto = f->key.proto;
+	e->hook = f->hook;
+	e->tcp_flags = f->tcp_flags;
+	e->policy_dir = d->policy_dir;
+	e->ct_state = f->ct_state;
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline int drop(const struct flow *f, const struct decision *d, __u16 reason)
+{
+	count(WARD_CNT_DROPPED);
+	if (reason < WARD_DROP_REASON_MAX)
+		count(WARD_CNT_DROP_BASE + reason);
+	emit(f, d, WARD_EVENT_DROP, reason);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline void resolve(__be32 addr, __u32 *identity, __u16 *endpoint)
+{
+	struct ward_ipcache_key k = { .prefixlen = 32 };
+	struct ward_ipcache_value *v;
+
+	__builtin_memcpy(k.addr, &addr, 4);
+	v = bpf_map_lookup_elem(&ward_ipcache, &k);
+	if (v) {
+		*identity = v->identity;
+		*endpoint = v->endpoint_id;
+	} else {
+		*identity = WARD_ID_WORLD;
+		*endpoint = 0;
+	}
+}
+
+/*
+ * POLICY-SEMANTICS 6.2 (__policy_can_access): L3 lookup with the peer
+ * identity, then the L4-only lookup with identity 0; take the L4-only entry
+ * when there is no L3 entry, when it has higher precedence, or equal
+ * precedence and a longer proto/port prefix. No entry = default deny.
+ * Returns 0 (pass; *proxy_port / *cookie filled) or a drop reason.
+ */
+static __always_inline __u16 policy_can_access(__u16 endpoint, __u32 identity, __u8 egress,
+					       const struct flow *f, __u16 *proxy_port,
+					       __u32 *cookie)
+{
+	struct ward_policy_key k = {
+		.prefixlen = WARD_POLICY_FULL_PREFIX,
+		.endpoint_id = endpoint,
+		.identity = identity,
+		.egress = egress,
+		.proto = f->key.proto,
+		.dport = bpf_htons(f->dport_host),
+	};
+	struct ward_policy_value *l3, *l4, *p;
+
+	l3 = bpf_map_lookup_elem(&ward_policy, &k);
+	if (l3 && l3->deny && l3->precedence == 0xffffffff)
+		return WARD_DROP_POLICY_DENY;
+	k.identity = 0;
+	l4 = bpf_map_lookup_elem(&ward_policy, &k);
+	p = l3;
+	if (l4 && (!l3 || l4->precedence > l3->precedence ||
+		   (l4->precedence == l3->precedence &&
+		    l4->lpm_prefix_length > l3->lpm_prefix_length)))
+		p = l4;
+	if (!p)
+		return WARD_DROP_POLICY;
+	*cookie = p->cookie;
+	if (p->deny)
+		return WARD_DROP_POLICY_DENY;
+	*proxy_port = p->proxy_port;
+	return 0;
+}
+
+/* One direction of one endpoint's policy, with audit mode folded in. */
+static __always_inline __u16 check_endpoint(struct decision *d, __u16 endpoint, __u32 peer,
+					    __u8 egress, const struct flow *f)
+{
+	__u32 key = endpoint;
+	struct ward_endpoint *ep = bpf_map_lookup_elem(&ward_endpoints, &key);
+	__u32 need = egress ? WARD_EP_EGRESS_ENFORCE : WARD_EP_INGRESS_ENFORCE;
+	__u16 port = 0, reason;
+	__u32 cookie = 0;
+
+	if (!ep || !(ep->flags & need))
+		return 0;
+	reason = policy_can_access(endpoint, peer, egress, f, &port, &cookie);
+	if (reason) {
+		d->cookie = cookie;
+		d->policy_dir = egress ? WARD_DIR_EGRESS : WARD_DIR_INGRESS;
+		if (ep->flags & WARD_EP_AUDIT) {
+			if (!d->audit_reason)
+				d->audit_reason = reason;
+			return 0;
+		}
+		return reason;
+	}
+	if (port && !d->proxy_port) {
+		d->proxy_port = port;
+		d->cookie = cookie;
+		d->policy_dir = egress ? WARD_DIR_EGRESS : WARD_DIR_INGRESS;
+	} else if (!d->proxy_port && !d->policy_dir) {
+		d->cookie = cookie;
+		d->policy_dir = egress ? WARD_DIR_EGRESS : WARD_DIR_INGRESS;
+	}
+	return 0;
+}
+
+/* Source endpoint's egress (from-endpoint only) and local destination's ingress. */
+static __always_inline __u16 evaluate(struct decision *d, const struct flow *f)
+{
+	__u16 reason;
+
+	if (f->hook == WARD_HOOK_FROM_ENDPOINT) {
+		reason = check_endpoint(d, d->src_endpoint, d->dst_identity, 1, f);
+		if (reason)
+			return reason;
+	}
+	if (d->dst_endpoint) {
+		reason = check_endpoint(d, d->dst_endpoint, d->src_identity, 0, f);
+		if (reason)
+			return reason;
+	}
+	return 0;
+}
+
+/*
+ * DATAPATH-NOTES A: original tuple first (bpf_skc_lookup_tcp returns the
+ * request sock during the handshake and the accepted socket afterwards), then
+ * the listener at 127.0.0.1:proxy_port. UDP goes straight to the listener
+ * (the proxy's reply sockets are bound to original destinations).
+ */
+static __always_inline __u16 assign_to_proxy(struct __sk_buff *skb, const struct flow *f,
+					     __u16 proxy_port)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	long ret;
+
+	t.ipv4.saddr = f->key.saddr;
+	t.ipv4.daddr = f->key.daddr;
+	t.ipv4.sport = f->key.sport;
+	t.ipv4.dport = f->key.dport;
+	if (f->key.proto == IPPROTO_TCP) {
+		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (sk) {
+			if (sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_TIME_WAIT)
+				goto assign;
+			bpf_sk_release(sk);
+		}
+		t.ipv4.daddr = bpf_htonl(0x7f000001);
+		t.ipv4.dport = bpf_htons(proxy_port);
+		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return WARD_DROP_NO_PROXY_SOCKET;
+		if (sk->state != BPF_TCP_LISTEN) {
+			bpf_sk_release(sk);
+			return WARD_DROP_NO_PROXY_SOCKET;
+		}
+	} else if (f->key.proto == IPPROTO_UDP) {
+		t.ipv4.daddr = bpf_htonl(0x7f000001);
+		t.ipv4.dport = bpf_htons(proxy_port);
+		sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return WARD_DROP_NO_PROXY_SOCKET;
+	} else {
+		return WARD_DROP_REDIRECT_UNSUPPORTED;
+	}
+assign:
+	ret = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (ret)
+		return WARD_DROP_SK_ASSIGN_FAILED;
+	skb->mark = WARD_MARK_PROXY_REDIRECT | ((__u32)proxy_port << 16);
+	return 0;
+}
+
+static __always_inline __u64 ct_lifetime(const struct flow *f, const struct ward_ct_value *v)
+{
+	if (v->flags & WARD_CT_F_CLOSING)
+		return CT_LIFETIME_CLOSING;
+	if (f->key.proto == IPPROTO_TCP)
+		return CT_LIFETIME_TCP;
+	return CT_LIFETIME_OTHER;
+}
+
+/* Parse Ethernet/IPv4/L4 into f. Returns 0, or a drop reason, or -1 = pass (not IPv4 at uplink). */
+static __always_inline int parse(struct __sk_buff *skb, struct flow *f, __u8 *frag_later)
+{
+	struct ethhdr eth;
+	struct iphdr ip;
+	__u32 l4off;
+	__u8 l4[8];
+
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)))
+		return WARD_DROP_INVALID_PACKET;
+	if (eth.h_proto != bpf_htons(ETH_P_IP)) {
+		if (eth.h_proto == bpf_htons(ETH_P_ARP))
+			return -1;
+		return f->hook == WARD_HOOK_FROM_NETDEV ? -1 : WARD_DROP_UNSUPPORTED_L3;
+	}
+	if (bpf_skb_load_bytes(skb, sizeof(eth), &ip, sizeof(ip)))
+		return WARD_DROP_INVALID_PACKET;
+	if (ip.ihl < 5 || ip.version != 4)
+		return WARD_DROP_INVALID_PACKET;
+	f->key.saddr = ip.saddr;
+	f->key.daddr = ip.daddr;
+	f->key.proto = ip.protocol;
+	*frag_later = (bpf_ntohs(ip.frag_off) & IP_OFFSET_MASK) != 0;
+	if (*frag_later)
+		return 0;
+	l4off = sizeof(eth) + ip.ihl * 4;
+	switch (ip.protocol) {
+	case IPPROTO_TCP:
+		if (bpf_skb_load_bytes(skb, l4off, l4, 8) ||
+		    bpf_skb_load_bytes(skb, l4off + 13, &f->tcp_flags, 1))
+			return WARD_DROP_INVALID_PACKET;
+		__builtin_memcpy(&f->key.sport, &l4[0], 2);
+		__builtin_memcpy(&f->key.dport, &l4[2], 2);
+		f->dport_host = bpf_ntohs(f->key.dport);
+		break;
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP:
+		if (bpf_skb_load_bytes(skb, l4off, l4, 4))
+			return WARD_DROP_INVALID_PACKET;
+		__builtin_memcpy(&f->key.sport, &l4[0], 2);
+		__builtin_memcpy(&f->key.dport, &l4[2], 2);
+		f->dport_host = bpf_ntohs(f->key.dport);
+		break;
+	case IPPROTO_ICMP:
+		if (bpf_skb_load_bytes(skb, l4off, l4, 8))
+			return WARD_DROP_INVALID_PACKET;
+		/* policy port = ICMP type; CT ports = echo id (request: sport, reply: dport) */
+		f->dport_host = l4[0];
+		if (l4[0] == ICMP_DEST_UNREACH && l4[1] == ICMP_FRAG_NEEDED)
+			f->l4_ok = 2; /* frag-needed: always pass */
+		else if (l4[0] == ICMP_ECHO_REQUEST)
+			__builtin_memcpy(&f->key.sport, &l4[4], 2);
+		else if (l4[0] == ICMP_ECHO_REPLY)
+			__builtin_memcpy(&f->key.dport, &l4[4], 2);
+		break;
+	default:
+		break;
+	}
+	return 0;
+}
+
+static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
+{
+	struct flow f = {};
+	struct decision d = {};
+	struct ward_ct_key rkey;
+	struct ward_ct_value *ct, nct;
+	__u64 now;
+	__u8 frag_later = 0;
+	int ret;
+	__u16 reason;
+
+	f.hook = hook;
+	f.ifindex = skb->ifindex;
+	count(hook == WARD_HOOK_FROM_ENDPOINT ? WARD_CNT_FROM_ENDPOINT
+		: hook == WARD_HOOK_TO_ENDPOINT ? WARD_CNT_TO_ENDPOINT
+						 : WARD_CNT_FROM_NETDEV);
+
+	ret = parse(skb, &f, &frag_later);
+	if (ret < 0)
+		return TC_ACT_OK;
+	resolve(f.key.saddr, &d.src_identity, &d.src_endpoint);
+	resolve(f.key.daddr, &d.dst_identity, &d.dst_endpoint);
+	if (ret)
+		return drop(&f, &d, ret);
+
+	if (hook == WARD_HOOK_FROM_ENDPOINT) {
+		/* Anti-spoofing: the source must be the endpoint behind this veth. */
+		__u32 key = d.src_endpoint;
+		struct ward_endpoint *ep = d.src_endpoint ? bpf_map_lookup_elem(&ward_endpoints, &key) : 0;
+
+		if (!ep || ep->ifindex != f.ifindex)
+			return drop(&f, &d, WARD_DROP_INVALID_SOURCE);
+	} else if (hook == WARD_HOOK_TO_ENDPOINT) {
+		__u32 key = d.dst_endpoint;
+		struct ward_endpoint *ep = d.dst_endpoint ? bpf_map_lookup_elem(&ward_endpoints, &key) : 0;
+
+		if (!ep)
+			return drop(&f, &d, WARD_DROP_UNKNOWN_ENDPOINT);
+	} else if (!d.dst_endpoint) {
+		/* Uplink traffic for the host itself: not Ward's to judge. */
+		count(WARD_CNT_UNTRACKED_PASS);
+		return TC_ACT_OK;
+	}
+
+	if (frag_later)
+		return drop(&f, &d, WARD_DROP_FRAG_NOSUPPORT);
+	if (f.l4_ok == 2) {
+		count(WARD_CNT_ICMP_FRAG_NEEDED);
+		return TC_ACT_OK;
+	}
+
+	now = bpf_ktime_get_ns();
+	ct = bpf_map_lookup_elem(&ward_ct, &f.key);
+	if (ct && now - ct->last_seen_ns > ct_lifetime(&f, ct))
+		ct = 0;
+	if (ct) {
+		f.ct_state = WARD_CT_ESTABLISHED;
+	} else {
+		rkey.saddr = f.key.daddr;
+		rkey.daddr = f.key.saddr;
+		rkey.sport = f.key.dport;
+		rkey.dport = f.key.sport;
+		rkey.proto = f.key.proto;
+		rkey.pad[0] = rkey.pad[1] = rkey.pad[2] = 0;
+		ct = bpf_map_lookup_elem(&ward_ct, &rkey);
+		if (ct && now - ct->last_seen_ns > ct_lifetime(&f, ct))
+			ct = 0;
+		if (ct) {
+			/* Reply direction: no policy (POLICY-SEMANTICS 6.3). */
+			ct->last_seen_ns = now;
+			ct->packets_rev += 1;
+			if (f.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
+				ct->flags |= WARD_CT_F_CLOSING;
+			count(WARD_CNT_CT_REPLY);
+			return TC_ACT_OK;
+		}
+		f.ct_state = WARD_CT_NEW;
+	}
+
+	if (ct) {
+		ct->last_seen_ns = now;
+		ct->packets_fwd += 1;
+		if (f.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
+			ct->flags |= WARD_CT_F_CLOSING;
+		count(WARD_CNT_CT_ESTABLISHED);
+		/* Forward packets are re-checked only where the flow was decided. */
+		if (ct->origin_hook != hook || (ct->flags & WARD_CT_F_PROXY_UPSTREAM))
+			return TC_ACT_OK;
+	} else if (hook == WARD_HOOK_TO_ENDPOINT &&
+		   (skb->mark & WARD_MARK_MASK) == WARD_MARK_PROXY_UPSTREAM) {
+		/* The proxy's upstream leg: decided when the client's flow was redirected. */
+		__builtin_memset(&nct, 0, sizeof(nct));
+		nct.created_ns = now;
+		nct.last_seen_ns = now;
+		nct.packets_fwd = 1;
+		nct.src_identity = d.src_identity;
+		nct.dst_identity = d.dst_identity;
+		nct.src_endpoint = d.src_endpoint;
+		nct.dst_endpoint = d.dst_endpoint;
+		nct.flags = WARD_CT_F_PROXY_UPSTREAM;
+		nct.origin_hook = hook;
+		if (bpf_map_update_elem(&ward_ct, &f.key, &nct, BPF_ANY))
+			return drop(&f, &d, WARD_DROP_CT_CREATE_FAILED);
+		count(WARD_CNT_PROXY_UPSTREAM);
+		return TC_ACT_OK;
+	}
+
+	reason = evaluate(&d, &f);
+	if (reason) {
+		if (ct)
+			bpf_map_delete_elem(&ward_ct, &f.key);
+		return drop(&f, &d, reason);
+	}
+
+	if (d.proxy_port) {
+		if (hook == WARD_HOOK_TO_ENDPOINT)
+			return drop(&f, &d, WARD_DROP_REDIRECT_UNSUPPORTED);
+		reason = assign_to_proxy(skb, &f, d.proxy_port);
+		if (reason)
+			return drop(&f, &d, reason);
+	}
+
+	if (ct) {
+		ct->proxy_port = d.proxy_port;
+		return TC_ACT_OK;
+	}
+
+	__builtin_memset(&nct, 0, sizeof(nct));
+	nct.created_ns = now;
+	nct.last_seen_ns = now;
+	nct.packets_fwd = 1;
+	nct.src_identity = d.src_identity;
+	nct.dst_identity = d.dst_identity;
+	nct.src_endpoint = d.src_endpoint;
+	nct.dst_endpoint = d.dst_endpoint;
+	nct.proxy_port = d.proxy_port;
+	nct.flags = d.audit_reason ? WARD_CT_F_AUDITED : 0;
+	nct.origin_hook = hook;
+	if (bpf_map_update_elem(&ward_ct, &f.key, &nct, BPF_ANY))
+		return drop(&f, &d, WARD_DROP_CT_CREATE_FAILED);
+
+	if (d.audit_reason) {
+		count(WARD_CNT_AUDITED);
+		emit(&f, &d, WARD_EVENT_AUDIT, d.audit_reason);
+	} else if (d.proxy_port) {
+		count(WARD_CNT_NEW_REDIRECTED);
+		emit(&f, &d, WARD_EVENT_REDIRECT, 0);
+	} else {
+		count(WARD_CNT_NEW_ALLOWED);
+		emit(&f, &d, WARD_EVENT_ALLOW, 0);
+	}
+	return TC_ACT_OK;
+}
+
+SEC("classifier/from_endpoint")
+int ward_from_endpoint(struct __sk_buff *skb)
+{
+	return handle(skb, WARD_HOOK_FROM_ENDPOINT);
+}
+
+SEC("classifier/to_endpoint")
+int ward_to_endpoint(struct __sk_buff *skb)
+{
+	return handle(skb, WARD_HOOK_TO_ENDPOINT);
+}
+
+SEC("classifier/from_netdev")
+int ward_from_netdev(struct __sk_buff *skb)
+{
+	return handle(skb, WARD_HOOK_FROM_NETDEV);
+}

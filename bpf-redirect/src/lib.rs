@@ -1,0 +1,703 @@
+//! Ward's kernel datapath loader: loads the C TC programs (`ebpf/ward.bpf.c`,
+//! compiled by `build.rs` and embedded), pins their maps under a pin root
+//! (default `/sys/fs/bpf/ward`), attaches them to interfaces through pinned TCX
+//! links, applies a desired set of map entries as a diff, and reads counters and
+//! events.
+//!
+//! Owns: map layouts (via `bpf-redirect-common`), attach/detach, pins, the
+//! fwmark rule and local route for proxy redirects. Must not: know anything
+//! about L7 or policy files — the proxy turns policy into [`DesiredState`].
+//!
+//! Everything here needs root (CAP_BPF + CAP_NET_ADMIN) and a bpffs.
+
+mod events;
+mod routing;
+mod state;
+mod sys;
+
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray},
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::{self, SchedClassifierLink, TcAttachOptions},
+        LinkOrder, SchedClassifier, TcAttachType,
+    },
+    Ebpf, EbpfLoader,
+};
+pub use bpf_redirect_common as common;
+use common::{map_names, program_names};
+
+pub use events::{DropReason, Event, EventKind, EventReader, PolicyDirection};
+pub use routing::ProxyRouting;
+pub use state::{
+    port_range_prefixes, ApplyStats, DesiredState, Endpoint, Interface, IpcacheEntry, MapDiff,
+    PolicyEntry,
+};
+pub use sys::TestRunOutput;
+
+/// The default pin root.
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/ward";
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ward.bpf.o"));
+
+/// Errors of the datapath loader. Most are the caller's environment (no root,
+/// no bpffs, unknown interface) or the kernel refusing something.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("map {0} missing from the object or of the wrong type")]
+    MissingMap(&'static str),
+    #[error("link {path}: {source}")]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("interface {0:?} not found in this network namespace")]
+    NoSuchInterface(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("pinned map {path} does not match this build ({detail}); remove it (Datapath::uninstall) and reload")]
+    IncompatiblePin { path: PathBuf, detail: String },
+    #[error("invalid desired state: {0}")]
+    Invalid(String),
+    #[error("`{cmd}` failed: {stderr}")]
+    Command { cmd: String, stderr: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// Where a program runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Hook {
+    /// Host-side veth, TC ingress: packets leaving the pod.
+    FromEndpoint,
+    /// Host-side veth, TC egress: packets entering the pod.
+    ToEndpoint,
+    /// The node's uplink, TC ingress: packets from outside.
+    FromNetdev,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 3] = [Hook::FromEndpoint, Hook::ToEndpoint, Hook::FromNetdev];
+
+    fn program(self) -> &'static str {
+        match self {
+            Hook::FromEndpoint => program_names::FROM_ENDPOINT,
+            Hook::ToEndpoint => program_names::TO_ENDPOINT,
+            Hook::FromNetdev => program_names::FROM_NETDEV,
+        }
+    }
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            Hook::FromEndpoint | Hook::FromNetdev => TcAttachType::Ingress,
+            Hook::ToEndpoint => TcAttachType::Egress,
+        }
+    }
+    /// The suffix of the link pin name `<iface>-<suffix>`.
+    pub fn pin_suffix(self) -> &'static str {
+        match self {
+            Hook::FromEndpoint => "from-endpoint",
+            Hook::ToEndpoint => "to-endpoint",
+            Hook::FromNetdev => "from-netdev",
+        }
+    }
+    /// The number the C side uses (`WARD_HOOK_*`).
+    pub fn number(self) -> u8 {
+        match self {
+            Hook::FromEndpoint => common::HOOK_FROM_ENDPOINT,
+            Hook::ToEndpoint => common::HOOK_TO_ENDPOINT,
+            Hook::FromNetdev => common::HOOK_FROM_NETDEV,
+        }
+    }
+    pub fn from_number(n: u8) -> Option<Hook> {
+        Hook::ALL.into_iter().find(|h| h.number() == n)
+    }
+}
+
+/// What [`Datapath::attach`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachOutcome {
+    /// No pinned link existed: a new TCX link was created and pinned.
+    Created,
+    /// A pinned link already ran this exact program: nothing changed.
+    Kept,
+    /// A pinned link ran another program: it was swapped atomically (BPF_LINK_UPDATE).
+    Replaced,
+}
+
+/// Sum of the per-CPU counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counters {
+    values: Vec<u64>,
+}
+
+impl Counters {
+    /// Raw counter by index (`common::counter::*`).
+    pub fn get(&self, index: u32) -> u64 {
+        self.values.get(index as usize).copied().unwrap_or(0)
+    }
+    /// Drops for one reason (`common::drop_reason::*`).
+    pub fn drops(&self, reason: u16) -> u64 {
+        self.get(common::counter::DROP_BASE + u32::from(reason))
+    }
+}
+
+/// The loaded datapath: programs plus the pinned maps under one pin root.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_root: PathBuf,
+}
+
+impl std::fmt::Debug for Datapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Datapath")
+            .field("pin_root", &self.pin_root)
+            .finish()
+    }
+}
+
+impl Datapath {
+    /// Loads the programs, reusing maps already pinned under `pin_root` (so a
+    /// restarted daemon sees the same ipcache, policy and conntrack) and creating
+    /// and pinning the missing ones. Mounts bpffs on `/sys/fs/bpf` if nothing is
+    /// mounted there and `pin_root` lies below it.
+    pub fn open(pin_root: impl AsRef<Path>) -> Result<Self> {
+        let pin_root = pin_root.as_ref().to_path_buf();
+        sys::ensure_bpffs(&pin_root)?;
+        fs::create_dir_all(pin_root.join("links"))
+            .map_err(io_err(format!("creating {}", pin_root.display())))?;
+        let pin_paths: Vec<(&'static str, PathBuf)> = map_names::ALL
+            .iter()
+            .map(|n| (*n, pin_root.join(n)))
+            .collect();
+        for (name, path) in &pin_paths {
+            check_pinned_map(name, path)?;
+        }
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT)?;
+        for hook in Hook::ALL {
+            let name = hook.program();
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(Error::Program {
+                    name,
+                    source: aya::programs::ProgramError::NotLoaded,
+                })?
+                .try_into()
+                .map_err(|source| Error::Program { name, source })?;
+            prog.load()
+                .map_err(|source| Error::Program { name, source })?;
+        }
+        Ok(Self { ebpf, pin_root })
+    }
+
+    /// The pin root this datapath uses.
+    pub fn pin_root(&self) -> &Path {
+        &self.pin_root
+    }
+
+    fn link_path(&self, iface: &str, hook: Hook) -> PathBuf {
+        self.pin_root
+            .join("links")
+            .join(format!("{iface}-{}", hook.pin_suffix()))
+    }
+
+    fn program(&mut self, hook: Hook) -> Result<&mut SchedClassifier> {
+        let name = hook.program();
+        self.ebpf
+            .program_mut(name)
+            .ok_or(Error::Program {
+                name,
+                source: aya::programs::ProgramError::NotLoaded,
+            })?
+            .try_into()
+            .map_err(|source| Error::Program { name, source })
+    }
+
+    /// Attaches `hook`'s program to `iface` (in the calling thread's network
+    /// namespace) through a TCX link pinned at `<pin root>/links/<iface>-<hook>`.
+    /// Idempotent: an existing pinned link running the same program is kept (no
+    /// gap on restart); one running another program is updated atomically; a
+    /// stale pin (interface recreated) is replaced.
+    pub fn attach(&mut self, iface: &str, hook: Hook) -> Result<AttachOutcome> {
+        self.attach_program(iface, hook, hook)
+    }
+
+    /// Test hook: attaches `program`'s code at `hook`'s place (to exercise the
+    /// atomic replacement path). Not for production use.
+    #[doc(hidden)]
+    pub fn attach_program_for_test(
+        &mut self,
+        iface: &str,
+        hook: Hook,
+        program: Hook,
+    ) -> Result<AttachOutcome> {
+        self.attach_program(iface, hook, program)
+    }
+
+    /// Kernel id of the program attached at `iface`/`hook` (from its link pin).
+    pub fn attached_program_id(&self, iface: &str, hook: Hook) -> Result<Option<u32>> {
+        let path = self.link_path(iface, hook);
+        if !path.exists() {
+            return Ok(None);
+        }
+        Ok(Some(sys::link_info_from_pin(&path)?.prog_id))
+    }
+
+    /// Kernel run-time statistics `(run_time_ns, run_cnt)` of the program that
+    /// is actually attached at `iface`/`hook` (after a restart that is usually
+    /// the previous process's program). Needs `kernel.bpf_stats_enabled=1`.
+    pub fn attached_program_stats(&self, iface: &str, hook: Hook) -> Result<Option<(u64, u64)>> {
+        let Some(id) = self.attached_program_id(iface, hook)? else {
+            return Ok(None);
+        };
+        Ok(aya::programs::loaded_programs()
+            .flatten()
+            .find(|p| p.id() == id)
+            .map(|p| (p.run_time().as_nanos() as u64, p.run_count())))
+    }
+
+    /// Kernel id of `hook`'s program as loaded by this process.
+    pub fn program_id(&mut self, hook: Hook) -> Result<u32> {
+        let name = hook.program();
+        Ok(self
+            .program(hook)?
+            .info()
+            .map_err(|source| Error::Program { name, source })?
+            .id())
+    }
+
+    fn attach_program(&mut self, iface: &str, hook: Hook, program: Hook) -> Result<AttachOutcome> {
+        let ifindex = sys::ifindex(iface)?;
+        // clsact is only needed by the legacy netlink attach; with TCX it is
+        // harmless, so "already there" and any other failure are not ours to report.
+        let _ = tc::qdisc_add_clsact(iface);
+        let path = self.link_path(iface, hook);
+        let name = program.program();
+        let prog_id = self
+            .program(program)?
+            .info()
+            .map_err(|source| Error::Program { name, source })?
+            .id();
+        if path.exists() {
+            let info = sys::link_info_from_pin(&path)?;
+            let pinned = PinnedLink::from_pin(&path).map_err(|source| Error::Link {
+                path: path.clone(),
+                source,
+            })?;
+            let fd_link: FdLink = pinned.into();
+            if info.ifindex == ifindex && info.attach_type == sys::tcx_attach_type(hook) {
+                if sys::same_program(info.prog_id, prog_id)? {
+                    return Ok(AttachOutcome::Kept);
+                }
+                let link =
+                    SchedClassifierLink::try_from(fd_link).map_err(|source| Error::Link {
+                        path: path.clone(),
+                        source,
+                    })?;
+                let prog = self.program(program)?;
+                let id = prog
+                    .attach_to_link(link)
+                    .map_err(|source| Error::Program { name, source })?;
+                // The pin keeps the (updated) link; our fd can go.
+                drop(
+                    prog.take_link(id)
+                        .map_err(|source| Error::Program { name, source })?,
+                );
+                return Ok(AttachOutcome::Replaced);
+            }
+            // Stale: the interface it was made for is gone.
+            drop(fd_link);
+            fs::remove_file(&path).map_err(io_err(format!("removing {}", path.display())))?;
+        }
+        let prog = self.program(program)?;
+        let id = prog
+            .attach_with_options(
+                iface,
+                hook.attach_type(),
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(|source| Error::Program { name, source })?;
+        let link = prog
+            .take_link(id)
+            .map_err(|source| Error::Program { name, source })?;
+        let fd_link = FdLink::try_from(link).map_err(|source| Error::Link {
+            path: path.clone(),
+            source,
+        })?;
+        fd_link.pin(&path).map_err(|source| Error::Pin {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(AttachOutcome::Created)
+    }
+
+    /// Detaches `hook` from `iface` by removing its link pin. Returns whether
+    /// anything was attached.
+    pub fn detach(&mut self, iface: &str, hook: Hook) -> Result<bool> {
+        detach_pin(&self.link_path(iface, hook))
+    }
+
+    /// Pinned links as `(iface, hook)`.
+    pub fn attached(&self) -> Result<Vec<(String, Hook)>> {
+        list_links(&self.pin_root)
+    }
+
+    /// Detaches everything and removes every pin under `pin_root` (the maps go
+    /// with it). For uninstall and tests; a running datapath is cut.
+    pub fn uninstall(pin_root: impl AsRef<Path>) -> Result<()> {
+        let root = pin_root.as_ref();
+        if !root.exists() {
+            return Ok(());
+        }
+        let links = root.join("links");
+        if links.exists() {
+            for entry in
+                fs::read_dir(&links).map_err(io_err(format!("reading {}", links.display())))?
+            {
+                let entry = entry.map_err(io_err("reading link dir"))?;
+                detach_pin(&entry.path())?;
+            }
+            fs::remove_dir(&links).map_err(io_err(format!("removing {}", links.display())))?;
+        }
+        for name in map_names::ALL {
+            let p = root.join(name);
+            if p.exists() {
+                fs::remove_file(&p).map_err(io_err(format!("removing {}", p.display())))?;
+            }
+        }
+        fs::remove_dir(root).map_err(io_err(format!("removing {}", root.display())))
+    }
+
+    fn lpm<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<LpmTrie<&mut MapData, K, V>> {
+        let map = self.ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
+        LpmTrie::try_from(map).map_err(|source| Error::Map { name, source })
+    }
+
+    fn hash<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<BpfHashMap<&mut MapData, K, V>> {
+        let map = self.ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
+        BpfHashMap::try_from(map).map_err(|source| Error::Map { name, source })
+    }
+
+    /// Makes the maps equal to `desired`, writing only new or changed entries and
+    /// deleting stale ones (writes first, then deletes, so a replacement never
+    /// opens a hole). Validates everything before touching a map.
+    pub fn apply(&mut self, desired: &DesiredState) -> Result<ApplyStats> {
+        let compiled = desired.compile()?;
+        let mut stats = ApplyStats::default();
+        {
+            let name = map_names::ENDPOINTS;
+            let mut m = self.hash::<u32, common::EndpointValue>(name)?;
+            let current: BTreeMap<u32, common::EndpointValue> =
+                collect(m.iter(), name)?.into_iter().collect();
+            stats.endpoints = diff_apply(
+                &current,
+                &compiled.endpoints,
+                |op| match op {
+                    Op::Write(k, v) => m.insert(k, v, 0),
+                    Op::Delete(k) => m.remove(k),
+                },
+                name,
+            )?;
+        }
+        {
+            let name = map_names::IPCACHE;
+            let mut m = self.lpm::<common::IpcacheKey, common::IpcacheValue>(name)?;
+            let current: BTreeMap<(u32, common::IpcacheKey), common::IpcacheValue> =
+                collect(m.iter(), name)?
+                    .into_iter()
+                    .map(|(k, v)| ((k.prefix_len(), k.data()), v))
+                    .collect();
+            stats.ipcache = diff_apply(
+                &current,
+                &compiled.ipcache,
+                |op| match op {
+                    Op::Write(k, v) => m.insert(&aya::maps::lpm_trie::Key::new(k.0, k.1), v, 0),
+                    Op::Delete(k) => m.remove(&aya::maps::lpm_trie::Key::new(k.0, k.1)),
+                },
+                name,
+            )?;
+        }
+        {
+            let name = map_names::POLICY;
+            let mut m = self.lpm::<common::PolicyKey, common::PolicyValue>(name)?;
+            let current: BTreeMap<(u32, common::PolicyKey), common::PolicyValue> =
+                collect(m.iter(), name)?
+                    .into_iter()
+                    .map(|(k, v)| ((k.prefix_len(), k.data()), v))
+                    .collect();
+            stats.policy = diff_apply(
+                &current,
+                &compiled.policy,
+                |op| match op {
+                    Op::Write(k, v) => m.insert(&aya::maps::lpm_trie::Key::new(k.0, k.1), v, 0),
+                    Op::Delete(k) => m.remove(&aya::maps::lpm_trie::Key::new(k.0, k.1)),
+                },
+                name,
+            )?;
+        }
+        Ok(stats)
+    }
+
+    /// Reads and sums the per-CPU counters.
+    pub fn counters(&self) -> Result<Counters> {
+        let name = map_names::COUNTERS;
+        let map = self.ebpf.map(name).ok_or(Error::MissingMap(name))?;
+        let arr: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|source| Error::Map { name, source })?;
+        let mut values = Vec::with_capacity(common::COUNTERS_MAX as usize);
+        for i in 0..arr.len() {
+            let per_cpu = arr
+                .get(&i, 0)
+                .map_err(|source| Error::Map { name, source })?;
+            values.push(per_cpu.iter().sum());
+        }
+        Ok(Counters { values })
+    }
+
+    /// Conntrack entries (for introspection and tests).
+    pub fn conntrack(&self) -> Result<Vec<(common::CtKey, common::CtValue)>> {
+        let name = map_names::CT;
+        let map = self.ebpf.map(name).ok_or(Error::MissingMap(name))?;
+        let m: BpfHashMap<&MapData, common::CtKey, common::CtValue> =
+            BpfHashMap::try_from(map).map_err(|source| Error::Map { name, source })?;
+        let mut out = Vec::new();
+        for r in m.iter() {
+            match r {
+                Ok(kv) => out.push(kv),
+                // LRU entries can vanish between get_next_key and lookup.
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(source) => return Err(Error::Map { name, source }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes all conntrack entries.
+    pub fn flush_conntrack(&mut self) -> Result<usize> {
+        let keys: Vec<common::CtKey> = self.conntrack()?.into_iter().map(|(k, _)| k).collect();
+        let name = map_names::CT;
+        let mut m = self.hash::<common::CtKey, common::CtValue>(name)?;
+        let mut n = 0;
+        for k in keys {
+            if m.remove(&k).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// A blocking reader of the event ring buffer (opened from its pin, so it can
+    /// live on another thread).
+    pub fn events(&self) -> Result<EventReader> {
+        EventReader::open(&self.pin_root)
+    }
+
+    /// Runs `hook`'s program once on `packet` (an Ethernet frame) with
+    /// BPF_PROG_TEST_RUN. `ifindex`/`mark` set `skb->ifindex`/`skb->mark`
+    /// (the interface must exist in the calling thread's network namespace).
+    /// Note: the kernel's test run is not "at TC ingress", so `bpf_sk_assign`
+    /// fails there; redirects are exercised by the namespace tests.
+    pub fn test_run(
+        &mut self,
+        hook: Hook,
+        packet: &[u8],
+        ifindex: u32,
+        mark: u32,
+    ) -> Result<TestRunOutput> {
+        let name = hook.program();
+        let prog = self.program(hook)?;
+        let fd = prog
+            .fd()
+            .map_err(|source| Error::Program { name, source })?;
+        sys::prog_test_run(fd, packet, ifindex, mark)
+    }
+
+    /// Kernel run-time statistics `(run_time_ns, run_cnt)` of `hook`'s program as
+    /// loaded by this process (needs `kernel.bpf_stats_enabled=1`).
+    pub fn program_stats(&mut self, hook: Hook) -> Result<(u64, u64)> {
+        let name = hook.program();
+        let info = self
+            .program(hook)?
+            .info()
+            .map_err(|source| Error::Program { name, source })?;
+        Ok((info.run_time().as_nanos() as u64, info.run_count()))
+    }
+}
+
+/// `(key_size, value_size, max_entries)` each map must have.
+fn expected_map_shape(name: &str) -> Option<(u32, u32, u32)> {
+    use std::mem::size_of;
+    let s = |n: usize| n as u32;
+    Some(match name {
+        map_names::IPCACHE => (
+            4 + s(size_of::<common::IpcacheKey>()),
+            s(size_of::<common::IpcacheValue>()),
+            common::IPCACHE_MAX,
+        ),
+        map_names::POLICY => (
+            4 + s(size_of::<common::PolicyKey>()),
+            s(size_of::<common::PolicyValue>()),
+            common::POLICY_MAX,
+        ),
+        map_names::ENDPOINTS => (
+            4,
+            s(size_of::<common::EndpointValue>()),
+            common::ENDPOINTS_MAX,
+        ),
+        map_names::CT => (
+            s(size_of::<common::CtKey>()),
+            s(size_of::<common::CtValue>()),
+            common::CT_MAX,
+        ),
+        map_names::EVENTS => (0, 0, common::EVENTS_BYTES),
+        map_names::COUNTERS => (4, 8, common::COUNTERS_MAX),
+        _ => return None,
+    })
+}
+
+/// Refuses to reuse a pinned map whose layout differs from this build's.
+fn check_pinned_map(name: &str, path: &Path) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let Some(want) = expected_map_shape(name) else {
+        return Ok(());
+    };
+    let info = aya::maps::MapInfo::from_pin(path).map_err(|source| Error::Map {
+        name: "pinned map",
+        source,
+    })?;
+    let got = (info.key_size(), info.value_size(), info.max_entries());
+    if got != want {
+        return Err(Error::IncompatiblePin {
+            path: path.to_path_buf(),
+            detail: format!("key/value/max_entries {got:?}, expected {want:?}"),
+        });
+    }
+    Ok(())
+}
+
+fn detach_pin(path: &Path) -> Result<bool> {
+    if !path.exists() {
+        return Ok(false);
+    }
+    let pinned = PinnedLink::from_pin(path).map_err(|source| Error::Link {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let fd_link = pinned
+        .unpin()
+        .map_err(io_err(format!("unpinning {}", path.display())))?;
+    drop(fd_link);
+    Ok(true)
+}
+
+fn list_links(root: &Path) -> Result<Vec<(String, Hook)>> {
+    let dir = root.join("links");
+    let mut out = Vec::new();
+    let rd = match fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io_err(format!("reading {}", dir.display()))(e)),
+    };
+    for entry in rd {
+        let entry = entry.map_err(io_err("reading link dir"))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        for hook in Hook::ALL {
+            if let Some(iface) = name.strip_suffix(&format!("-{}", hook.pin_suffix())) {
+                out.push((iface.to_string(), hook));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn collect<K, V, I>(iter: I, name: &'static str) -> Result<Vec<(K, V)>>
+where
+    I: Iterator<Item = std::result::Result<(K, V), aya::maps::MapError>>,
+{
+    iter.map(|r| r.map_err(|source| Error::Map { name, source }))
+        .collect()
+}
+
+enum Op<'a, K, V> {
+    Write(&'a K, &'a V),
+    Delete(&'a K),
+}
+
+fn diff_apply<K: Ord, V: PartialEq>(
+    current: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+    mut op: impl FnMut(Op<'_, K, V>) -> std::result::Result<(), aya::maps::MapError>,
+    name: &'static str,
+) -> Result<MapDiff> {
+    let mut d = MapDiff::default();
+    for (k, v) in desired {
+        if current.get(k) == Some(v) {
+            d.unchanged += 1;
+        } else {
+            op(Op::Write(k, v)).map_err(|source| Error::Map { name, source })?;
+            d.written += 1;
+        }
+    }
+    for k in current.keys() {
+        if !desired.contains_key(k) {
+            match op(Op::Delete(k)) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => d.deleted += 1,
+                Err(source) => return Err(Error::Map { name, source }),
+            }
+        }
+    }
+    Ok(d)
+}
+
+/// Resolves an interface name in the calling thread's network namespace.
+pub fn ifindex(iface: &str) -> Result<u32> {
+    sys::ifindex(iface)
+}
