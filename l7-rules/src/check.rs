@@ -59,7 +59,10 @@ pub fn parse_peer(text: &str) -> Result<PeerSpec, String> {
             ..Default::default()
         });
     }
-    if let Some(ip) = text.strip_prefix("cidr:").or_else(|| text.strip_prefix("ip:")) {
+    if let Some(ip) = text
+        .strip_prefix("cidr:")
+        .or_else(|| text.strip_prefix("ip:"))
+    {
         let ip: IpAddr = ip
             .split('/')
             .next()
@@ -75,7 +78,10 @@ pub fn parse_peer(text: &str) -> Result<PeerSpec, String> {
         let (name, ip) = match rest.split_once('=') {
             Some((n, ip)) => (
                 n,
-                Some(ip.parse().map_err(|_| format!("{text:?}: expected fqdn:NAME=IP"))?),
+                Some(
+                    ip.parse()
+                        .map_err(|_| format!("{text:?}: expected fqdn:NAME=IP"))?,
+                ),
             ),
             None => (rest, None),
         };
@@ -175,7 +181,13 @@ impl Engine {
             }
         }
         let ns = spec.namespace.clone().unwrap_or_else(|| "default".into());
-        let ns_labels = self.set.catalog.namespaces.get(&ns).cloned().unwrap_or_default();
+        let ns_labels = self
+            .set
+            .catalog
+            .namespaces
+            .get(&ns)
+            .cloned()
+            .unwrap_or_default();
         let labels: LabelSet = pod_labels(&spec.labels, &ns, &ns_labels, None);
         let name = spec
             .labels
@@ -651,7 +663,8 @@ pub fn run_cases(engine: &Engine, text: &str) -> CaseRun {
             }
             Err(e) => {
                 run.errors += 1;
-                run.lines.push(json!({"name": name, "line": line_no, "error": e.to_string()}));
+                run.lines
+                    .push(json!({"name": name, "line": line_no, "error": e.to_string()}));
             }
         }
     }

@@ -4,9 +4,7 @@
 use crate::diag::DocContext;
 use crate::identity::Entity;
 use crate::l7::dns::NamePattern;
-use crate::l7::http::{
-    HeaderMatch, HeaderRequirement, HttpRule, MismatchAction, Pattern,
-};
+use crate::l7::http::{HeaderMatch, HeaderRequirement, HttpRule, MismatchAction, Pattern};
 use crate::l7::kafka::{ApiKeySet, KafkaRule};
 use crate::labels::{
     Label, LabelSet, NAMESPACE_LABELS_PREFIX, POD_NAMESPACE, SOURCE_K8S, SOURCE_RESERVED,
@@ -109,8 +107,10 @@ fn cilium_rule(
 
     let mut ingress = DirectionRules::default();
     let mut egress = DirectionRules::default();
-    let n_in = rule.ingress.as_ref().map_or(0, Vec::len) + rule.ingress_deny.as_ref().map_or(0, Vec::len);
-    let n_eg = rule.egress.as_ref().map_or(0, Vec::len) + rule.egress_deny.as_ref().map_or(0, Vec::len);
+    let n_in =
+        rule.ingress.as_ref().map_or(0, Vec::len) + rule.ingress_deny.as_ref().map_or(0, Vec::len);
+    let n_eg =
+        rule.egress.as_ref().map_or(0, Vec::len) + rule.egress_deny.as_ref().map_or(0, Vec::len);
     for (field, list_len, rules_present) in [
         ("ingress", rule.ingress.as_ref().map(Vec::len), n_in),
         ("egress", rule.egress.as_ref().map(Vec::len), n_eg),
@@ -147,8 +147,14 @@ fn cilium_rule(
                 ("authentication", r.authentication.is_some()),
             ],
         };
-        let ports = r.to_ports.map(|v| v.into_iter().map(PortsIn::from).collect());
-        let rule = RuleIn { peers, ports, icmps: r.icmps };
+        let ports = r
+            .to_ports
+            .map(|v| v.into_iter().map(PortsIn::from).collect());
+        let rule = RuleIn {
+            peers,
+            ports,
+            icmps: r.icmps,
+        };
         ingress.filters.extend(filters(
             rule,
             &path,
@@ -175,8 +181,14 @@ fn cilium_rule(
                 ("fromNodes", r.from_nodes.is_some()),
             ],
         };
-        let ports = r.to_ports.map(|v| v.into_iter().map(PortsIn::from).collect());
-        let rule = RuleIn { peers, ports, icmps: r.icmps };
+        let ports = r
+            .to_ports
+            .map(|v| v.into_iter().map(PortsIn::from).collect());
+        let rule = RuleIn {
+            peers,
+            ports,
+            icmps: r.icmps,
+        };
         ingress.filters.extend(filters(
             rule,
             &path,
@@ -204,8 +216,14 @@ fn cilium_rule(
                 ("authentication", r.authentication.is_some()),
             ],
         };
-        let ports = r.to_ports.map(|v| v.into_iter().map(PortsIn::from).collect());
-        let rule = RuleIn { peers, ports, icmps: r.icmps };
+        let ports = r
+            .to_ports
+            .map(|v| v.into_iter().map(PortsIn::from).collect());
+        let rule = RuleIn {
+            peers,
+            ports,
+            icmps: r.icmps,
+        };
         egress.filters.extend(filters(
             rule,
             &path,
@@ -232,8 +250,14 @@ fn cilium_rule(
                 ("toNodes", r.to_nodes.is_some()),
             ],
         };
-        let ports = r.to_ports.map(|v| v.into_iter().map(PortsIn::from).collect());
-        let rule = RuleIn { peers, ports, icmps: r.icmps };
+        let ports = r
+            .to_ports
+            .map(|v| v.into_iter().map(PortsIn::from).collect());
+        let rule = RuleIn {
+            peers,
+            ports,
+            icmps: r.icmps,
+        };
         egress.filters.extend(filters(
             rule,
             &path,
@@ -374,9 +398,15 @@ fn filters(
             }
         }
         let ports = port_list(pr.ports.as_deref().unwrap_or(&[]), &p, cx);
-        let l7 = pr
-            .rules
-            .and_then(|r| l7_rules(r, &format!("{p}.rules"), meta, &format!("{rel}.toPorts[{j}]"), cx));
+        let l7 = pr.rules.and_then(|r| {
+            l7_rules(
+                r,
+                &format!("{p}.rules"),
+                meta,
+                &format!("{rel}.toPorts[{j}]"),
+                cx,
+            )
+        });
         if let Some(l7) = &l7 {
             check_l7_ports(l7, &ports, direction, host_policy, &p, cx);
         }
@@ -532,7 +562,11 @@ fn peers(
                 }),
                 name: svc.service_name.clone(),
             }),
-            (None, Some(sel)) => match selector(&sel.selector, &format!("{field}.k8sServiceSelector.selector"), cx) {
+            (None, Some(sel)) => match selector(
+                &sel.selector,
+                &format!("{field}.k8sServiceSelector.selector"),
+                cx,
+            ) {
                 Some(s) => terms.push(PeerTerm::ServiceSelector {
                     namespace: sel.namespace.clone(),
                     selector: s,
@@ -540,7 +574,10 @@ fn peers(
                 None => ok = false,
             },
             _ => {
-                cx.error(&field, "exactly one of `k8sService` and `k8sServiceSelector` is required");
+                cx.error(
+                    &field,
+                    "exactly one of `k8sService` and `k8sServiceSelector` is required",
+                );
                 ok = false;
             }
         }
@@ -566,7 +603,10 @@ fn peers(
                 }
             },
             _ => {
-                cx.error(&field, "exactly one of `matchName` and `matchPattern` is required");
+                cx.error(
+                    &field,
+                    "exactly one of `matchName` and `matchPattern` is required",
+                );
                 ok = false;
             }
         }
@@ -736,13 +776,18 @@ fn parse_port(
         match u16::try_from(n) {
             Ok(n) => n,
             Err(_) => {
-                cx.error(&format!("{field}.port"), format!("port {n} is outside 0-65535"));
+                cx.error(
+                    &format!("{field}.port"),
+                    format!("port {n} is outside 0-65535"),
+                );
                 return None;
             }
         }
     } else {
         let valid = text.len() <= 15
-            && text.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && text
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             && text.chars().any(|c| c.is_ascii_lowercase())
             && !text.starts_with('-')
             && !text.ends_with('-');
@@ -754,7 +799,10 @@ fn parse_port(
             return None;
         }
         if end_port.is_some() {
-            cx.error(&format!("{field}.endPort"), "`endPort` cannot be used with a named port");
+            cx.error(
+                &format!("{field}.endPort"),
+                "`endPort` cannot be used with a named port",
+            );
             return None;
         }
         return Some(Port::Named(text));
@@ -767,11 +815,17 @@ fn parse_port(
         }),
         Some(e) => {
             let Ok(e) = u16::try_from(e) else {
-                cx.error(&format!("{field}.endPort"), format!("endPort {e} is outside 0-65535"));
+                cx.error(
+                    &format!("{field}.endPort"),
+                    format!("endPort {e} is outside 0-65535"),
+                );
                 return None;
             };
             if start == 0 {
-                cx.error(&format!("{field}.endPort"), "`endPort` needs a non-zero `port`");
+                cx.error(
+                    &format!("{field}.endPort"),
+                    "`endPort` needs a non-zero `port`",
+                );
                 return None;
             }
             if e < start {
@@ -794,7 +848,10 @@ fn icmp_types(icmp: raw::IcmpRule, path: &str, cx: &mut DocContext<'_>) -> Vec<(
             "IPv4" => Protocol::Icmp,
             "IPv6" => Protocol::Icmpv6,
             other => {
-                cx.error(&format!("{field}.family"), format!("unknown family {other:?}; use IPv4 or IPv6"));
+                cx.error(
+                    &format!("{field}.family"),
+                    format!("unknown family {other:?}; use IPv4 or IPv6"),
+                );
                 continue;
             }
         };
@@ -862,7 +919,10 @@ fn check_l7_ports(
 ) {
     let parser = l7.parser();
     if parser == L7Parser::Dns && direction == Direction::Ingress {
-        cx.error(&format!("{path}.rules.dns"), "DNS rules are only valid on egress");
+        cx.error(
+            &format!("{path}.rules.dns"),
+            "DNS rules are only valid on egress",
+        );
     }
     if host_policy && !(parser == L7Parser::Dns && direction == Direction::Egress) {
         cx.error(
@@ -946,12 +1006,22 @@ fn l7_rules(
             return None;
         }
         for (i, h) in http.into_iter().enumerate() {
-            if let Some(rule) = http_rule(h, &format!("{path}.http[{i}]"), origin(format!("{rel}.rules.http[{i}]")), cx) {
+            if let Some(rule) = http_rule(
+                h,
+                &format!("{path}.http[{i}]"),
+                origin(format!("{rel}.rules.http[{i}]")),
+                cx,
+            ) {
                 rules.push(Arc::new(rule));
             }
         }
         for (i, g) in grpc.into_iter().enumerate() {
-            if let Some(rule) = grpc_rule(g, &format!("{path}.grpc[{i}]"), origin(format!("{rel}.rules.grpc[{i}]")), cx) {
+            if let Some(rule) = grpc_rule(
+                g,
+                &format!("{path}.grpc[{i}]"),
+                origin(format!("{rel}.rules.grpc[{i}]")),
+                cx,
+            ) {
                 rules.push(Arc::new(rule));
             }
         }
@@ -963,7 +1033,12 @@ fn l7_rules(
         }
         let mut rules = Vec::new();
         for (i, k) in kafka.into_iter().enumerate() {
-            if let Some(rule) = kafka_rule(k, &format!("{path}.kafka[{i}]"), origin(format!("{rel}.rules.kafka[{i}]")), cx) {
+            if let Some(rule) = kafka_rule(
+                k,
+                &format!("{path}.kafka[{i}]"),
+                origin(format!("{rel}.rules.kafka[{i}]")),
+                cx,
+            ) {
                 rules.push(Arc::new(rule));
             }
         }
@@ -997,8 +1072,13 @@ fn l7_rules(
                     }
                     Err(e) => cx.error(&format!("{field}.matchPattern"), e),
                 },
-                (Some(_), Some(_)) => cx.error(&field, "`matchName` and `matchPattern` are mutually exclusive; write two entries"),
-                (None, None) => cx.error(&field, "one of `matchName` or `matchPattern` is required"),
+                (Some(_), Some(_)) => cx.error(
+                    &field,
+                    "`matchName` and `matchPattern` are mutually exclusive; write two entries",
+                ),
+                (None, None) => {
+                    cx.error(&field, "one of `matchName` or `matchPattern` is required")
+                }
             }
         }
         return Some(L7::Dns(patterns));
@@ -1021,11 +1101,25 @@ fn compile_pattern(
     }
 }
 
-fn http_rule(h: raw::HttpRule, path: &str, origin: RuleRef, cx: &mut DocContext<'_>) -> Option<HttpRule> {
+fn http_rule(
+    h: raw::HttpRule,
+    path: &str,
+    origin: RuleRef,
+    cx: &mut DocContext<'_>,
+) -> Option<HttpRule> {
     let errors_before = cx.diags.len();
-    let method = h.method.as_deref().map(|m| compile_pattern(m, &format!("{path}.method"), "method", cx));
-    let url = h.path.as_deref().map(|p| compile_pattern(p, &format!("{path}.path"), "path", cx));
-    let host = h.host.as_deref().map(|p| compile_pattern(p, &format!("{path}.host"), "host", cx));
+    let method = h
+        .method
+        .as_deref()
+        .map(|m| compile_pattern(m, &format!("{path}.method"), "method", cx));
+    let url = h
+        .path
+        .as_deref()
+        .map(|p| compile_pattern(p, &format!("{path}.path"), "path", cx));
+    let host = h
+        .host
+        .as_deref()
+        .map(|p| compile_pattern(p, &format!("{path}.host"), "host", cx));
     let mut headers = Vec::new();
     for (i, text) in h.headers.iter().flatten().enumerate() {
         let field = format!("{path}.headers[{i}]");
@@ -1081,7 +1175,10 @@ fn http_rule(h: raw::HttpRule, path: &str, origin: RuleRef, cx: &mut DocContext<
                 "Ward cannot read Kubernetes secrets: without an inline `value` this header match never succeeds and the rule denies",
             );
         }
-        if matches!(mismatch, MismatchAction::Add | MismatchAction::Replace) && hm.value.is_none() && hm.secret.is_none() {
+        if matches!(mismatch, MismatchAction::Add | MismatchAction::Replace)
+            && hm.value.is_none()
+            && hm.secret.is_none()
+        {
             cx.error(&format!("{field}.value"), "ADD and REPLACE need a `value`");
             continue;
         }
@@ -1093,7 +1190,10 @@ fn http_rule(h: raw::HttpRule, path: &str, origin: RuleRef, cx: &mut DocContext<
             unreadable_secret,
         });
     }
-    if cx.diags[errors_before..].iter().any(|d| d.severity == crate::diag::Severity::Error) {
+    if cx.diags[errors_before..]
+        .iter()
+        .any(|d| d.severity == crate::diag::Severity::Error)
+    {
         return None;
     }
     let summary = http_summary(
@@ -1113,7 +1213,12 @@ fn http_rule(h: raw::HttpRule, path: &str, origin: RuleRef, cx: &mut DocContext<
     })
 }
 
-fn http_summary(method: Option<&str>, path: Option<&str>, host: Option<&str>, headers: &[String]) -> String {
+fn http_summary(
+    method: Option<&str>,
+    path: Option<&str>,
+    host: Option<&str>,
+    headers: &[String],
+) -> String {
     let mut s = format!("{} {}", method.unwrap_or("*"), path.unwrap_or("*"));
     if let Some(h) = host {
         s.push_str(&format!(" host {h}"));
@@ -1131,17 +1236,28 @@ fn is_ident(s: &str) -> bool {
 }
 
 /// Ward's native gRPC form: `{service: "pkg.Svc", method: "Get"}` is `POST /pkg.Svc/Get`.
-fn grpc_rule(g: raw::GrpcRule, path: &str, origin: RuleRef, cx: &mut DocContext<'_>) -> Option<HttpRule> {
+fn grpc_rule(
+    g: raw::GrpcRule,
+    path: &str,
+    origin: RuleRef,
+    cx: &mut DocContext<'_>,
+) -> Option<HttpRule> {
     if !g.service.split('.').all(is_ident) {
         cx.error(
             &format!("{path}.service"),
-            format!("{:?} is not a fully-qualified gRPC service name like \"pkg.Service\"", g.service),
+            format!(
+                "{:?} is not a fully-qualified gRPC service name like \"pkg.Service\"",
+                g.service
+            ),
         );
         return None;
     }
     if let Some(m) = &g.method {
         if !is_ident(m) {
-            cx.error(&format!("{path}.method"), format!("{m:?} is not a gRPC method name"));
+            cx.error(
+                &format!("{path}.method"),
+                format!("{m:?} is not a gRPC method name"),
+            );
             return None;
         }
     }
@@ -1162,7 +1278,12 @@ fn grpc_rule(g: raw::GrpcRule, path: &str, origin: RuleRef, cx: &mut DocContext<
     })
 }
 
-fn kafka_rule(k: raw::KafkaRule, path: &str, origin: RuleRef, cx: &mut DocContext<'_>) -> Option<KafkaRule> {
+fn kafka_rule(
+    k: raw::KafkaRule,
+    path: &str,
+    origin: RuleRef,
+    cx: &mut DocContext<'_>,
+) -> Option<KafkaRule> {
     let mut ok = true;
     let mut api_keys = ApiKeySet::default();
     match (&k.role, &k.api_key) {
@@ -1174,14 +1295,20 @@ fn kafka_rule(k: raw::KafkaRule, path: &str, origin: RuleRef, cx: &mut DocContex
             "produce" => api_keys = ApiKeySet::from_keys(parsers::kafka::ROLE_PRODUCE),
             "consume" => api_keys = ApiKeySet::from_keys(parsers::kafka::ROLE_CONSUME),
             other => {
-                cx.error(&format!("{path}.role"), format!("unknown role {other:?}; use produce or consume"));
+                cx.error(
+                    &format!("{path}.role"),
+                    format!("unknown role {other:?}; use produce or consume"),
+                );
                 ok = false;
             }
         },
         (None, Some(key)) => match parsers::kafka::api_key_from_name(key) {
             Some(n) => api_keys.insert(n),
             None => {
-                cx.error(&format!("{path}.apiKey"), format!("unknown Kafka API key {key:?}"));
+                cx.error(
+                    &format!("{path}.apiKey"),
+                    format!("unknown Kafka API key {key:?}"),
+                );
                 ok = false;
             }
         },
@@ -1193,7 +1320,10 @@ fn kafka_rule(k: raw::KafkaRule, path: &str, origin: RuleRef, cx: &mut DocContex
         Some(s) => match s.parse::<i16>() {
             Ok(v) if v >= 0 => Some(v),
             _ => {
-                cx.error(&format!("{path}.apiVersion"), format!("{s:?} is not a Kafka API version (0-32767)"));
+                cx.error(
+                    &format!("{path}.apiVersion"),
+                    format!("{s:?} is not a Kafka API version (0-32767)"),
+                );
                 ok = false;
                 None
             }
@@ -1201,9 +1331,16 @@ fn kafka_rule(k: raw::KafkaRule, path: &str, origin: RuleRef, cx: &mut DocContex
     };
     if let Some(t) = &k.topic {
         if t.len() > MAX_KAFKA_TOPIC_LEN {
-            cx.error(&format!("{path}.topic"), format!("topic longer than {MAX_KAFKA_TOPIC_LEN} characters"));
+            cx.error(
+                &format!("{path}.topic"),
+                format!("topic longer than {MAX_KAFKA_TOPIC_LEN} characters"),
+            );
             ok = false;
-        } else if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        } else if t.is_empty()
+            || !t
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
             cx.error(
                 &format!("{path}.topic"),
                 format!("{t:?} is not a valid topic name (letters, digits, '.', '_', '-')"),
@@ -1222,7 +1359,10 @@ fn kafka_rule(k: raw::KafkaRule, path: &str, origin: RuleRef, cx: &mut DocContex
             .or(k.api_key.as_deref().map(|a| format!("apiKey {a}")))
             .unwrap_or_else(|| "any request".into()),
         k.topic.as_deref().unwrap_or("*"),
-        k.client_id.as_deref().map(|c| format!(" clientID {c}")).unwrap_or_default()
+        k.client_id
+            .as_deref()
+            .map(|c| format!(" clientID {c}"))
+            .unwrap_or_default()
     );
     Some(KafkaRule {
         api_keys,
@@ -1235,7 +1375,11 @@ fn kafka_rule(k: raw::KafkaRule, path: &str, origin: RuleRef, cx: &mut DocContex
 }
 
 /// Compiles a Kubernetes NetworkPolicy (Cilium's translation of it).
-pub fn k8s_policy(raw: raw::K8sNetworkPolicy, meta: Arc<PolicyMeta>, cx: &mut DocContext<'_>) -> Option<Policy> {
+pub fn k8s_policy(
+    raw: raw::K8sNetworkPolicy,
+    meta: Arc<PolicyMeta>,
+    cx: &mut DocContext<'_>,
+) -> Option<Policy> {
     let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
     let scope = Scope::Namespaced(&ns);
     let mut subject = selector(&raw.spec.pod_selector, "spec.podSelector", cx)?;
@@ -1243,7 +1387,10 @@ pub fn k8s_policy(raw: raw::K8sNetworkPolicy, meta: Arc<PolicyMeta>, cx: &mut Do
         &format!("{SOURCE_K8S}:{POD_NAMESPACE}"),
         Operator::In(vec![ns.clone()]),
     ));
-    let (mut has_in, mut has_eg) = (true, raw.spec.egress.as_ref().is_some_and(|e| !e.is_empty()));
+    let (mut has_in, mut has_eg) = (
+        true,
+        raw.spec.egress.as_ref().is_some_and(|e| !e.is_empty()),
+    );
     if let Some(types) = &raw.spec.policy_types {
         has_in = false;
         has_eg = false;
@@ -1268,7 +1415,10 @@ pub fn k8s_policy(raw: raw::K8sNetworkPolicy, meta: Arc<PolicyMeta>, cx: &mut Do
         default_deny: has_eg,
         filters: vec![],
     };
-    let mk_peers = |peers: &Option<Vec<raw::K8sPeer>>, path: &str, cx: &mut DocContext<'_>| -> Option<PeerSelector> {
+    let mk_peers = |peers: &Option<Vec<raw::K8sPeer>>,
+                    path: &str,
+                    cx: &mut DocContext<'_>|
+     -> Option<PeerSelector> {
         let Some(list) = peers.as_ref().filter(|l| !l.is_empty()) else {
             return Some(PeerSelector::All);
         };
@@ -1289,7 +1439,10 @@ pub fn k8s_policy(raw: raw::K8sNetworkPolicy, meta: Arc<PolicyMeta>, cx: &mut Do
                         match parse_cidr(e) {
                             Ok(en) if net.contains(&en) => except.push(en),
                             Ok(en) => {
-                                cx.error(&format!("{field}.ipBlock.except[{k}]"), format!("{en} is not inside {net}"));
+                                cx.error(
+                                    &format!("{field}.ipBlock.except[{k}]"),
+                                    format!("{en} is not inside {net}"),
+                                );
                                 return None;
                             }
                             Err(err) => {
@@ -1301,7 +1454,10 @@ pub fn k8s_policy(raw: raw::K8sNetworkPolicy, meta: Arc<PolicyMeta>, cx: &mut Do
                     terms.push(PeerTerm::Cidr { net, except });
                 }
                 (Some(_), _, _) => {
-                    cx.error(&format!("{field}.ipBlock"), "`ipBlock` cannot be combined with `podSelector`/`namespaceSelector`");
+                    cx.error(
+                        &format!("{field}.ipBlock"),
+                        "`ipBlock` cannot be combined with `podSelector`/`namespaceSelector`",
+                    );
                     return None;
                 }
                 (None, pod, nsel) => {
@@ -1332,35 +1488,47 @@ pub fn k8s_policy(raw: raw::K8sNetworkPolicy, meta: Arc<PolicyMeta>, cx: &mut Do
         }
         Some(PeerSelector::Any(terms))
     };
-    let k8s_ports = |ports: &Option<Vec<raw::K8sPort>>, path: &str, cx: &mut DocContext<'_>| -> L4 {
-        let Some(list) = ports.as_ref().filter(|l| !l.is_empty()) else {
-            return L4::Any;
-        };
-        let mut out = Vec::new();
-        for (i, p) in list.iter().enumerate() {
-            let field = format!("{path}[{i}]");
-            let proto = match p.protocol.as_deref().unwrap_or("TCP") {
-                "TCP" => Protocol::Tcp,
-                "UDP" => Protocol::Udp,
-                "SCTP" => Protocol::Sctp,
-                other => {
-                    cx.error(&format!("{field}.protocol"), format!("unknown protocol {other:?}; use TCP, UDP or SCTP"));
-                    continue;
-                }
+    let k8s_ports =
+        |ports: &Option<Vec<raw::K8sPort>>, path: &str, cx: &mut DocContext<'_>| -> L4 {
+            let Some(list) = ports.as_ref().filter(|l| !l.is_empty()) else {
+                return L4::Any;
             };
-            if let Some(port) = parse_port(p.port.clone(), p.end_port, &field, cx) {
-                out.push(PortMatch { protocol: proto, port });
+            let mut out = Vec::new();
+            for (i, p) in list.iter().enumerate() {
+                let field = format!("{path}[{i}]");
+                let proto = match p.protocol.as_deref().unwrap_or("TCP") {
+                    "TCP" => Protocol::Tcp,
+                    "UDP" => Protocol::Udp,
+                    "SCTP" => Protocol::Sctp,
+                    other => {
+                        cx.error(
+                            &format!("{field}.protocol"),
+                            format!("unknown protocol {other:?}; use TCP, UDP or SCTP"),
+                        );
+                        continue;
+                    }
+                };
+                if let Some(port) = parse_port(p.port.clone(), p.end_port, &field, cx) {
+                    out.push(PortMatch {
+                        protocol: proto,
+                        port,
+                    });
+                }
             }
-        }
-        L4::Ports(out)
-    };
+            L4::Ports(out)
+        };
     let _ = scope;
     for (i, r) in raw.spec.ingress.iter().flatten().enumerate() {
         let path = format!("spec.ingress[{i}]");
-        let Some(peers) = mk_peers(&r.from, &format!("{path}.from"), cx) else { continue };
+        let Some(peers) = mk_peers(&r.from, &format!("{path}.from"), cx) else {
+            continue;
+        };
         let l4 = k8s_ports(&r.ports, &format!("{path}.ports"), cx);
         ingress.filters.push(Filter {
-            origin: RuleRef { policy: meta.clone(), path: format!("ingress[{i}]") },
+            origin: RuleRef {
+                policy: meta.clone(),
+                path: format!("ingress[{i}]"),
+            },
             direction: Direction::Ingress,
             deny: false,
             peers: Arc::new(peers),
@@ -1371,10 +1539,15 @@ pub fn k8s_policy(raw: raw::K8sNetworkPolicy, meta: Arc<PolicyMeta>, cx: &mut Do
     }
     for (i, r) in raw.spec.egress.iter().flatten().enumerate() {
         let path = format!("spec.egress[{i}]");
-        let Some(peers) = mk_peers(&r.to, &format!("{path}.to"), cx) else { continue };
+        let Some(peers) = mk_peers(&r.to, &format!("{path}.to"), cx) else {
+            continue;
+        };
         let l4 = k8s_ports(&r.ports, &format!("{path}.ports"), cx);
         egress.filters.push(Filter {
-            origin: RuleRef { policy: meta.clone(), path: format!("egress[{i}]") },
+            origin: RuleRef {
+                policy: meta.clone(),
+                path: format!("egress[{i}]"),
+            },
             direction: Direction::Egress,
             deny: false,
             peers: Arc::new(peers),
@@ -1384,11 +1557,17 @@ pub fn k8s_policy(raw: raw::K8sNetworkPolicy, meta: Arc<PolicyMeta>, cx: &mut Do
         });
     }
     if raw.spec.ingress.as_ref().is_some_and(|v| !v.is_empty()) && !has_in {
-        cx.warn("spec.ingress", "`policyTypes` does not list Ingress, so these ingress rules are ignored");
+        cx.warn(
+            "spec.ingress",
+            "`policyTypes` does not list Ingress, so these ingress rules are ignored",
+        );
         ingress.filters.clear();
     }
     if raw.spec.egress.as_ref().is_some_and(|v| !v.is_empty()) && !has_eg {
-        cx.warn("spec.egress", "`policyTypes` does not list Egress, so these egress rules are ignored");
+        cx.warn(
+            "spec.egress",
+            "`policyTypes` does not list Egress, so these egress rules are ignored",
+        );
         egress.filters.clear();
     }
     Some(Policy {

@@ -105,7 +105,11 @@ pub fn port_range_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
     let mut out = Vec::new();
     let (mut lo, hi) = (u32::from(lo), u32::from(hi));
     while lo <= hi {
-        let mut size: u32 = if lo == 0 { 1 << 16 } else { 1 << lo.trailing_zeros().min(16) };
+        let mut size: u32 = if lo == 0 {
+            1 << 16
+        } else {
+            1 << lo.trailing_zeros().min(16)
+        };
         while lo + size - 1 > hi {
             size >>= 1;
         }
@@ -176,7 +180,10 @@ impl Verdict {
     }
 
     pub fn rule(&self) -> Option<String> {
-        self.origin.as_ref().map(|o| o.path.clone()).filter(|p| !p.is_empty())
+        self.origin
+            .as_ref()
+            .map(|o| o.path.clone())
+            .filter(|p| !p.is_empty())
     }
 }
 
@@ -251,7 +258,9 @@ impl Engine {
     /// Policies whose subject selects this endpoint.
     pub fn selecting<'a>(&'a self, subject: &'a Peer) -> impl Iterator<Item = &'a Policy> + 'a {
         self.set.policies.iter().filter(move |p| match &p.subject {
-            Subject::Endpoints(sel) => subject.kind == PeerKind::Endpoint && sel.matches(&subject.labels),
+            Subject::Endpoints(sel) => {
+                subject.kind == PeerKind::Endpoint && sel.matches(&subject.labels)
+            }
             Subject::Nodes(sel) => {
                 subject.kind == PeerKind::Reserved(Reserved::Host) && sel.matches(&self.node_labels)
             }
@@ -260,7 +269,11 @@ impl Engine {
 
     pub fn enforcement(&self, subject: &Peer, direction: Direction) -> Enforcement {
         let always = self.mode == EnforcementMode::Always
-            || subject.labels.values(Some("reserved"), "init").next().is_some();
+            || subject
+                .labels
+                .values(Some("reserved"), "init")
+                .next()
+                .is_some();
         if self.mode == EnforcementMode::Never {
             return Enforcement::Unrestricted;
         }
@@ -285,7 +298,12 @@ impl Engine {
 
     /// The filters that apply to the subject in a direction (plus the synthesised default-allow
     /// filter when only default-allow rules select it).
-    fn filters<'a>(&'a self, subject: &'a Peer, direction: Direction, default_deny: bool) -> Vec<&'a Filter> {
+    fn filters<'a>(
+        &'a self,
+        subject: &'a Peer,
+        direction: Direction,
+        default_deny: bool,
+    ) -> Vec<&'a Filter> {
         let mut out: Vec<&Filter> = self
             .selecting(subject)
             .flat_map(|p| p.direction(direction).filters.iter())
@@ -293,7 +311,10 @@ impl Engine {
         if !default_deny {
             out.push(default_allow_filter(direction));
         }
-        if self.allow_localhost && direction == Direction::Ingress && subject.kind == PeerKind::Endpoint {
+        if self.allow_localhost
+            && direction == Direction::Ingress
+            && subject.kind == PeerKind::Endpoint
+        {
             out.push(allow_localhost_filter());
         }
         out
@@ -301,7 +322,13 @@ impl Engine {
 
     /// Map entries produced by the filters for one peer: `(key, value)` for its identity (L3
     /// entries) and for the wildcard identity (L4-only entries), before precedence fix-up.
-    fn raw_entries(&self, filters: &[&Filter], subject: &Peer, peer: &Peer, direction: Direction) -> Vec<MapEntry> {
+    fn raw_entries(
+        &self,
+        filters: &[&Filter],
+        subject: &Peer,
+        peer: &Peer,
+        direction: Direction,
+    ) -> Vec<MapEntry> {
         let mut out = Vec::new();
         for f in filters {
             let wildcard = f.peers.is_wildcard();
@@ -311,13 +338,18 @@ impl Engine {
             let identity = if wildcard { WILDCARD } else { peer.identity };
             let value = MapValue {
                 deny: f.deny,
-                redirect: if f.deny { None } else { f.l7.as_ref().map(L7::parser) },
+                redirect: if f.deny {
+                    None
+                } else {
+                    f.l7.as_ref().map(L7::parser)
+                },
                 precedence: precedence(
                     f.priority,
                     if f.deny {
                         PRECEDENCE_DENY
                     } else {
-                        f.l7.as_ref().map_or(PRECEDENCE_ALLOW, |l| l.parser().precedence_byte())
+                        f.l7.as_ref()
+                            .map_or(PRECEDENCE_ALLOW, |l| l.parser().precedence_byte())
                     },
                 ),
                 origin: (f.priority != LOWEST_PRIORITY).then(|| f.origin.clone()),
@@ -329,7 +361,10 @@ impl Engine {
                 Direction::Egress => peer,
             };
             for key in filter_keys(f, identity, direction, dest) {
-                out.push(MapEntry { key, value: value.clone() });
+                out.push(MapEntry {
+                    key,
+                    value: value.clone(),
+                });
             }
         }
         out
@@ -345,7 +380,13 @@ impl Engine {
                 Enforcement::Unrestricted => {
                     // Unrestricted: one allow-all wildcard entry.
                     all.push(MapEntry {
-                        key: MapKey { identity: WILDCARD, direction, protocol: 0, port: 0, prefix_len: 0 },
+                        key: MapKey {
+                            identity: WILDCARD,
+                            direction,
+                            protocol: 0,
+                            port: 0,
+                            prefix_len: 0,
+                        },
                         value: MapValue {
                             deny: false,
                             redirect: None,
@@ -420,7 +461,9 @@ impl Engine {
             (Some(a), None) => Some(a),
             (None, Some(b)) => Some(b),
             (Some(a), Some(b)) => {
-                if (a.2.value.deny && a.0 == precedence(0, PRECEDENCE_DENY)) || !(b.0 > a.0 || (b.0 == a.0 && b.1 > a.1)) {
+                if (a.2.value.deny && a.0 == precedence(0, PRECEDENCE_DENY))
+                    || !(b.0 > a.0 || (b.0 == a.0 && b.1 > a.1))
+                {
                     Some(a)
                 } else {
                     Some(b)
@@ -432,8 +475,14 @@ impl Engine {
             None => {
                 let enabling = self
                     .selecting(flow.subject)
-                    .find(|p| p.direction(flow.direction).present && p.direction(flow.direction).default_deny)
-                    .map(|p| RuleRef { policy: p.meta.clone(), path: String::new() });
+                    .find(|p| {
+                        p.direction(flow.direction).present
+                            && p.direction(flow.direction).default_deny
+                    })
+                    .map(|p| RuleRef {
+                        policy: p.meta.clone(),
+                        path: String::new(),
+                    });
                 (
                     L3L4Verdict::Deny,
                     format!(
@@ -458,7 +507,12 @@ impl Engine {
             Some((_, _, e)) => match e.value.redirect {
                 Some(parser) => (
                     L3L4Verdict::Redirect(parser),
-                    format!("{} redirects {} to the {} proxy", describe_origin(&e.value.origin), what, parser.as_str()),
+                    format!(
+                        "{} redirects {} to the {} proxy",
+                        describe_origin(&e.value.origin),
+                        what,
+                        parser.as_str()
+                    ),
                     e.value.origin.clone(),
                 ),
                 None => (
@@ -509,16 +563,25 @@ impl Engine {
             if f.deny || !f.peers.selects(flow.peer, &self.set.catalog) {
                 continue;
             }
-            let id = if f.peers.is_wildcard() { WILDCARD } else { flow.peer.identity };
-            let covers = filter_keys(f, id, flow.direction, dest)
-                .iter()
-                .any(|k| k.covers(&MapKey { identity: id, ..packet }));
+            let id = if f.peers.is_wildcard() {
+                WILDCARD
+            } else {
+                flow.peer.identity
+            };
+            let covers = filter_keys(f, id, flow.direction, dest).iter().any(|k| {
+                k.covers(&MapKey {
+                    identity: id,
+                    ..packet
+                })
+            });
             if !covers {
                 continue;
             }
             match &f.l7 {
                 None => {
-                    return L7Policy::AllowAll((f.priority != LOWEST_PRIORITY).then(|| f.origin.clone()))
+                    return L7Policy::AllowAll(
+                        (f.priority != LOWEST_PRIORITY).then(|| f.origin.clone()),
+                    )
                 }
                 Some(l7) => {
                     if !parsers.contains(&l7.parser()) {
@@ -556,7 +619,10 @@ impl Engine {
         };
         if let (L3L4Verdict::Redirect(parser), Some(req)) = (l3l4, request) {
             v.stage = Stage::L7;
-            let redirect_origin = v.origin.as_ref().map_or("a default-allow rule".to_string(), |o| o.to_string());
+            let redirect_origin = v
+                .origin
+                .as_ref()
+                .map_or("a default-allow rule".to_string(), |o| o.to_string());
             let (ok, reason, origin, actions) = self.check_l7(flow, parser, req, &redirect_origin);
             v.l7 = Some(ok);
             v.allowed = ok;
@@ -755,7 +821,9 @@ fn allow_localhost_filter() -> &'static Filter {
         },
         direction: Direction::Ingress,
         deny: false,
-        peers: Arc::new(PeerSelector::Any(vec![PeerTerm::Entity(crate::identity::Entity::Host)])),
+        peers: Arc::new(PeerSelector::Any(vec![PeerTerm::Entity(
+            crate::identity::Entity::Host,
+        )])),
         l4: L4::Any,
         l7: None,
         priority: 0,
@@ -773,7 +841,10 @@ fn filter_keys(f: &Filter, identity: Identity, direction: Direction, dest: &Peer
     };
     match &f.l4 {
         L4::Any => vec![key(0, 0, 0)],
-        L4::Icmp(types) => types.iter().map(|(p, t)| key(p.number(), u16::from(*t), 24)).collect(),
+        L4::Icmp(types) => types
+            .iter()
+            .map(|(p, t)| key(p.number(), u16::from(*t), 24))
+            .collect(),
         L4::Ports(ports) => {
             let mut out = Vec::new();
             for pm in ports {
@@ -798,7 +869,10 @@ fn filter_keys(f: &Filter, identity: Identity, direction: Direction, dest: &Peer
 fn fixup(entries: Vec<MapEntry>) -> Vec<MapEntry> {
     let mut out: Vec<MapEntry> = Vec::with_capacity(entries.len());
     for e in &entries {
-        if out.iter().any(|o| o.key == e.key && o.value.precedence >= e.value.precedence) {
+        if out
+            .iter()
+            .any(|o| o.key == e.key && o.value.precedence >= e.value.precedence)
+        {
             continue;
         }
         let best = entries
@@ -808,7 +882,10 @@ fn fixup(entries: Vec<MapEntry>) -> Vec<MapEntry> {
             .map(|c| c.value.clone())
             .unwrap_or_else(|| e.value.clone());
         out.retain(|o| o.key != e.key);
-        out.push(MapEntry { key: e.key, value: best });
+        out.push(MapEntry {
+            key: e.key,
+            value: best,
+        });
     }
     out
 }
@@ -832,7 +909,11 @@ mod tests {
         let blocks = port_range_prefixes(1000, 2047);
         for p in [999u16, 1000, 1500, 2047, 2048] {
             let inside = blocks.iter().any(|(s, bits)| {
-                let mask: u16 = if *bits == 0 { 0 } else { (!0u16) << (16 - bits) };
+                let mask: u16 = if *bits == 0 {
+                    0
+                } else {
+                    (!0u16) << (16 - bits)
+                };
                 p & mask == *s & mask
             });
             assert_eq!(inside, (1000..=2047).contains(&p), "{p}");

@@ -185,7 +185,10 @@ pub enum PeerKind {
     /// that contains the address (its CIDR identity), or the address itself.
     Cidr(IpNet),
     /// An address learned from a DNS answer for `names` (lower-case, trailing dot).
-    Fqdn { ip: IpAddr, names: Vec<String> },
+    Fqdn {
+        ip: IpAddr,
+        names: Vec<String>,
+    },
 }
 
 /// The other side of a flow, as policy sees it.
@@ -248,11 +251,7 @@ impl Peer {
     /// CIDR containing it), or world when no policy CIDR contains it.
     pub fn cidr(ip: IpAddr, prefix: Option<IpNet>) -> Peer {
         let (identity, labels, kind) = match prefix {
-            Some(net) => (
-                cidr_identity(&net),
-                cidr_labels(&net),
-                PeerKind::Cidr(net),
-            ),
+            Some(net) => (cidr_identity(&net), cidr_labels(&net), PeerKind::Cidr(net)),
             None => {
                 let host = IpNet::from(ip);
                 (

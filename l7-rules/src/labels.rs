@@ -190,7 +190,12 @@ mod tests {
             ("k8s:app=web", "k8s", "app", "web"),
             ("app=web", "any", "app", "web"),
             ("reserved:host", "reserved", "host", ""),
-            ("kubernetes.io/metadata.name=db", "any", "kubernetes.io/metadata.name", "db"),
+            (
+                "kubernetes.io/metadata.name=db",
+                "any",
+                "kubernetes.io/metadata.name",
+                "db",
+            ),
         ];
         for (text, source, key, value) in cases {
             let l = Label::parse(text, "any");

@@ -33,7 +33,12 @@ fn subject_key(s: &Subject) -> String {
 pub fn cross_policy_warnings(policies: &[Policy], diags: &mut Vec<Diagnostic>) {
     for p in policies {
         for dir in [Direction::Ingress, Direction::Egress] {
-            for a in p.direction(dir).filters.iter().filter(|f| f.l7.is_some() && !f.deny) {
+            for a in p
+                .direction(dir)
+                .filters
+                .iter()
+                .filter(|f| f.l7.is_some() && !f.deny)
+            {
                 let neutraliser = policies
                     .iter()
                     .filter(|q| subject_key(&q.subject) == subject_key(&p.subject))

@@ -3,7 +3,7 @@
 //! contributes nothing; all errors of all files are reported together.
 
 use crate::compile;
-use crate::diag::{DocContext, Diagnostic, Severity};
+use crate::diag::{Diagnostic, DocContext, Severity};
 use crate::model::*;
 use crate::raw;
 use std::collections::HashMap;
@@ -47,8 +47,13 @@ impl LineIndex {
 }
 
 enum Frame {
-    Map { key: Option<String>, expecting_key: bool },
-    Seq { index: usize },
+    Map {
+        key: Option<String>,
+        expecting_key: bool,
+    },
+    Seq {
+        index: usize,
+    },
 }
 
 #[derive(Default)]
@@ -65,7 +70,10 @@ impl IndexBuilder {
     fn current_child_path(&self) -> Option<String> {
         let parent = self.paths.last()?;
         match self.stack.last()? {
-            Frame::Map { key: Some(k), expecting_key: false } => Some(if parent.is_empty() {
+            Frame::Map {
+                key: Some(k),
+                expecting_key: false,
+            } => Some(if parent.is_empty() {
                 k.clone()
             } else {
                 format!("{parent}.{k}")
@@ -79,7 +87,10 @@ impl IndexBuilder {
     fn value_started(&mut self, line: usize) -> Option<String> {
         let path = self.current_child_path();
         if let Some(p) = &path {
-            self.index.lines.entry((self.doc, p.clone())).or_insert(line);
+            self.index
+                .lines
+                .entry((self.doc, p.clone()))
+                .or_insert(line);
         }
         path
     }
@@ -124,7 +135,10 @@ impl MarkedEventReceiver for IndexBuilder {
                 };
                 self.paths.push(path.unwrap_or_default());
                 self.stack.push(if matches!(ev, Event::MappingStart(..)) {
-                    Frame::Map { key: None, expecting_key: true }
+                    Frame::Map {
+                        key: None,
+                        expecting_key: true,
+                    }
                 } else {
                     Frame::Seq { index: 0 }
                 });
@@ -178,7 +192,9 @@ pub struct LoadError {
 
 impl LoadError {
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
-        self.diagnostics.iter().filter(|d| d.severity == Severity::Error)
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
     }
 }
 
@@ -211,7 +227,8 @@ fn collect(p: &Path, out: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic>) {
         Ok(m) if m.is_dir() => match std::fs::read_dir(p) {
             Err(e) => diags.push(io_error(format!("cannot list directory: {e}"))),
             Ok(entries) => {
-                let mut children: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+                let mut children: Vec<PathBuf> =
+                    entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
                 children.sort();
                 for c in children {
                     let name = c.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -261,7 +278,9 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<PolicySet, LoadError> {
     }
     let mut set = load_sources(&sources).map_err(|mut e| {
         diags.append(&mut e.diagnostics);
-        LoadError { diagnostics: std::mem::take(&mut diags) }
+        LoadError {
+            diagnostics: std::mem::take(&mut diags),
+        }
     })?;
     if !diags.is_empty() {
         diags.append(&mut set.warnings);
@@ -320,7 +339,14 @@ fn load_file(name: &str, text: &str, set: &mut PolicySet, diags: &mut Vec<Diagno
             doc_line,
             diags: Vec::new(),
         };
-        load_document(value, name, doc, &mut cx, &mut file_policies, &mut file_catalog);
+        load_document(
+            value,
+            name,
+            doc,
+            &mut cx,
+            &mut file_policies,
+            &mut file_catalog,
+        );
         file_diags.append(&mut cx.diags);
     }
     let failed = file_diags.iter().any(|d| d.severity == Severity::Error);
@@ -345,7 +371,10 @@ fn load_document(
     let meta: raw::TypeMeta = match serde_yaml::from_value(value.clone()) {
         Ok(m) => m,
         Err(_) => {
-            cx.error("", "a policy document must be a mapping with `apiVersion` and `kind`");
+            cx.error(
+                "",
+                "a policy document must be a mapping with `apiVersion` and `kind`",
+            );
             return;
         }
     };
@@ -370,7 +399,9 @@ fn load_document(
     };
     cx.object = Some(object_id);
     let policy_kind = match (api, kind) {
-        ("cilium.io/v2" | "cilium.io/v2alpha1", "CiliumNetworkPolicy") => Some(PolicyKind::CiliumNetworkPolicy),
+        ("cilium.io/v2" | "cilium.io/v2alpha1", "CiliumNetworkPolicy") => {
+            Some(PolicyKind::CiliumNetworkPolicy)
+        }
         ("cilium.io/v2" | "cilium.io/v2alpha1", "CiliumClusterwideNetworkPolicy") => {
             Some(PolicyKind::CiliumClusterwideNetworkPolicy)
         }
@@ -403,7 +434,10 @@ fn load_document(
             return;
         }
         (_, "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy") => {
-            cx.error("apiVersion", format!("apiVersion {api:?} is not supported for {kind}; use cilium.io/v2"));
+            cx.error(
+                "apiVersion",
+                format!("apiVersion {api:?} is not supported for {kind}; use cilium.io/v2"),
+            );
             return;
         }
         (_, "NetworkPolicy") => {
@@ -418,7 +452,9 @@ fn load_document(
             return;
         }
     };
-    let Some(policy_kind) = policy_kind else { return };
+    let Some(policy_kind) = policy_kind else {
+        return;
+    };
     let Some(name) = name.filter(|n| !n.is_empty()) else {
         cx.error("metadata.name", "the policy needs `metadata.name`");
         return;
@@ -457,7 +493,10 @@ fn load_document(
 }
 
 /// Typed deserialisation with the failing field's path.
-fn typed<T: serde::de::DeserializeOwned>(value: serde_yaml::Value, cx: &mut DocContext<'_>) -> Option<T> {
+fn typed<T: serde::de::DeserializeOwned>(
+    value: serde_yaml::Value,
+    cx: &mut DocContext<'_>,
+) -> Option<T> {
     match serde_path_to_error::deserialize::<_, T>(value) {
         Ok(v) => Some(v),
         Err(e) => {
@@ -499,9 +538,18 @@ mod tests {
         assert_eq!(idx.line_of(0, "a"), Some(1));
         assert_eq!(idx.line_of(1, "spec"), Some(3));
         assert_eq!(idx.line_of(1, "spec.ingress"), Some(4));
-        assert_eq!(idx.line_of(1, "spec.ingress[0].fromEndpoints[0].matchLabels.org"), Some(7));
-        assert_eq!(idx.line_of(1, "spec.ingress[0].toPorts[0].ports[0].port"), Some(10));
+        assert_eq!(
+            idx.line_of(1, "spec.ingress[0].fromEndpoints[0].matchLabels.org"),
+            Some(7)
+        );
+        assert_eq!(
+            idx.line_of(1, "spec.ingress[0].toPorts[0].ports[0].port"),
+            Some(10)
+        );
         // Unknown leaf: nearest ancestor.
-        assert_eq!(idx.line_of(1, "spec.ingress[0].toPorts[0].ports[0].nope"), Some(10));
+        assert_eq!(
+            idx.line_of(1, "spec.ingress[0].toPorts[0].ports[0].nope"),
+            Some(10)
+        );
     }
 }

@@ -116,10 +116,16 @@ pub enum Subject {
 pub enum PeerTerm {
     Endpoints(LabelSelector),
     Entity(Entity),
-    Cidr { net: IpNet, except: Vec<IpNet> },
+    Cidr {
+        net: IpNet,
+        except: Vec<IpNet>,
+    },
     Fqdn(NamePattern),
     /// `toServices.k8sService`: the pods behind the named Service.
-    Service { namespace: String, name: String },
+    Service {
+        namespace: String,
+        name: String,
+    },
     /// `toServices.k8sServiceSelector`: the pods behind Services whose labels match.
     ServiceSelector {
         namespace: Option<String>,

@@ -12,7 +12,11 @@ fn engine(yaml: &str) -> Engine {
         Ok(set) => Engine::new(set),
         Err(e) => panic!(
             "policy should load: {}",
-            e.diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")
+            e.diagnostics
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
         ),
     }
 }
@@ -146,15 +150,26 @@ const DEATHSTAR: &str = "org=empire,class=deathstar";
 #[test]
 fn starwars_story() {
     let e = engine(STARWARS_L7);
-    let a = ask(TIE, DEATHSTAR, 80).http("POST", "/v1/request-landing").run(&e);
+    let a = ask(TIE, DEATHSTAR, 80)
+        .http("POST", "/v1/request-landing")
+        .run(&e);
     assert!(a.allowed);
     assert_eq!(a.stage, Stage::L7);
-    let a = ask(TIE, DEATHSTAR, 80).http("PUT", "/v1/exhaust-port").run(&e);
+    let a = ask(TIE, DEATHSTAR, 80)
+        .http("PUT", "/v1/exhaust-port")
+        .run(&e);
     assert!(!a.allowed);
     assert_eq!(a.stage, Stage::L7);
     assert_eq!(a.policy.as_deref(), Some("default/rule1"));
-    assert!(a.reason.contains("PUT /v1/exhaust-port matched no http rule"), "{}", a.reason);
-    let a = ask(XWING, DEATHSTAR, 80).http("POST", "/v1/request-landing").run(&e);
+    assert!(
+        a.reason
+            .contains("PUT /v1/exhaust-port matched no http rule"),
+        "{}",
+        a.reason
+    );
+    let a = ask(XWING, DEATHSTAR, 80)
+        .http("POST", "/v1/request-landing")
+        .run(&e);
     assert!(!a.allowed);
     assert_eq!(a.stage, Stage::L3L4);
     assert_eq!(a.l3l4, L3L4Verdict::Deny);
@@ -197,19 +212,83 @@ fn s1_1_http_field_semantics() {
     ));
     let to = "app=svc";
     let cases: Vec<(Ask<'_>, bool, &str)> = vec![
-        (ask("a=b", to, 80).http("GET", "/public"), true, "exact path"),
-        (ask("a=b", to, 80).http("GET", "/public?x=1"), false, "path includes the query"),
-        (ask("a=b", to, 80).http("GET", "/public/x"), false, "full match, not prefix"),
-        (ask("a=b", to, 80).http("get", "/public"), false, "method is case-sensitive"),
-        (ask("a=b", to, 80).http("GET", "/status/x").host("api.example.com"), true, "host regex"),
-        (ask("a=b", to, 80).http("GET", "/status/x").host("api.example.com:8080"), false, "host includes the port"),
-        (ask("a=b", to, 80).http("PUT", "/path2").header("x-my-header", "true"), true, "header names are case-insensitive"),
-        (ask("a=b", to, 80).http("PUT", "/path2").header("X-My-Header", "false"), false, "header value is exact"),
-        (ask("a=b", to, 80).http("PUT", "/path2"), false, "missing header"),
-        (ask("a=b", to, 80).http("GET", "/path2").header("X-My-Header", "true"), false, "fields are AND"),
-        (ask("a=b", to, 80).http("POST", "/token").header("X-Token", "anything"), true, "header without value is a presence match"),
-        (ask("a=b", to, 80).http("POST", "/token"), false, "presence match needs the header"),
-        (ask("a=b", to, 80).http("GET", "/a/../public"), true, "paths are normalised before matching"),
+        (
+            ask("a=b", to, 80).http("GET", "/public"),
+            true,
+            "exact path",
+        ),
+        (
+            ask("a=b", to, 80).http("GET", "/public?x=1"),
+            false,
+            "path includes the query",
+        ),
+        (
+            ask("a=b", to, 80).http("GET", "/public/x"),
+            false,
+            "full match, not prefix",
+        ),
+        (
+            ask("a=b", to, 80).http("get", "/public"),
+            false,
+            "method is case-sensitive",
+        ),
+        (
+            ask("a=b", to, 80)
+                .http("GET", "/status/x")
+                .host("api.example.com"),
+            true,
+            "host regex",
+        ),
+        (
+            ask("a=b", to, 80)
+                .http("GET", "/status/x")
+                .host("api.example.com:8080"),
+            false,
+            "host includes the port",
+        ),
+        (
+            ask("a=b", to, 80)
+                .http("PUT", "/path2")
+                .header("x-my-header", "true"),
+            true,
+            "header names are case-insensitive",
+        ),
+        (
+            ask("a=b", to, 80)
+                .http("PUT", "/path2")
+                .header("X-My-Header", "false"),
+            false,
+            "header value is exact",
+        ),
+        (
+            ask("a=b", to, 80).http("PUT", "/path2"),
+            false,
+            "missing header",
+        ),
+        (
+            ask("a=b", to, 80)
+                .http("GET", "/path2")
+                .header("X-My-Header", "true"),
+            false,
+            "fields are AND",
+        ),
+        (
+            ask("a=b", to, 80)
+                .http("POST", "/token")
+                .header("X-Token", "anything"),
+            true,
+            "header without value is a presence match",
+        ),
+        (
+            ask("a=b", to, 80).http("POST", "/token"),
+            false,
+            "presence match needs the header",
+        ),
+        (
+            ask("a=b", to, 80).http("GET", "/a/../public"),
+            true,
+            "paths are normalised before matching",
+        ),
     ];
     for (a, want, what) in cases {
         assert_eq!(allowed(&e, a), want, "{what}");
@@ -226,15 +305,25 @@ fn s1_1_header_without_space_is_a_trap() {
     let w = warnings(&yaml);
     assert!(w.iter().any(|w| w.contains("no space after ':'")), "{w:?}");
     let e = engine(&yaml);
-    assert!(!allowed(&e, ask("a=b", "app=svc", 80).http("GET", "/").header("X-My-Header", "true")));
+    assert!(!allowed(
+        &e,
+        ask("a=b", "app=svc", 80)
+            .http("GET", "/")
+            .header("X-My-Header", "true")
+    ));
 }
 
 #[test]
 fn s1_1_empty_rule_matches_every_request() {
     let e = engine(&http_policy("        - {}\n"));
-    let a = ask("a=b", "app=svc", 80).http("DELETE", "/anything").run(&e);
+    let a = ask("a=b", "app=svc", 80)
+        .http("DELETE", "/anything")
+        .run(&e);
     assert!(a.allowed);
-    assert_eq!(a.l3l4, L3L4Verdict::Redirect(l7_rules::model::L7Parser::Http));
+    assert_eq!(
+        a.l3l4,
+        L3L4Verdict::Redirect(l7_rules::model::L7Parser::Http)
+    );
 }
 
 #[test]
@@ -246,8 +335,18 @@ fn s1_2_header_match_mismatch_fail_denies() {
             value: "yes"
 "#,
     ));
-    assert!(allowed(&e, ask("a=b", "app=svc", 80).http("GET", "/a").header("X-Required", "yes")));
-    assert!(!allowed(&e, ask("a=b", "app=svc", 80).http("GET", "/a").header("X-Required", "no")));
+    assert!(allowed(
+        &e,
+        ask("a=b", "app=svc", 80)
+            .http("GET", "/a")
+            .header("X-Required", "yes")
+    ));
+    assert!(!allowed(
+        &e,
+        ask("a=b", "app=svc", 80)
+            .http("GET", "/a")
+            .header("X-Required", "no")
+    ));
 }
 
 #[test]
@@ -263,14 +362,25 @@ spec:
     - ports: [{port: "80", protocol: TCP}]
       rules: {http: []}
 "#;
-    let a = ask("a=b", "app=svc", 80).http("PUT", "/x").run(&engine(none));
+    let a = ask("a=b", "app=svc", 80)
+        .http("PUT", "/x")
+        .run(&engine(none));
     assert!(a.allowed);
-    assert_eq!(a.l3l4, L3L4Verdict::Allow, "`http: []` is no L7 rule: no redirect");
+    assert_eq!(
+        a.l3l4,
+        L3L4Verdict::Allow,
+        "`http: []` is no L7 rule: no redirect"
+    );
     assert_eq!(a.l7, None);
     let wildcard = none.replace("{http: []}", "{http: [{}]}");
-    let a = ask("a=b", "app=svc", 80).http("PUT", "/x").run(&engine(&wildcard));
+    let a = ask("a=b", "app=svc", 80)
+        .http("PUT", "/x")
+        .run(&engine(&wildcard));
     assert!(a.allowed);
-    assert!(matches!(a.l3l4, L3L4Verdict::Redirect(_)), "`http: [{{}}]` redirects");
+    assert!(
+        matches!(a.l3l4, L3L4Verdict::Redirect(_)),
+        "`http: [{{}}]` redirects"
+    );
 }
 
 #[test]
@@ -291,13 +401,34 @@ spec:
         )
     };
     let cases = [
-        (base("[{port: '80', protocol: UDP}]", "{http: [{}]}"), "only apply to TCP"),
-        (base("[{port: '0', protocol: TCP}]", "{http: [{}]}"), "port 0"),
-        (base("[{port: '80', protocol: TCP}]", "{http: [{}], kafka: [{}]}"), "multiple L7 protocol"),
-        (base("[{port: '53', protocol: UDP}]", "{dns: [{matchPattern: '*'}]}"), "only valid on egress"),
+        (
+            base("[{port: '80', protocol: UDP}]", "{http: [{}]}"),
+            "only apply to TCP",
+        ),
+        (
+            base("[{port: '0', protocol: TCP}]", "{http: [{}]}"),
+            "port 0",
+        ),
+        (
+            base("[{port: '80', protocol: TCP}]", "{http: [{}], kafka: [{}]}"),
+            "multiple L7 protocol",
+        ),
         (
             base(
-                &format!("[{}]", (1..=41).map(|p| format!("{{port: '{p}'}}")).collect::<Vec<_>>().join(",")),
+                "[{port: '53', protocol: UDP}]",
+                "{dns: [{matchPattern: '*'}]}",
+            ),
+            "only valid on egress",
+        ),
+        (
+            base(
+                &format!(
+                    "[{}]",
+                    (1..=41)
+                        .map(|p| format!("{{port: '{p}'}}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
                 "{}",
             ),
             "at most 40",
@@ -305,7 +436,11 @@ spec:
     ];
     for (yaml, needle) in cases {
         let e = load_err(&yaml);
-        assert!(e.errors().any(|d| d.message.contains(needle)), "{needle}: {:?}", e.diagnostics);
+        assert!(
+            e.errors().any(|d| d.message.contains(needle)),
+            "{needle}: {:?}",
+            e.diagnostics
+        );
     }
 }
 
@@ -336,9 +471,15 @@ spec:
       rules: {http: [{method: GET, path: /admin}]}
 "#;
     let e = engine(yaml);
-    assert!(allowed(&e, ask("role=other", "app=svc", 8080)), "default-allow: other ports pass");
+    assert!(
+        allowed(&e, ask("role=other", "app=svc", 8080)),
+        "default-allow: other ports pass"
+    );
     // Since 1.18 L7 rules in a default-allow direction get a wildcard: other requests pass.
-    assert!(allowed(&e, ask("role=admin", "app=svc", 80).http("POST", "/x")));
+    assert!(allowed(
+        &e,
+        ask("role=admin", "app=svc", 80).http("POST", "/x")
+    ));
 }
 
 #[test]
@@ -379,7 +520,10 @@ spec:
 "#;
     assert!(!allowed(&engine(deny_all), ask("a=b", "app=svc", 80)));
     let empty = deny_all.replace("ingress: [{}]", "ingress: []");
-    assert!(allowed(&engine(&empty), ask("a=b", "app=svc", 80)), "len == 0: no default deny");
+    assert!(
+        allowed(&engine(&empty), ask("a=b", "app=svc", 80)),
+        "len == 0: no default deny"
+    );
     assert!(warnings(&empty).iter().any(|w| w.contains("empty section")));
 }
 
@@ -401,18 +545,36 @@ spec:
     };
     // Omitted fromEndpoints with toPorts: every peer, including world.
     let e = engine(&mk("{}").replace("- {}\n    toPorts", "- toPorts"));
-    assert!(allowed(&e, ask("cidr:8.8.8.8", "app=svc,namespace=prod", 80)));
+    assert!(allowed(
+        &e,
+        ask("cidr:8.8.8.8", "app=svc,namespace=prod", 80)
+    ));
     // Explicit empty list selects nothing.
     let e = engine(&mk("fromEndpoints: []\n   "));
-    assert!(!allowed(&e, ask("a=b,namespace=prod", "app=svc,namespace=prod", 80)));
+    assert!(!allowed(
+        &e,
+        ask("a=b,namespace=prod", "app=svc,namespace=prod", 80)
+    ));
     // `[{}]` is every pod of the policy's namespace only: not other namespaces, not world.
     let e = engine(&mk("fromEndpoints: [{}]\n   "));
-    assert!(allowed(&e, ask("a=b,namespace=prod", "app=svc,namespace=prod", 80)));
-    assert!(!allowed(&e, ask("a=b,namespace=dev", "app=svc,namespace=prod", 80)));
-    assert!(!allowed(&e, ask("cidr:8.8.8.8", "app=svc,namespace=prod", 80)));
+    assert!(allowed(
+        &e,
+        ask("a=b,namespace=prod", "app=svc,namespace=prod", 80)
+    ));
+    assert!(!allowed(
+        &e,
+        ask("a=b,namespace=dev", "app=svc,namespace=prod", 80)
+    ));
+    assert!(!allowed(
+        &e,
+        ask("cidr:8.8.8.8", "app=svc,namespace=prod", 80)
+    ));
     // fromEntities: [all] is the true wildcard.
     let e = engine(&mk("fromEntities: [all]\n   "));
-    assert!(allowed(&e, ask("cidr:8.8.8.8", "app=svc,namespace=prod", 80)));
+    assert!(allowed(
+        &e,
+        ask("cidr:8.8.8.8", "app=svc,namespace=prod", 80)
+    ));
     assert!(allowed(&e, ask("host", "app=svc,namespace=prod", 80)));
 }
 
@@ -466,7 +628,10 @@ spec:
     let e = engine(yaml);
     let a = ask("role=fe", "app=svc", 80).http("DELETE", "/x").run(&e);
     assert!(a.allowed);
-    assert!(matches!(a.l3l4, L3L4Verdict::Redirect(_)), "still goes through the proxy");
+    assert!(
+        matches!(a.l3l4, L3L4Verdict::Redirect(_)),
+        "still goes through the proxy"
+    );
     assert!(warnings(yaml).iter().any(|w| w.contains("have no effect")));
 }
 
@@ -486,7 +651,10 @@ spec:
     let e = engine(yaml);
     let a = ask("role=a", "app=svc", 80).http("DELETE", "/x").run(&e);
     assert!(a.allowed, "all traffic is allowed");
-    assert!(matches!(a.l3l4, L3L4Verdict::Redirect(_)), "traffic to A goes via the proxy");
+    assert!(
+        matches!(a.l3l4, L3L4Verdict::Redirect(_)),
+        "traffic to A goes via the proxy"
+    );
     let b = ask("role=b", "app=svc", 80).http("DELETE", "/x").run(&e);
     assert!(b.allowed);
     assert_eq!(b.l3l4, L3L4Verdict::Allow);
@@ -515,14 +683,23 @@ fn s2_3_deny_wins_regardless_of_specificity() {
         "  - toEndpoints: [{matchLabels: {role: db}}]\n    toPorts: [{ports: [{port: '5432'}]}]",
         "  - toEndpoints: [{matchLabels: {role: db}}]",
     ));
-    assert!(!allowed(&e, ask("app=svc", "role=db", 5432).dir(Direction::Egress)));
+    assert!(!allowed(
+        &e,
+        ask("app=svc", "role=db", 5432).dir(Direction::Egress)
+    ));
     // An L4 deny on a port overrides an identity-specific allow.
     let e = engine(&deny_policy(
         "  - toEndpoints: [{matchLabels: {role: db}}]",
         "  - toPorts: [{ports: [{port: '5432', protocol: TCP}]}]",
     ));
-    assert!(!allowed(&e, ask("app=svc", "role=db", 5432).dir(Direction::Egress)));
-    assert!(allowed(&e, ask("app=svc", "role=db", 5433).dir(Direction::Egress)));
+    assert!(!allowed(
+        &e,
+        ask("app=svc", "role=db", 5432).dir(Direction::Egress)
+    ));
+    assert!(allowed(
+        &e,
+        ask("app=svc", "role=db", 5433).dir(Direction::Egress)
+    ));
 }
 
 #[test]
@@ -531,9 +708,15 @@ fn s2_3_cidr_deny_covers_contained_allow_and_except_reopens() {
         "  - toCIDR: [192.0.2.3/32]\n  - toCIDR: [10.0.0.0/8]",
         "  - toCIDR: [192.0.2.0/24]\n  - toCIDRSet: [{cidr: 10.0.0.0/8, except: [10.1.0.0/16]}]",
     ));
-    assert!(!allowed(&e, ask("app=svc", "cidr:192.0.2.3", 443)), "/24 deny beats /32 allow");
+    assert!(
+        !allowed(&e, ask("app=svc", "cidr:192.0.2.3", 443)),
+        "/24 deny beats /32 allow"
+    );
     assert!(!allowed(&e, ask("app=svc", "cidr:10.2.3.4", 443)));
-    assert!(allowed(&e, ask("app=svc", "cidr:10.1.2.3", 443)), "deny except re-opens the hole");
+    assert!(
+        allowed(&e, ask("app=svc", "cidr:10.1.2.3", 443)),
+        "deny except re-opens the hole"
+    );
 }
 
 #[test]
@@ -542,9 +725,22 @@ fn s2_3_port_range_deny_punches_hole_in_allow_range() {
         "  - toPorts: [{ports: [{port: '8000', endPort: 8999, protocol: TCP}]}]",
         "  - toPorts: [{ports: [{port: '8080', endPort: 8089, protocol: TCP}]}]",
     ));
-    let cases = [(7999, false), (8000, true), (8079, true), (8080, false), (8089, false), (8090, true), (8999, true), (9000, false)];
+    let cases = [
+        (7999, false),
+        (8000, true),
+        (8079, true),
+        (8080, false),
+        (8089, false),
+        (8090, true),
+        (8999, true),
+        (9000, false),
+    ];
     for (port, want) in cases {
-        assert_eq!(allowed(&e, ask("app=svc", "cidr:1.2.3.4", port)), want, "{port}");
+        assert_eq!(
+            allowed(&e, ask("app=svc", "cidr:1.2.3.4", port)),
+            want,
+            "{port}"
+        );
     }
 }
 
@@ -555,10 +751,20 @@ fn s2_3_deny_rules_take_no_l7_and_no_fqdns() {
         "  - toPorts: [{ports: [{port: '80'}], rules: {http: [{}]}}]",
     );
     let e = load_err(&with_rules);
-    assert!(e.errors().any(|d| d.message.contains("unknown field `rules`")), "{:?}", e.diagnostics);
-    let with_fqdn = deny_policy("  - toEntities: [world]", "  - toFQDNs: [{matchName: a.com}]");
+    assert!(
+        e.errors()
+            .any(|d| d.message.contains("unknown field `rules`")),
+        "{:?}",
+        e.diagnostics
+    );
+    let with_fqdn = deny_policy(
+        "  - toEntities: [world]",
+        "  - toFQDNs: [{matchName: a.com}]",
+    );
     let e = load_err(&with_fqdn);
-    assert!(e.errors().any(|d| d.message.contains("unknown field `toFQDNs`")));
+    assert!(e
+        .errors()
+        .any(|d| d.message.contains("unknown field `toFQDNs`")));
 }
 
 #[test]
@@ -567,7 +773,10 @@ fn s2_4_audit_turns_denies_into_audited_allows() {
     let a = ask(XWING, DEATHSTAR, 80).audit().run(&e);
     assert!(a.allowed && a.audit);
     assert!(a.reason.contains("would be denied"));
-    let a = ask(TIE, DEATHSTAR, 80).http("PUT", "/v1/exhaust-port").audit().run(&e);
+    let a = ask(TIE, DEATHSTAR, 80)
+        .http("PUT", "/v1/exhaust-port")
+        .audit()
+        .run(&e);
     assert!(a.allowed && a.audit);
     assert_eq!(a.l7, Some(false), "the would-be L7 deny is still reported");
 }
@@ -593,7 +802,10 @@ spec:
     let e = engine(yaml);
     let g = |svc: &str, m: &str| {
         let mut a = ask("a=b", "app=grpc", 50051);
-        a.l7 = Some(L7Question::Grpc { service: svc.into(), method: m.into() });
+        a.l7 = Some(L7Question::Grpc {
+            service: svc.into(),
+            method: m.into(),
+        });
         allowed(&e, a)
     };
     assert!(g("peers.Echo", "Unary"));
@@ -601,7 +813,9 @@ spec:
     assert!(g("grpc.health.v1.Health", "Check"));
     assert!(!g("peersXEcho", "Unary"), "the dot is literal");
     let bad = yaml.replace("service: peers.Echo", "service: \"peers Echo\"");
-    assert!(load_err(&bad).errors().any(|d| d.field.ends_with("grpc[0].service")));
+    assert!(load_err(&bad)
+        .errors()
+        .any(|d| d.field.ends_with("grpc[0].service")));
 }
 
 // ---------------------------------------------------------------- §4 Kafka
@@ -625,10 +839,18 @@ spec:
         - {apiKey: produce, topic: audit}
 "#;
     let e = engine(yaml);
-    let k = |key: i16, topics: &[&str]| allowed(&e, ask("app=consumer", "app=kafka", 9092).kafka(key, topics));
+    let k = |key: i16, topics: &[&str]| {
+        allowed(
+            &e,
+            ask("app=consumer", "app=kafka", 9092).kafka(key, topics),
+        )
+    };
     assert!(k(1, &["orders"]));
     assert!(k(1, &["orders", "events"]), "covered by two rules");
-    assert!(!k(1, &["orders", "payments"]), "every topic must be covered");
+    assert!(
+        !k(1, &["orders", "payments"]),
+        "every topic must be covered"
+    );
     assert!(!k(0, &["orders"]), "produce is not in consume");
     assert!(k(0, &["audit"]));
     assert!(k(18, &[]), "apiversions is in both roles");
@@ -659,7 +881,11 @@ spec:
         ("{apiVersion: 'x'}", "not a Kafka API version"),
     ] {
         let e = load_err(&mk(rule));
-        assert!(e.errors().any(|d| d.message.contains(needle)), "{rule}: {:?}", e.diagnostics);
+        assert!(
+            e.errors().any(|d| d.message.contains(needle)),
+            "{rule}: {:?}",
+            e.diagnostics
+        );
     }
     assert!(load_sources(&[("k.yaml".into(), mk("{apiKey: FETCH, apiVersion: '11'}"))]).is_ok());
 }
@@ -692,17 +918,37 @@ fn s5_dns_rules_and_fqdn_selection() {
     let dnsserver = "k8s-app=kube-dns,namespace=kube-system";
     let q = |name: &str| allowed(&e, ask("class=mediabot", dnsserver, 53).dns(name));
     assert!(q("api.github.com"));
-    assert!(q("API.GitHub.com."), "case-insensitive, trailing dot optional");
+    assert!(
+        q("API.GitHub.com."),
+        "case-insensitive, trailing dot optional"
+    );
     assert!(!q("github.com"), "*.github.com does not match github.com");
     assert!(q("cilium.io"));
     assert!(!q("docs.cilium.io"), "not covered by the DNS rules");
     // toFQDNs: learned addresses of matching names are allowed, others are not.
-    assert!(allowed(&e, ask("class=mediabot", "fqdn:api.github.com=140.82.1.1", 443)));
-    assert!(allowed(&e, ask("class=mediabot", "fqdn:docs.cilium.io=1.1.1.1", 443)));
-    assert!(!allowed(&e, ask("class=mediabot", "fqdn:cilium.io=1.1.1.2", 443)), "*.cilium.io excludes cilium.io");
-    assert!(!allowed(&e, ask("class=mediabot", "fqdn:support.github.com=140.82.1.2", 443)));
-    assert!(!allowed(&e, ask("class=mediabot", "cidr:140.82.1.1", 443)), "an address not learned from DNS is world");
-    assert!(warnings(FQDN).iter().any(|w| w.contains("not cilium.io itself")));
+    assert!(allowed(
+        &e,
+        ask("class=mediabot", "fqdn:api.github.com=140.82.1.1", 443)
+    ));
+    assert!(allowed(
+        &e,
+        ask("class=mediabot", "fqdn:docs.cilium.io=1.1.1.1", 443)
+    ));
+    assert!(
+        !allowed(&e, ask("class=mediabot", "fqdn:cilium.io=1.1.1.2", 443)),
+        "*.cilium.io excludes cilium.io"
+    );
+    assert!(!allowed(
+        &e,
+        ask("class=mediabot", "fqdn:support.github.com=140.82.1.2", 443)
+    ));
+    assert!(
+        !allowed(&e, ask("class=mediabot", "cidr:140.82.1.1", 443)),
+        "an address not learned from DNS is world"
+    );
+    assert!(warnings(FQDN)
+        .iter()
+        .any(|w| w.contains("not cilium.io itself")));
 }
 
 #[test]
@@ -738,9 +984,13 @@ spec:
 "#
         )
     };
-    assert!(load_err(&mk("{matchName: a.com}")).errors().any(|d| d.message.contains("port ranges")));
+    assert!(load_err(&mk("{matchName: a.com}"))
+        .errors()
+        .any(|d| d.message.contains("port ranges")));
     let bad_chars = mk("{matchPattern: 'a b'}").replace(", endPort: 60", "");
-    assert!(load_err(&bad_chars).errors().any(|d| d.message.contains("not allowed")));
+    assert!(load_err(&bad_chars)
+        .errors()
+        .any(|d| d.message.contains("not allowed")));
 }
 
 // ---------------------------------------------------------------- §6 datapath semantics
@@ -760,7 +1010,10 @@ spec:
 "#;
     let e = engine(yaml);
     let a = ask("role=x", "app=svc", 80).http("PUT", "/").run(&e);
-    assert!(matches!(a.l3l4, L3L4Verdict::Redirect(_)), "redirect precedence beats plain allow");
+    assert!(
+        matches!(a.l3l4, L3L4Verdict::Redirect(_)),
+        "redirect precedence beats plain allow"
+    );
 }
 
 #[test]
@@ -787,13 +1040,21 @@ spec:
     assert!(icmp("role=ping", 8, Protocol::Icmp));
     assert!(!icmp("role=ping", 13, Protocol::Icmp));
     assert!(icmp("role=ping", 128, Protocol::Icmpv6));
-    assert!(icmp("role=l3", 8, Protocol::Icmp), "an L3-only allow also allows ICMP");
-    assert!(!icmp("role=l4", 8, Protocol::Icmp), "port rules do not allow ICMP");
+    assert!(
+        icmp("role=l3", 8, Protocol::Icmp),
+        "an L3-only allow also allows ICMP"
+    );
+    assert!(
+        !icmp("role=l4", 8, Protocol::Icmp),
+        "port rules do not allow ICMP"
+    );
     let both = yaml.replace(
         "icmps: [{fields: [{type: 8, family: IPv4}, {type: EchoRequest, family: IPv6}]}]",
         "icmps: [{fields: [{type: 8}]}]\n    toPorts: [{ports: [{port: '80'}]}]",
     );
-    assert!(load_err(&both).errors().any(|d| d.message.contains("cannot be combined")));
+    assert!(load_err(&both)
+        .errors()
+        .any(|d| d.message.contains("cannot be combined")));
 }
 
 #[test]
@@ -840,11 +1101,22 @@ spec:
     let e = engine(yaml);
     assert!(allowed(&e, ask("env=dev", "host", 22)));
     assert!(!allowed(&e, ask("env=dev", "remote-node", 22)));
-    assert!(allowed(&e, ask("env=dev", "remote-node", 8080)), "cluster includes remote-node");
-    assert!(allowed(&e, ask("env=dev", "app=x,namespace=other", 8080)), "cluster includes every pod");
-    assert!(!allowed(&e, ask("env=dev", "cidr:8.8.8.8", 8080)), "cluster excludes world");
+    assert!(
+        allowed(&e, ask("env=dev", "remote-node", 8080)),
+        "cluster includes remote-node"
+    );
+    assert!(
+        allowed(&e, ask("env=dev", "app=x,namespace=other", 8080)),
+        "cluster includes every pod"
+    );
+    assert!(
+        !allowed(&e, ask("env=dev", "cidr:8.8.8.8", 8080)),
+        "cluster excludes world"
+    );
     let unknown = yaml.replace("[host]", "[hosts]");
-    assert!(load_err(&unknown).errors().any(|d| d.message.contains("unknown entity")));
+    assert!(load_err(&unknown)
+        .errors()
+        .any(|d| d.message.contains("unknown entity")));
 }
 
 // ---------------------------------------------------------------- Kubernetes NetworkPolicy
@@ -873,7 +1145,10 @@ fn k8s_network_policy_peers() {
     assert!(!allowed(&e, ask("cidr:10.60.1.1", pg, 5432)));
     assert!(allowed(&e, ask("app=nginx,namespace=app1", pg, 5432)));
     assert!(!allowed(&e, ask("app=nginx,namespace=app2", pg, 5432)));
-    assert!(!allowed(&e, ask("app=nginx2,namespace=app1", pg, 5432)), "AND of namespace and pod");
+    assert!(
+        !allowed(&e, ask("app=nginx2,namespace=app1", pg, 5432)),
+        "AND of namespace and pod"
+    );
     assert!(!allowed(&e, ask("app=nginx,namespace=app1", pg, 5433)));
 }
 
@@ -889,7 +1164,10 @@ spec:
 "#;
     let e = engine(yaml);
     assert!(!allowed(&e, ask("app=a", "cidr:1.1.1.1", 443)));
-    assert!(allowed(&e, ask("cidr:1.1.1.1", "app=a", 443)), "ingress untouched");
+    assert!(
+        allowed(&e, ask("cidr:1.1.1.1", "app=a", 443)),
+        "ingress untouched"
+    );
 }
 
 // ---------------------------------------------------------------- validation and reporting
@@ -930,7 +1208,10 @@ spec:
     assert!(d.message.starts_with("invalid path regex"), "{}", d.message);
     let text = d.to_string();
     assert!(text.starts_with("error: bad.yaml:20: document 1 (CiliumNetworkPolicy rule1): spec.ingress[0].toPorts[0].rules.http[1].path: invalid path regex"), "{text}");
-    assert_eq!(errs[1].field, "spec.ingress[0].toPorts[0].rules.http[2].method");
+    assert_eq!(
+        errs[1].field,
+        "spec.ingress[0].toPorts[0].rules.http[2].method"
+    );
 }
 
 #[test]
@@ -965,7 +1246,9 @@ fn unsupported_kinds_and_fields_say_so() {
     let e = load_err(
         "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: x}\nspec:\n  endpointSelector: {}\n  ingress:\n  - fromNodes: [{}]\n",
     );
-    assert!(e.errors().any(|d| d.message.contains("not supported by Ward")));
+    assert!(e
+        .errors()
+        .any(|d| d.message.contains("not supported by Ward")));
 }
 
 #[test]
@@ -1002,11 +1285,21 @@ fn map_entries_match_decisions() {
     ids.insert(xw.clone()).unwrap();
     ids.insert(ds.clone()).unwrap();
     let entries = e.map_entries(&ds, &ids);
-    let ingress: Vec<_> = entries.iter().filter(|m| m.key.direction == Direction::Ingress).collect();
+    let ingress: Vec<_> = entries
+        .iter()
+        .filter(|m| m.key.direction == Direction::Ingress)
+        .collect();
     // tiefighter (and deathstar itself: org=empire) get an HTTP redirect on 80/TCP; nobody else.
-    assert!(ingress.iter().any(|m| m.key.identity == tie.identity && m.key.port == 80 && m.key.prefix_len == 24 && m.value.redirect.is_some()));
+    assert!(ingress.iter().any(|m| m.key.identity == tie.identity
+        && m.key.port == 80
+        && m.key.prefix_len == 24
+        && m.value.redirect.is_some()));
     assert!(!ingress.iter().any(|m| m.key.identity == xw.identity));
-    assert!(!ingress.iter().any(|m| m.key.identity == Peer::reserved(l7_rules::identity::Reserved::World).identity));
+    assert!(!ingress
+        .iter()
+        .any(|m| m.key.identity == Peer::reserved(l7_rules::identity::Reserved::World).identity));
     // Egress of deathstar is unrestricted: one wildcard allow.
-    assert!(entries.iter().any(|m| m.key.direction == Direction::Egress && m.key.prefix_len == 0 && !m.value.deny));
+    assert!(entries
+        .iter()
+        .any(|m| m.key.direction == Direction::Egress && m.key.prefix_len == 0 && !m.value.deny));
 }

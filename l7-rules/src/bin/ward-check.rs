@@ -86,7 +86,10 @@ fn parse_args(argv: Vec<String>) -> Result<Args, String> {
             "--policy" | "-p" => {
                 a.policies.push(need(&mut it, "--policy")?.into());
                 // Several paths may follow one --policy.
-                while it.peek().is_some_and(|n| !n.starts_with('-') && !is_request_word(n)) {
+                while it
+                    .peek()
+                    .is_some_and(|n| !n.starts_with('-') && !is_request_word(n))
+                {
                     a.policies.push(it.next().unwrap_or_default().into());
                 }
             }
@@ -94,17 +97,27 @@ fn parse_args(argv: Vec<String>) -> Result<Args, String> {
             "--to" => a.to = Some(need(&mut it, "--to")?),
             "--port" => {
                 let v = need(&mut it, "--port")?;
-                a.port = Some(v.parse().map_err(|_| format!("--port {v:?} is not a port number"))?);
+                a.port = Some(
+                    v.parse()
+                        .map_err(|_| format!("--port {v:?} is not a port number"))?,
+                );
             }
             "--protocol" => {
                 let v = need(&mut it, "--protocol")?;
-                a.protocol = Protocol::parse(&v).ok_or_else(|| format!("--protocol {v:?}: use TCP, UDP, SCTP, ICMP or ICMPv6"))?;
+                a.protocol = Protocol::parse(&v).ok_or_else(|| {
+                    format!("--protocol {v:?}: use TCP, UDP, SCTP, ICMP or ICMPv6")
+                })?;
                 a.protocol_explicit = true;
             }
-            "--direction" => a.direction = Some(check::parse_direction(&need(&mut it, "--direction")?)?),
+            "--direction" => {
+                a.direction = Some(check::parse_direction(&need(&mut it, "--direction")?)?)
+            }
             "--icmp-type" => {
                 let v = need(&mut it, "--icmp-type")?;
-                a.icmp_type = Some(v.parse().map_err(|_| format!("--icmp-type {v:?} is not 0-255"))?);
+                a.icmp_type = Some(
+                    v.parse()
+                        .map_err(|_| format!("--icmp-type {v:?} is not 0-255"))?,
+                );
                 if a.protocol == Protocol::Tcp {
                     a.protocol = Protocol::Icmp;
                 }
@@ -122,7 +135,11 @@ fn parse_args(argv: Vec<String>) -> Result<Args, String> {
                     "default" => EnforcementMode::Default,
                     "always" => EnforcementMode::Always,
                     "never" => EnforcementMode::Never,
-                    other => return Err(format!("--enforcement {other:?}: use default, always or never")),
+                    other => {
+                        return Err(format!(
+                            "--enforcement {other:?}: use default, always or never"
+                        ))
+                    }
                 }
             }
             "http" => {
@@ -147,7 +164,12 @@ fn parse_args(argv: Vec<String>) -> Result<Args, String> {
                         _ => break,
                     }
                 }
-                a.l7 = Some(L7Question::Http { method, path, host, headers });
+                a.l7 = Some(L7Question::Http {
+                    method,
+                    path,
+                    host,
+                    headers,
+                });
             }
             "grpc" => {
                 let service = need(&mut it, "grpc SERVICE")?;
@@ -182,7 +204,12 @@ fn parse_args(argv: Vec<String>) -> Result<Args, String> {
                     }
                 }
                 let api_key = api_key.ok_or("kafka needs --api-key")?;
-                a.l7 = Some(L7Question::Kafka { api_key, api_version, client_id, topics });
+                a.l7 = Some(L7Question::Kafka {
+                    api_key,
+                    api_version,
+                    client_id,
+                    topics,
+                });
             }
             "dns" => {
                 let name = need(&mut it, "dns NAME")?;
@@ -208,7 +235,11 @@ fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.is_empty() || argv.iter().any(|a| a == "--help" || a == "-h") {
         print!("{USAGE}");
-        return if argv.is_empty() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        return if argv.is_empty() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
     }
     let args = match parse_args(argv) {
         Ok(a) => a,
@@ -223,7 +254,10 @@ fn main() -> ExitCode {
             for d in &e.diagnostics {
                 eprintln!("{d}");
             }
-            eprintln!("ward-check: policy rejected ({} error(s))", e.errors().count());
+            eprintln!(
+                "ward-check: policy rejected ({} error(s))",
+                e.errors().count()
+            );
             return ExitCode::from(2);
         }
     };
@@ -238,7 +272,11 @@ fn main() -> ExitCode {
         println!(
             "{} polic{} valid in {} file(s), {} warning(s)",
             engine.set.policies.len(),
-            if engine.set.policies.len() == 1 { "y" } else { "ies" },
+            if engine.set.policies.len() == 1 {
+                "y"
+            } else {
+                "ies"
+            },
             engine.set.files.len(),
             engine.set.warnings.len()
         );
@@ -261,7 +299,12 @@ fn main() -> ExitCode {
             let _ = writeln!(out, "{line}");
         }
         if run.any_expect {
-            let _ = writeln!(out, "{} passed, {} failed", run.passed, run.failed + run.errors);
+            let _ = writeln!(
+                out,
+                "{} passed, {} failed",
+                run.passed,
+                run.failed + run.errors
+            );
         }
         if run.errors > 0 {
             for line in run.lines.iter().filter(|l| l.get("error").is_some()) {
@@ -269,7 +312,11 @@ fn main() -> ExitCode {
             }
             return ExitCode::from(2);
         }
-        return if run.failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS };
+        return if run.failed > 0 {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        };
     }
 
     let (Some(from), Some(to)) = (&args.from, &args.to) else {

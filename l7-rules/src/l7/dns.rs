@@ -19,7 +19,10 @@ pub const MAX_NAME_LEN: usize = 255;
 pub enum NamePattern {
     /// Sanitised name (lower-case, trailing dot).
     Name(String),
-    Pattern { written: String, regex: String },
+    Pattern {
+        written: String,
+        regex: String,
+    },
 }
 
 impl NamePattern {
@@ -84,9 +87,7 @@ pub fn pattern_regex(pattern: &str) -> String {
     // A leading `**.` (two or more stars, then a dot) stands for one or more whole labels.
     let stars = rest.chars().take_while(|c| *c == '*').count();
     if stars >= 2 && rest[stars..].starts_with('.') {
-        out.push_str(&format!(
-            "({LABEL_CHARS}+([.]{LABEL_CHARS}+){{0,}})[.]"
-        ));
+        out.push_str(&format!("({LABEL_CHARS}+([.]{LABEL_CHARS}+){{0,}})[.]"));
         rest = &rest[stars + 1..];
     }
     let mut prev_star = false;
@@ -177,7 +178,9 @@ pub fn pattern_matches(p: &NamePattern, name: &str) -> bool {
     let fqdn = parsers::dns::normalize_name(name);
     match p {
         NamePattern::Name(n) => *n == fqdn,
-        NamePattern::Pattern { regex, .. } => regex::Regex::new(regex).is_ok_and(|r| r.is_match(&fqdn)),
+        NamePattern::Pattern { regex, .. } => {
+            regex::Regex::new(regex).is_ok_and(|r| r.is_match(&fqdn))
+        }
     }
 }
 
@@ -245,6 +248,9 @@ mod tests {
         assert!(set.matches("api.github.com"));
         assert!(set.matches("docs.cilium.io"));
         assert!(!set.matches("support.github.com"));
-        assert_eq!(set.matching_pattern("docs.cilium.io").unwrap().0, "*.cilium.io");
+        assert_eq!(
+            set.matching_pattern("docs.cilium.io").unwrap().0,
+            "*.cilium.io"
+        );
     }
 }

@@ -7,7 +7,7 @@
 
 use crate::RuleRef;
 use regex_automata::meta::Regex as MetaRegex;
-use regex_automata::{Input, MatchKind, PatternSet};
+use regex_automata::{Anchored, Input, MatchKind, PatternSet};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
@@ -84,6 +84,77 @@ fn literal_of(source: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// The literal bytes every match of the regex starts with (possibly empty).
+fn literal_prefix(source: &str) -> Vec<u8> {
+    use regex_syntax::hir::{HirKind, Look};
+    let Ok(hir) = regex_syntax::Parser::new().parse(source) else {
+        return Vec::new();
+    };
+    let parts: Vec<&regex_syntax::hir::Hir> = match hir.kind() {
+        HirKind::Concat(parts) => parts.iter().collect(),
+        _ => vec![&hir],
+    };
+    let mut out = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        match part.kind() {
+            HirKind::Literal(lit) => out.extend_from_slice(&lit.0),
+            HirKind::Look(Look::Start) if i == 0 => {}
+            _ => break,
+        }
+    }
+    out
+}
+
+/// A byte trie of the literal prefixes of regex path rules: walking a request path through it
+/// yields the only regex rules that can match.
+#[derive(Default)]
+struct PrefixTrie {
+    /// Node 0 is the root. Children sorted by byte.
+    nodes: Vec<TrieNode>,
+}
+
+#[derive(Default)]
+struct TrieNode {
+    children: Vec<(u8, u32)>,
+    rules: Vec<u32>,
+}
+
+impl PrefixTrie {
+    fn insert(&mut self, prefix: &[u8], rule: u32) {
+        if self.nodes.is_empty() {
+            self.nodes.push(TrieNode::default());
+        }
+        let mut at = 0usize;
+        for &b in prefix {
+            let next = match self.nodes[at].children.binary_search_by_key(&b, |c| c.0) {
+                Ok(i) => self.nodes[at].children[i].1 as usize,
+                Err(i) => {
+                    let id = self.nodes.len();
+                    self.nodes.push(TrieNode::default());
+                    self.nodes[at].children.insert(i, (b, id as u32));
+                    id
+                }
+            };
+            at = next;
+        }
+        self.nodes[at].rules.push(rule);
+    }
+
+    fn candidates(&self, path: &[u8], mut f: impl FnMut(u32)) {
+        let Some(mut node) = self.nodes.first() else {
+            return;
+        };
+        node.rules.iter().copied().for_each(&mut f);
+        for b in path {
+            match node.children.binary_search_by_key(b, |c| c.0) {
+                Ok(i) => node = &self.nodes[node.children[i].1 as usize],
+                Err(_) => return,
+            }
+            node.rules.iter().copied().for_each(&mut f);
+        }
+    }
 }
 
 /// `headers: ["X-K: v"]` or `["X-K"]` and `headerMatches` entries without actions: the request
@@ -258,7 +329,9 @@ pub struct HttpRuleSet {
     rules: Vec<Arc<HttpRule>>,
     /// Rules whose path is a literal, by that path.
     literal_paths: HashMap<Box<str>, Vec<u32>>,
-    /// Rules with a regex path, in the order of the multi-pattern automaton.
+    /// Regex-path rules with a literal prefix, indexed by it.
+    prefixed: PrefixTrie,
+    /// Regex-path rules without a literal prefix, in the order of the multi-pattern automaton.
     regex_rules: Vec<u32>,
     regex_paths: Option<MetaRegex>,
     /// Rules without a path constraint.
@@ -275,6 +348,9 @@ impl fmt::Debug for HttpRuleSet {
     }
 }
 
+/// Lazy-DFA cache per thread for a rule set's combined path automaton.
+const REGEX_SET_CACHE_BYTES: usize = 8 * 1024 * 1024;
+
 thread_local! {
     static PATTERN_SET: RefCell<PatternSet> = RefCell::new(PatternSet::new(0));
 }
@@ -285,6 +361,7 @@ impl HttpRuleSet {
         let mut regex_rules = Vec::new();
         let mut regex_sources = Vec::new();
         let mut pathless = Vec::new();
+        let mut prefixed = PrefixTrie::default();
         for (i, r) in rules.iter().enumerate() {
             let i = i as u32;
             match &r.path {
@@ -292,8 +369,13 @@ impl HttpRuleSet {
                 Some(p) => match p.literal() {
                     Some(lit) => literal_paths.entry(lit.into()).or_default().push(i),
                     None => {
-                        regex_rules.push(i);
-                        regex_sources.push(format!("^(?:{})$", p.source()));
+                        let prefix = literal_prefix(p.source());
+                        if prefix.is_empty() {
+                            regex_rules.push(i);
+                            regex_sources.push(format!("^(?:{})$", p.source()));
+                        } else {
+                            prefixed.insert(&prefix, i);
+                        }
                     }
                 },
             }
@@ -304,7 +386,11 @@ impl HttpRuleSet {
             // Each source compiled alone already, so building the set cannot fail on syntax;
             // a size-limit failure falls back to checking the rules one by one.
             MetaRegex::builder()
-                .configure(MetaRegex::config().match_kind(MatchKind::All))
+                .configure(
+                    MetaRegex::config()
+                        .match_kind(MatchKind::All)
+                        .hybrid_cache_capacity(REGEX_SET_CACHE_BYTES),
+                )
                 .build_many(&regex_sources)
                 .ok()
         };
@@ -312,6 +398,7 @@ impl HttpRuleSet {
         HttpRuleSet {
             rules,
             literal_paths,
+            prefixed,
             regex_rules,
             regex_paths,
             pathless,
@@ -356,6 +443,7 @@ impl HttpRuleSet {
             ids.iter().copied().for_each(&mut consider);
         }
         self.pathless.iter().copied().for_each(&mut consider);
+        self.prefixed.candidates(req.path.as_bytes(), &mut consider);
         if !self.regex_rules.is_empty() {
             match &self.regex_paths {
                 Some(set) => PATTERN_SET.with(|cell| {
@@ -365,7 +453,8 @@ impl HttpRuleSet {
                     } else {
                         patset.clear();
                     }
-                    set.which_overlapping_matches(&Input::new(req.path), &mut patset);
+                    let input = Input::new(req.path).anchored(Anchored::Yes);
+                    set.which_overlapping_matches(&input, &mut patset);
                     for pid in patset.iter() {
                         consider(self.regex_rules[pid.as_usize()]);
                     }
@@ -400,7 +489,11 @@ mod tests {
         })
     }
 
-    fn req<'a>(method: &'a str, path: &'a str, headers: &'a [(&'a str, &'a str)]) -> HttpRequest<'a> {
+    fn req<'a>(
+        method: &'a str,
+        path: &'a str,
+        headers: &'a [(&'a str, &'a str)],
+    ) -> HttpRequest<'a> {
         HttpRequest {
             method,
             path,
@@ -449,7 +542,11 @@ mod tests {
             ("GET", "/status/ready?x", true),
         ];
         for (m, p, want) in cases {
-            assert_eq!(set.check(&req(m, p, &[])).allowed_by.is_some(), want, "{m} {p}");
+            assert_eq!(
+                set.check(&req(m, p, &[])).allowed_by.is_some(),
+                want,
+                "{m} {p}"
+            );
         }
     }
 
@@ -460,7 +557,11 @@ mod tests {
             rule(None, Some("/v1/.*")),
             rule(Some("PUT"), None),
         ]);
-        assert_eq!(set.check(&req("POST", "/v1/request-landing", &[])).allowed_by, Some(0));
+        assert_eq!(
+            set.check(&req("POST", "/v1/request-landing", &[]))
+                .allowed_by,
+            Some(0)
+        );
         assert_eq!(set.check(&req("GET", "/v1/x", &[])).allowed_by, Some(1));
         assert_eq!(set.check(&req("PUT", "/other", &[])).allowed_by, Some(2));
         assert_eq!(set.check(&req("GET", "/other", &[])).allowed_by, None);
@@ -469,7 +570,10 @@ mod tests {
     #[test]
     fn empty_rule_matches_everything() {
         let set = HttpRuleSet::new(vec![rule(None, None)]);
-        assert!(set.check(&req("DELETE", "/anything?q", &[])).allowed_by.is_some());
+        assert!(set
+            .check(&req("DELETE", "/anything?q", &[]))
+            .allowed_by
+            .is_some());
     }
 
     #[test]
@@ -495,7 +599,11 @@ mod tests {
         ];
         for (m, h, want) in cases {
             let path = if m == "PUT" { "/path2" } else { "/x" };
-            assert_eq!(set.check(&req(m, path, h)).allowed_by.is_some(), want, "{m} {h:?}");
+            assert_eq!(
+                set.check(&req(m, path, h)).allowed_by.is_some(),
+                want,
+                "{m} {h:?}"
+            );
         }
     }
 
@@ -525,10 +633,20 @@ mod tests {
         assert_eq!(
             v.actions,
             vec![
-                HeaderAction::Add { name: "x-add".into(), value: "1".into() },
-                HeaderAction::Delete { name: "x-del".into() },
-                HeaderAction::Replace { name: "x-rep".into(), value: "new".into() },
-                HeaderAction::Log { name: "x-log".into() },
+                HeaderAction::Add {
+                    name: "x-add".into(),
+                    value: "1".into()
+                },
+                HeaderAction::Delete {
+                    name: "x-del".into()
+                },
+                HeaderAction::Replace {
+                    name: "x-rep".into(),
+                    value: "new".into()
+                },
+                HeaderAction::Log {
+                    name: "x-log".into()
+                },
             ]
         );
         // Only the failing rule applies to /b? No rule matches /b at all: denied, no actions.
@@ -548,17 +666,79 @@ mod tests {
             unreadable_secret: true,
         }];
         let set = HttpRuleSet::new(vec![Arc::new(r)]);
-        assert_eq!(set.check(&req("GET", "/", &[("authorization", "x")])).allowed_by, None);
+        assert_eq!(
+            set.check(&req("GET", "/", &[("authorization", "x")]))
+                .allowed_by,
+            None
+        );
     }
 
     #[test]
     fn many_regex_paths_use_the_set() {
         let rules: Vec<_> = (0..500)
-            .map(|i| rule(Some("GET"), Some(&format!("/api/v{i}/items/[0-9]+"))))
+            .map(|i| rule(Some("GET"), Some(&format!("(/api)?/v{i}/items/[0-9]+"))))
             .collect();
         let set = HttpRuleSet::new(rules);
         assert!(set.regex_paths.is_some());
-        assert_eq!(set.check(&req("GET", "/api/v42/items/7", &[])).allowed_by, Some(42));
-        assert_eq!(set.check(&req("GET", "/api/v42/items/x", &[])).allowed_by, None);
+        assert_eq!(
+            set.check(&req("GET", "/api/v42/items/7", &[])).allowed_by,
+            Some(42)
+        );
+        assert_eq!(
+            set.check(&req("GET", "/api/v42/items/x", &[])).allowed_by,
+            None
+        );
+        assert_eq!(
+            set.check(&req("GET", "/v7/items/1", &[])).allowed_by,
+            Some(7)
+        );
+    }
+
+    #[test]
+    fn regex_rules_found_through_their_literal_prefix() {
+        let rules: Vec<_> = (0..300)
+            .map(|i| rule(Some("GET"), Some(&format!("/api/v{i}/items/[0-9]+"))))
+            .chain([
+                rule(None, Some("/api/v1.*")),
+                rule(None, Some("^/static/(css|js)/.+")),
+            ])
+            .collect();
+        let set = HttpRuleSet::new(rules);
+        assert!(
+            set.regex_paths.is_none(),
+            "every regex has a literal prefix"
+        );
+        assert_eq!(
+            set.check(&req("GET", "/api/v42/items/7", &[])).allowed_by,
+            Some(42)
+        );
+        assert_eq!(
+            set.check(&req("GET", "/api/v4/items/7", &[])).allowed_by,
+            Some(4)
+        );
+        assert_eq!(
+            set.check(&req("GET", "/api/v1/items/7", &[])).allowed_by,
+            Some(1)
+        );
+        assert_eq!(
+            set.check(&req("PUT", "/api/v1/items/7", &[])).allowed_by,
+            Some(300)
+        );
+        assert_eq!(
+            set.check(&req("PUT", "/api/v17", &[])).allowed_by,
+            Some(300)
+        );
+        assert_eq!(
+            set.check(&req("GET", "/static/js/app.js", &[])).allowed_by,
+            Some(301)
+        );
+        assert_eq!(
+            set.check(&req("GET", "/static/img/a.png", &[])).allowed_by,
+            None
+        );
+        assert_eq!(
+            set.check(&req("GET", "/api/v42/items/x", &[])).allowed_by,
+            None
+        );
     }
 }

@@ -74,7 +74,10 @@ pub enum KafkaVerdict {
 }
 
 /// OR of rules with topic coverage. An empty rule list denies everything.
-pub fn check<R: std::borrow::Borrow<KafkaRule>>(rules: &[R], req: &KafkaRequest<'_>) -> KafkaVerdict {
+pub fn check<R: std::borrow::Borrow<KafkaRule>>(
+    rules: &[R],
+    req: &KafkaRequest<'_>,
+) -> KafkaVerdict {
     let topic_kind = parsers::kafka::is_topic_kind(req.api_key);
     // Bit i set = topic i still uncovered (requests rarely carry more than a few topics).
     let mut remaining: Vec<bool> = vec![true; req.topics.len()];
@@ -142,25 +145,37 @@ mod tests {
     fn all_topics_must_be_covered_possibly_by_several_rules() {
         let consume = parsers::kafka::ROLE_CONSUME;
         let rules = vec![rule(consume, Some("orders")), rule(consume, Some("events"))];
-        let allowed = |k, t: &[&str]| matches!(check(&rules, &req(k, t)), KafkaVerdict::Allowed { .. });
+        let allowed =
+            |k, t: &[&str]| matches!(check(&rules, &req(k, t)), KafkaVerdict::Allowed { .. });
         assert!(allowed(1, &["orders"]));
         assert!(allowed(1, &["orders", "events"]));
         assert!(!allowed(1, &["orders", "payments"]));
-        assert!(!allowed(0, &["orders"]), "produce is not in the consume role");
+        assert!(
+            !allowed(0, &["orders"]),
+            "produce is not in the consume role"
+        );
         // Heartbeat (12) carries no topic: a topic rule of the role matches outright.
         assert!(allowed(12, &[]));
         // Metadata for all topics (empty list) never satisfies a topic rule.
         assert!(!allowed(3, &[]));
         assert_eq!(
             check(&rules, &req(1, &["orders", "payments"])),
-            KafkaVerdict::Denied { uncovered: vec!["payments".into()] }
+            KafkaVerdict::Denied {
+                uncovered: vec!["payments".into()]
+            }
         );
     }
 
     #[test]
     fn empty_list_denies_and_empty_rule_allows() {
-        assert!(matches!(check::<KafkaRule>(&[], &req(0, &["t"])), KafkaVerdict::Denied { .. }));
-        assert!(matches!(check(&[rule(&[], None)], &req(0, &["t"])), KafkaVerdict::Allowed { .. }));
+        assert!(matches!(
+            check::<KafkaRule>(&[], &req(0, &["t"])),
+            KafkaVerdict::Denied { .. }
+        ));
+        assert!(matches!(
+            check(&[rule(&[], None)], &req(0, &["t"])),
+            KafkaVerdict::Allowed { .. }
+        ));
     }
 
     #[test]
