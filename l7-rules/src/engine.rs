@@ -403,10 +403,8 @@ impl Engine {
             let mut wildcard_done = false;
             for peer in identities.iter() {
                 for e in self.raw_entries(&filters, subject, peer, direction) {
-                    if e.key.identity == WILDCARD {
-                        if wildcard_done {
-                            continue;
-                        }
+                    if e.key.identity == WILDCARD && wildcard_done {
+                        continue;
                     }
                     by_identity.entry(e.key.identity).or_default().push(e);
                 }
@@ -416,7 +414,7 @@ impl Engine {
                 all.extend(fixup(entries));
             }
         }
-        all.sort_by(|a, b| a.key.cmp(&b.key));
+        all.sort_by_key(|e| e.key);
         all.dedup_by(|a, b| a.key == b.key);
         all
     }
@@ -627,8 +625,9 @@ impl Engine {
             v.l7 = Some(ok);
             v.allowed = ok;
             v.reason = reason;
-            if origin.is_some() || !ok {
-                v.origin = origin.or(v.origin);
+            // An allow names the L7 rule that matched; a deny keeps the redirecting rule.
+            if origin.is_some() {
+                v.origin = origin;
             }
             v.header_actions = actions;
         }
@@ -684,7 +683,7 @@ impl Engine {
                             r.method,
                             r.path,
                         ),
-                        set.rules().first().map(|r| r.origin.clone()),
+                        None,
                         verdict.actions,
                     ),
                 }
@@ -721,7 +720,7 @@ impl Engine {
                             uncovered.join(", "),
                         )
                     },
-                    rules.first().map(|r| r.origin.clone()),
+                    None,
                     vec![],
                 ),
             },

@@ -407,14 +407,13 @@ fn load_document(
         }
         ("networking.k8s.io/v1", "NetworkPolicy") => Some(PolicyKind::NetworkPolicy),
         ("v1", "Namespace") => {
-            match typed::<raw::Namespace>(value, cx) {
-                Some(nsobj) => match nsobj.metadata.name {
+            if let Some(nsobj) = typed::<raw::Namespace>(value, cx) {
+                match nsobj.metadata.name {
                     Some(n) => {
                         catalog.namespaces.insert(n, nsobj.metadata.labels);
                     }
                     None => cx.error("metadata.name", "a Namespace needs a name"),
-                },
-                None => {}
+                }
             }
             return;
         }

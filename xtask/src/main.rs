@@ -16,6 +16,16 @@ const APT_PACKAGES: &[&str] = &[
     "libc6-dev",
     "iproute2",
     "curl",
+    "nginx",
+    "python3-venv",
+];
+
+/// Python peers (pinned), installed into `target/ward-peers/venv`: grpcio is the independent
+/// gRPC implementation the gRPC scene drives.
+const PIP_PACKAGES: &[&str] = &[
+    "grpcio==1.85.1",
+    "grpcio-tools==1.85.1",
+    "grpcio-health-checking==1.85.1",
 ];
 
 fn main() -> ExitCode {
@@ -57,7 +67,9 @@ fn is_root() -> bool {
 
 fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("+ {}", show(cmd));
-    let status = cmd.status().with_context(|| format!("cannot run {}", show(cmd)))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {}", show(cmd)))?;
     if !status.success() {
         bail!("`{}` failed with {status}", show(cmd));
     }
@@ -110,6 +122,24 @@ fn prerequisites() -> Result<()> {
         .args(&missing))
 }
 
+/// Creates the peers' Python venv when its pinned packages are missing.
+fn python_peers() -> Result<()> {
+    let venv = target_dir().join("ward-peers/venv");
+    let python = venv.join("bin/python");
+    let have = python.exists()
+        && Command::new(&python)
+            .args(["-c", "import grpc, grpc_tools, grpc_health"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if have {
+        return Ok(());
+    }
+    run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(PIP_PACKAGES))
+}
+
 fn test(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
@@ -118,10 +148,20 @@ fn test(args: &[String]) -> Result<()> {
         bail!("CI must run as root: the datapath and namespace tests cannot be skipped there");
     }
     prerequisites()?;
+    python_peers()?;
     if !quick {
         run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-        run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
     }
+    // The namespace scenes drive the real `ward` binary.
+    run(cargo().args(["build", "-p", "ward", "--bin", "ward"]))?;
     let mut test_cmd = cargo();
     test_cmd.args(["test", "--workspace"]);
     if root {
@@ -149,7 +189,11 @@ fn policy_cases() -> Result<()> {
     let (mut passed, mut failed) = (0usize, 0usize);
     let mut broken = Vec::new();
     for f in &files {
-        let name = f.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        let name = f
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         let policies = root.join("config/policies").join(&name);
         let out = Command::new(&bin)
             .arg("--policy")
@@ -177,7 +221,10 @@ fn policy_cases() -> Result<()> {
                 }
             }
             _ => {
-                println!("policy cases {name}: ERROR\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
+                println!(
+                    "policy cases {name}: ERROR\n{stdout}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 broken.push(name);
                 failed += 1;
             }
@@ -199,17 +246,130 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| root_dir().join("target"))
 }
 
-/// The Star Wars story. Until the node proxy lands (issue 4) it is told offline with
-/// `ward-check` against the same policy files the live demo will load.
+/// The Star Wars story on the real datapath: network namespaces for deathstar (two replicas),
+/// tiefighter and xwing, `ward run` in a node namespace, real curl; then everything is removed.
+/// Without root it tells the same story offline with `ward-check`.
 fn demo(_args: &[String]) -> Result<()> {
     prerequisites()?;
     run(cargo().args(["build", "--quiet", "-p", "l7-rules", "--bin", "ward-check"]))?;
+    if !is_root() {
+        println!("cargo xtask demo: the live demo needs root (network namespaces, eBPF); telling the story offline with ward-check instead.\n");
+        return demo_offline();
+    }
+    run(cargo().args(["build", "--quiet", "-p", "ward", "--bin", "ward"]))?;
+    live_demo()
+}
+
+fn policy_text(scene: &str) -> Result<String> {
+    let dir = root_dir().join("config/policies").join(scene);
+    let mut out = String::new();
+    for e in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            out.push_str(&std::fs::read_to_string(&p)?);
+            out.push_str("\n---\n");
+        }
+    }
+    Ok(out)
+}
+
+fn live_demo() -> Result<()> {
+    use ward_tests::Scene;
+    println!("\n== Ward demo: the Star Wars story (seed 000) on the real datapath\n");
+    let mut s = Scene::new("demo");
+    println!(
+        "Creating the scene: node namespace {} with deathstar x2, tiefighter, xwing",
+        s.node_ns
+    );
+    s.add_pod(
+        "deathstar-1",
+        "default",
+        &[("org", "empire"), ("class", "deathstar")],
+    );
+    s.add_pod(
+        "deathstar-2",
+        "default",
+        &[("org", "empire"), ("class", "deathstar")],
+    );
+    s.add_pod(
+        "tiefighter",
+        "default",
+        &[("org", "empire"), ("class", "tiefighter")],
+    );
+    s.add_pod(
+        "xwing",
+        "default",
+        &[("org", "alliance"), ("class", "xwing")],
+    );
+    s.start_deathstar("deathstar-1", 80);
+    s.start_deathstar("deathstar-2", 80);
+    s.start_ward();
+    let show = |s: &Scene, ship: &str, method: &str, path: &str| {
+        let (code, body) = s.curl(
+            ship,
+            &[&format!("-X{method}"), &format!("http://deathstar{path}")],
+        );
+        let shown = if code == 28 {
+            "curl: (28) Connection timed out".to_string()
+        } else if code != 0 {
+            format!("curl exit {code}")
+        } else {
+            body.lines().next().unwrap_or("").to_string()
+        };
+        println!("$ kubectl exec {ship} -- curl -s -X{method} deathstar{path}\n  {shown}");
+    };
+    let observe = |s: &Scene, skip: usize| -> usize {
+        let out = s.ward_cli(&["observe"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        if lines.len() > skip {
+            println!("\n$ ward observe");
+            for l in &lines[skip..] {
+                println!("  {l}");
+            }
+        }
+        lines.len()
+    };
+    let settle = || std::thread::sleep(std::time::Duration::from_millis(1200));
+
+    println!("\n-- 1. No policy: every ship may land");
+    show(&s, "xwing", "POST", "/v1/request-landing");
+    show(&s, "tiefighter", "POST", "/v1/request-landing");
+    let mut seen = observe(&s, 0);
+
+    println!("\n-- 2. L3/L4 policy rule1: only org=empire may reach deathstar:80/TCP");
+    s.write_policy("rule1.yaml", &policy_text("starwars-l3l4")?);
+    settle();
+    show(&s, "tiefighter", "POST", "/v1/request-landing");
+    show(&s, "xwing", "POST", "/v1/request-landing");
+    seen = observe(&s, seen);
+
+    println!("\n-- Without L7 policy the exhaust port is exposed:");
+    show(&s, "tiefighter", "PUT", "/v1/exhaust-port");
+
+    println!("\n-- 3. L7 policy rule1: org=empire may only POST /v1/request-landing");
+    s.write_policy("rule1.yaml", &policy_text("starwars-l7")?);
+    settle();
+    show(&s, "tiefighter", "POST", "/v1/request-landing");
+    show(&s, "tiefighter", "PUT", "/v1/exhaust-port");
+    show(&s, "xwing", "POST", "/v1/request-landing");
+    observe(&s, seen);
+
+    println!("\n$ ward endpoint list");
+    print!(
+        "{}",
+        String::from_utf8_lossy(&s.ward_cli(&["endpoint", "list"]).stdout)
+    );
+    println!("\nRemoving the scene (namespaces, datapath, pins).");
+    drop(s);
+    println!("Done.");
+    Ok(())
+}
+
+/// The story told by `ward-check` against the same policy files.
+fn demo_offline() -> Result<()> {
     let bin = target_dir().join("debug/ward-check");
     let root = root_dir();
-    println!("\nWard demo: the Star Wars story (seed 000).");
-    println!("NOTE: the live version on the real datapath (network namespaces, `ward run`, curl)");
-    println!("needs the kernel datapath (issue 3) and the node proxy (issue 4); until they land the");
-    println!("story is told by `ward-check`, which decides exactly as the datapath and proxy will.\n");
     let ships = [
         ("tiefighter", "org=empire,class=tiefighter"),
         ("xwing", "org=alliance,class=xwing"),
@@ -217,18 +377,27 @@ fn demo(_args: &[String]) -> Result<()> {
     let deathstar = "org=empire,class=deathstar";
     for (scene, title) in [
         ("starwars-none", "1. No policy: every ship may land"),
-        ("starwars-l3l4", "2. L3/L4 policy rule1: only org=empire may reach deathstar:80"),
-        ("starwars-l7", "3. L7 policy rule1: only POST /v1/request-landing"),
+        (
+            "starwars-l3l4",
+            "2. L3/L4 policy rule1: only org=empire may reach deathstar:80",
+        ),
+        (
+            "starwars-l7",
+            "3. L7 policy rule1: only POST /v1/request-landing",
+        ),
     ] {
         println!("== {title}");
         let policy = root.join("config/policies").join(scene);
-        let requests: &[(&str, &str)] = &[("POST", "/v1/request-landing"), ("PUT", "/v1/exhaust-port")];
+        let requests: &[(&str, &str)] =
+            &[("POST", "/v1/request-landing"), ("PUT", "/v1/exhaust-port")];
         for (ship, labels) in ships {
             for (method, path) in requests {
                 let out = Command::new(&bin)
                     .arg("--policy")
                     .arg(&policy)
-                    .args(["--from", labels, "--to", deathstar, "--port", "80", "http", method, path])
+                    .args([
+                        "--from", labels, "--to", deathstar, "--port", "80", "http", method, path,
+                    ])
                     .output()
                     .context("cannot run ward-check")?;
                 let text = String::from_utf8_lossy(&out.stdout);
@@ -239,7 +408,10 @@ fn demo(_args: &[String]) -> Result<()> {
                     Some(1) => "curl: (28) Connection timed out".to_string(),
                     _ => format!("error: {}", String::from_utf8_lossy(&out.stderr).trim()),
                 };
-                println!("$ {ship}: curl -s -X{method} deathstar{path}\n  {shown}\n  ward-check: {}", text.trim());
+                println!(
+                    "$ {ship}: curl -s -X{method} deathstar{path}\n  {shown}\n  ward-check: {}",
+                    text.trim()
+                );
             }
         }
         println!();
@@ -252,7 +424,15 @@ fn bench(args: &[String]) -> Result<()> {
     let mut c = cargo();
     c.args(["bench", "-p", "ward-benches"]);
     if smoke {
-        c.args(["--", "--warm-up-time", "0.2", "--measurement-time", "0.5", "--sample-size", "10"]);
+        c.args([
+            "--",
+            "--warm-up-time",
+            "0.2",
+            "--measurement-time",
+            "0.5",
+            "--sample-size",
+            "10",
+        ]);
     }
     run(&mut c)
 }

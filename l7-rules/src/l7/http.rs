@@ -589,7 +589,8 @@ mod tests {
             value: None,
         }];
         let set = HttpRuleSet::new(vec![Arc::new(r), Arc::new(presence)]);
-        let cases: [(&str, &[(&str, &str)], bool); 6] = [
+        type Headers<'a> = &'a [(&'a str, &'a str)];
+        let cases: [(&str, Headers<'_>, bool); 6] = [
             ("PUT", &[("X-My-Header", "true")], true),
             ("PUT", &[("x-my-header", "true")], true),
             ("PUT", &[("X-My-Header", "false")], false),

@@ -1,0 +1,581 @@
+//! The network-namespace harness for Ward's scenes: a "node" namespace holding the host side of
+//! every pod's veth, the datapath and `ward run`; one namespace per pod with a real server or
+//! client in it. Used by the integration tests in `tests/tests/` and by `cargo xtask demo`.
+//!
+//! Everything a scene creates (namespaces, `/etc/netns/*` files, processes, the private bpffs
+//! pin root, the routing rule inside the node namespace) is removed when the [`Scene`] drops,
+//! also when a test panics. Nothing touches the machine's root namespace or `/sys/fs/bpf/ward`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Transparent HTTP listener port of the scenes' `ward run`.
+pub const HTTP_LISTENER: u16 = 15001;
+
+/// Returns false (after printing `SKIPPED (needs root): <test>` to fd 2, past libtest's capture)
+/// when not root; panics instead when `WARD_REQUIRE_PRIVILEGED=1` (CI, and `cargo xtask test`
+/// as root).
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("WARD_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+        panic!("{test}: needs root but WARD_REQUIRE_PRIVILEGED=1");
+    }
+    let line = format!("SKIPPED (needs root): {test}\n");
+    // SAFETY: writing a valid buffer to stderr.
+    unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+    false
+}
+
+/// The workspace's target directory (honours `CARGO_TARGET_DIR`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
+}
+
+/// The `ward` binary: `$WARD_BIN`, else `target/debug/ward` (built by `cargo xtask test`).
+pub fn ward_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("WARD_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = target_dir().join("debug/ward");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build -p ward` first (cargo xtask test does)",
+        p.display()
+    );
+    p
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+fn must(cmd: &mut Command) -> Output {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn ip(args: &[&str]) -> Output {
+    must(Command::new("ip").args(args))
+}
+
+/// One pod: its namespace, address and labels.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub name: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    /// The pod's network namespace.
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    /// Host-side veth, in the node namespace.
+    pub host_if: String,
+}
+
+/// A scene: node namespace, pods, servers, policies, and `ward run`.
+pub struct Scene {
+    pub id: String,
+    pub node_ns: String,
+    pub dir: PathBuf,
+    pub pin_root: PathBuf,
+    pub pods: Vec<Pod>,
+    procs: Vec<(String, Child)>,
+    ward: Option<Child>,
+    config_written: bool,
+    uplink: Option<String>,
+}
+
+impl Scene {
+    /// Creates the node namespace and the scene's private directory.
+    pub fn new(tag: &str) -> Scene {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let id = format!(
+            "{}{:x}{:x}",
+            &tag[..tag.len().min(2)],
+            std::process::id() % 0xffff,
+            n
+        );
+        let node_ns = format!("{id}-node");
+        let dir = std::env::temp_dir().join(format!("ward-scene-{id}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("policies")).expect("scene dir");
+        let scene = Scene {
+            pin_root: PathBuf::from(format!("/sys/fs/bpf/ward-scene-{id}")),
+            id,
+            node_ns,
+            dir,
+            pods: Vec::new(),
+            procs: Vec::new(),
+            ward: None,
+            config_written: false,
+            uplink: None,
+        };
+        ip(&["netns", "add", &scene.node_ns]);
+        scene.node(&["ip", "link", "set", "lo", "up"]);
+        scene
+    }
+
+    /// Runs a command in the node namespace and insists on success.
+    pub fn node(&self, args: &[&str]) -> Output {
+        must(
+            Command::new("ip")
+                .args(["netns", "exec", &self.node_ns])
+                .args(args),
+        )
+    }
+
+    /// Adds a pod with a veth to the node: pod `10.200.N.2/24`, host side `10.200.N.1/24`.
+    pub fn add_pod(&mut self, name: &str, namespace: &str, labels: &[(&str, &str)]) -> Pod {
+        let idx = self.pods.len() + 1;
+        let netns = format!("{}-{idx}", self.id);
+        let host_if = format!("{}h{idx}", self.id);
+        let peer_if = format!("{}p{idx}", self.id);
+        assert!(host_if.len() <= 15, "interface name {host_if} too long");
+        let pod_ip = Ipv4Addr::new(10, 200, idx as u8, 2);
+        let host_ip = Ipv4Addr::new(10, 200, idx as u8, 1);
+        ip(&["netns", "add", &netns]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
+        ]);
+        ip(&["link", "set", &host_if, "netns", &self.node_ns]);
+        ip(&["link", "set", &peer_if, "netns", &netns]);
+        let in_pod = |args: &[&str]| {
+            must(
+                Command::new("ip")
+                    .args(["netns", "exec", &netns])
+                    .args(args),
+            )
+        };
+        in_pod(&["ip", "link", "set", "lo", "up"]);
+        in_pod(&["ip", "link", "set", &peer_if, "name", "eth0"]);
+        in_pod(&["ip", "addr", "add", &format!("{pod_ip}/24"), "dev", "eth0"]);
+        in_pod(&["ip", "link", "set", "eth0", "up"]);
+        in_pod(&["ip", "route", "add", "default", "via", &host_ip.to_string()]);
+        self.node(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{host_ip}/24"),
+            "dev",
+            &host_if,
+        ]);
+        self.node(&["ip", "link", "set", &host_if, "up"]);
+        self.node(&[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.conf.{host_if}.forwarding=1"),
+        ]);
+        let pod = Pod {
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            netns,
+            ip: pod_ip,
+            host_if,
+        };
+        self.pods.push(pod.clone());
+        self.write_hosts();
+        pod
+    }
+
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no pod {name}"))
+    }
+
+    /// `/etc/netns/<ns>/hosts` (bind-mounted by `ip netns exec`): every pod by name, and the
+    /// first pod of each `app`/`class` label value (a stand-in for a Service name).
+    fn write_hosts(&self) {
+        let mut hosts = String::from("127.0.0.1 localhost\n");
+        let mut seen = std::collections::BTreeSet::new();
+        for p in &self.pods {
+            let _ = writeln!(hosts, "{} {}", p.ip, p.name);
+            for key in ["class", "app"] {
+                if let Some(v) = p.labels.get(key) {
+                    if v != &p.name && seen.insert(v.clone()) {
+                        let _ = writeln!(hosts, "{} {v}", p.ip);
+                    }
+                }
+            }
+        }
+        for p in &self.pods {
+            let d = PathBuf::from("/etc/netns").join(&p.netns);
+            std::fs::create_dir_all(&d).expect("/etc/netns dir");
+            std::fs::write(d.join("hosts"), &hosts).expect("hosts file");
+        }
+    }
+
+    /// A command to run inside a pod.
+    pub fn cmd_in(&self, pod: &str, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.pod(pod).netns, program]);
+        c
+    }
+
+    /// Runs a command in a pod and returns its output (success not required).
+    pub fn exec(&self, pod: &str, args: &[&str]) -> Output {
+        let mut c = self.cmd_in(pod, args[0]);
+        c.args(&args[1..]);
+        run(&mut c)
+    }
+
+    /// Starts a long-running process in a pod, killed when the scene drops.
+    pub fn spawn_in(&mut self, pod: &str, args: &[&str], log: &str) -> &mut Child {
+        let mut c = self.cmd_in(pod, args[0]);
+        c.args(&args[1..]);
+        let logf = std::fs::File::create(self.dir.join(log)).expect("log file");
+        c.stdout(logf.try_clone().expect("log fd"))
+            .stderr(logf)
+            .stdin(Stdio::null());
+        let child = c.spawn().unwrap_or_else(|e| panic!("spawn {args:?}: {e}"));
+        self.procs.push((pod.to_string(), child));
+        &mut self.procs.last_mut().expect("just pushed").1
+    }
+
+    /// Waits until `port` accepts TCP connections inside the pod.
+    pub fn wait_port(&self, pod: &str, port: u16) {
+        let ip = self.pod(pod).ip;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            let out = self.exec(
+                pod,
+                &[
+                    "python3",
+                    "-c",
+                    &format!("import socket; socket.create_connection(('{ip}', {port}), 1)"),
+                ],
+            );
+            if out.status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "{pod}:{port} did not come up; logs in {}",
+            self.dir.display()
+        );
+    }
+
+    /// Starts the Star Wars deathstar HTTP server (Python, HTTP/1.1 keep-alive) in a pod.
+    pub fn start_deathstar(&mut self, pod: &str, port: u16) {
+        let script = self.dir.join("deathstar.py");
+        std::fs::write(&script, DEATHSTAR_PY).expect("write deathstar.py");
+        let script = script.to_string_lossy().into_owned();
+        self.spawn_in(
+            pod,
+            &["python3", &script, &port.to_string()],
+            &format!("{pod}.log"),
+        );
+        self.wait_port(pod, port);
+    }
+
+    /// Writes (or replaces) a policy file in the scene's watched policy directory.
+    pub fn write_policy(&self, file: &str, yaml: &str) {
+        let path = self.dir.join("policies").join(file);
+        // Write then rename, so the watcher never sees half a file.
+        let tmp = self.dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, yaml).expect("write policy");
+        std::fs::rename(&tmp, &path).expect("rename policy");
+    }
+
+    pub fn remove_policy(&self, file: &str) {
+        let _ = std::fs::remove_file(self.dir.join("policies").join(file));
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("node.yaml")
+    }
+
+    pub fn flow_log(&self) -> PathBuf {
+        self.dir.join("flows.jsonl")
+    }
+
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+
+    /// Writes the node config for the current pods.
+    pub fn write_config(&mut self) {
+        let mut y = String::new();
+        let _ = writeln!(y, "node: {{name: {}}}", self.id);
+        let _ = writeln!(y, "pin_root: {}", self.pin_root.display());
+        if let Some(u) = &self.uplink {
+            let _ = writeln!(y, "uplink: {u}");
+        }
+        let _ = writeln!(y, "policy_dirs: [policies]");
+        let _ = writeln!(y, "listeners: {{http: {HTTP_LISTENER}}}");
+        let _ = writeln!(y, "admin_socket: {}", self.admin_socket().display());
+        let _ = writeln!(y, "metrics: 127.0.0.1:9962");
+        let _ = writeln!(y, "flow_log: {}", self.flow_log().display());
+        let _ = writeln!(y, "endpoints:");
+        for p in &self.pods {
+            let _ = writeln!(y, "- name: {}", p.name);
+            let _ = writeln!(y, "  namespace: {}", p.namespace);
+            let labels: Vec<String> = p.labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            let _ = writeln!(y, "  labels: {{{}}}", labels.join(", "));
+            let _ = writeln!(y, "  ips: [{}]", p.ip);
+            let _ = writeln!(y, "  interface: {}", p.host_if);
+        }
+        std::fs::write(self.config_path(), y).expect("write node.yaml");
+        self.config_written = true;
+    }
+
+    /// Starts `ward run` in the node namespace and waits for its admin socket.
+    pub fn start_ward(&mut self) {
+        if !self.config_written {
+            self.write_config();
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("ward.log"))
+            .expect("ward.log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.node_ns])
+            .arg(ward_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(self.config_path())
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn ward run");
+        self.ward = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(c) = self.ward.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("ward run exited early ({status}):\n{}", self.ward_log());
+                }
+            }
+            if self.ward_cli(&["status"]).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("ward run did not become ready:\n{}", self.ward_log());
+    }
+
+    /// Stops `ward run` with SIGTERM (the datapath stays attached).
+    pub fn stop_ward(&mut self) {
+        if let Some(mut c) = self.ward.take() {
+            // `ip netns exec` execs ward, so the child pid is ward's.
+            // SAFETY: sending a signal to our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills `ward run` hard (SIGKILL), as a crash would.
+    pub fn kill_ward(&mut self) {
+        if let Some(mut c) = self.ward.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn ward_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("ward.log")).unwrap_or_default()
+    }
+
+    /// Runs a `ward` CLI command (in the node namespace) against this scene's config.
+    pub fn ward_cli(&self, args: &[&str]) -> Output {
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.node_ns])
+            .arg(ward_bin())
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path()))
+    }
+
+    /// `curl` from a pod; returns (exit code, stdout).
+    pub fn curl(&self, pod: &str, args: &[&str]) -> (i32, String) {
+        let mut full = vec!["curl", "-s", "--max-time", "3"];
+        full.extend_from_slice(args);
+        let out = self.exec(pod, &full);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// The flow log, parsed.
+    pub fn flows(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.flow_log())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits up to `timeout` for a flow matching `pred`.
+    pub fn wait_flow(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(f) = self.flows().into_iter().find(|f| pred(f)) {
+                return Some(f);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Whether a TCP connection from the pod to `ip:port` succeeds within 2 s.
+    pub fn tcp_reachable(&self, pod: &str, ip: Ipv4Addr, port: u16) -> bool {
+        self.exec(
+            pod,
+            &[
+                "python3",
+                "-c",
+                &format!("import socket; socket.create_connection(('{ip}', {port}), 2)"),
+            ],
+        )
+        .status
+        .success()
+    }
+}
+
+impl Drop for Scene {
+    fn drop(&mut self) {
+        self.stop_ward();
+        for (_, c) in &mut self.procs {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if self.config_written {
+            let _ = self.ward_cli(&["uninstall"]);
+        }
+        // Whatever `ward uninstall` could not remove (or a scene that never ran ward).
+        if self.pin_root.exists() {
+            let _ = std::fs::remove_dir_all(&self.pin_root);
+        }
+        for p in &self.pods {
+            let _ = Command::new("ip").args(["netns", "del", &p.netns]).output();
+            let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&p.netns));
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.node_ns])
+            .output();
+        if std::env::var_os("WARD_KEEP_SCENE").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Checks that nothing with this scene's id is left on the machine (used by tests).
+pub fn leftovers(id: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let ns = run(Command::new("ip").args(["netns", "list"]));
+    for line in String::from_utf8_lossy(&ns.stdout).lines() {
+        if line.starts_with(id) {
+            out.push(format!("netns {line}"));
+        }
+    }
+    if Path::new(&format!("/sys/fs/bpf/ward-scene-{id}")).exists() {
+        out.push(format!("pin root /sys/fs/bpf/ward-scene-{id}"));
+    }
+    out
+}
+
+/// The deathstar: `POST /v1/request-landing` → "Ship landed", `PUT /v1/exhaust-port` → the
+/// panic text, plus a few paths for other scenes. HTTP/1.1 with keep-alive.
+pub const DEATHSTAR_PY: &str = r#"import http.server, sys
+
+PANIC = """Panic: deathstar exploded
+
+goroutine 1 [running]:
+main.HandleGarbage(0x2080c3f50, 0x2, 0x4, 0x425c0, 0x5, 0xa)
+        /code/src/github.com/empire/deathstar/
+        temp/main.go:9 +0x64
+main.main()
+        /code/src/github.com/empire/deathstar/
+        temp/main.go:5 +0x85
+"""
+
+class Deathstar(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def reply(self, code, body):
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def drain(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        if n:
+            self.rfile.read(n)
+
+    def do_POST(self):
+        self.drain()
+        if self.path == "/v1/request-landing":
+            self.reply(200, "Ship landed\n")
+        else:
+            self.reply(404, "Not found\n")
+
+    def do_PUT(self):
+        self.drain()
+        if self.path == "/v1/exhaust-port":
+            self.reply(503, PANIC)
+        else:
+            self.reply(200, "PUT %s\n" % self.path)
+
+    def do_GET(self):
+        self.reply(200, "GET %s from %s\n" % (self.path, self.headers.get("X-My-Header", "-")))
+
+    def log_message(self, fmt, *args):
+        sys.stderr.write("%s %s\n" % (self.command, self.path))
+
+http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), Deathstar).serve_forever()
+"#;

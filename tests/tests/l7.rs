@@ -1,0 +1,294 @@
+//! L7 scenes with real peers: seed 001's header rule with curl, HTTP/2 (prior knowledge) to a
+//! real h2c origin (nginx), and gRPC allow/deny seen by a real grpcio client.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use ward_tests::{privileged, target_dir, workspace_root, Scene};
+
+fn scene_policy(name: &str) -> String {
+    let dir = workspace_root().join("config/policies").join(name);
+    let mut out = String::new();
+    for e in std::fs::read_dir(&dir).expect("scene policy dir") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            out.push_str(&std::fs::read_to_string(p).expect("policy"));
+            out.push_str("\n---\n");
+        }
+    }
+    out
+}
+
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what} did not happen within 3 s");
+}
+
+fn status(s: &Scene, pod: &str, args: &[&str]) -> String {
+    let mut full = vec![
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "3",
+    ];
+    full.extend_from_slice(args);
+    String::from_utf8_lossy(&s.exec(pod, &full).stdout).into_owned()
+}
+
+#[test]
+fn seed001_path_regex_and_header_rule() {
+    if !privileged("seed001_path_regex_and_header_rule") {
+        return;
+    }
+    let mut s = Scene::new("hd");
+    s.add_pod("service", "default", &[("app", "myService")]);
+    s.add_pod("client", "default", &[("env", "prod")]);
+    s.start_deathstar("service", 80);
+    s.start_ward();
+    s.write_policy("l7-rule.yaml", &scene_policy("seed001-l7-headers"));
+    eventually("the header rule", || {
+        status(&s, "client", &["-XPUT", "http://service/path2"]) == "403"
+    });
+    assert_eq!(status(&s, "client", &["http://service/path1"]), "200");
+    assert_eq!(
+        status(&s, "client", &["http://service/path1/more"]),
+        "403",
+        "full-match path"
+    );
+    assert_eq!(
+        status(
+            &s,
+            "client",
+            &["-XPUT", "-H", "X-My-Header: true", "http://service/path2"]
+        ),
+        "200"
+    );
+    assert_eq!(
+        status(
+            &s,
+            "client",
+            &["-XPUT", "-H", "x-my-header: true", "http://service/path2"]
+        ),
+        "200"
+    );
+    assert_eq!(
+        status(
+            &s,
+            "client",
+            &["-XPUT", "-H", "X-My-Header: false", "http://service/path2"]
+        ),
+        "403"
+    );
+    assert_eq!(
+        status(&s, "client", &["-XPUT", "http://service/path2"]),
+        "403"
+    );
+    // The header reaches the server unchanged.
+    let (_, body) = s.curl(
+        "client",
+        &["-H", "X-My-Header: yes", "http://service/path1"],
+    );
+    assert_eq!(body, "GET /path1 from yes\n");
+}
+
+const NGINX_CONF: &str = r#"daemon off;
+master_process off;
+worker_processes 1;
+pid DIR/nginx.pid;
+error_log DIR/nginx-error.log warn;
+events { worker_connections 256; }
+http {
+    access_log off;
+    client_body_temp_path DIR/nginx-body;
+    proxy_temp_path DIR/nginx-proxy;
+    fastcgi_temp_path DIR/nginx-fcgi;
+    uwsgi_temp_path DIR/nginx-uwsgi;
+    scgi_temp_path DIR/nginx-scgi;
+    server {
+        listen 80 http2;
+        location = /v1/request-landing { return 200 "Ship landed\n"; }
+        location / { return 404 "Not found\n"; }
+    }
+}
+"#;
+
+#[test]
+fn http2_prior_knowledge_allowed_and_denied() {
+    if !privileged("http2_prior_knowledge_allowed_and_denied") {
+        return;
+    }
+    let mut s = Scene::new("h2");
+    s.add_pod(
+        "deathstar",
+        "default",
+        &[("org", "empire"), ("class", "deathstar")],
+    );
+    s.add_pod(
+        "tiefighter",
+        "default",
+        &[("org", "empire"), ("class", "tiefighter")],
+    );
+    let conf = s.dir.join("nginx.conf");
+    std::fs::write(&conf, NGINX_CONF.replace("DIR", &s.dir.to_string_lossy())).expect("nginx.conf");
+    let conf = conf.to_string_lossy().into_owned();
+    s.spawn_in("deathstar", &["nginx", "-c", &conf], "nginx.log");
+    s.wait_port("deathstar", 80);
+    s.start_ward();
+    s.write_policy("rule1.yaml", &scene_policy("starwars-l7"));
+    let h2 = |args: &[&str]| {
+        let mut full = vec!["--http2-prior-knowledge"];
+        full.extend_from_slice(args);
+        s.curl("tiefighter", &full)
+    };
+    eventually("the L7 rule", || {
+        h2(&["-XPUT", "http://deathstar/v1/exhaust-port"]).1 == "Access denied\r\n"
+    });
+    assert_eq!(
+        h2(&["-XPOST", "http://deathstar/v1/request-landing"]),
+        (0, "Ship landed\n".into())
+    );
+    let out = s.exec(
+        "tiefighter",
+        &[
+            "curl",
+            "-s",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+            "--max-time",
+            "3",
+            "-XPOST",
+            "http://deathstar/v1/request-landing",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
+}
+
+/// The Python of the venv with grpcio (installed by `cargo xtask test`).
+fn peers_python() -> PathBuf {
+    let p = std::env::var_os("WARD_PEERS_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("ward-peers/venv/bin/python"));
+    assert!(
+        p.exists(),
+        "{} is missing: `cargo xtask test` installs grpcio into it",
+        p.display()
+    );
+    p
+}
+
+const ECHO_PROTO: &str = r#"syntax = "proto3";
+package peers;
+message EchoRequest { string message = 1; }
+message EchoReply { string message = 1; }
+service Echo {
+  rpc Unary(EchoRequest) returns (EchoReply);
+  rpc ServerStream(EchoRequest) returns (stream EchoReply);
+}
+"#;
+
+const SERVER_PY: &str = r#"import sys, grpc
+from concurrent import futures
+sys.path.insert(0, sys.argv[2])
+import echo_pb2 as pb, echo_pb2_grpc as pbg
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+class Echo(pbg.EchoServicer):
+    def Unary(self, req, ctx):
+        return pb.EchoReply(message="echo " + req.message)
+    def ServerStream(self, req, ctx):
+        for i in range(3):
+            yield pb.EchoReply(message="%s-%d" % (req.message, i))
+s = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+pbg.add_EchoServicer_to_server(Echo(), s)
+h = health.HealthServicer(); h.set("", health_pb2.HealthCheckResponse.SERVING)
+health_pb2_grpc.add_HealthServicer_to_server(h, s)
+s.add_insecure_port(sys.argv[1]); s.start(); s.wait_for_termination()
+"#;
+
+const CLIENT_PY: &str = r#"import sys, grpc
+sys.path.insert(0, sys.argv[2])
+import echo_pb2 as pb, echo_pb2_grpc as pbg
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+with grpc.insecure_channel(sys.argv[1]) as ch:
+    stub = pbg.EchoStub(ch)
+    def call(name, f):
+        try:
+            print(name, "OK", f(), flush=True)
+        except grpc.RpcError as e:
+            print(name, e.code().name, repr(e.details()), flush=True)
+    call("Unary", lambda: stub.Unary(pb.EchoRequest(message="hi"), timeout=5).message)
+    call("ServerStream", lambda: [m.message for m in stub.ServerStream(pb.EchoRequest(message="s"), timeout=5)])
+    call("Health", lambda: health_pb2.HealthCheckResponse.ServingStatus.Name(
+        health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5).status))
+    call("Unary", lambda: stub.Unary(pb.EchoRequest(message="again"), timeout=5).message)
+"#;
+
+#[test]
+fn grpc_allow_and_permission_denied() {
+    if !privileged("grpc_allow_and_permission_denied") {
+        return;
+    }
+    let python = peers_python();
+    let mut s = Scene::new("gr");
+    s.add_pod("grpc-server", "default", &[("app", "grpc-server")]);
+    s.add_pod("grpc-client", "default", &[("app", "grpc-client")]);
+    let gen = s.dir.join("gen");
+    std::fs::create_dir_all(&gen).expect("gen dir");
+    std::fs::write(gen.join("echo.proto"), ECHO_PROTO).expect("proto");
+    std::fs::write(s.dir.join("server.py"), SERVER_PY).expect("server");
+    std::fs::write(s.dir.join("client.py"), CLIENT_PY).expect("client");
+    let out = std::process::Command::new(&python)
+        .args(["-m", "grpc_tools.protoc", "-I."])
+        .args(["--python_out=.", "--grpc_python_out=.", "echo.proto"])
+        .current_dir(&gen)
+        .output()
+        .expect("protoc");
+    assert!(
+        out.status.success(),
+        "protoc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let py = python.to_string_lossy().into_owned();
+    let server_ip = s.pod("grpc-server").ip;
+    let (server, gen_s) = (s.dir.join("server.py"), gen.to_string_lossy().into_owned());
+    s.spawn_in(
+        "grpc-server",
+        &[&py, &server.to_string_lossy(), "0.0.0.0:50051", &gen_s],
+        "grpc-server.log",
+    );
+    s.wait_port("grpc-server", 50051);
+    s.start_ward();
+    s.write_policy("grpc.yaml", &scene_policy("grpc-native"));
+    let client = s.dir.join("client.py").to_string_lossy().into_owned();
+    let target = format!("{server_ip}:50051");
+    let run = || {
+        String::from_utf8_lossy(
+            &s.exec("grpc-client", &[&py, &client, &target, &gen_s])
+                .stdout,
+        )
+        .into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut text = run();
+    while !text.contains("PERMISSION_DENIED") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        text = run();
+    }
+    assert_eq!(
+        text,
+        "Unary OK echo hi\nServerStream PERMISSION_DENIED 'Access denied'\nHealth OK SERVING\nUnary OK echo again\n",
+        "ward log:\n{}",
+        s.ward_log()
+    );
+}
