@@ -18,7 +18,10 @@ fn bench(c: &mut Criterion) {
             };
             patterns.push((p, origin.clone()));
         }
-        patterns.push((NamePattern::pattern("**.cilium.io").unwrap(), origin.clone()));
+        patterns.push((
+            NamePattern::pattern("**.cilium.io").unwrap(),
+            origin.clone(),
+        ));
         let m = DnsMatcher::new(&patterns);
         assert!(m.matches("a.b.cilium.io"));
         assert!(!m.matches("www.github.com"));

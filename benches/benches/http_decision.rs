@@ -39,22 +39,40 @@ fn bench(c: &mut Criterion) {
             };
             let method = if last % 2 == 0 { "GET" } else { "POST" };
             let headers = [("user-agent", "curl/7.88.1"), ("accept", "*/*")];
-            let hit = HttpRequest { method, path: &hit_path, host: "svc", headers: &headers };
-            let miss = HttpRequest { method: "PUT", path: "/v1/exhaust-port", host: "svc", headers: &headers };
+            let hit = HttpRequest {
+                method,
+                path: &hit_path,
+                host: "svc",
+                headers: &headers,
+            };
+            let miss = HttpRequest {
+                method: "PUT",
+                path: "/v1/exhaust-port",
+                host: "svc",
+                headers: &headers,
+            };
             let kind = if regex { "regex" } else { "literal" };
             assert!(set.check(&hit).allowed_by.is_some());
             assert!(set.check(&miss).allowed_by.is_none());
-            g.bench_with_input(BenchmarkId::new(format!("ruleset_{kind}_allow"), n), &n, |b, _| {
-                b.iter(|| black_box(set.check(black_box(&hit))))
-            });
-            g.bench_with_input(BenchmarkId::new(format!("ruleset_{kind}_deny"), n), &n, |b, _| {
-                b.iter(|| black_box(set.check(black_box(&miss))))
-            });
+            g.bench_with_input(
+                BenchmarkId::new(format!("ruleset_{kind}_allow"), n),
+                &n,
+                |b, _| b.iter(|| black_box(set.check(black_box(&hit)))),
+            );
+            g.bench_with_input(
+                BenchmarkId::new(format!("ruleset_{kind}_deny"), n),
+                &n,
+                |b, _| b.iter(|| black_box(set.check(black_box(&miss)))),
+            );
             if n == 1_000 {
                 let req = L7Request::Http(hit);
-                g.bench_with_input(BenchmarkId::new(format!("engine_decide_{kind}"), n), &n, |b, _| {
-                    b.iter(|| black_box(e.decide(black_box(&flow), Some(&req), false).allowed))
-                });
+                g.bench_with_input(
+                    BenchmarkId::new(format!("engine_decide_{kind}"), n),
+                    &n,
+                    |b, _| {
+                        b.iter(|| black_box(e.decide(black_box(&flow), Some(&req), false).allowed))
+                    },
+                );
             }
         }
     }

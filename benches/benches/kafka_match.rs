@@ -20,8 +20,18 @@ fn bench(c: &mut Criterion) {
             .collect();
         let last = format!("topic-{}", n - 1);
         let topics = ["topic-0", last.as_str()];
-        let fetch = KafkaRequest { api_key: 1, api_version: 12, client_id: Some("c"), topics: &topics };
-        let produce = KafkaRequest { api_key: 0, api_version: 9, client_id: Some("c"), topics: &topics };
+        let fetch = KafkaRequest {
+            api_key: 1,
+            api_version: 12,
+            client_id: Some("c"),
+            topics: &topics,
+        };
+        let produce = KafkaRequest {
+            api_key: 0,
+            api_version: 9,
+            client_id: Some("c"),
+            topics: &topics,
+        };
         g.bench_with_input(BenchmarkId::new("fetch_two_topics_allow", n), &n, |b, _| {
             b.iter(|| black_box(check(&rules, black_box(&fetch))))
         });

@@ -115,7 +115,7 @@ fn dns_query(name: &str) -> Vec<u8> {
     }
     q.push(0);
     q.extend_from_slice(&[0, 1, 0, 1]); // A, IN
-    // OPT: root name, type 41, class = UDP size, TTL 0, rdlen 0.
+                                        // OPT: root name, type 41, class = UDP size, TTL 0, rdlen 0.
     q.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
     q
 }

@@ -13,13 +13,21 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("resolution");
     g.sample_size(10);
     g.bench_function("load_compile_10k_rules", |b| {
-        b.iter(|| black_box(load_sources(&[("bench.yaml".into(), yaml.clone())]).unwrap().policies.len()))
+        b.iter(|| {
+            black_box(
+                load_sources(&[("bench.yaml".into(), yaml.clone())])
+                    .unwrap()
+                    .policies
+                    .len(),
+            )
+        })
     });
     let e = Engine::new(load_sources(&[("bench.yaml".into(), yaml.clone())]).unwrap());
     let subject = e.peer(&parse_peer("app=svc").unwrap());
     let mut ids = IdentityTable::with_reserved();
     for t in 0..100 {
-        ids.insert(e.peer(&parse_peer(&format!("team=t{t}")).unwrap())).unwrap();
+        ids.insert(e.peer(&parse_peer(&format!("team=t{t}")).unwrap()))
+            .unwrap();
     }
     let n = e.map_entries(&subject, &ids).len();
     assert!(n >= 10_000, "{n} entries");

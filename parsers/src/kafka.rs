@@ -1,0 +1,1680 @@
+//! Kafka: the API-key names Cilium policies use, the topic/role key sets of Cilium's Kafka
+//! matcher (POLICY-SEMANTICS §4), request framing and parsing, and the deny responses a proxy
+//! injects (§4.3), for every API version `kafka-protocol` knows, flexible versions included.
+//!
+//! Request headers are decoded and deny responses encoded with `kafka-protocol`. Request *bodies*
+//! are walked by this module instead: `kafka-protocol` 0.15 sizes each `Vec` from the array length
+//! on the wire before decoding a single element, so a 10-byte request declaring 2^31 topics would
+//! make it allocate gigabytes and abort the proxy. The walker reads only the fields up to and
+//! including the topic list (following `kafka-protocol`'s schemas, which the tests cross-check by
+//! encoding every version with `kafka-protocol` and walking it back), checks every count against
+//! the bytes left and [`MAX_ARRAY_LEN`], and allocates only for what it actually read.
+
+use bytes::BufMut;
+use kafka_protocol::messages::{
+    fetch_response, find_coordinator_response, list_offsets_response, metadata_response,
+    offset_commit_response, offset_fetch_response, produce_response, ApiKey, BrokerId, GroupId,
+    RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+use crate::Status;
+
+/// Largest request or response frame, as Kafka's default `socket.request.max.bytes` (100 MiB).
+pub const MAX_FRAME_LEN: usize = 100 * 1024 * 1024;
+/// Size of the frame's length prefix.
+pub const FRAME_PREFIX_LEN: usize = 4;
+/// Most elements accepted in any array of a request body (on top of the rule that each element
+/// takes at least one byte of the frame).
+pub const MAX_ARRAY_LEN: usize = 1 << 20;
+/// Smallest request header: api key, api version, correlation id.
+pub const MIN_REQUEST_LEN: usize = 8;
+/// Up to this many topics, duplicates are found by a linear scan; beyond, with a hash set.
+const LINEAR_DEDUP_MAX: usize = 16;
+/// `TOPIC_AUTHORIZATION_FAILED`, the error Cilium's deny responses carry.
+pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+
+/// Every name [`api_key_from_name`] accepts, with its key. Keys 0–33 carry Cilium's names
+/// (PROXY:`pkg/policy/api/kafka/kafka.go` `APIKeyMap`), which equal Apache Kafka's lower-cased
+/// names except `offsets` (2, Kafka's `ListOffsets`); every key `kafka-protocol` knows is listed
+/// under its lower-cased Apache Kafka name. The first entry for a key is its preferred name.
+const API_KEY_NAMES: &[(&str, i16)] = &[
+    ("produce", 0),
+    ("fetch", 1),
+    ("offsets", 2),
+    ("listoffsets", 2),
+    ("metadata", 3),
+    ("leaderandisr", 4),
+    ("stopreplica", 5),
+    ("updatemetadata", 6),
+    ("controlledshutdown", 7),
+    ("offsetcommit", 8),
+    ("offsetfetch", 9),
+    ("findcoordinator", 10),
+    ("joingroup", 11),
+    ("heartbeat", 12),
+    ("leavegroup", 13),
+    ("syncgroup", 14),
+    ("describegroups", 15),
+    ("listgroups", 16),
+    ("saslhandshake", 17),
+    ("apiversions", 18),
+    ("createtopics", 19),
+    ("deletetopics", 20),
+    ("deleterecords", 21),
+    ("initproducerid", 22),
+    ("offsetforleaderepoch", 23),
+    ("addpartitionstotxn", 24),
+    ("addoffsetstotxn", 25),
+    ("endtxn", 26),
+    ("writetxnmarkers", 27),
+    ("txnoffsetcommit", 28),
+    ("describeacls", 29),
+    ("createacls", 30),
+    ("deleteacls", 31),
+    ("describeconfigs", 32),
+    ("alterconfigs", 33),
+    ("alterreplicalogdirs", 34),
+    ("describelogdirs", 35),
+    ("saslauthenticate", 36),
+    ("createpartitions", 37),
+    ("createdelegationtoken", 38),
+    ("renewdelegationtoken", 39),
+    ("expiredelegationtoken", 40),
+    ("describedelegationtoken", 41),
+    ("deletegroups", 42),
+    ("electleaders", 43),
+    ("incrementalalterconfigs", 44),
+    ("alterpartitionreassignments", 45),
+    ("listpartitionreassignments", 46),
+    ("offsetdelete", 47),
+    ("describeclientquotas", 48),
+    ("alterclientquotas", 49),
+    ("describeuserscramcredentials", 50),
+    ("alteruserscramcredentials", 51),
+    ("vote", 52),
+    ("beginquorumepoch", 53),
+    ("endquorumepoch", 54),
+    ("describequorum", 55),
+    ("alterpartition", 56),
+    ("updatefeatures", 57),
+    ("envelope", 58),
+    ("fetchsnapshot", 59),
+    ("describecluster", 60),
+    ("describeproducers", 61),
+    ("brokerregistration", 62),
+    ("brokerheartbeat", 63),
+    ("unregisterbroker", 64),
+    ("describetransactions", 65),
+    ("listtransactions", 66),
+    ("allocateproducerids", 67),
+    ("consumergroupheartbeat", 68),
+    ("consumergroupdescribe", 69),
+    ("controllerregistration", 70),
+    ("gettelemetrysubscriptions", 71),
+    ("pushtelemetry", 72),
+    ("assignreplicastodirs", 73),
+    ("listclientmetricsresources", 74),
+    ("describetopicpartitions", 75),
+    ("addraftvoter", 80),
+    ("removeraftvoter", 81),
+    ("updateraftvoter", 82),
+];
+
+/// Request kinds whose topics Cilium's matcher checks against a rule's `topic`
+/// (PROXY:`proxylib/kafka/kafkalib/request.go`).
+pub const TOPIC_KINDS: &[i16] = &[
+    0, 1, 2, 3, 4, 5, 6, 8, 9, 19, 20, 21, 23, 24, 27, 28, 34, 35, 37,
+];
+
+/// API keys of the `role: produce` shorthand: Produce, Metadata, ApiVersions.
+pub const ROLE_PRODUCE: &[i16] = &[0, 3, 18];
+
+/// API keys of the `role: consume` shorthand: Fetch, ListOffsets, Metadata, OffsetCommit,
+/// OffsetFetch, FindCoordinator, JoinGroup, Heartbeat, LeaveGroup, SyncGroup, ApiVersions.
+pub const ROLE_CONSUME: &[i16] = &[1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 18];
+
+/// The API key for a policy's `apiKey` name, case-insensitively: Cilium's names (`offsets`,
+/// `produce`, …) and the current Apache Kafka names (`listoffsets`, `saslauthenticate`, …).
+pub fn api_key_from_name(name: &str) -> Option<i16> {
+    API_KEY_NAMES
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|&(_, key)| key)
+}
+
+/// The name of an API key: Cilium's for keys 0–33, else Apache Kafka's (lower-cased).
+pub fn api_key_name(key: i16) -> Option<&'static str> {
+    API_KEY_NAMES
+        .iter()
+        .find(|&&(_, k)| k == key)
+        .map(|&(name, _)| name)
+}
+
+/// `true` when Cilium's matcher checks the topics of this request kind.
+pub fn is_topic_kind(key: i16) -> bool {
+    TOPIC_KINDS.contains(&key)
+}
+
+/// Why a Kafka frame or request was refused. The client's fault: close the connection (Cilium
+/// does the same on an unparseable request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KafkaError {
+    /// The size prefix is negative.
+    #[error("negative Kafka frame size {0}")]
+    NegativeFrameLength(i32),
+    /// The size prefix exceeds [`MAX_FRAME_LEN`].
+    #[error("Kafka frame of {0} bytes exceeds {MAX_FRAME_LEN}")]
+    FrameTooLarge(usize),
+    /// The frame is shorter than a request header.
+    #[error("Kafka request of {0} bytes is shorter than a request header")]
+    TooShort(usize),
+    /// An API key `kafka-protocol` does not know.
+    #[error("unknown Kafka API key {0}")]
+    UnknownApiKey(i16),
+    /// A version outside the range `kafka-protocol` knows for the key.
+    #[error("unsupported version {version} of Kafka API key {api_key}")]
+    UnsupportedVersion {
+        /// API key.
+        api_key: i16,
+        /// Requested version.
+        version: i16,
+    },
+    /// The request header does not decode.
+    #[error("malformed Kafka request header (api key {api_key} v{version})")]
+    MalformedHeader {
+        /// API key.
+        api_key: i16,
+        /// Requested version.
+        version: i16,
+    },
+    /// The request body does not decode.
+    #[error("malformed Kafka request body (api key {api_key} v{version}): {reason}")]
+    MalformedBody {
+        /// API key.
+        api_key: i16,
+        /// Requested version.
+        version: i16,
+        /// What was wrong.
+        reason: &'static str,
+    },
+}
+
+/// What the proxy and the policy need from a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaRequest {
+    /// API key (0 = Produce, …).
+    pub api_key: i16,
+    /// API version.
+    pub api_version: i16,
+    /// Correlation id, echoed by the response.
+    pub correlation_id: i32,
+    /// Client id; `None` for request header v0 (ControlledShutdown v0), or when sent as null.
+    pub client_id: Option<String>,
+    /// Topic names for Produce, Fetch, ListOffsets, Metadata, OffsetCommit and OffsetFetch
+    /// (all groups of v8+), first occurrence order, without duplicates. Empty for other keys.
+    pub topics: Vec<String>,
+    /// At least one topic is named only by its topic ID (Fetch v13+, Metadata v10+ with a null
+    /// name), so [`Self::topics`] does not list every topic the request touches.
+    pub topic_ids_only: bool,
+    /// The request covers every topic: Metadata with a null or empty topic list (Cilium treats
+    /// both as "all"), or OffsetFetch with a null topic list.
+    pub all_topics: bool,
+    /// Produce with `acks = 0`: the broker sends no response, so a denied request gets none.
+    pub no_response: bool,
+    /// Length of the request header within the frame; the body starts there.
+    pub header_len: usize,
+}
+
+/// Splits one frame off the front of `buf` (4-byte big-endian size prefix). The complete value is
+/// the frame without its prefix; `consumed` includes the prefix.
+pub fn frame(buf: &[u8]) -> Result<Status<&[u8]>, KafkaError> {
+    let Some(prefix) = buf.first_chunk::<FRAME_PREFIX_LEN>() else {
+        return Ok(Status::NeedMore);
+    };
+    let size = i32::from_be_bytes(*prefix);
+    let len = usize::try_from(size).map_err(|_| KafkaError::NegativeFrameLength(size))?;
+    if len > MAX_FRAME_LEN {
+        return Err(KafkaError::FrameTooLarge(len));
+    }
+    match buf.get(FRAME_PREFIX_LEN..FRAME_PREFIX_LEN + len) {
+        Some(frame) => Ok(Status::Complete(frame, FRAME_PREFIX_LEN + len)),
+        None => Ok(Status::NeedMore),
+    }
+}
+
+/// Parses a request frame (without its size prefix): header with `kafka-protocol`, topics with
+/// this module's walker. Unknown keys and versions are errors.
+pub fn parse_request(frame: &[u8]) -> Result<KafkaRequest, KafkaError> {
+    let (api_key, version, header, header_len) = parse_header(frame)?;
+    let mut request = KafkaRequest {
+        api_key,
+        api_version: version,
+        correlation_id: header.correlation_id,
+        client_id: header.client_id.map(|c| c.to_string()),
+        topics: Vec::new(),
+        topic_ids_only: false,
+        all_topics: false,
+        no_response: false,
+        header_len,
+    };
+    if api_key_has_body_walker(api_key) {
+        let body = walk_body(api_key, version, &frame[header_len..], false)?;
+        request.no_response = api_key == ApiKey::Produce as i16 && body.acks == 0;
+        let mut names = TopicNames::default();
+        match &body.topics {
+            Some(topics) => names.add(topics),
+            None => request.all_topics = body.walked_topics,
+        }
+        for group in &body.groups {
+            match &group.topics {
+                Some(topics) => names.add(topics),
+                None => request.all_topics = true,
+            }
+        }
+        request.topic_ids_only = names.ids_only;
+        request.topics = names.names.into_iter().map(str::to_owned).collect();
+        if api_key == ApiKey::Metadata as i16 && body.topics.as_ref().is_some_and(Vec::is_empty) {
+            request.all_topics = true;
+        }
+    }
+    Ok(request)
+}
+
+/// Topic names in first-occurrence order without duplicates. Requests name a few topics; past
+/// [`LINEAR_DEDUP_MAX`] a hash set keeps a hostile request with a million names linear.
+#[derive(Default)]
+struct TopicNames<'a> {
+    names: Vec<&'a str>,
+    seen: Option<std::collections::HashSet<&'a str>>,
+    ids_only: bool,
+}
+
+impl<'a> TopicNames<'a> {
+    fn add(&mut self, topics: &[Topic<'a>]) {
+        for topic in topics {
+            let Some(name) = topic.name else {
+                self.ids_only = true;
+                continue;
+            };
+            if self.seen.is_none() && self.names.len() >= LINEAR_DEDUP_MAX {
+                self.seen = Some(self.names.iter().copied().collect());
+            }
+            let new = match &mut self.seen {
+                Some(seen) => seen.insert(name),
+                None => !self.names.contains(&name),
+            };
+            if new {
+                self.names.push(name);
+            }
+        }
+    }
+}
+
+/// The keys whose bodies are walked: the six topic-bearing kinds Cilium parses, and
+/// FindCoordinator (for its deny response).
+fn api_key_has_body_walker(api_key: i16) -> bool {
+    (0..=3).contains(&api_key) || (8..=10).contains(&api_key)
+}
+
+fn parse_header(frame: &[u8]) -> Result<(i16, i16, RequestHeader, usize), KafkaError> {
+    if frame.len() < MIN_REQUEST_LEN {
+        return Err(KafkaError::TooShort(frame.len()));
+    }
+    let api_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let key = ApiKey::try_from(api_key).map_err(|()| KafkaError::UnknownApiKey(api_key))?;
+    let range = key.valid_versions();
+    if version < range.min || version > range.max {
+        return Err(KafkaError::UnsupportedVersion { api_key, version });
+    }
+    let header_version = key.request_header_version(version);
+    let mut rest = frame;
+    let mut header = RequestHeader::decode(&mut rest, header_version)
+        .map_err(|_| KafkaError::MalformedHeader { api_key, version })?;
+    if header_version == 0 {
+        header.client_id = None;
+    }
+    Ok((api_key, version, header, frame.len() - rest.len()))
+}
+
+/// Builds the response a denied request gets (POLICY-SEMANTICS §4.3): the request's own response
+/// type, same correlation id, `TOPIC_AUTHORIZATION_FAILED` on every topic/partition (Produce,
+/// Fetch, ListOffsets, OffsetCommit, OffsetFetch), on every requested topic with no brokers
+/// (Metadata), or at the top level / per coordinator key (FindCoordinator). Returns the whole
+/// frame including the size prefix; `None` for other keys, for Produce with `acks = 0` (the
+/// client expects no response), or if `frame` does not parse.
+pub fn deny_response(req: &KafkaRequest, frame: &[u8]) -> Option<Vec<u8>> {
+    let key = ApiKey::try_from(req.api_key).ok()?;
+    if !api_key_has_body_walker(req.api_key) || req.no_response {
+        return None;
+    }
+    let (_, _, _, header_len) = parse_header(frame).ok()?;
+    let body = walk_body(req.api_key, req.api_version, &frame[header_len..], true).ok()?;
+    let version = req.api_version;
+    let header = ResponseHeader::default().with_correlation_id(req.correlation_id);
+    let header_version = key.response_header_version(version);
+    let mut out = Vec::with_capacity(256);
+    out.put_i32(0);
+    header.encode(&mut out, header_version).ok()?;
+    let encoded = match key {
+        ApiKey::Produce => deny_produce(&body).encode(&mut out, version),
+        ApiKey::Fetch => deny_fetch(&body, version).encode(&mut out, version),
+        ApiKey::ListOffsets => deny_list_offsets(&body).encode(&mut out, version),
+        ApiKey::Metadata => deny_metadata(&body, version).encode(&mut out, version),
+        ApiKey::OffsetCommit => deny_offset_commit(&body).encode(&mut out, version),
+        ApiKey::OffsetFetch => deny_offset_fetch(&body, version).encode(&mut out, version),
+        ApiKey::FindCoordinator => deny_find_coordinator(&body, version).encode(&mut out, version),
+        _ => return None,
+    };
+    encoded.ok()?;
+    let size = i32::try_from(out.len() - FRAME_PREFIX_LEN).ok()?;
+    out[..FRAME_PREFIX_LEN].copy_from_slice(&size.to_be_bytes());
+    Some(out)
+}
+
+fn topic_name(name: Option<&str>) -> TopicName {
+    TopicName(StrBytes::from_string(name.unwrap_or_default().to_owned()))
+}
+
+fn topics_of<'b, 'a>(body: &'b Body<'a>) -> &'b [Topic<'a>] {
+    body.topics.as_deref().unwrap_or_default()
+}
+
+fn deny_produce(body: &Body<'_>) -> kafka_protocol::messages::ProduceResponse {
+    use produce_response::*;
+    ProduceResponse::default().with_responses(
+        topics_of(body)
+            .iter()
+            .map(|t| {
+                TopicProduceResponse::default()
+                    .with_name(topic_name(t.name))
+                    .with_partition_responses(
+                        t.partitions
+                            .iter()
+                            .map(|&p| {
+                                PartitionProduceResponse::default()
+                                    .with_index(p)
+                                    .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+                                    .with_base_offset(-1)
+                                    .with_log_append_time_ms(-1)
+                                    .with_log_start_offset(-1)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    )
+}
+
+fn deny_fetch(body: &Body<'_>, version: i16) -> kafka_protocol::messages::FetchResponse {
+    use fetch_response::*;
+    FetchResponse::default().with_responses(
+        topics_of(body)
+            .iter()
+            .map(|t| {
+                let topic = FetchableTopicResponse::default().with_partitions(
+                    t.partitions
+                        .iter()
+                        .map(|&p| {
+                            PartitionData::default()
+                                .with_partition_index(p)
+                                .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+                                .with_high_watermark(-1)
+                        })
+                        .collect(),
+                );
+                if version >= 13 {
+                    topic.with_topic_id(uuid::Uuid::from_bytes(t.id))
+                } else {
+                    topic.with_topic(topic_name(t.name))
+                }
+            })
+            .collect(),
+    )
+}
+
+fn deny_list_offsets(body: &Body<'_>) -> kafka_protocol::messages::ListOffsetsResponse {
+    use list_offsets_response::*;
+    ListOffsetsResponse::default().with_topics(
+        topics_of(body)
+            .iter()
+            .map(|t| {
+                ListOffsetsTopicResponse::default()
+                    .with_name(topic_name(t.name))
+                    .with_partitions(
+                        t.partitions
+                            .iter()
+                            .map(|&p| {
+                                ListOffsetsPartitionResponse::default()
+                                    .with_partition_index(p)
+                                    .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    )
+}
+
+fn deny_metadata(body: &Body<'_>, version: i16) -> kafka_protocol::messages::MetadataResponse {
+    use metadata_response::*;
+    MetadataResponse::default().with_topics(
+        topics_of(body)
+            .iter()
+            .map(|t| {
+                let topic = MetadataResponseTopic::default()
+                    .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+                    .with_name(t.name.map(|n| topic_name(Some(n))));
+                if version >= 10 {
+                    topic.with_topic_id(uuid::Uuid::from_bytes(t.id))
+                } else {
+                    topic
+                }
+            })
+            .collect(),
+    )
+}
+
+fn deny_offset_commit(body: &Body<'_>) -> kafka_protocol::messages::OffsetCommitResponse {
+    use offset_commit_response::*;
+    OffsetCommitResponse::default().with_topics(
+        topics_of(body)
+            .iter()
+            .map(|t| {
+                OffsetCommitResponseTopic::default()
+                    .with_name(topic_name(t.name))
+                    .with_partitions(
+                        t.partitions
+                            .iter()
+                            .map(|&p| {
+                                OffsetCommitResponsePartition::default()
+                                    .with_partition_index(p)
+                                    .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    )
+}
+
+fn deny_offset_fetch(
+    body: &Body<'_>,
+    version: i16,
+) -> kafka_protocol::messages::OffsetFetchResponse {
+    use offset_fetch_response::*;
+    if version >= 8 {
+        return OffsetFetchResponse::default().with_groups(
+            body.groups
+                .iter()
+                .map(|g| {
+                    let group = OffsetFetchResponseGroup::default()
+                        .with_group_id(GroupId(StrBytes::from_string(g.id.to_owned())));
+                    match &g.topics {
+                        None => group.with_error_code(TOPIC_AUTHORIZATION_FAILED),
+                        Some(topics) => group.with_topics(
+                            topics
+                                .iter()
+                                .map(|t| {
+                                    OffsetFetchResponseTopics::default()
+                                        .with_name(topic_name(t.name))
+                                        .with_partitions(
+                                            t.partitions
+                                                .iter()
+                                                .map(|&p| {
+                                                    OffsetFetchResponsePartitions::default()
+                                                        .with_partition_index(p)
+                                                        .with_committed_offset(-1)
+                                                        .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+                                                })
+                                                .collect(),
+                                        )
+                                })
+                                .collect(),
+                        ),
+                    }
+                })
+                .collect(),
+        );
+    }
+    let response = OffsetFetchResponse::default().with_topics(
+        topics_of(body)
+            .iter()
+            .map(|t| {
+                OffsetFetchResponseTopic::default()
+                    .with_name(topic_name(t.name))
+                    .with_partitions(
+                        t.partitions
+                            .iter()
+                            .map(|&p| {
+                                OffsetFetchResponsePartition::default()
+                                    .with_partition_index(p)
+                                    .with_committed_offset(-1)
+                                    .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    );
+    if version >= 2 {
+        // The top-level error exists from v2; it is the only way to deny "all topics" (null).
+        response.with_error_code(TOPIC_AUTHORIZATION_FAILED)
+    } else {
+        response
+    }
+}
+
+fn deny_find_coordinator(
+    body: &Body<'_>,
+    version: i16,
+) -> kafka_protocol::messages::FindCoordinatorResponse {
+    use find_coordinator_response::*;
+    if version >= 4 {
+        return FindCoordinatorResponse::default().with_coordinators(
+            body.coordinator_keys
+                .iter()
+                .map(|k| {
+                    Coordinator::default()
+                        .with_key(StrBytes::from_string((*k).to_owned()))
+                        .with_node_id(BrokerId(-1))
+                        .with_port(-1)
+                        .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+                })
+                .collect(),
+        );
+    }
+    FindCoordinatorResponse::default()
+        .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+        .with_node_id(BrokerId(-1))
+        .with_port(-1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The body walker.
+
+/// A topic as named in a request body, with its partitions when asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Topic<'a> {
+    /// `None` when the topic is named only by ID.
+    name: Option<&'a str>,
+    id: [u8; 16],
+    partitions: Vec<i32>,
+}
+
+/// An OffsetFetch v8+ group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Group<'a> {
+    id: &'a str,
+    /// `None` = all topics of the group.
+    topics: Option<Vec<Topic<'a>>>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Body<'a> {
+    /// Produce `acks`.
+    acks: i16,
+    /// `None` for a null topic list (or no top-level topic list at all, see `walked_topics`).
+    topics: Option<Vec<Topic<'a>>>,
+    /// The kind has a top-level topic list (false for OffsetFetch v8+ and FindCoordinator).
+    walked_topics: bool,
+    groups: Vec<Group<'a>>,
+    coordinator_keys: Vec<&'a str>,
+}
+
+type Walk<T> = Result<T, &'static str>;
+
+/// A cursor over a request body that checks every length before use.
+struct Reader<'a> {
+    buf: &'a [u8],
+    flexible: bool,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Walk<&'a [u8]> {
+        if n > self.buf.len() {
+            return Err("truncated");
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn skip(&mut self, n: usize) -> Walk<()> {
+        self.take(n).map(|_| ())
+    }
+
+    fn i16(&mut self) -> Walk<i16> {
+        let b = self.take(2)?;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn i32(&mut self) -> Walk<i32> {
+        let b = self.take(4)?;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn uuid(&mut self) -> Walk<[u8; 16]> {
+        let b = self.take(16)?;
+        let mut id = [0u8; 16];
+        id.copy_from_slice(b);
+        Ok(id)
+    }
+
+    fn uvarint(&mut self) -> Walk<u32> {
+        let mut value: u32 = 0;
+        for i in 0..5 {
+            let b = self.take(1)?[0];
+            if i == 4 && b > 0x0f {
+                return Err("varint overflows u32");
+            }
+            value |= u32::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err("varint longer than 5 bytes")
+    }
+
+    /// A length that may be null: `i16`/`i32` with -1, or compact `uvarint` with 0.
+    fn nullable_len(&mut self, wide: bool) -> Walk<Option<usize>> {
+        if self.flexible {
+            let n = self.uvarint()?;
+            return Ok(n.checked_sub(1).map(|n| n as usize));
+        }
+        let n = if wide {
+            self.i32()?
+        } else {
+            i32::from(self.i16()?)
+        };
+        match n {
+            -1 => Ok(None),
+            n => usize::try_from(n).map(Some).map_err(|_| "negative length"),
+        }
+    }
+
+    fn nullable_string(&mut self) -> Walk<Option<&'a str>> {
+        match self.nullable_len(false)? {
+            None => Ok(None),
+            Some(n) => std::str::from_utf8(self.take(n)?)
+                .map(Some)
+                .map_err(|_| "string is not UTF-8"),
+        }
+    }
+
+    fn string(&mut self) -> Walk<&'a str> {
+        self.nullable_string()?
+            .ok_or("null where a string is required")
+    }
+
+    fn skip_nullable_bytes(&mut self) -> Walk<()> {
+        if let Some(n) = self.nullable_len(true)? {
+            self.skip(n)?;
+        }
+        Ok(())
+    }
+
+    /// An array length, checked against the bytes left (every element takes at least one).
+    fn nullable_array(&mut self) -> Walk<Option<usize>> {
+        let n = self.nullable_len(true)?;
+        if let Some(n) = n {
+            if n > MAX_ARRAY_LEN {
+                return Err("array longer than MAX_ARRAY_LEN");
+            }
+            if n > self.buf.len() {
+                return Err("array longer than the bytes left");
+            }
+        }
+        Ok(n)
+    }
+
+    fn array(&mut self) -> Walk<usize> {
+        self.nullable_array()?
+            .ok_or("null where an array is required")
+    }
+
+    fn skip_tagged_fields(&mut self) -> Walk<()> {
+        if !self.flexible {
+            return Ok(());
+        }
+        let count = self.uvarint()?;
+        for _ in 0..count {
+            self.uvarint()?;
+            let size = self.uvarint()?;
+            self.skip(size as usize)?;
+        }
+        Ok(())
+    }
+
+    /// An array of topics: `name_or_id` reads the topic's identity, `partition` one partition
+    /// element returning its index.
+    fn topics(
+        &mut self,
+        nullable: bool,
+        keep_partitions: bool,
+        name_or_id: impl Fn(&mut Self) -> Walk<(Option<&'a str>, [u8; 16])>,
+        partition: impl Fn(&mut Self) -> Walk<i32>,
+    ) -> Walk<Option<Vec<Topic<'a>>>> {
+        let n = if nullable {
+            match self.nullable_array()? {
+                None => return Ok(None),
+                Some(n) => n,
+            }
+        } else {
+            self.array()?
+        };
+        let mut topics = Vec::new();
+        for _ in 0..n {
+            let (name, id) = name_or_id(self)?;
+            let count = self.array()?;
+            let mut partitions = Vec::new();
+            for _ in 0..count {
+                let index = partition(self)?;
+                if keep_partitions {
+                    partitions.push(index);
+                }
+            }
+            self.skip_tagged_fields()?;
+            topics.push(Topic {
+                name,
+                id,
+                partitions,
+            });
+        }
+        Ok(Some(topics))
+    }
+}
+
+fn named<'a>(r: &mut Reader<'a>) -> Walk<(Option<&'a str>, [u8; 16])> {
+    Ok((Some(r.string()?), [0; 16]))
+}
+
+/// Walks the body of a topic-bearing request up to its topic list (the schemas are
+/// `kafka-protocol`'s; field names in comments).
+fn walk_body(
+    api_key: i16,
+    version: i16,
+    body: &[u8],
+    keep_partitions: bool,
+) -> Result<Body<'_>, KafkaError> {
+    walk(api_key, version, body, keep_partitions).map_err(|reason| KafkaError::MalformedBody {
+        api_key,
+        version,
+        reason,
+    })
+}
+
+fn walk(api_key: i16, v: i16, body: &[u8], keep: bool) -> Walk<Body<'_>> {
+    let key = ApiKey::try_from(api_key).map_err(|()| "unknown api key")?;
+    let flexible = key.request_header_version(v) >= 2;
+    let mut r = Reader {
+        buf: body,
+        flexible,
+    };
+    let mut out = Body {
+        walked_topics: true,
+        ..Body::default()
+    };
+    match key {
+        ApiKey::Produce => {
+            if v >= 3 {
+                r.nullable_string()?; // transactional_id
+            }
+            out.acks = r.i16()?;
+            r.skip(4)?; // timeout_ms
+            out.topics = r.topics(false, keep, named, |r| {
+                let index = r.i32()?;
+                r.skip_nullable_bytes()?; // records
+                r.skip_tagged_fields()?;
+                Ok(index)
+            })?;
+            r.skip_tagged_fields()?;
+        }
+        ApiKey::Fetch => {
+            if v <= 14 {
+                r.skip(4)?; // replica_id
+            }
+            r.skip(8)?; // max_wait_ms, min_bytes
+            if v >= 3 {
+                r.skip(4)?; // max_bytes
+            }
+            if v >= 4 {
+                r.skip(1)?; // isolation_level
+            }
+            if v >= 7 {
+                r.skip(8)?; // session_id, session_epoch
+            }
+            out.topics = r.topics(
+                false,
+                keep,
+                |r| {
+                    if v >= 13 {
+                        Ok((None, r.uuid()?))
+                    } else {
+                        named(r)
+                    }
+                },
+                |r| {
+                    let partition = r.i32()?;
+                    let fixed = [
+                        if v >= 9 { 4 } else { 0 },  // current_leader_epoch
+                        8,                           // fetch_offset
+                        if v >= 12 { 4 } else { 0 }, // last_fetched_epoch
+                        if v >= 5 { 8 } else { 0 },  // log_start_offset
+                        4,                           // partition_max_bytes
+                    ];
+                    r.skip(fixed.iter().sum())?;
+                    r.skip_tagged_fields()?;
+                    Ok(partition)
+                },
+            )?;
+        }
+        ApiKey::ListOffsets => {
+            r.skip(4)?; // replica_id
+            if v >= 2 {
+                r.skip(1)?; // isolation_level
+            }
+            out.topics = r.topics(false, keep, named, |r| {
+                let index = r.i32()?;
+                let fixed = [
+                    if v >= 4 { 4 } else { 0 }, // current_leader_epoch
+                    8,                          // timestamp
+                    if v == 0 { 4 } else { 0 }, // max_num_offsets
+                ];
+                r.skip(fixed.iter().sum())?;
+                r.skip_tagged_fields()?;
+                Ok(index)
+            })?;
+        }
+        ApiKey::Metadata => {
+            // A topic here has no partition array: walk it by hand.
+            let n = if v >= 1 {
+                r.nullable_array()?
+            } else {
+                Some(r.array()?)
+            };
+            out.topics = match n {
+                None => None,
+                Some(n) => {
+                    let mut topics = Vec::new();
+                    for _ in 0..n {
+                        let id = if v >= 10 { r.uuid()? } else { [0; 16] };
+                        let name = if v >= 10 {
+                            r.nullable_string()?
+                        } else {
+                            Some(r.string()?)
+                        };
+                        r.skip_tagged_fields()?;
+                        topics.push(Topic {
+                            name,
+                            id,
+                            partitions: Vec::new(),
+                        });
+                    }
+                    Some(topics)
+                }
+            };
+        }
+        ApiKey::OffsetCommit => {
+            r.string()?; // group_id
+            if v >= 1 {
+                r.skip(4)?; // generation_id_or_member_epoch
+                r.string()?; // member_id
+            }
+            if v >= 7 {
+                r.nullable_string()?; // group_instance_id
+            }
+            if (2..=4).contains(&v) {
+                r.skip(8)?; // retention_time_ms
+            }
+            out.topics = r.topics(false, keep, named, |r| {
+                let index = r.i32()?;
+                r.skip(8)?; // committed_offset
+                if v >= 6 {
+                    r.skip(4)?; // committed_leader_epoch
+                }
+                if v == 1 {
+                    r.skip(8)?; // commit_timestamp
+                }
+                r.nullable_string()?; // committed_metadata
+                r.skip_tagged_fields()?;
+                Ok(index)
+            })?;
+        }
+        ApiKey::OffsetFetch => {
+            if v <= 7 {
+                r.string()?; // group_id
+                out.topics = r.topics(v >= 2, keep, named, |r| r.i32())?;
+            } else {
+                out.walked_topics = false;
+                let n = r.array()?;
+                for _ in 0..n {
+                    let id = r.string()?;
+                    if v >= 9 {
+                        r.nullable_string()?; // member_id
+                        r.skip(4)?; // member_epoch
+                    }
+                    let topics = r.topics(true, keep, named, |r| r.i32())?;
+                    r.skip_tagged_fields()?;
+                    out.groups.push(Group { id, topics });
+                }
+            }
+        }
+        ApiKey::FindCoordinator => {
+            out.walked_topics = false;
+            if v <= 3 {
+                r.string()?; // key
+            }
+            if v >= 1 {
+                r.skip(1)?; // key_type
+            }
+            if v >= 4 {
+                let n = r.array()?;
+                for _ in 0..n {
+                    out.coordinator_keys.push(r.string()?);
+                }
+            }
+        }
+        _ => return Err("no body walker for this api key"),
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cilium_names() {
+        let cilium = [
+            "produce",
+            "fetch",
+            "offsets",
+            "metadata",
+            "leaderandisr",
+            "stopreplica",
+            "updatemetadata",
+            "controlledshutdown",
+            "offsetcommit",
+            "offsetfetch",
+            "findcoordinator",
+            "joingroup",
+            "heartbeat",
+            "leavegroup",
+            "syncgroup",
+            "describegroups",
+            "listgroups",
+            "saslhandshake",
+            "apiversions",
+            "createtopics",
+            "deletetopics",
+            "deleterecords",
+            "initproducerid",
+            "offsetforleaderepoch",
+            "addpartitionstotxn",
+            "addoffsetstotxn",
+            "endtxn",
+            "writetxnmarkers",
+            "txnoffsetcommit",
+            "describeacls",
+            "createacls",
+            "deleteacls",
+            "describeconfigs",
+            "alterconfigs",
+        ];
+        for (key, name) in (0i16..).zip(cilium) {
+            assert_eq!(api_key_from_name(name), Some(key), "{name}");
+            assert_eq!(
+                api_key_from_name(&name.to_ascii_uppercase()),
+                Some(key),
+                "{name}"
+            );
+            assert_eq!(api_key_name(key), Some(name), "{key}");
+        }
+    }
+
+    #[test]
+    fn kafka_names_cover_kafka_protocol() {
+        let mut known = 0;
+        for key in 0..=i16::MAX {
+            let Ok(api_key) = ApiKey::try_from(key) else {
+                assert_eq!(api_key_name(key), None, "{key}");
+                continue;
+            };
+            known += 1;
+            let kafka_name = format!("{api_key:?}");
+            assert_eq!(api_key_from_name(&kafka_name), Some(key), "{kafka_name}");
+            assert!(api_key_name(key).is_some(), "{key}");
+        }
+        assert!(known >= 78, "kafka-protocol knows {known} keys");
+    }
+
+    #[test]
+    fn name_lookups() {
+        let cases: &[(&str, Option<i16>)] = &[
+            ("ListOffsets", Some(2)),
+            ("Offsets", Some(2)),
+            ("SaslAuthenticate", Some(36)),
+            ("describecluster", Some(60)),
+            ("PRODUCE", Some(0)),
+            ("produce ", None),
+            ("", None),
+            ("nosuchkey", None),
+        ];
+        for &(name, want) in cases {
+            assert_eq!(api_key_from_name(name), want, "{name:?}");
+        }
+        assert_eq!(api_key_name(-1), None);
+        assert_eq!(api_key_name(76), None);
+        assert_eq!(api_key_name(36), Some("saslauthenticate"));
+    }
+
+    #[test]
+    fn key_sets() {
+        for key in [0, 1, 2, 3, 37] {
+            assert!(is_topic_kind(key), "{key}");
+        }
+        for key in [7, 10, 18, 36, -1] {
+            assert!(!is_topic_kind(key), "{key}");
+        }
+        assert_eq!(TOPIC_KINDS.len(), 19);
+        assert_eq!(ROLE_PRODUCE, &[0, 3, 18]);
+        assert!(ROLE_CONSUME.iter().all(|k| api_key_name(*k).is_some()));
+    }
+
+    // ---- message side -------------------------------------------------------------------
+
+    use bytes::Bytes;
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::offset_fetch_request::{
+        OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
+    };
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::*;
+
+    const TOPICS: [&str; 2] = ["orders", "payments"];
+    const PARTITIONS: [i32; 2] = [0, 3];
+    const CORRELATION: i32 = 0x1234_5678;
+
+    fn name(s: &str) -> TopicName {
+        TopicName(StrBytes::from_string(s.to_owned()))
+    }
+
+    fn topic_id(i: usize) -> uuid::Uuid {
+        uuid::Uuid::from_bytes([u8::try_from(i + 1).unwrap(); 16])
+    }
+
+    fn encode_request(key: ApiKey, version: i16, body: &impl Encodable) -> Vec<u8> {
+        let header_version = key.request_header_version(version);
+        let mut header = RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(CORRELATION);
+        if header_version >= 1 {
+            header = header.with_client_id(Some(StrBytes::from_static_str("ward-test")));
+        }
+        let mut buf = Vec::new();
+        header.encode(&mut buf, header_version).unwrap();
+        body.encode(&mut buf, version).unwrap();
+        buf
+    }
+
+    fn versions(key: ApiKey) -> std::ops::RangeInclusive<i16> {
+        let range = key.valid_versions();
+        range.min..=range.max
+    }
+
+    /// Decodes a deny response frame with kafka-protocol, checking prefix and header.
+    fn decode_response<R: Decodable>(key: ApiKey, version: i16, framed: &[u8]) -> R {
+        let Status::Complete(body, n) = frame(framed).unwrap() else {
+            panic!("incomplete response frame");
+        };
+        assert_eq!(n, framed.len());
+        let mut buf = body;
+        let header = ResponseHeader::decode(&mut buf, key.response_header_version(version))
+            .unwrap_or_else(|e| panic!("{key:?} v{version} header: {e}"));
+        assert_eq!(header.correlation_id, CORRELATION);
+        let response =
+            R::decode(&mut buf, version).unwrap_or_else(|e| panic!("{key:?} v{version} body: {e}"));
+        assert!(
+            buf.is_empty(),
+            "{key:?} v{version}: {} trailing bytes",
+            buf.len()
+        );
+        response
+    }
+
+    fn parse_and_deny(key: ApiKey, version: i16, body: &impl Encodable) -> (KafkaRequest, Vec<u8>) {
+        let frame = encode_request(key, version, body);
+        let req = parse_request(&frame).unwrap_or_else(|e| panic!("{key:?} v{version}: {e}"));
+        assert_eq!(
+            (req.api_key, req.api_version, req.correlation_id),
+            (key as i16, version, CORRELATION)
+        );
+        let header_version = key.request_header_version(version);
+        let want_client = (header_version >= 1).then(|| "ward-test".to_owned());
+        assert_eq!(req.client_id, want_client, "{key:?} v{version}");
+        let deny = deny_response(&req, &frame)
+            .unwrap_or_else(|| panic!("{key:?} v{version}: no deny response"));
+        (req, deny)
+    }
+
+    fn want_topics() -> Vec<String> {
+        TOPICS.iter().map(|t| (*t).to_owned()).collect()
+    }
+
+    #[test]
+    fn frames() {
+        type Want<'a> = Result<Status<&'a [u8]>, KafkaError>;
+        let cases: &[(&[u8], Want<'_>)] = &[
+            (b"", Ok(Status::NeedMore)),
+            (b"\0\0\0", Ok(Status::NeedMore)),
+            (b"\0\0\0\x03ab", Ok(Status::NeedMore)),
+            (b"\0\0\0\x03abcd", Ok(Status::Complete(b"abc", 7))),
+            (b"\0\0\0\0", Ok(Status::Complete(b"", 4))),
+            (
+                b"\xff\xff\xff\xff",
+                Err(KafkaError::NegativeFrameLength(-1)),
+            ),
+            (
+                b"\x06\x40\x00\x01",
+                Err(KafkaError::FrameTooLarge(MAX_FRAME_LEN + 1)),
+            ),
+        ];
+        for (buf, want) in cases {
+            assert_eq!(&frame(buf), want, "{buf:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_headers() {
+        let cases: &[(&[u8], KafkaError)] = &[
+            (b"\0\0\0\0\0\0\0", KafkaError::TooShort(7)),
+            (b"\x00\x4c\0\0\0\0\0\x01", KafkaError::UnknownApiKey(76)),
+            (b"\xff\xff\0\0\0\0\0\x01", KafkaError::UnknownApiKey(-1)),
+            (
+                b"\0\0\0\x0c\0\0\0\x01",
+                KafkaError::UnsupportedVersion {
+                    api_key: 0,
+                    version: 12,
+                },
+            ),
+            (
+                b"\0\0\xff\xff\0\0\0\x01",
+                KafkaError::UnsupportedVersion {
+                    api_key: 0,
+                    version: -1,
+                },
+            ),
+            // Produce v3: client_id length 5 but only 1 byte follows.
+            (
+                b"\0\0\0\x03\0\0\0\x01\0\x05a",
+                KafkaError::MalformedHeader {
+                    api_key: 0,
+                    version: 3,
+                },
+            ),
+        ];
+        for (buf, want) in cases {
+            assert_eq!(parse_request(buf).as_ref().err(), Some(want), "{buf:?}");
+        }
+    }
+
+    #[test]
+    fn header_v0_has_no_client_id() {
+        let frame = encode_request(
+            ApiKey::ControlledShutdown,
+            0,
+            &ControlledShutdownRequest::default(),
+        );
+        let req = parse_request(&frame).unwrap();
+        assert_eq!(req.client_id, None);
+        assert_eq!(req.header_len, 8);
+        assert!(req.topics.is_empty());
+        assert_eq!(deny_response(&req, &frame), None);
+        // A non-topic kind on a flexible version parses its header only.
+        let frame = encode_request(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+        let req = parse_request(&frame).unwrap();
+        assert_eq!(req.client_id.as_deref(), Some("ward-test"));
+        assert!(req.topics.is_empty() && !req.all_topics && !req.topic_ids_only);
+        assert_eq!(deny_response(&req, &frame), None);
+    }
+
+    #[test]
+    fn produce_every_version() {
+        for version in versions(ApiKey::Produce) {
+            let body = ProduceRequest::default()
+                .with_acks(-1)
+                .with_timeout_ms(1000)
+                .with_topic_data(
+                    TOPICS
+                        .iter()
+                        .map(|t| {
+                            TopicProduceData::default()
+                                .with_name(name(t))
+                                .with_partition_data(
+                                    PARTITIONS
+                                        .iter()
+                                        .map(|&p| {
+                                            PartitionProduceData::default()
+                                                .with_index(p)
+                                                .with_records(Some(Bytes::from_static(b"records")))
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                );
+            let body = if version >= 3 {
+                body.with_transactional_id(Some(StrBytes::from_static_str("tx").into()))
+            } else {
+                body
+            };
+            let (req, deny) = parse_and_deny(ApiKey::Produce, version, &body);
+            assert_eq!(req.topics, want_topics(), "v{version}");
+            assert!(!req.no_response);
+            let resp: ProduceResponse = decode_response(ApiKey::Produce, version, &deny);
+            assert_eq!(resp.responses.len(), 2, "v{version}");
+            for (t, want) in resp.responses.iter().zip(TOPICS) {
+                assert_eq!(t.name.0.as_str(), want);
+                let got: Vec<_> = t
+                    .partition_responses
+                    .iter()
+                    .map(|p| (p.index, p.error_code))
+                    .collect();
+                assert_eq!(got, [(0, 29), (3, 29)], "v{version}");
+            }
+        }
+    }
+
+    #[test]
+    fn produce_without_acks_gets_no_response() {
+        let body = ProduceRequest::default()
+            .with_acks(0)
+            .with_topic_data(vec![TopicProduceData::default().with_name(name("t"))]);
+        let frame = encode_request(ApiKey::Produce, 7, &body);
+        let req = parse_request(&frame).unwrap();
+        assert!(req.no_response);
+        assert_eq!(deny_response(&req, &frame), None);
+    }
+
+    #[test]
+    fn produce_deny_matches_cilium_wire_example() {
+        // POLICY-SEMANTICS §4.3: Produce v3, topics EF and GH with no partitions.
+        let body = ProduceRequest::default().with_acks(1).with_topic_data(vec![
+            TopicProduceData::default().with_name(name("EF")),
+            TopicProduceData::default().with_name(name("GH")),
+        ]);
+        let mut frame = encode_request(ApiKey::Produce, 3, &body);
+        frame[4..8].copy_from_slice(&0x0001_0001i32.to_be_bytes());
+        let req = parse_request(&frame).unwrap();
+        let want: &[u8] = &[
+            0, 0, 0, 0x1c, 0, 1, 0, 1, 0, 0, 0, 2, 0, 2, 0x45, 0x46, 0, 0, 0, 0, 0, 2, 0x47, 0x48,
+            0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        assert_eq!(deny_response(&req, &frame).unwrap(), want);
+    }
+
+    #[test]
+    fn fetch_every_version() {
+        for version in versions(ApiKey::Fetch) {
+            let topics = TOPICS
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let topic = FetchTopic::default().with_partitions(
+                        PARTITIONS
+                            .iter()
+                            .map(|&p| FetchPartition::default().with_partition(p))
+                            .collect(),
+                    );
+                    if version >= 13 {
+                        topic.with_topic_id(topic_id(i))
+                    } else {
+                        topic.with_topic(name(t))
+                    }
+                })
+                .collect();
+            let mut body = FetchRequest::default()
+                .with_max_wait_ms(500)
+                .with_topics(topics);
+            if version >= 7 {
+                body = body.with_forgotten_topics_data(vec![ForgottenTopic::default()]);
+            }
+            if version >= 12 {
+                body = body.with_cluster_id(Some(StrBytes::from_static_str("cluster")));
+            }
+            let (req, deny) = parse_and_deny(ApiKey::Fetch, version, &body);
+            if version >= 13 {
+                assert!(req.topics.is_empty() && req.topic_ids_only, "v{version}");
+            } else {
+                assert_eq!(req.topics, want_topics(), "v{version}");
+                assert!(!req.topic_ids_only);
+            }
+            let resp: FetchResponse = decode_response(ApiKey::Fetch, version, &deny);
+            assert_eq!(resp.responses.len(), 2, "v{version}");
+            for (i, t) in resp.responses.iter().enumerate() {
+                if version >= 13 {
+                    assert_eq!(t.topic_id, topic_id(i));
+                } else {
+                    assert_eq!(t.topic.0.as_str(), TOPICS[i]);
+                }
+                let got: Vec<_> = t
+                    .partitions
+                    .iter()
+                    .map(|p| (p.partition_index, p.error_code))
+                    .collect();
+                assert_eq!(got, [(0, 29), (3, 29)], "v{version}");
+            }
+        }
+    }
+
+    #[test]
+    fn list_offsets_every_version() {
+        for version in versions(ApiKey::ListOffsets) {
+            let body = ListOffsetsRequest::default().with_topics(
+                TOPICS
+                    .iter()
+                    .map(|t| {
+                        ListOffsetsTopic::default()
+                            .with_name(name(t))
+                            .with_partitions(
+                                PARTITIONS
+                                    .iter()
+                                    .map(|&p| {
+                                        ListOffsetsPartition::default()
+                                            .with_partition_index(p)
+                                            .with_timestamp(-1)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            );
+            let (req, deny) = parse_and_deny(ApiKey::ListOffsets, version, &body);
+            assert_eq!(req.topics, want_topics(), "v{version}");
+            let resp: ListOffsetsResponse = decode_response(ApiKey::ListOffsets, version, &deny);
+            for (t, want) in resp.topics.iter().zip(TOPICS) {
+                assert_eq!(t.name.0.as_str(), want);
+                let got: Vec<_> = t
+                    .partitions
+                    .iter()
+                    .map(|p| (p.partition_index, p.error_code))
+                    .collect();
+                assert_eq!(got, [(0, 29), (3, 29)], "v{version}");
+            }
+            assert_eq!(resp.topics.len(), 2);
+        }
+    }
+
+    #[test]
+    fn metadata_every_version() {
+        for version in versions(ApiKey::Metadata) {
+            let topics: Vec<_> = TOPICS
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let topic = MetadataRequestTopic::default().with_name(Some(name(t)));
+                    if version >= 10 {
+                        topic.with_topic_id(topic_id(i))
+                    } else {
+                        topic
+                    }
+                })
+                .collect();
+            let body = MetadataRequest::default().with_topics(Some(topics));
+            let (req, deny) = parse_and_deny(ApiKey::Metadata, version, &body);
+            assert_eq!(req.topics, want_topics(), "v{version}");
+            assert!(!req.all_topics && !req.topic_ids_only);
+            let resp: MetadataResponse = decode_response(ApiKey::Metadata, version, &deny);
+            assert!(resp.brokers.is_empty());
+            let got: Vec<_> = resp
+                .topics
+                .iter()
+                .map(|t| (t.name.as_ref().unwrap().0.as_str(), t.error_code))
+                .collect();
+            assert_eq!(got, [("orders", 29), ("payments", 29)], "v{version}");
+
+            // "All topics": null from v1, empty in every version.
+            let all = if version >= 1 { None } else { Some(vec![]) };
+            let (req, deny) = parse_and_deny(
+                ApiKey::Metadata,
+                version,
+                &MetadataRequest::default().with_topics(all),
+            );
+            assert!(req.all_topics && req.topics.is_empty(), "v{version}");
+            let resp: MetadataResponse = decode_response(ApiKey::Metadata, version, &deny);
+            assert!(resp.topics.is_empty() && resp.brokers.is_empty());
+        }
+        // v10+: a topic named only by ID.
+        let body = MetadataRequest::default().with_topics(Some(vec![
+            MetadataRequestTopic::default()
+                .with_topic_id(topic_id(0))
+                .with_name(None),
+            MetadataRequestTopic::default().with_name(Some(name("named"))),
+        ]));
+        let (req, deny) = parse_and_deny(ApiKey::Metadata, 12, &body);
+        assert!(req.topic_ids_only);
+        assert_eq!(req.topics, ["named"]);
+        let resp: MetadataResponse = decode_response(ApiKey::Metadata, 12, &deny);
+        assert_eq!(resp.topics[0].topic_id, topic_id(0));
+        assert_eq!(resp.topics[0].error_code, 29);
+    }
+
+    #[test]
+    fn many_topics_are_deduplicated_in_order() {
+        let names: Vec<String> = (0..100).map(|i| format!("t{}", i % 40)).collect();
+        let body = MetadataRequest::default().with_topics(Some(
+            names
+                .iter()
+                .map(|n| MetadataRequestTopic::default().with_name(Some(name(n))))
+                .collect(),
+        ));
+        let frame = encode_request(ApiKey::Metadata, 9, &body);
+        let req = parse_request(&frame).unwrap();
+        let want: Vec<String> = (0..40).map(|i| format!("t{i}")).collect();
+        assert_eq!(req.topics, want);
+    }
+
+    #[test]
+    fn offset_commit_every_version() {
+        for version in versions(ApiKey::OffsetCommit) {
+            let body = OffsetCommitRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("g")))
+                .with_topics(
+                    TOPICS
+                        .iter()
+                        .map(|t| {
+                            OffsetCommitRequestTopic::default()
+                                .with_name(name(t))
+                                .with_partitions(
+                                    PARTITIONS
+                                        .iter()
+                                        .map(|&p| {
+                                            OffsetCommitRequestPartition::default()
+                                                .with_partition_index(p)
+                                                .with_committed_offset(42)
+                                                .with_committed_metadata(Some(
+                                                    StrBytes::from_static_str("meta"),
+                                                ))
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                );
+            let body = if version >= 1 {
+                body.with_member_id(StrBytes::from_static_str("member"))
+            } else {
+                body
+            };
+            let (req, deny) = parse_and_deny(ApiKey::OffsetCommit, version, &body);
+            assert_eq!(req.topics, want_topics(), "v{version}");
+            let resp: OffsetCommitResponse = decode_response(ApiKey::OffsetCommit, version, &deny);
+            for (t, want) in resp.topics.iter().zip(TOPICS) {
+                assert_eq!(t.name.0.as_str(), want);
+                let got: Vec<_> = t
+                    .partitions
+                    .iter()
+                    .map(|p| (p.partition_index, p.error_code))
+                    .collect();
+                assert_eq!(got, [(0, 29), (3, 29)], "v{version}");
+            }
+            assert_eq!(resp.topics.len(), 2);
+        }
+    }
+
+    #[test]
+    fn offset_fetch_every_version() {
+        for version in versions(ApiKey::OffsetFetch) {
+            if version >= 8 {
+                let group = |id: &'static str, topics: Option<&[&str]>| {
+                    OffsetFetchRequestGroup::default()
+                        .with_group_id(GroupId(StrBytes::from_static_str(id)))
+                        .with_topics(topics.map(|ts| {
+                            ts.iter()
+                                .map(|t| {
+                                    OffsetFetchRequestTopics::default()
+                                        .with_name(name(t))
+                                        .with_partition_indexes(PARTITIONS.to_vec())
+                                })
+                                .collect()
+                        }))
+                };
+                let body = OffsetFetchRequest::default().with_groups(vec![
+                    group("g1", Some(&TOPICS)),
+                    group("g2", Some(&["orders", "audit"])),
+                    group("g3", None),
+                ]);
+                let (req, deny) = parse_and_deny(ApiKey::OffsetFetch, version, &body);
+                assert_eq!(req.topics, ["orders", "payments", "audit"], "v{version}");
+                assert!(req.all_topics);
+                let resp: OffsetFetchResponse =
+                    decode_response(ApiKey::OffsetFetch, version, &deny);
+                assert_eq!(resp.groups.len(), 3);
+                let g1 = &resp.groups[0];
+                assert_eq!(g1.group_id.0.as_str(), "g1");
+                let got: Vec<_> = g1.topics[1]
+                    .partitions
+                    .iter()
+                    .map(|p| (p.partition_index, p.error_code))
+                    .collect();
+                assert_eq!(got, [(0, 29), (3, 29)], "v{version}");
+                assert_eq!(resp.groups[2].error_code, 29);
+                continue;
+            }
+            let topics = TOPICS
+                .iter()
+                .map(|t| {
+                    OffsetFetchRequestTopic::default()
+                        .with_name(name(t))
+                        .with_partition_indexes(PARTITIONS.to_vec())
+                })
+                .collect();
+            let body = OffsetFetchRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("g")))
+                .with_topics(Some(topics));
+            let (req, deny) = parse_and_deny(ApiKey::OffsetFetch, version, &body);
+            assert_eq!(req.topics, want_topics(), "v{version}");
+            assert!(!req.all_topics);
+            let resp: OffsetFetchResponse = decode_response(ApiKey::OffsetFetch, version, &deny);
+            for (t, want) in resp.topics.iter().zip(TOPICS) {
+                assert_eq!(t.name.0.as_str(), want);
+                let got: Vec<_> = t
+                    .partitions
+                    .iter()
+                    .map(|p| (p.partition_index, p.error_code))
+                    .collect();
+                assert_eq!(got, [(0, 29), (3, 29)], "v{version}");
+            }
+            if version >= 2 {
+                assert_eq!(resp.error_code, 29);
+                let all = OffsetFetchRequest::default()
+                    .with_group_id(GroupId(StrBytes::from_static_str("g")))
+                    .with_topics(None);
+                let (req, deny) = parse_and_deny(ApiKey::OffsetFetch, version, &all);
+                assert!(req.all_topics && req.topics.is_empty(), "v{version}");
+                let resp: OffsetFetchResponse =
+                    decode_response(ApiKey::OffsetFetch, version, &deny);
+                assert_eq!(resp.error_code, 29);
+            }
+        }
+    }
+
+    #[test]
+    fn find_coordinator_every_version() {
+        for version in versions(ApiKey::FindCoordinator) {
+            let body = if version >= 4 {
+                FindCoordinatorRequest::default().with_coordinator_keys(vec![
+                    StrBytes::from_static_str("g1"),
+                    StrBytes::from_static_str("g2"),
+                ])
+            } else {
+                FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g1"))
+            };
+            let (req, deny) = parse_and_deny(ApiKey::FindCoordinator, version, &body);
+            assert!(req.topics.is_empty() && !req.all_topics, "v{version}");
+            let resp: FindCoordinatorResponse =
+                decode_response(ApiKey::FindCoordinator, version, &deny);
+            if version >= 4 {
+                let got: Vec<_> = resp
+                    .coordinators
+                    .iter()
+                    .map(|c| (c.key.as_str(), c.error_code))
+                    .collect();
+                assert_eq!(got, [("g1", 29), ("g2", 29)], "v{version}");
+            } else {
+                assert_eq!(resp.error_code, 29, "v{version}");
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_counts_are_refused_without_allocating() {
+        // Metadata v0 declaring 54 million topics in 4 bytes (the kafka-protocol OOM reproducer).
+        let mut frame = b"\x00\x03\x00\x00\x00\x00\x00\x01\x00\x00".to_vec();
+        frame.extend_from_slice(&0x033c_0c00i32.to_be_bytes());
+        let err = parse_request(&frame).unwrap_err();
+        assert!(
+            matches!(err, KafkaError::MalformedBody { api_key: 3, .. }),
+            "{err:?}"
+        );
+
+        // Produce v9 (flexible) whose partition array claims u32::MAX - 1 elements.
+        let mut frame = encode_request(ApiKey::Produce, 9, &ProduceRequest::default());
+        frame.truncate(frame.len() - 2); // drop the empty topic array and tagged fields
+        frame.extend_from_slice(&[0x02, 0x02, b'a', 0xff, 0xff, 0xff, 0xff, 0x0f]);
+        let err = parse_request(&frame).unwrap_err();
+        assert!(
+            matches!(err, KafkaError::MalformedBody { api_key: 0, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_not_a_panic() {
+        let body = ProduceRequest::default().with_acks(1).with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(name("orders"))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(1)
+                    .with_records(Some(Bytes::from_static(b"xyz")))]),
+        ]);
+        for version in [3, 9, 11] {
+            let frame = encode_request(ApiKey::Produce, version, &body);
+            assert!(parse_request(&frame).is_ok());
+            for len in 0..frame.len() {
+                assert!(
+                    parse_request(&frame[..len]).is_err(),
+                    "v{version} truncated to {len}"
+                );
+            }
+        }
+    }
+}
