@@ -579,3 +579,35 @@ class Deathstar(http.server.BaseHTTPRequestHandler):
 
 http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), Deathstar).serve_forever()
 "#;
+
+/// Runs `f` on a new thread inside the named network namespace (for in-process clients, e.g.
+/// an open-loop load driver). The thread's namespace switch does not affect the caller.
+pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::os::fd::AsRawFd;
+    let path = format!("/var/run/netns/{netns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: a valid netns fd; setns only affects the calling thread.
+        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// The process id of the running `ward run`, if any (for CPU and memory figures).
+impl Scene {
+    pub fn ward_pid(&self) -> Option<u32> {
+        self.ward.as_ref().map(Child::id)
+    }
+
+    /// Pids of the processes started with [`Scene::spawn_in`] in `pod`.
+    pub fn pids_in(&self, pod: &str) -> Vec<u32> {
+        self.procs
+            .iter()
+            .filter(|(p, _)| p == pod)
+            .map(|(_, c)| c.id())
+            .collect()
+    }
+}

@@ -1,6 +1,8 @@
 //! `cargo xtask demo|test|bench`: prerequisites, build, run. Everything a fresh Debian machine
 //! needs to run Ward's tests or demo is installed from here (when root), printing each command.
 
+mod bench;
+
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -18,6 +20,8 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "nginx",
     "python3-venv",
+    "wrk",
+    "nghttp2-client",
 ];
 
 /// Python peers (pinned), installed into `target/ward-peers/venv`: grpcio is the independent
@@ -419,20 +423,69 @@ fn demo_offline() -> Result<()> {
     Ok(())
 }
 
+/// Criterion benches, then the end-to-end comparison (through Ward vs direct vs nginx).
+/// `--smoke`: a few seconds of each, so neither can rot; `--e2e` skips criterion.
 fn bench(args: &[String]) -> Result<()> {
     let smoke = args.iter().any(|a| a == "--smoke");
-    let mut c = cargo();
-    c.args(["bench", "-p", "ward-benches"]);
-    if smoke {
-        c.args([
-            "--",
-            "--warm-up-time",
-            "0.2",
-            "--measurement-time",
-            "0.5",
-            "--sample-size",
-            "10",
-        ]);
+    let e2e_only = args.iter().any(|a| a == "--e2e");
+    prerequisites()?;
+    python_peers()?;
+    if !e2e_only {
+        let mut c = cargo();
+        c.args(["bench", "-p", "ward-benches"]);
+        if smoke {
+            c.args([
+                "--",
+                "--warm-up-time",
+                "0.2",
+                "--measurement-time",
+                "0.5",
+                "--sample-size",
+                "10",
+            ]);
+        }
+        run(&mut c)?;
     }
-    run(&mut c)
+    if !is_root() {
+        bail!("the end-to-end bench needs root (network namespaces, eBPF)");
+    }
+    let profile = if smoke { "debug" } else { "release" };
+    let mut b = cargo();
+    b.args(["build", "--quiet", "-p", "ward", "--bin", "ward"]);
+    if !smoke {
+        b.arg("--release");
+    }
+    run(&mut b)?;
+    std::env::set_var("WARD_BIN", target_dir().join(profile).join("ward"));
+    let report = bench::run(
+        &bench::Options { smoke },
+        &target_dir().join("ward-peers/venv/bin/python"),
+        &target_dir().join("bench"),
+    )?;
+    println!("\n{}", report.table());
+    // Every figure must have been measured (a zero means a path silently stopped working).
+    for (section, key) in [
+        ("http1", "direct_rps"),
+        ("http1", "ward_rps"),
+        ("http1", "nginx_rps"),
+        ("http1", "ward_deny_rps"),
+        ("h2", "ward_rps"),
+        ("grpc", "ward_rps"),
+    ] {
+        if report.get(section, key) <= 0.0 {
+            bail!("bench figure {section}.{key} is zero");
+        }
+    }
+    println!(
+        "report: {}",
+        target_dir()
+            .join("bench")
+            .join(if smoke {
+                "report-smoke.json"
+            } else {
+                "report.json"
+            })
+            .display()
+    );
+    Ok(())
 }
