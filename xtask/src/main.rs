@@ -119,11 +119,24 @@ fn prerequisites() -> Result<()> {
         );
         return Ok(());
     }
-    run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing))
+    // Package scripts must not start daemons (nginx on :80) on the machine: a temporary
+    // policy-rc.d refuses them, unless the machine already has one.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let temporary = !policy.exists();
+    if temporary {
+        std::fs::write(policy, "#!/bin/sh\nexit 101\n").context("writing policy-rc.d")?;
+        run(Command::new("chmod").args(["+x", "/usr/sbin/policy-rc.d"]))?;
+    }
+    let result = run(Command::new("apt-get").args(["update", "-qq"])).and_then(|()| {
+        run(Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing))
+    });
+    if temporary {
+        let _ = std::fs::remove_file(policy);
+    }
+    result
 }
 
 /// Creates the peers' Python venv when its pinned packages are missing.
