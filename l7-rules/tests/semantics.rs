@@ -1303,3 +1303,109 @@ fn map_entries_match_decisions() {
         .iter()
         .any(|m| m.key.direction == Direction::Egress && m.key.prefix_len == 0 && !m.value.deny));
 }
+
+#[test]
+fn s6_2_identity_wide_deny_is_pushed_into_more_specific_allow_entries() {
+    use l7_rules::identity::IdentityTable;
+    // An LPM lookup returns the longest key: an allow on 5432 would hide an all-ports deny of
+    // the same identity unless resolution gives the specific key the deny's verdict.
+    let e = engine(&deny_policy(
+        "  - toEndpoints: [{matchLabels: {role: db}}]\n    toPorts: [{ports: [{port: '5432', protocol: TCP}]}]",
+        "  - toEndpoints: [{matchLabels: {role: db}}]",
+    ));
+    let subject = e.peer(&parse_peer("app=svc").unwrap());
+    let db = e.peer(&parse_peer("role=db").unwrap());
+    let mut ids = IdentityTable::with_reserved();
+    ids.insert(db.clone()).unwrap();
+    let entries = e.map_entries(&subject, &ids);
+    let db_egress: Vec<_> = entries
+        .iter()
+        .filter(|m| m.key.identity == db.identity && m.key.direction == Direction::Egress)
+        .collect();
+    assert!(!db_egress.is_empty());
+    assert!(db_egress.iter().all(|m| m.value.deny), "{db_egress:#?}");
+    let port_entry = db_egress
+        .iter()
+        .find(|m| m.key.port == 5432 && m.key.prefix_len == 24);
+    assert!(
+        port_entry.is_some_and(|m| m.value.deny),
+        "the 5432 key must carry the deny"
+    );
+}
+
+#[test]
+fn s6_2_precedence_orders_deny_redirect_allow() {
+    use l7_rules::identity::IdentityTable;
+    let e = engine(
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {matchLabels: {app: svc}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {role: a}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{}]}}]
+  - fromEndpoints: [{matchLabels: {role: a}}]
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {role: a}}]
+    toPorts: [{ports: [{port: "22", protocol: TCP}]}]
+"#,
+    );
+    let subject = e.peer(&parse_peer("app=svc").unwrap());
+    let a = e.peer(&parse_peer("role=a").unwrap());
+    let mut ids = IdentityTable::with_reserved();
+    ids.insert(a.clone()).unwrap();
+    let entries = e.map_entries(&subject, &ids);
+    let find = |port: u16, prefix: u8| {
+        entries
+            .iter()
+            .find(|m| {
+                m.key.identity == a.identity
+                    && m.key.port == port
+                    && m.key.prefix_len == prefix
+                    && m.key.direction == Direction::Ingress
+            })
+            .unwrap_or_else(|| panic!("no entry for {port}/{prefix} in {entries:#?}"))
+            .value
+            .clone()
+    };
+    let (deny, redirect, allow) = (find(22, 24), find(80, 24), find(0, 0));
+    assert!(deny.deny && deny.precedence > redirect.precedence);
+    assert!(redirect.redirect.is_some() && redirect.precedence > allow.precedence);
+    assert!(!allow.deny && allow.redirect.is_none());
+    assert_eq!(deny.precedence & 0xff, 255);
+    assert_eq!(allow.precedence & 0xff, 1);
+}
+
+#[test]
+fn s5_2_dns_rules_are_per_protocol() {
+    let yaml = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {matchLabels: {app: c}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: dns}}]
+    toPorts: [{ports: [{port: "53", protocol: UDP}], rules: {dns: [{matchPattern: "*"}]}}]
+"#;
+    let e = engine(yaml);
+    assert!(allowed(&e, ask("app=c", "app=dns", 53).dns("a.com")));
+    let tcp = ask("app=c", "app=dns", 53)
+        .dns("a.com")
+        .proto(Protocol::Tcp)
+        .run(&e);
+    assert!(!tcp.allowed, "a UDP-only rule does not allow DNS over TCP");
+    assert_eq!(tcp.stage, Stage::L3L4);
+}
+
+#[test]
+fn s2_1_init_endpoints_are_always_enforced() {
+    let e = engine(STARWARS_L7);
+    // No policy selects a pod with only reserved:init, yet it is enforced (default deny).
+    let a = ask("reserved:init=", "app=x", 80)
+        .dir(Direction::Egress)
+        .run(&e);
+    assert!(!a.allowed, "{}", a.reason);
+}
