@@ -63,12 +63,9 @@ pub fn parse_peer(text: &str) -> Result<PeerSpec, String> {
         .strip_prefix("cidr:")
         .or_else(|| text.strip_prefix("ip:"))
     {
-        let ip: IpAddr = ip
-            .split('/')
-            .next()
-            .unwrap_or("")
-            .parse()
-            .map_err(|_| format!("{text:?}: expected cidr:<IP address>"))?;
+        let ip: IpAddr = ip.parse().map_err(|_| {
+            format!("{text:?}: expected cidr:<IP address> (one address, no prefix length)")
+        })?;
         return Ok(PeerSpec {
             ip: Some(ip),
             ..Default::default()
@@ -341,13 +338,25 @@ pub fn answer(engine: &Engine, q: &Question) -> Result<Answer, QuestionError> {
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
+    let mut unescaped_note = None;
     let path_storage: String = match &q.l7 {
-        Some(L7Question::Http { path, .. }) => parsers::path::normalize(path)
-            .map_err(|e| QuestionError::BadPath {
+        Some(L7Question::Http { path, .. }) => {
+            let bad = |e: parsers::path::PathError| QuestionError::BadPath {
                 path: path.clone(),
                 message: e.to_string(),
-            })?
-            .into_owned(),
+            };
+            let normal = parsers::path::normalize(path).map_err(bad)?.into_owned();
+            match parsers::path::unescape_slashes(&normal) {
+                None => normal,
+                Some(unescaped) => {
+                    let unescaped = unescaped.map_err(bad)?;
+                    unescaped_note = Some(format!(
+                        " (the path has escaped slashes: like Envoy, the proxy redirects the client to {unescaped}, which is what was checked)"
+                    ));
+                    unescaped
+                }
+            }
+        }
         Some(L7Question::Grpc { service, method }) => format!("/{service}/{method}"),
         _ => String::new(),
     };
@@ -398,7 +407,11 @@ pub fn answer(engine: &Engine, q: &Question) -> Result<Answer, QuestionError> {
         };
         verdicts.push((d, engine.decide(&flow, request.as_ref(), q.audit)));
     }
-    Ok(combine(verdicts, q.l7.is_some()))
+    let mut answer = combine(verdicts, q.l7.is_some());
+    if let Some(note) = unescaped_note {
+        answer.reason.push_str(&note);
+    }
+    Ok(answer)
 }
 
 fn combine(verdicts: Vec<(Direction, Verdict)>, has_l7: bool) -> Answer {

@@ -84,7 +84,17 @@ fn cilium_rule(
         (Some(sel), None) => {
             let mut s = selector(sel, &format!("{at}.endpointSelector"), cx)?;
             if let Scope::Namespaced(ns) = scope {
-                s.inject_if_absent(Requirement::new(
+                // A namespaced policy only ever selects pods of its own namespace: Cilium
+                // replaces any namespace match in the subject selector with its own.
+                let before = s.requirements.len();
+                s.requirements.retain(|r| r.key != POD_NAMESPACE);
+                if s.requirements.len() != before {
+                    cx.warn(
+                        &format!("{at}.endpointSelector"),
+                        format!("a namespace match in the endpointSelector of a namespaced policy is replaced by the policy's own namespace {ns:?}"),
+                    );
+                }
+                s.requirements.push(Requirement::new(
                     &format!("{SOURCE_K8S}:{POD_NAMESPACE}"),
                     Operator::In(vec![ns.to_string()]),
                 ));
@@ -397,7 +407,8 @@ fn filters(
                 );
             }
         }
-        let ports = port_list(pr.ports.as_deref().unwrap_or(&[]), &p, cx);
+        let written = pr.ports.as_deref().unwrap_or(&[]);
+        let ports = port_list(written, &p, cx);
         let l7 = pr.rules.and_then(|r| {
             l7_rules(
                 r,
@@ -409,9 +420,23 @@ fn filters(
         });
         if let Some(l7) = &l7 {
             check_l7_ports(l7, &ports, direction, host_policy, &p, cx);
+            if l7.parser() != L7Parser::Dns {
+                for (k, pp) in written.iter().enumerate() {
+                    let proto = pp.protocol.as_deref().unwrap_or("ANY");
+                    if !proto.eq_ignore_ascii_case("TCP") {
+                        cx.error(
+                            &format!("{p}.ports[{k}].protocol"),
+                            format!(
+                                "L7 rules can only apply to TCP (not {}) except for DNS rules; write `protocol: TCP`",
+                                if proto.is_empty() { "ANY" } else { proto }
+                            ),
+                        );
+                    }
+                }
+            }
         }
         let l4 = if ports.is_empty() {
-            if l7.is_some() {
+            if l7.is_some() && written.is_empty() {
                 cx.error(
                     &format!("{p}.ports"),
                     "L7 rules need at least one port: the proxy listens per port",
@@ -628,12 +653,11 @@ fn warn_star_dot(pattern: &str, _written: &str, field: &str, cx: &mut DocContext
 }
 
 fn inject_namespace(sel: &mut LabelSelector, scope: Scope<'_>) {
-    // Selectors of reserved identities (`reserved:host`) name no pod: nothing to inject.
-    if sel
-        .requirements
-        .iter()
-        .any(|r| r.source.as_deref() == Some(SOURCE_RESERVED))
-    {
+    // Selectors of reserved identities (`reserved:host`) name no pod, and selectors on
+    // namespace labels choose their namespaces themselves: nothing to inject.
+    if sel.requirements.iter().any(|r| {
+        r.source.as_deref() == Some(SOURCE_RESERVED) || r.key.starts_with(NAMESPACE_LABELS_PREFIX)
+    }) {
         return;
     }
     let key = format!("{SOURCE_K8S}:{POD_NAMESPACE}");
@@ -943,21 +967,6 @@ fn check_l7_ports(
             ),
             _ => {}
         }
-        if parser != L7Parser::Dns && pm.protocol != Protocol::Tcp {
-            // ANY expands to TCP+UDP+SCTP; only report an explicit non-TCP protocol once.
-            let explicit_non_tcp = !ports.iter().any(|p| p.protocol == Protocol::Tcp);
-            if explicit_non_tcp {
-                cx.error(
-                    &format!("{path}.ports"),
-                    format!(
-                        "{} rules can only apply to TCP (not {}); only DNS rules may use UDP",
-                        parser.as_str(),
-                        pm.protocol
-                    ),
-                );
-                return;
-            }
-        }
     }
 }
 
@@ -1196,12 +1205,19 @@ fn http_rule(
     {
         return None;
     }
-    let summary = http_summary(
+    let mut summary = http_summary(
         h.method.as_deref(),
         h.path.as_deref(),
         h.host.as_deref(),
         h.headers.as_deref().unwrap_or(&[]),
     );
+    for hm in &header_matches {
+        match (&hm.value, hm.secret) {
+            (_, true) => summary.push_str(&format!(" [{}: [redacted]]", hm.name)),
+            (Some(v), false) => summary.push_str(&format!(" [{}: {v}]", hm.name)),
+            (None, false) => summary.push_str(&format!(" [{}]", hm.name)),
+        }
+    }
     Some(HttpRule {
         method: method.flatten(),
         path: url.flatten(),
@@ -1329,7 +1345,8 @@ fn kafka_rule(
             }
         },
     };
-    if let Some(t) = &k.topic {
+    let topic = k.topic.filter(|t| !t.is_empty());
+    if let Some(t) = &topic {
         if t.len() > MAX_KAFKA_TOPIC_LEN {
             cx.error(
                 &format!("{path}.topic"),
@@ -1358,7 +1375,7 @@ fn kafka_rule(
             .map(|r| format!("role {r}"))
             .or(k.api_key.as_deref().map(|a| format!("apiKey {a}")))
             .unwrap_or_else(|| "any request".into()),
-        k.topic.as_deref().unwrap_or("*"),
+        topic.as_deref().unwrap_or("*"),
         k.client_id
             .as_deref()
             .map(|c| format!(" clientID {c}"))
@@ -1368,7 +1385,7 @@ fn kafka_rule(
         api_keys,
         api_version,
         client_id: k.client_id.filter(|c| !c.is_empty()).map(Into::into),
-        topic: k.topic.map(Into::into),
+        topic: topic.map(Into::into),
         origin,
         summary,
     })

@@ -212,7 +212,15 @@ impl fmt::Debug for L7Policy {
     }
 }
 
-type L7CacheKey = (Identity, Direction, Identity, u8, u16);
+/// (subject, direction, peer, protocol, port, named ports of the destination).
+type L7CacheKey = (Identity, Direction, Identity, u8, u16, u64);
+
+fn named_ports_key(p: &Peer) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    p.named_ports.hash(&mut h);
+    h.finish()
+}
 
 /// Policies plus the settings that change their effect.
 pub struct Engine {
@@ -400,15 +408,15 @@ impl Engine {
             };
             let filters = self.filters(subject, direction, default_deny);
             let mut by_identity: BTreeMap<Identity, Vec<MapEntry>> = BTreeMap::new();
-            let mut wildcard_done = false;
             for peer in identities.iter() {
                 for e in self.raw_entries(&filters, subject, peer, direction) {
-                    if e.key.identity == WILDCARD && wildcard_done {
-                        continue;
+                    let list = by_identity.entry(e.key.identity).or_default();
+                    // Wildcard entries repeat for every peer (they differ only where egress
+                    // named ports resolve differently per destination).
+                    if e.key.identity != WILDCARD || !list.contains(&e) {
+                        list.push(e);
                     }
-                    by_identity.entry(e.key.identity).or_default().push(e);
                 }
-                wildcard_done = true;
             }
             for (_, entries) in by_identity {
                 all.extend(fixup(entries));
@@ -524,12 +532,17 @@ impl Engine {
 
     /// The L7 policy the proxy enforces for this (subject, direction, peer, port). Cached.
     pub fn l7_policy(&self, flow: &Flow<'_>) -> L7Policy {
+        let dest = match flow.direction {
+            Direction::Ingress => flow.subject,
+            Direction::Egress => flow.peer,
+        };
         let key = (
             flow.subject.identity,
             flow.direction,
             flow.peer.identity,
             flow.protocol.number(),
             flow.port,
+            named_ports_key(dest),
         );
         if let Some(p) = self.l7_cache.read().ok().and_then(|c| c.get(&key).cloned()) {
             return p;
@@ -558,7 +571,11 @@ impl Engine {
         let mut dns = Vec::new();
         let mut parsers = Vec::new();
         for f in &filters {
-            if f.deny || !f.peers.selects(flow.peer, &self.set.catalog) {
+            // The localhost allow is a bare map entry, not a rule the proxy sees (§2.2).
+            if f.deny
+                || std::ptr::eq(*f, allow_localhost_filter())
+                || !f.peers.selects(flow.peer, &self.set.catalog)
+            {
                 continue;
             }
             let id = if f.peers.is_wildcard() {

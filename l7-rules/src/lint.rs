@@ -28,6 +28,52 @@ fn subject_key(s: &Subject) -> String {
     }
 }
 
+/// Whether every endpoint `a` selects is also selected by `b`, as far as can be told without
+/// endpoints: same selector, or `b` only constrains the namespace and `a` has the same one.
+fn subject_covers(b: &Subject, a: &Subject) -> bool {
+    if subject_key(a) == subject_key(b) {
+        return true;
+    }
+    match (a, b) {
+        (Subject::Endpoints(sa), Subject::Endpoints(sb)) => {
+            sb.requirements.iter().all(|r| sa.requirements.contains(r))
+        }
+        _ => false,
+    }
+}
+
+/// `toFQDNs` needs DNS visibility: addresses are learned only from answers that pass a
+/// `rules.dns` port, so without one the rule never allows anything.
+pub fn fqdn_without_dns(policies: &[Policy], diags: &mut Vec<Diagnostic>) {
+    let has_dns = policies.iter().any(|p| {
+        p.egress
+            .filters
+            .iter()
+            .any(|f| matches!(f.l7, Some(L7::Dns(_))))
+    });
+    if has_dns {
+        return;
+    }
+    for p in policies {
+        for f in &p.egress.filters {
+            if let PeerSelector::Any(terms) = &*f.peers {
+                if terms.iter().any(|t| matches!(t, PeerTerm::Fqdn(_))) {
+                    diags.push(Diagnostic {
+                        severity: Severity::Warning,
+                        file: f.origin.policy.file.clone(),
+                        line: None,
+                        document: f.origin.policy.document,
+                        object: Some(format!("{} {}", f.origin.policy.kind.as_str(), f.origin.policy.id())),
+                        field: f.origin.path.clone(),
+                        message: "toFQDNs only allows addresses learned from DNS answers that pass a `rules.dns` port, and no policy has one: add an egress rule to your DNS server with `rules: {dns: [{matchPattern: \"*\"}]}`".into(),
+                    });
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// An L4-only allow on the same subject, direction, port and (a superset of the) peers makes
 /// the L7 rules of another rule ineffective: every request is allowed (§2.2, case 7A/7B).
 pub fn cross_policy_warnings(policies: &[Policy], diags: &mut Vec<Diagnostic>) {
@@ -41,7 +87,7 @@ pub fn cross_policy_warnings(policies: &[Policy], diags: &mut Vec<Diagnostic>) {
             {
                 let neutraliser = policies
                     .iter()
-                    .filter(|q| subject_key(&q.subject) == subject_key(&p.subject))
+                    .filter(|q| subject_covers(&q.subject, &p.subject))
                     .flat_map(|q| q.direction(dir).filters.iter())
                     .find(|b| {
                         !b.deny

@@ -301,6 +301,7 @@ pub fn load_sources(sources: &[(String, String)]) -> Result<PolicySet, LoadError
         return Err(LoadError { diagnostics: diags });
     }
     crate::lint::cross_policy_warnings(&set.policies, &mut diags);
+    crate::lint::fqdn_without_dns(&set.policies, &mut diags);
     set.warnings = diags;
     Ok(set)
 }
@@ -491,32 +492,90 @@ fn load_document(
     }
 }
 
-/// Typed deserialisation with the failing field's path.
+/// Most type errors collected from one document before giving up.
+const MAX_TYPE_ERRORS: usize = 64;
+
+/// Typed deserialisation with the failing field's path. Every error is reported: after one,
+/// the offending node is removed and deserialisation retried, so that later errors (and the
+/// semantic checks of what remains) are found in the same pass. Any error still rejects the
+/// document: `None` is returned after reporting.
 fn typed<T: serde::de::DeserializeOwned>(
-    value: serde_yaml::Value,
+    mut value: serde_yaml::Value,
     cx: &mut DocContext<'_>,
 ) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            let inner = e.into_inner().to_string();
-            // serde_yaml adds its own location for Value input only rarely; keep the message.
-            let message = inner
-                .split(" at line ")
-                .next()
-                .unwrap_or(&inner)
-                .to_string();
-            let (field, message) = match unknown_field_name(&message) {
-                Some(f) if path.ends_with(&f) => (path, message),
-                Some(f) if !path.is_empty() => (format!("{path}.{f}"), message),
-                Some(f) => (f, message),
-                None => (path, message),
-            };
-            cx.error(&field, message);
-            None
+    let mut reported: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for _ in 0..MAX_TYPE_ERRORS {
+        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            // After recovering, the rest is still compiled so its errors are reported too; the
+            // errors already recorded reject the document.
+            Ok(v) => return Some(v),
+            Err(e) => {
+                let segments: Vec<serde_path_to_error::Segment> =
+                    e.path().iter().cloned().collect();
+                let path = e.path().to_string();
+                let path = if path == "." { String::new() } else { path };
+                let inner = e.into_inner().to_string();
+                let message = inner
+                    .split(" at line ")
+                    .next()
+                    .unwrap_or(&inner)
+                    .to_string();
+                let unknown = unknown_field_name(&message);
+                let field = match &unknown {
+                    Some(f) if path.ends_with(f.as_str()) => path.clone(),
+                    Some(f) if !path.is_empty() => format!("{path}.{f}"),
+                    Some(f) => f.clone(),
+                    None => path.clone(),
+                };
+                let missing = message.starts_with("missing field");
+                if !reported.insert(field.clone()) {
+                    return None;
+                }
+                cx.error(&field, message);
+                // A missing field cannot be removed; anything else can, to look further.
+                let mut target = segments;
+                if let Some(f) = unknown.as_ref().filter(|f| !path.ends_with(f.as_str())) {
+                    target.push(serde_path_to_error::Segment::Map { key: f.clone() });
+                }
+                if missing || target.is_empty() || !remove_at(&mut value, &target) {
+                    return None;
+                }
+            }
         }
+    }
+    None
+}
+
+/// Removes the node at `path` from a YAML value; false if there is none.
+fn remove_at(value: &mut serde_yaml::Value, path: &[serde_path_to_error::Segment]) -> bool {
+    use serde_path_to_error::Segment;
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut node = value;
+    for seg in parents {
+        node = match (seg, node) {
+            (Segment::Map { key }, serde_yaml::Value::Mapping(m)) => {
+                match m.get_mut(key.as_str()) {
+                    Some(n) => n,
+                    None => return false,
+                }
+            }
+            (Segment::Seq { index }, serde_yaml::Value::Sequence(v)) => match v.get_mut(*index) {
+                Some(n) => n,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, node) {
+        (Segment::Map { key }, serde_yaml::Value::Mapping(m)) => m.remove(key.as_str()).is_some(),
+        (Segment::Seq { index }, serde_yaml::Value::Sequence(v)) if *index < v.len() => {
+            // Keep indices of later elements stable for their error paths.
+            v[*index] = serde_yaml::Value::Null;
+            true
+        }
+        _ => false,
     }
 }
 

@@ -2,7 +2,7 @@
 //! unrepresentable here: a filter has exactly one kind of L4 match and at most one L7 protocol,
 //! Kafka roles are already API-key sets, and every pattern is compiled.
 
-use crate::identity::{Entity, Peer, PeerKind};
+use crate::identity::{Entity, Peer, PeerKind, Reserved};
 use crate::l7::dns::NamePattern;
 use crate::l7::http::HttpRule;
 use crate::l7::kafka::KafkaRule;
@@ -169,6 +169,19 @@ impl PeerTerm {
                 let prefix = match &peer.kind {
                     PeerKind::Cidr(p) => *p,
                     PeerKind::Fqdn { ip, .. } => IpNet::from(*ip),
+                    // A zero-length prefix is the world label of its family (Cilium's
+                    // IPStringToLabel), so 0.0.0.0/0 selects the world identities too.
+                    PeerKind::Reserved(
+                        r @ (Reserved::World | Reserved::WorldIpv4 | Reserved::WorldIpv6),
+                    ) => {
+                        return net.prefix_len() == 0
+                            && except.is_empty()
+                            && !matches!(
+                                (net, r),
+                                (IpNet::V4(_), Reserved::WorldIpv6)
+                                    | (IpNet::V6(_), Reserved::WorldIpv4)
+                            );
+                    }
                     _ => return false,
                 };
                 net.contains(&prefix) && !except.iter().any(|e| e.contains(&prefix))

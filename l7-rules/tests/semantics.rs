@@ -869,7 +869,7 @@ metadata: {{name: k}}
 spec:
   endpointSelector: {{}}
   egress:
-  - toPorts: [{{ports: [{{port: "9092"}}], rules: {{kafka: [{rule}]}}}}]
+  - toPorts: [{{ports: [{{port: "9092", protocol: TCP}}], rules: {{kafka: [{rule}]}}}}]
 "#
         )
     };
@@ -1408,4 +1408,212 @@ fn s2_1_init_endpoints_are_always_enforced() {
         .dir(Direction::Egress)
         .run(&e);
     assert!(!a.allowed, "{}", a.reason);
+}
+
+// ---------------------------------------------------------------- review regressions
+
+#[test]
+fn zero_prefix_cidr_selects_the_world_identity() {
+    let e = engine(&deny_policy(
+        "  - toEntities: [world]",
+        "  - toCIDRSet: [{cidr: 0.0.0.0/0}]",
+    ));
+    assert!(!allowed(
+        &e,
+        ask("app=svc", "world", 443).dir(Direction::Egress)
+    ));
+    assert!(!allowed(
+        &e,
+        ask("app=svc", "cidr:8.8.8.8", 443).dir(Direction::Egress)
+    ));
+    let allow_only = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {matchLabels: {app: svc}}
+  egress: [{toCIDR: [0.0.0.0/0]}]
+"#;
+    assert!(allowed(
+        &engine(allow_only),
+        ask("app=svc", "world", 443).dir(Direction::Egress)
+    ));
+}
+
+#[test]
+fn namespaced_policy_subject_is_forced_into_its_namespace() {
+    let yaml = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: n1, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web, "k8s:io.kubernetes.pod.namespace": prod}}
+  ingress: [{fromEndpoints: [{matchLabels: {app: c}}]}]
+"#;
+    let e = engine(yaml);
+    assert!(!allowed(
+        &e,
+        ask("app=x", "app=web,namespace=default", 80).dir(Direction::Ingress)
+    ));
+    assert!(
+        allowed(
+            &e,
+            ask("app=x", "app=web,namespace=prod", 80).dir(Direction::Ingress)
+        ),
+        "a policy in default never governs prod"
+    );
+    assert!(warnings(yaml)
+        .iter()
+        .any(|w| w.contains("replaced by the policy's own namespace")));
+}
+
+#[test]
+fn namespace_label_selectors_are_not_pinned_to_the_policy_namespace() {
+    let yaml = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p, namespace: db}
+spec:
+  endpointSelector: {matchLabels: {app: pg}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {"k8s:io.cilium.k8s.namespace.labels.team": a}}]
+"#;
+    let mut e = engine(yaml);
+    e.set.catalog.namespaces.insert(
+        "app1".into(),
+        [("team".to_string(), "a".to_string())].into(),
+    );
+    assert!(allowed(
+        &e,
+        ask("x=y,namespace=app1", "app=pg,namespace=db", 5432).dir(Direction::Ingress)
+    ));
+}
+
+#[test]
+fn allow_localhost_does_not_bypass_l7_rules() {
+    let e = engine(&http_policy("        - {method: GET, path: /ok}\n"));
+    let a = ask("host", "app=svc", 80)
+        .http("POST", "/bad")
+        .dir(Direction::Ingress)
+        .run(&e);
+    assert!(!a.allowed, "{}", a.reason);
+    assert_eq!(a.stage, Stage::L7);
+    assert!(allowed(
+        &e,
+        ask("host", "app=svc", 80)
+            .http("GET", "/ok")
+            .dir(Direction::Ingress)
+    ));
+    assert!(
+        allowed(&e, ask("host", "app=svc", 22).dir(Direction::Ingress)),
+        "other ports: localhost allowed"
+    );
+}
+
+#[test]
+fn l7_rules_need_explicit_tcp() {
+    for ports in [
+        "[{port: '80'}]",
+        "[{port: '80', protocol: ANY}]",
+        "[{port: '80', protocol: TCP}, {port: '81', protocol: UDP}]",
+    ] {
+        let yaml = format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: p}}\nspec:\n  endpointSelector: {{}}\n  ingress:\n  - toPorts: [{{ports: {ports}, rules: {{http: [{{method: GET}}]}}}}]\n"
+        );
+        assert!(
+            load_err(&yaml)
+                .errors()
+                .any(|d| d.message.contains("only apply to TCP")),
+            "{ports}"
+        );
+    }
+}
+
+#[test]
+fn fqdn_rules_without_dns_visibility_warn() {
+    let yaml = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {matchLabels: {app: c}}
+  egress: [{toFQDNs: [{matchName: api.example.com}], toPorts: [{ports: [{port: "443", protocol: TCP}]}]}]
+"#;
+    assert!(warnings(yaml).iter().any(|w| w.contains("rules.dns")));
+    assert!(!warnings(FQDN)
+        .iter()
+        .any(|w| w.contains("no policy has one")));
+}
+
+#[test]
+fn escaped_slashes_are_checked_as_the_redirected_path() {
+    let e = engine(&http_policy(
+        "        - {method: GET, path: \"/public/.*\"}\n",
+    ));
+    let a = ask("a=b", "app=svc", 80)
+        .http("GET", "/public/..%2Fadmin")
+        .run(&e);
+    assert!(!a.allowed, "{}", a.reason);
+    assert!(a.reason.contains("escaped slashes"));
+}
+
+#[test]
+fn all_errors_of_a_document_come_at_once() {
+    let yaml = r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress:
+  - fromEndpoint: [{}]
+    toPorts:
+    - ports: [{port: "70000", protocol: TCP}]
+      rules:
+        http:
+        - pathh: /x
+        - path: "/bad(["
+  - fromEntities: [wrld]
+"#;
+    let e = load_err(yaml);
+    let fields: Vec<&str> = e.errors().map(|d| d.field.as_str()).collect();
+    for want in [
+        "spec.ingress[0].fromEndpoint",
+        "spec.ingress[0].toPorts[0].rules.http[0].pathh",
+        "spec.ingress[0].toPorts[0].ports[0].port",
+        "spec.ingress[0].toPorts[0].rules.http[1].path",
+        "spec.ingress[1].fromEntities[0]",
+    ] {
+        assert!(fields.contains(&want), "{want} missing from {fields:?}");
+    }
+}
+
+#[test]
+fn l7_cache_respects_named_ports() {
+    let yaml = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{path: /a}]}}]
+  - toPorts: [{ports: [{port: web, protocol: TCP}], rules: {http: [{path: /b}]}}]
+"#;
+    let e = engine(yaml);
+    let case = |named: &str| {
+        format!(
+            r#"{{"from": {{"labels": {{"app": "c"}}}}, "to": {{"labels": {{"app": "web"}}{named}}}, "port": 80, "http": {{"method": "GET", "path": "/b"}}, "expect": "deny"}}"#
+        )
+    };
+    // With the named port 80 is `web` too (/b allowed); without it /b is denied, whatever ran first.
+    let run = l7_rules::check::run_cases(
+        &e,
+        &format!(
+            "{}\n{}\n",
+            case(r#", "named_ports": {"web": 80}"#),
+            case("")
+        ),
+    );
+    assert_eq!((run.passed, run.failed), (1, 1), "{:#?}", run.lines);
+    assert_eq!(run.lines[1]["pass"], true);
 }

@@ -232,8 +232,55 @@ fn remove_dot_segments_and_merge(path: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Envoy's `UNESCAPE_AND_REDIRECT` for escaped slashes: when the path part contains `%2F` or
+/// `%5C` (any case), the client is redirected to the path with them unescaped, and that path is
+/// what policy finally sees. Returns the unescaped and re-normalised path, or `None` when there
+/// is nothing to unescape.
+pub fn unescape_slashes(path_and_query: &str) -> Option<Result<String, PathError>> {
+    let (path, query) = match path_and_query.find('?') {
+        Some(q) => path_and_query.split_at(q),
+        None => (path_and_query, ""),
+    };
+    let lower = path.to_ascii_lowercase();
+    if !lower.contains("%2f") && !lower.contains("%5c") {
+        return None;
+    }
+    let mut out = String::with_capacity(path_and_query.len());
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let code = &lower[i + 1..i + 3];
+            if code == "2f" || code == "5c" {
+                out.push('/');
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i] as char);
+        i += 1;
+    }
+    out.push_str(query);
+    Some(normalize(&out).map(std::borrow::Cow::into_owned))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn escaped_slashes_are_unescaped_and_renormalised() {
+        assert_eq!(
+            super::unescape_slashes("/public/..%2Fadmin")
+                .unwrap()
+                .unwrap(),
+            "/admin"
+        );
+        assert_eq!(
+            super::unescape_slashes("/a%5cb?x=%2F").unwrap().unwrap(),
+            "/a/b?x=%2F"
+        );
+        assert!(super::unescape_slashes("/plain/path?q=%2F").is_none());
+    }
+
     use super::*;
 
     #[test]

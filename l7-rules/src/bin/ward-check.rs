@@ -15,7 +15,7 @@ ward-check: does a request pass these network policies, and why?
 USAGE:
   ward-check --policy PATH... --from PEER --to PEER [--port 80] [--protocol TCP]
              [--direction ingress|egress] [--icmp-type N] [--audit] [-o text|json]
-             [--enforcement default|always|never] [REQUEST]
+             [--enforcement default|always|never] [--named-port NAME=PORT]... [REQUEST]
   ward-check --policy PATH... --cases FILE.jsonl|-      (one JSON case per line)
   ward-check --policy PATH... --validate                (check the policies only)
 
@@ -52,6 +52,8 @@ struct Args {
     cases: Option<String>,
     validate: bool,
     mode: EnforcementMode,
+    /// Named container ports of the destination (`--named-port http=8080`).
+    named_ports: Vec<(String, u16)>,
     l7: Option<L7Question>,
 }
 
@@ -75,6 +77,7 @@ fn parse_args(argv: Vec<String>) -> Result<Args, String> {
         cases: None,
         validate: false,
         mode: EnforcementMode::Default,
+        named_ports: vec![],
         l7: None,
     };
     let mut it = argv.into_iter().peekable();
@@ -123,6 +126,14 @@ fn parse_args(argv: Vec<String>) -> Result<Args, String> {
                 }
             }
             "--audit" => a.audit = true,
+            "--named-port" => {
+                let v = need(&mut it, "--named-port")?;
+                let (name, port) = v
+                    .split_once('=')
+                    .and_then(|(n, p)| Some((n.to_string(), p.parse::<u16>().ok()?)))
+                    .ok_or_else(|| format!("--named-port {v:?}: expected NAME=PORT"))?;
+                a.named_ports.push((name, port));
+            }
             "-o" | "--output" => match need(&mut it, "-o")?.as_str() {
                 "json" => a.json = true,
                 "text" => a.json = false,
@@ -326,10 +337,11 @@ fn main() -> ExitCode {
         Ok(p) => p,
         Err(e) => return usage_error(&format!("--from: {e}")),
     };
-    let to = match check::parse_peer(to) {
+    let mut to = match check::parse_peer(to) {
         Ok(p) => p,
         Err(e) => return usage_error(&format!("--to: {e}")),
     };
+    to.named_ports.extend(args.named_ports.iter().cloned());
     let port = if matches!(args.protocol, Protocol::Icmp | Protocol::Icmpv6) {
         match args.icmp_type {
             Some(t) => u16::from(t),

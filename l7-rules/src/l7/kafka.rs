@@ -73,11 +73,30 @@ pub enum KafkaVerdict {
     Denied { uncovered: Vec<String> },
 }
 
+/// Keys whose topics Cilium's Kafka parser reads (§4.2): for every other key a request counts
+/// as carrying no topic, so a topic-restricted rule never matches it.
+pub const PARSED_TOPIC_KEYS: [i16; 6] = [0, 1, 2, 3, 8, 9];
+
 /// OR of rules with topic coverage. An empty rule list denies everything.
 pub fn check<R: std::borrow::Borrow<KafkaRule>>(
     rules: &[R],
     req: &KafkaRequest<'_>,
 ) -> KafkaVerdict {
+    // Cilium's quirks, kept so Ward never allows more: client_id is empty for v0 requests,
+    // and topics of keys it does not parse are invisible.
+    let req = &KafkaRequest {
+        client_id: if req.api_version == 0 {
+            None
+        } else {
+            req.client_id
+        },
+        topics: if PARSED_TOPIC_KEYS.contains(&req.api_key) {
+            req.topics
+        } else {
+            &[]
+        },
+        ..*req
+    };
     let topic_kind = parsers::kafka::is_topic_kind(req.api_key);
     // Bit i set = topic i still uncovered (requests rarely carry more than a few topics).
     let mut remaining: Vec<bool> = vec![true; req.topics.len()];
@@ -176,6 +195,25 @@ mod tests {
             check(&[rule(&[], None)], &req(0, &["t"])),
             KafkaVerdict::Allowed { .. }
         ));
+    }
+
+    #[test]
+    fn topics_of_unparsed_keys_and_v0_client_ids_are_invisible() {
+        let rules = [rule(&[19], Some("a"))];
+        assert!(matches!(
+            check(&rules, &req(19, &["a"])),
+            KafkaVerdict::Denied { .. }
+        ));
+        let mut r = rule(&[0], None);
+        r.client_id = Some("c1".into());
+        let mut q = req(0, &["x"]);
+        q.client_id = Some("c1");
+        assert!(matches!(
+            check(&[r.clone()], &q),
+            KafkaVerdict::Allowed { .. }
+        ));
+        q.api_version = 0;
+        assert!(matches!(check(&[r], &q), KafkaVerdict::Denied { .. }));
     }
 
     #[test]
