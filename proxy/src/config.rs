@@ -1,0 +1,565 @@
+//! The node config (`ward run --config FILE`): typed, `deny_unknown_fields`, named defaults,
+//! and a validation pass that reports every problem at once with the file, line (when serde
+//! knows it) and field path. Relative paths resolve against the config file's directory.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Default pin root of the datapath's maps and links.
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/ward";
+/// Default transparent HTTP listener port.
+pub const DEFAULT_HTTP_PORT: u16 = 15001;
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/ward/admin.sock";
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9962";
+pub const DEFAULT_FLOW_LOG: &str = "/run/ward/flows.jsonl";
+/// Linux interface names are at most 15 bytes.
+pub const MAX_IFNAME_LEN: usize = 15;
+/// Endpoint ids are u16 and 0 is reserved.
+pub const MAX_ENDPOINTS: usize = 4096;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    #[default]
+    Default,
+    Always,
+    Never,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listeners {
+    /// Transparent HTTP / HTTP/2 / gRPC listener.
+    #[serde(default = "default_http")]
+    pub http: u16,
+    /// Port DNS redirects go to. Ward has no DNS listener yet: when set, DNS-redirected flows
+    /// are sent there (and fail closed unless something listens); when unset, DNS rules are
+    /// enforced at L3/L4 only (the port is allowed, names are not checked).
+    #[serde(default)]
+    pub dns: Option<u16>,
+    /// Same as `dns`, for Kafka rules.
+    #[serde(default)]
+    pub kafka: Option<u16>,
+}
+
+fn default_http() -> u16 {
+    DEFAULT_HTTP_PORT
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Listeners {
+            http: DEFAULT_HTTP_PORT,
+            dns: None,
+            kafka: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub ips: Vec<Ipv4Addr>,
+    /// Host-side veth in the node's network namespace.
+    pub interface: String,
+    #[serde(default)]
+    pub named_ports: BTreeMap<String, u16>,
+    #[serde(default)]
+    pub audit: bool,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+
+/// The node config as written.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub node: NodeSection,
+    #[serde(default = "default_pin_root")]
+    pub pin_root: PathBuf,
+    #[serde(default)]
+    pub uplink: Option<String>,
+    #[serde(default)]
+    pub enforcement: Enforcement,
+    #[serde(default)]
+    pub audit: bool,
+    #[serde(default = "default_policy_dirs")]
+    pub policy_dirs: Vec<PathBuf>,
+    #[serde(default)]
+    pub listeners: Listeners,
+    #[serde(default = "default_admin")]
+    pub admin_socket: PathBuf,
+    /// `null` disables the metrics endpoint.
+    #[serde(default = "default_metrics")]
+    pub metrics: Option<SocketAddr>,
+    #[serde(default = "default_flow_log")]
+    pub flow_log: PathBuf,
+    #[serde(default)]
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+fn default_pin_root() -> PathBuf {
+    DEFAULT_PIN_ROOT.into()
+}
+fn default_policy_dirs() -> Vec<PathBuf> {
+    vec![PathBuf::from("policies")]
+}
+fn default_admin() -> PathBuf {
+    DEFAULT_ADMIN_SOCKET.into()
+}
+fn default_metrics() -> Option<SocketAddr> {
+    Some(DEFAULT_METRICS.parse().expect("valid default"))
+}
+fn default_flow_log() -> PathBuf {
+    DEFAULT_FLOW_LOG.into()
+}
+
+/// One problem in a config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub file: String,
+    pub line: Option<usize>,
+    /// `endpoints[1].ips[0]`; empty for the whole document.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// The config file is unusable; every issue found.
+#[derive(Debug, thiserror::Error)]
+#[error("{} problem(s) in the node config:\n{}", issues.len(), issues.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl Config {
+    /// Reads, parses, resolves relative paths and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            issues: vec![ConfigIssue {
+                file: file.clone(),
+                line: None,
+                field: String::new(),
+                message: format!("cannot read: {e}"),
+            }],
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Config::parse(&file, &text, &base)
+    }
+
+    /// Parses and validates `text` (named `file` in messages), resolving relative paths
+    /// against `base`.
+    pub fn parse(file: &str, text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let mut cfg: Config = match serde_path_to_error::deserialize(de) {
+            Ok(c) => c,
+            Err(e) => {
+                let field = e.path().to_string();
+                let inner = e.into_inner();
+                let line = inner.location().map(|l| l.line());
+                let mut message = inner.to_string();
+                // serde_yaml appends " at line N column M"; the line is reported separately.
+                if let Some(i) = message.find(" at line ") {
+                    message.truncate(i);
+                }
+                // serde_yaml may already start the message with the path (or its parent).
+                if let Some((head, rest)) = message.split_once(": ") {
+                    if !head.is_empty() && field.starts_with(head) {
+                        message = rest.to_string();
+                    }
+                }
+                return Err(ConfigError {
+                    issues: vec![ConfigIssue {
+                        file: file.into(),
+                        line,
+                        field: if field == "." { String::new() } else { field },
+                        message,
+                    }],
+                });
+            }
+        };
+        cfg.resolve_paths(base);
+        let issues = cfg.validate(file);
+        if issues.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError { issues })
+        }
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut self.pin_root);
+        abs(&mut self.admin_socket);
+        abs(&mut self.flow_log);
+        for d in &mut self.policy_dirs {
+            abs(d);
+        }
+    }
+
+    /// Semantic checks; every issue at once.
+    pub fn validate(&self, file: &str) -> Vec<ConfigIssue> {
+        let mut out = Vec::new();
+        let mut issue = |field: String, message: String| {
+            out.push(ConfigIssue {
+                file: file.into(),
+                line: None,
+                field,
+                message,
+            })
+        };
+        if self.listeners.http == 0 {
+            issue("listeners.http".into(), "port 0 is not a port".into());
+        }
+        for (name, p) in [("dns", self.listeners.dns), ("kafka", self.listeners.kafka)] {
+            match p {
+                Some(0) => issue(format!("listeners.{name}"), "port 0 is not a port".into()),
+                Some(p) if p == self.listeners.http => issue(
+                    format!("listeners.{name}"),
+                    format!("port {p} is already the http listener"),
+                ),
+                _ => {}
+            }
+        }
+        if self.policy_dirs.is_empty() {
+            issue(
+                "policy_dirs".into(),
+                "at least one file or directory".into(),
+            );
+        }
+        if let Some(u) = &self.uplink {
+            if let Err(m) = check_ifname(u) {
+                issue("uplink".into(), m);
+            }
+        }
+        if let Some(n) = &self.node.name {
+            if n.is_empty() {
+                issue("node.name".into(), "must not be empty".into());
+            }
+        }
+        for k in self.node.labels.keys() {
+            if let Err(m) = check_label_key(k) {
+                issue(format!("node.labels.{k}"), m);
+            }
+        }
+        if !self.pin_root.starts_with("/sys/fs/bpf") {
+            issue(
+                "pin_root".into(),
+                format!(
+                    "{} is not below /sys/fs/bpf (the bpffs)",
+                    self.pin_root.display()
+                ),
+            );
+        }
+        if self.endpoints.len() > MAX_ENDPOINTS {
+            issue(
+                "endpoints".into(),
+                format!("more than {MAX_ENDPOINTS} endpoints"),
+            );
+        }
+        let mut names = BTreeSet::new();
+        let mut ips = BTreeMap::new();
+        let mut ifaces = BTreeMap::new();
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let at = |f: &str| format!("endpoints[{i}].{f}");
+            for m in check_endpoint(e) {
+                issue(at(&m.0), m.1);
+            }
+            if !names.insert((e.namespace.clone(), e.name.clone())) || {
+                // Names are also unique across namespaces: `ward endpoint remove NAME`.
+                self.endpoints[..i].iter().any(|o| o.name == e.name)
+            } {
+                issue(at("name"), format!("endpoint {:?} is listed twice", e.name));
+            }
+            for (j, ip) in e.ips.iter().enumerate() {
+                if let Some(other) = ips.insert(*ip, e.name.clone()) {
+                    issue(
+                        at(&format!("ips[{j}]")),
+                        format!("{ip} already belongs to endpoint {other:?}"),
+                    );
+                }
+            }
+            if let Some(other) = ifaces.insert(e.interface.clone(), e.name.clone()) {
+                issue(
+                    at("interface"),
+                    format!("{} is already endpoint {other:?}'s interface", e.interface),
+                );
+            }
+            if Some(&e.interface) == self.uplink.as_ref() {
+                issue(at("interface"), "is the uplink".into());
+            }
+        }
+        out
+    }
+}
+
+fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_IFNAME_LEN {
+        return Err(format!(
+            "interface name {name:?} must be 1..={MAX_IFNAME_LEN} bytes"
+        ));
+    }
+    if name.contains(['/', ' ', '\0', ':']) || name == "." || name == ".." {
+        return Err(format!("{name:?} is not a valid interface name"));
+    }
+    Ok(())
+}
+
+fn check_label_key(k: &str) -> Result<(), String> {
+    if k.is_empty() || k.len() > 317 || k.contains([',', '=', ' ']) {
+        return Err(format!("{k:?} is not a valid label key"));
+    }
+    Ok(())
+}
+
+/// Checks one endpoint; `(field, message)` pairs. Shared with `ward endpoint add`.
+pub fn check_endpoint(e: &EndpointConfig) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let valid_name = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 253
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+    };
+    if !valid_name(&e.name) {
+        out.push((
+            "name".into(),
+            format!("{:?} is not a valid endpoint name", e.name),
+        ));
+    }
+    if !valid_name(&e.namespace) {
+        out.push((
+            "namespace".into(),
+            format!("{:?} is not a valid namespace", e.namespace),
+        ));
+    }
+    for k in e.labels.keys() {
+        if let Err(m) = check_label_key(k) {
+            out.push((format!("labels.{k}"), m));
+        }
+    }
+    if e.ips.is_empty() {
+        out.push((
+            "ips".into(),
+            "an endpoint needs at least one IPv4 address".into(),
+        ));
+    }
+    for (j, ip) in e.ips.iter().enumerate() {
+        if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+            out.push((format!("ips[{j}]"), format!("{ip} cannot be a pod address")));
+        }
+    }
+    if let Err(m) = check_ifname(&e.interface) {
+        out.push(("interface".into(), m));
+    }
+    for (n, p) in &e.named_ports {
+        if *p == 0 {
+            out.push((format!("named_ports.{n}"), "port 0 is not a port".into()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+node: {name: demo, labels: {}}
+pin_root: /sys/fs/bpf/ward-test
+uplink: null
+enforcement: default
+audit: false
+policy_dirs: [policies]
+listeners: {http: 15001}
+admin_socket: run/admin.sock
+metrics: 127.0.0.1:9962
+flow_log: /run/ward/flows.jsonl
+endpoints:
+- name: deathstar-1
+  namespace: default
+  labels: {org: empire, class: deathstar}
+  ips: [10.200.2.2]
+  interface: wds1h
+  named_ports: {http: 80}
+  audit: false
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse("node.yaml", text, Path::new("/etc/ward"))
+    }
+
+    #[test]
+    fn the_documented_example_parses_and_paths_resolve() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.policy_dirs, vec![PathBuf::from("/etc/ward/policies")]);
+        assert_eq!(c.admin_socket, PathBuf::from("/etc/ward/run/admin.sock"));
+        assert_eq!(c.flow_log, PathBuf::from("/run/ward/flows.jsonl"));
+        assert_eq!(c.endpoints[0].named_ports["http"], 80);
+        assert_eq!(c.listeners.http, 15001);
+    }
+
+    #[test]
+    fn defaults_apply_to_an_empty_file() {
+        let c = parse("{}").unwrap();
+        assert_eq!(c.pin_root, PathBuf::from(DEFAULT_PIN_ROOT));
+        assert_eq!(c.listeners.http, DEFAULT_HTTP_PORT);
+        assert_eq!(c.enforcement, Enforcement::Default);
+        assert_eq!(c.metrics, Some(DEFAULT_METRICS.parse().unwrap()));
+        assert!(c.endpoints.is_empty());
+    }
+
+    /// (name, config text, expected field, expected message fragment, expected line)
+    type Case = (
+        &'static str,
+        String,
+        &'static str,
+        &'static str,
+        Option<usize>,
+    );
+
+    #[test]
+    fn invalid_configs_name_the_field() {
+        let cases: Vec<Case> = vec![
+            (
+                "unknown top-level key",
+                "listners: {http: 1}\n".into(),
+                "listners",
+                "unknown field `listners`",
+                Some(1),
+            ),
+            (
+                "unknown endpoint key",
+                GOOD.replace("  audit: false", "  adit: false"),
+                "endpoints[0].adit",
+                "unknown field `adit`",
+                Some(19),
+            ),
+            (
+                "bad enforcement",
+                GOOD.replace("enforcement: default", "enforcement: sometimes"),
+                "enforcement",
+                "unknown variant `sometimes`",
+                Some(5),
+            ),
+            (
+                "bad ip",
+                GOOD.replace("10.200.2.2", "10.200.2.300"),
+                "endpoints[0].ips[0]",
+                "invalid IPv4 address",
+                Some(16),
+            ),
+            (
+                "port 0",
+                GOOD.replace("{http: 15001}", "{http: 0}"),
+                "listeners.http",
+                "port 0",
+                None,
+            ),
+            (
+                "long interface",
+                GOOD.replace("wds1h", "averyveryverylonginterface"),
+                "endpoints[0].interface",
+                "1..=15 bytes",
+                None,
+            ),
+            (
+                "no ips",
+                GOOD.replace("[10.200.2.2]", "[]"),
+                "endpoints[0].ips",
+                "at least one IPv4",
+                None,
+            ),
+            (
+                "pin root outside bpffs",
+                GOOD.replace("/sys/fs/bpf/ward-test", "/tmp/pins"),
+                "pin_root",
+                "not below /sys/fs/bpf",
+                None,
+            ),
+            (
+                "duplicate endpoint",
+                format!("{GOOD}- name: deathstar-1\n  ips: [10.200.3.2]\n  interface: other\n"),
+                "endpoints[1].name",
+                "listed twice",
+                None,
+            ),
+            (
+                "duplicate ip",
+                format!("{GOOD}- name: other\n  ips: [10.200.2.2]\n  interface: other\n"),
+                "endpoints[1].ips[0]",
+                "already belongs",
+                None,
+            ),
+            (
+                "listener clash",
+                GOOD.replace("{http: 15001}", "{http: 15001, dns: 15001}"),
+                "listeners.dns",
+                "already the http listener",
+                None,
+            ),
+        ];
+        for (name, text, field, msg, line) in cases {
+            let err = parse(&text).expect_err(name);
+            let i = &err.issues[0];
+            assert_eq!(i.field, field, "{name}: {err}");
+            assert!(i.message.contains(msg), "{name}: {}", i.message);
+            assert_eq!(i.line, line, "{name}: {err}");
+            assert!(i.to_string().starts_with("node.yaml"), "{name}");
+            assert!(
+                !i.message.starts_with(&i.field) || i.field.is_empty(),
+                "{name}: {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn all_semantic_errors_are_reported_at_once() {
+        let text = GOOD
+            .replace("{http: 15001}", "{http: 0}")
+            .replace("wds1h", "a/b");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.issues.len(), 2, "{err}");
+    }
+}

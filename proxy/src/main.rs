@@ -1,0 +1,418 @@
+//! `ward`: Ward's node proxy and its CLI.
+//!
+//! `ward run` joins the policy engine (`l7-rules`) and the kernel datapath (`bpf-redirect`):
+//! it computes identities and map entries from the node config and the policy files, keeps the
+//! pinned BPF maps in sync (hot reload), and serves the transparent HTTP/h2/gRPC proxy, a local
+//! admin socket, Prometheus metrics and a JSON-lines flow log. The other subcommands are
+//! clients of the admin socket or readers of the flow log.
+//!
+//! Owns: sockets, tokio, hyper, the node model, flows. Must not: re-implement policy
+//! semantics (every decision comes from `l7_rules::engine`) or touch map layouts (only
+//! `bpf_redirect::DesiredState`).
+
+mod admin;
+mod config;
+mod daemon;
+mod flows;
+mod metrics;
+mod mntns;
+mod node;
+mod proxy;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::admin::Request;
+use crate::config::{Config, EndpointConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ward",
+    version,
+    about = "Ward: Cilium network policy on one node, without Envoy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ConfigArg {
+    /// The node config (YAML).
+    #[arg(long, short = 'c')]
+    config: PathBuf,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+struct Target {
+    /// The admin socket of `ward run`.
+    #[arg(long)]
+    admin_socket: Option<PathBuf>,
+    /// The node config (to find the admin socket).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Output format: `json` prints the raw response.
+    #[arg(long, short = 'o')]
+    output: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the node proxy.
+    Run(ConfigArg),
+    /// Validate the node config and the policy files; exit 0 when valid, 2 when not.
+    CheckConfig(ConfigArg),
+    /// Detach every program, remove the pins and the routing rule.
+    Uninstall(ConfigArg),
+    /// Print flows from the flow log, like `hubble observe`.
+    Observe(ObserveArgs),
+    /// Daemon status.
+    Status(Target),
+    /// Endpoints.
+    Endpoint {
+        #[command(subcommand)]
+        cmd: EndpointCmd,
+    },
+    /// Identities.
+    Identity {
+        #[command(subcommand)]
+        cmd: ListCmd,
+    },
+    /// Loaded policies.
+    Policy {
+        #[command(subcommand)]
+        cmd: GetCmd,
+    },
+    /// Kernel map contents.
+    Bpf {
+        #[command(subcommand)]
+        cmd: BpfCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum EndpointCmd {
+    /// List endpoints (like `cilium endpoint list`).
+    List(Target),
+    /// Add an endpoint to the running node.
+    Add {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// `k=v,k=v`
+        #[arg(long, default_value = "")]
+        labels: String,
+        /// IPv4 address (repeatable).
+        #[arg(long = "ip", required = true)]
+        ips: Vec<std::net::Ipv4Addr>,
+        /// Host-side interface in the node's network namespace.
+        #[arg(long)]
+        interface: String,
+        /// `name=port,name=port`
+        #[arg(long, default_value = "")]
+        named_ports: String,
+        #[arg(long)]
+        audit: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove an endpoint from the running node.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ListCmd {
+    List(Target),
+}
+
+#[derive(Subcommand, Debug)]
+enum GetCmd {
+    Get(Target),
+}
+
+#[derive(Subcommand, Debug)]
+enum BpfCmd {
+    Policy {
+        #[command(subcommand)]
+        cmd: BpfPolicyCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BpfPolicyCmd {
+    /// The policy map entries of an endpoint (like `cilium bpf policy get`).
+    Get {
+        endpoint: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ObserveArgs {
+    /// The flow log to read.
+    #[arg(long)]
+    flow_log: Option<PathBuf>,
+    /// The node config (for its flow_log and admin_socket).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    admin_socket: Option<PathBuf>,
+    /// Keep printing new flows.
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// FORWARDED, DROPPED, AUDIT, REDIRECTED.
+    #[arg(long)]
+    verdict: Option<String>,
+    /// Source labels `k=v[,k=v]`.
+    #[arg(long)]
+    from_label: Vec<String>,
+    /// Destination labels `k=v[,k=v]`.
+    #[arg(long)]
+    to_label: Vec<String>,
+    /// http, tcp, udp, icmp.
+    #[arg(long)]
+    protocol: Option<String>,
+    /// Only flows since the running `ward run` started (asks its admin socket).
+    #[arg(long)]
+    since_start: bool,
+    /// `json` prints the raw JSON lines.
+    #[arg(long, short = 'o')]
+    output: Option<String>,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        for i in &e.issues {
+            eprintln!("error: {i}");
+        }
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let mut cli = Cli::parse();
+    // Before any thread exists: see `mntns`.
+    if let Cmd::Run(a) | Cmd::Uninstall(a) = &mut cli.cmd {
+        if let Ok(abs) = std::path::absolute(&a.config) {
+            a.config = abs;
+        }
+        match mntns::join_host_bpffs() {
+            Ok(true) => eprintln!("ward: joined the host mount namespace to pin under its /sys/fs/bpf"),
+            Ok(false) => {}
+            Err(e) => eprintln!("ward: warning: cannot join the host mount namespace ({e}); pins may not outlive this process"),
+        }
+    }
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn target_socket(t: &Target) -> anyhow::Result<PathBuf> {
+    let cfg = match &t.config {
+        Some(p) => Some(Config::load(p).map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
+    Ok(daemon::admin_path(t.admin_socket.clone(), cfg.as_ref()))
+}
+
+fn ask(
+    t: &Target,
+    req: Request,
+    render: fn(&serde_json::Value) -> String,
+) -> anyhow::Result<ExitCode> {
+    let v = admin::call(&target_socket(t)?, &req)?;
+    if t.output.as_deref() == Some("json") {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", render(&v));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_kv(text: &str, what: &str) -> anyhow::Result<Vec<(String, String)>> {
+    flows::parse_label_filter(text).map_err(|e| anyhow::anyhow!("--{what}: {e}"))
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Run(a) => {
+            init_tracing();
+            let cfg = match load_config(&a.config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let set = match daemon::load_policies(&cfg) {
+                Ok(s) => s,
+                Err(e) => {
+                    daemon::log_load_error(&e);
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            for w in &set.warnings {
+                tracing::warn!("{w}");
+            }
+            daemon::run(cfg, set)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::CheckConfig(a) => {
+            let cfg = match load_config(&a.config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            match daemon::load_policies(&cfg) {
+                Ok(set) => {
+                    for w in &set.warnings {
+                        eprintln!("{w}");
+                    }
+                    println!(
+                        "{}: valid ({} endpoint(s), {} policy object(s) from {} file(s))",
+                        a.config.display(),
+                        cfg.endpoints.len(),
+                        set.policies.len(),
+                        set.files.len()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    for d in &e.diagnostics {
+                        eprintln!("{d}");
+                    }
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Cmd::Uninstall(a) => {
+            init_tracing();
+            let cfg = match load_config(&a.config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            daemon::uninstall(&cfg)?;
+            println!("uninstalled {}", cfg.pin_root.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Observe(a) => {
+            let cfg = match &a.config {
+                Some(p) => match load_config(p) {
+                    Ok(c) => Some(c),
+                    Err(code) => return Ok(code),
+                },
+                None => None,
+            };
+            let path = a
+                .flow_log
+                .clone()
+                .or_else(|| cfg.as_ref().map(|c| c.flow_log.clone()))
+                .unwrap_or_else(|| config::DEFAULT_FLOW_LOG.into());
+            let mut filter = flows::Filter {
+                verdict: a.verdict.clone(),
+                protocol: a.protocol.clone(),
+                ..Default::default()
+            };
+            for l in &a.from_label {
+                filter.from_labels.extend(parse_kv(l, "from-label")?);
+            }
+            for l in &a.to_label {
+                filter.to_labels.extend(parse_kv(l, "to-label")?);
+            }
+            if a.since_start {
+                let sock = daemon::admin_path(a.admin_socket.clone(), cfg.as_ref());
+                let v = admin::call(&sock, &Request::Status)?;
+                let started = v["started"].as_str().unwrap_or_default();
+                filter.since = Some(humantime::parse_rfc3339_weak(started)?);
+            }
+            let json = a.output.as_deref() == Some("json");
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            flows::observe(&path, &filter, json, a.follow, &mut out)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status(t) => ask(&t, Request::Status, admin::render_status),
+        Cmd::Endpoint { cmd } => match cmd {
+            EndpointCmd::List(t) => ask(&t, Request::EndpointList, admin::render_endpoints),
+            EndpointCmd::Add {
+                name,
+                namespace,
+                labels,
+                ips,
+                interface,
+                named_ports,
+                audit,
+                target,
+            } => {
+                let labels = parse_kv(&labels, "labels")?.into_iter().collect();
+                let named_ports = parse_kv(&named_ports, "named-ports")?
+                    .into_iter()
+                    .map(|(k, v)| {
+                        Ok((
+                            k,
+                            v.parse::<u16>()
+                                .map_err(|e| anyhow::anyhow!("--named-ports {v}: {e}"))?,
+                        ))
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                let endpoint = EndpointConfig {
+                    name,
+                    namespace,
+                    labels,
+                    ips,
+                    interface,
+                    named_ports,
+                    audit,
+                };
+                ask(&target, Request::EndpointAdd { endpoint }, |v| {
+                    format!("endpoint {} added\n", v["id"])
+                })
+            }
+            EndpointCmd::Remove { name, target } => {
+                ask(&target, Request::EndpointRemove { name }, |v| {
+                    format!("endpoint {} removed\n", v["removed"].as_str().unwrap_or(""))
+                })
+            }
+        },
+        Cmd::Identity {
+            cmd: ListCmd::List(t),
+        } => ask(&t, Request::IdentityList, admin::render_identities),
+        Cmd::Policy {
+            cmd: GetCmd::Get(t),
+        } => {
+            let v = admin::call(&target_socket(&t)?, &Request::PolicyGet)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bpf {
+            cmd:
+                BpfCmd::Policy {
+                    cmd: BpfPolicyCmd::Get { endpoint, target },
+                },
+        } => ask(
+            &target,
+            Request::BpfPolicyGet { endpoint },
+            admin::render_bpf_policy,
+        ),
+    }
+}

@@ -1,0 +1,486 @@
+//! The node model: endpoints + the loaded policy set → identities, the ipcache view the proxy
+//! resolves peers with, and the [`DesiredState`] for the kernel maps. A [`NodeView`] is an
+//! immutable snapshot; the daemon swaps it atomically on every change.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use bpf_redirect::{DesiredState, Endpoint, Interface, IpcacheEntry, PolicyEntry};
+use ipnet::IpNet;
+use l7_rules::check::PeerSpec;
+use l7_rules::engine::{Engine, MapEntry};
+use l7_rules::identity::{IdentityTable, Peer, Reserved};
+use l7_rules::model::{Direction, L7Parser};
+
+use crate::config::{Config, EndpointConfig, Enforcement};
+
+/// Settings that shape the view (from the node config).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub http_port: u16,
+    pub dns_port: Option<u16>,
+    pub kafka_port: Option<u16>,
+    pub audit: bool,
+    pub enforcement: Enforcement,
+    pub node_labels: BTreeMap<String, String>,
+}
+
+impl Settings {
+    pub fn from_config(c: &Config) -> Settings {
+        Settings {
+            http_port: c.listeners.http,
+            dns_port: c.listeners.dns,
+            kafka_port: c.listeners.kafka,
+            audit: c.audit,
+            enforcement: c.enforcement,
+            node_labels: c.node.labels.clone(),
+        }
+    }
+
+    pub fn apply_to(&self, engine: &mut Engine) {
+        engine.mode = match self.enforcement {
+            Enforcement::Default => l7_rules::engine::EnforcementMode::Default,
+            Enforcement::Always => l7_rules::engine::EnforcementMode::Always,
+            Enforcement::Never => l7_rules::engine::EnforcementMode::Never,
+        };
+        engine.node_labels = l7_rules::labels::LabelSet::new(
+            self.node_labels
+                .iter()
+                .map(|(k, v)| l7_rules::labels::Label::new("k8s", k, v))
+                .collect(),
+        );
+    }
+
+    fn proxy_port(&self, parser: L7Parser) -> Option<u16> {
+        match parser {
+            L7Parser::Http => Some(self.http_port),
+            L7Parser::Dns => self.dns_port,
+            L7Parser::Kafka => self.kafka_port,
+        }
+    }
+}
+
+/// An endpoint as the node knows it.
+#[derive(Clone, Debug)]
+pub struct EndpointInfo {
+    pub id: u16,
+    pub config: EndpointConfig,
+    pub peer: Arc<Peer>,
+    pub ingress_enforced: bool,
+    pub egress_enforced: bool,
+}
+
+/// Who an address is, for the proxy and for flows.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    pub peer: Arc<Peer>,
+    /// Endpoint name, `host`, `world`, or the address.
+    pub name: String,
+    pub namespace: Option<String>,
+    /// Index into [`NodeView::endpoints`] when a local endpoint.
+    pub endpoint: Option<usize>,
+}
+
+impl PeerInfo {
+    pub fn labels(&self) -> Vec<String> {
+        self.peer.labels.iter().map(|l| l.to_string()).collect()
+    }
+}
+
+/// An immutable snapshot of everything the proxy and the admin API read.
+pub struct NodeView {
+    pub generation: u64,
+    pub engine: Arc<Engine>,
+    pub settings: Settings,
+    pub endpoints: Vec<EndpointInfo>,
+    by_ip: HashMap<Ipv4Addr, usize>,
+    host_ips: HashSet<Ipv4Addr>,
+    host: Arc<Peer>,
+    world: Arc<Peer>,
+    cidrs: Vec<(IpNet, Arc<Peer>)>,
+    pub identities: IdentityTable,
+    pub desired: DesiredState,
+    /// L7 parsers that had no listener and were enforced at L3/L4 only.
+    pub unproxied: Vec<L7Parser>,
+}
+
+/// Building a view failed (the caller keeps the previous one).
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error("identity collision: {0}")]
+    Identity(#[from] l7_rules::identity::IdentityCollision),
+}
+
+impl NodeView {
+    pub fn build(
+        generation: u64,
+        engine: Arc<Engine>,
+        settings: Settings,
+        endpoints: &[(u16, EndpointConfig)],
+        host_ips: &[Ipv4Addr],
+    ) -> Result<NodeView, ViewError> {
+        let mut identities = IdentityTable::with_reserved();
+        let mut infos = Vec::new();
+        let mut by_ip = HashMap::new();
+        for (id, cfg) in endpoints {
+            let spec = PeerSpec {
+                labels: cfg.labels.clone(),
+                namespace: Some(cfg.namespace.clone()),
+                ip: cfg.ips.first().map(|i| IpAddr::V4(*i)),
+                fqdn: None,
+                named_ports: cfg.named_ports.clone(),
+                entity: None,
+            };
+            let mut peer = engine.peer(&spec);
+            peer.display = format!("{}/{}", cfg.namespace, cfg.name);
+            identities.insert(peer.clone())?;
+            let enforced = |d| {
+                matches!(
+                    engine.enforcement(&peer, d),
+                    l7_rules::engine::Enforcement::Enforced { .. }
+                )
+            };
+            let (ingress_enforced, egress_enforced) =
+                (enforced(Direction::Ingress), enforced(Direction::Egress));
+            for ip in &cfg.ips {
+                by_ip.insert(*ip, infos.len());
+            }
+            infos.push(EndpointInfo {
+                id: *id,
+                config: cfg.clone(),
+                peer: Arc::new(peer),
+                ingress_enforced,
+                egress_enforced,
+            });
+        }
+        let mut cidrs = Vec::new();
+        let mut ipcache = Vec::new();
+        for net in engine.policy_cidrs() {
+            let IpNet::V4(v4) = net else { continue };
+            let peer = Peer::cidr(net.addr(), Some(net));
+            identities.insert(peer.clone())?;
+            ipcache.push(IpcacheEntry {
+                addr: v4.network(),
+                prefix_len: v4.prefix_len(),
+                identity: peer.identity.0,
+                endpoint_id: 0,
+            });
+            cidrs.push((net, Arc::new(peer)));
+        }
+        let host_ips: HashSet<Ipv4Addr> = host_ips
+            .iter()
+            .copied()
+            .filter(|ip| !by_ip.contains_key(ip))
+            .collect();
+        for ip in &host_ips {
+            // A /32 host entry beats any policy CIDR that contains it, as in Cilium.
+            ipcache.retain(|e: &IpcacheEntry| !(e.prefix_len == 32 && e.addr == *ip));
+            ipcache.push(IpcacheEntry {
+                addr: *ip,
+                prefix_len: 32,
+                identity: Reserved::Host.identity().0,
+                endpoint_id: 0,
+            });
+        }
+        let mut policy = Vec::new();
+        let mut unproxied = Vec::new();
+        let mut eps = Vec::new();
+        for info in &infos {
+            for e in engine.map_entries(&info.peer, &identities) {
+                if let Some(p) = to_policy_entry(info.id, &e, &settings, &mut unproxied) {
+                    policy.push(p);
+                }
+            }
+            eps.push(Endpoint {
+                endpoint_id: info.id,
+                interface: Interface::Name(info.config.interface.clone()),
+                ips: info.config.ips.clone(),
+                identity: info.peer.identity.0,
+                ingress_enforced: info.ingress_enforced,
+                egress_enforced: info.egress_enforced,
+                audit: settings.audit || info.config.audit,
+            });
+        }
+        unproxied.sort();
+        unproxied.dedup();
+        cidrs.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
+        Ok(NodeView {
+            generation,
+            engine,
+            settings,
+            endpoints: infos,
+            by_ip,
+            host_ips,
+            host: Arc::new(Peer::reserved(Reserved::Host)),
+            world: Arc::new(Peer::reserved(Reserved::World)),
+            cidrs,
+            identities,
+            desired: DesiredState {
+                endpoints: eps,
+                ipcache,
+                policy,
+            },
+            unproxied,
+        })
+    }
+
+    /// Resolves an address as the ipcache does: endpoint, host, longest policy CIDR, world.
+    pub fn resolve(&self, ip: IpAddr) -> PeerInfo {
+        let IpAddr::V4(v4) = ip else {
+            return self.world_info(ip);
+        };
+        if let Some(&i) = self.by_ip.get(&v4) {
+            let e = &self.endpoints[i];
+            return PeerInfo {
+                peer: e.peer.clone(),
+                name: e.config.name.clone(),
+                namespace: Some(e.config.namespace.clone()),
+                endpoint: Some(i),
+            };
+        }
+        if self.host_ips.contains(&v4) || v4.is_loopback() {
+            return PeerInfo {
+                peer: self.host.clone(),
+                name: "host".into(),
+                namespace: None,
+                endpoint: None,
+            };
+        }
+        if let Some((_, p)) = self.cidrs.iter().find(|(n, _)| n.contains(&ip)) {
+            return PeerInfo {
+                peer: p.clone(),
+                name: ip.to_string(),
+                namespace: None,
+                endpoint: None,
+            };
+        }
+        self.world_info(ip)
+    }
+
+    fn world_info(&self, _ip: IpAddr) -> PeerInfo {
+        PeerInfo {
+            peer: self.world.clone(),
+            name: "world".into(),
+            namespace: None,
+            endpoint: None,
+        }
+    }
+
+    pub fn endpoint_by_name(&self, name: &str) -> Option<&EndpointInfo> {
+        self.endpoints.iter().find(|e| e.config.name == name)
+    }
+
+    /// Number of policy documents loaded.
+    pub fn policy_count(&self) -> usize {
+        self.engine.set.policies.len()
+    }
+}
+
+/// One engine map entry → one kernel policy entry of endpoint `id`.
+fn to_policy_entry(
+    id: u16,
+    e: &MapEntry,
+    settings: &Settings,
+    unproxied: &mut Vec<L7Parser>,
+) -> Option<PolicyEntry> {
+    let k = &e.key;
+    let (proto, port, plen) = match k.prefix_len {
+        0 => (0, 0, 0),
+        n => (k.protocol, k.port, n - 8),
+    };
+    // A redirect to a protocol with no listener fails closed: the flow needs L7 checks that
+    // nothing can make, so the datapath drops it instead of letting it through unchecked.
+    let mut deny = e.value.deny;
+    let proxy_port = match e.value.redirect {
+        None => 0,
+        Some(parser) => match settings.proxy_port(parser) {
+            Some(p) => p,
+            None => {
+                unproxied.push(parser);
+                deny = true;
+                0
+            }
+        },
+    };
+    Some(PolicyEntry {
+        endpoint_id: id,
+        identity: k.identity.0,
+        egress: k.direction == Direction::Egress,
+        proto,
+        port,
+        port_prefix_len: plen,
+        deny,
+        proxy_port,
+        precedence: e.value.precedence,
+        cookie: 0,
+    })
+}
+
+/// IPv4 addresses configured on interfaces of this network namespace (host identity).
+pub fn local_ipv4_addresses() -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a list we free with freeifaddrs below.
+    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
+        return out;
+    }
+    let mut cur = ifap;
+    while !cur.is_null() {
+        // SAFETY: cur is a valid node of the list returned by getifaddrs.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr whose family we check before casting.
+            let family = unsafe { (*ifa.ifa_addr).sa_family };
+            if i32::from(family) == libc::AF_INET {
+                // SAFETY: AF_INET addresses are sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                if !ip.is_loopback() {
+                    out.push(ip);
+                }
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: ifap came from getifaddrs.
+    unsafe { libc::freeifaddrs(ifap) };
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    const L7: &str = r#"
+apiVersion: "cilium.io/v2"
+kind: CiliumNetworkPolicy
+metadata:
+  name: "rule1"
+spec:
+  endpointSelector:
+    matchLabels: {org: empire, class: deathstar}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {org: empire}
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - method: "POST"
+          path: "/v1/request-landing"
+  - fromCIDR: [192.0.2.0/24]
+"#;
+
+    fn ep(name: &str, labels: &[(&str, &str)], ip: [u8; 4], iface: &str) -> EndpointConfig {
+        EndpointConfig {
+            name: name.into(),
+            namespace: "default".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ips: vec![Ipv4Addr::from(ip)],
+            interface: iface.into(),
+            named_ports: BTreeMap::new(),
+            audit: false,
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            http_port: 15001,
+            dns_port: None,
+            kafka_port: None,
+            audit: false,
+            enforcement: Enforcement::Default,
+            node_labels: BTreeMap::new(),
+        }
+    }
+
+    /// deathstar-1 (10.200.1.2), tiefighter (10.200.3.2), xwing (10.200.4.2); host 10.200.1.1.
+    pub(crate) fn starwars_view() -> NodeView {
+        let set = l7_rules::load::load_sources(&[("rule1.yaml".into(), L7.into())]).unwrap();
+        let engine = Arc::new(Engine::new(set));
+        let eps = vec![
+            (
+                1,
+                ep(
+                    "deathstar-1",
+                    &[("org", "empire"), ("class", "deathstar")],
+                    [10, 200, 1, 2],
+                    "h1",
+                ),
+            ),
+            (
+                3,
+                ep(
+                    "tiefighter",
+                    &[("org", "empire"), ("class", "tiefighter")],
+                    [10, 200, 3, 2],
+                    "h3",
+                ),
+            ),
+            (
+                4,
+                ep(
+                    "xwing",
+                    &[("org", "alliance"), ("class", "xwing")],
+                    [10, 200, 4, 2],
+                    "h4",
+                ),
+            ),
+        ];
+        NodeView::build(7, engine, settings(), &eps, &[Ipv4Addr::new(10, 200, 1, 1)]).unwrap()
+    }
+
+    #[test]
+    fn resolve_follows_the_ipcache_order() {
+        let v = starwars_view();
+        let r = |ip: &str| v.resolve(ip.parse().unwrap());
+        assert_eq!(r("10.200.4.2").name, "xwing");
+        assert_eq!(r("10.200.4.2").namespace.as_deref(), Some("default"));
+        assert_eq!(r("10.200.1.1").peer.identity, Reserved::Host.identity());
+        assert_eq!(r("192.0.2.7").name, "192.0.2.7");
+        assert!(r("192.0.2.7").peer.identity.0 & l7_rules::identity::LOCAL_SCOPE != 0);
+        assert_eq!(r("8.8.8.8").peer.identity, Reserved::World.identity());
+        assert_eq!(r("8.8.8.8").name, "world");
+    }
+
+    #[test]
+    fn desired_state_redirects_http_to_the_listener() {
+        let v = starwars_view();
+        let ds = &v.desired;
+        assert_eq!(ds.endpoints.len(), 3);
+        let deathstar = &ds.endpoints[0];
+        assert!(deathstar.ingress_enforced && !deathstar.egress_enforced);
+        let tie = v.endpoint_by_name("tiefighter").unwrap().peer.identity.0;
+        let xwing = v.endpoint_by_name("xwing").unwrap().peer.identity.0;
+        let redirect = ds
+            .policy
+            .iter()
+            .find(|p| p.endpoint_id == 1 && p.identity == tie && !p.egress)
+            .expect("entry for tiefighter");
+        assert_eq!(
+            (redirect.proto, redirect.port, redirect.port_prefix_len),
+            (6, 80, 16)
+        );
+        assert_eq!(redirect.proxy_port, 15001);
+        assert!(!ds
+            .policy
+            .iter()
+            .any(|p| p.endpoint_id == 1 && p.identity == xwing && !p.egress));
+        // The CIDR identity is in the ipcache, the host too.
+        assert!(ds
+            .ipcache
+            .iter()
+            .any(|e| e.prefix_len == 24 && e.addr == Ipv4Addr::new(192, 0, 2, 0)));
+        assert!(ds
+            .ipcache
+            .iter()
+            .any(|e| e.identity == 1 && e.addr == Ipv4Addr::new(10, 200, 1, 1)));
+        assert!(v.unproxied.is_empty());
+    }
+}

@@ -1,0 +1,782 @@
+//! The transparent HTTP proxy: HTTP/1.1 (keep-alive, upgrades) and HTTP/2 prior knowledge on
+//! one listener (hyper-util's auto builder). The original destination is the accepted socket's
+//! local address (`bpf_sk_assign` + `IP_TRANSPARENT`), the client its peer address. Every
+//! request is checked against the source's egress and the destination's ingress L7 rules of
+//! the current [`NodeView`]; allowed requests go upstream over pooled connections speaking the
+//! same HTTP version, with `SO_MARK` = `MARK_PROXY_UPSTREAM`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1 as client1, http2 as client2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use l7_rules::engine::{Flow as PolicyFlow, L3L4Verdict, L7Policy};
+use l7_rules::l7::http::{HeaderAction, HttpRequest};
+use l7_rules::model::{Direction, L7Parser, Protocol};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tracing::{debug, info, warn, Instrument};
+
+use crate::flows::{FlowPeer, FlowWriter, HttpInfo};
+use crate::metrics::Metrics;
+use crate::node::{NodeView, PeerInfo};
+
+/// Largest request head (request line + headers) accepted on HTTP/1.1; larger gets 431.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most request headers accepted on HTTP/1.1; more gets 431.
+pub const MAX_HEADERS: usize = 100;
+/// HTTP/2 header list limit (SETTINGS_MAX_HEADER_LIST_SIZE).
+pub const MAX_H2_HEADER_LIST: u32 = 64 * 1024;
+/// A client must send its request head within this time.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Idle upstream HTTP/1.1 connections kept per original destination.
+pub const MAX_IDLE_PER_UPSTREAM: usize = 64;
+/// Upstream connect timeout.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The body of a denied request.
+pub const DENY_BODY: &str = "Access denied\r\n";
+
+type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Shared state of the proxy.
+pub struct Proxy {
+    pub view: Arc<ArcSwap<NodeView>>,
+    pub flows: FlowWriter,
+    pub metrics: Arc<Metrics>,
+    pool: Pool,
+}
+
+impl Proxy {
+    pub fn new(view: Arc<ArcSwap<NodeView>>, flows: FlowWriter, metrics: Arc<Metrics>) -> Proxy {
+        Proxy {
+            view,
+            flows,
+            metrics,
+            pool: Pool::default(),
+        }
+    }
+}
+
+/// Binds the transparent listener (IP_TRANSPARENT, SO_REUSEADDR) on `0.0.0.0:port`.
+pub fn bind_transparent(port: u16) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_ip_transparent(true)?;
+    s.set_nonblocking(true)?;
+    let addr: SocketAddr = SocketAddr::from(([0, 0, 0, 0], port));
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+/// Accepts until `shutdown` fires.
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    let proxy = proxy.clone();
+                    let local = stream.local_addr().ok();
+                    let span = tracing::info_span!("conn", client = %peer, orig_dst = ?local);
+                    tokio::spawn(async move { serve_conn(proxy, stream, peer).await }.instrument(span));
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// What one connection enforces, computed from one view generation.
+struct ConnPolicy {
+    generation: u64,
+    src: PeerInfo,
+    dst: PeerInfo,
+    checks: Vec<DirCheck>,
+    audit: bool,
+}
+
+struct DirCheck {
+    direction: Direction,
+    /// L3/L4 denies this flow now (policy changed after the kernel let it in).
+    denied_l3: bool,
+    policy: Option<L7Policy>,
+    /// `namespace/name` of the policy that redirected (named on denies).
+    redirect_policy: Option<String>,
+    reason: String,
+}
+
+fn conn_policy(view: &NodeView, client: SocketAddr, orig_dst: SocketAddr) -> ConnPolicy {
+    let src = view.resolve(client.ip());
+    let dst = view.resolve(orig_dst.ip());
+    let mut checks = Vec::new();
+    let mut audit = view.settings.audit;
+    let mut check = |direction: Direction, subject: &PeerInfo, peer: &PeerInfo| {
+        let flow = PolicyFlow {
+            direction,
+            subject: &subject.peer,
+            peer: &peer.peer,
+            protocol: Protocol::Tcp,
+            port: orig_dst.port(),
+        };
+        let (verdict, reason, origin) = view.engine.l3l4(&flow);
+        let redirect_policy = origin.as_ref().map(|o| o.policy.id());
+        match verdict {
+            L3L4Verdict::Allow => {}
+            L3L4Verdict::Deny => checks.push(DirCheck {
+                direction,
+                denied_l3: true,
+                policy: None,
+                redirect_policy,
+                reason,
+            }),
+            L3L4Verdict::Redirect(L7Parser::Http) => checks.push(DirCheck {
+                direction,
+                denied_l3: false,
+                policy: Some(view.engine.l7_policy(&flow)),
+                redirect_policy,
+                reason,
+            }),
+            L3L4Verdict::Redirect(other) => checks.push(DirCheck {
+                direction,
+                denied_l3: false,
+                policy: Some(L7Policy::Conflict(vec![other])),
+                redirect_policy,
+                reason: format!(
+                    "the port is redirected to the {} parser, not http",
+                    other.as_str()
+                ),
+            }),
+        }
+    };
+    if let Some(i) = src.endpoint {
+        audit |= view.endpoints[i].config.audit;
+        check(Direction::Egress, &src, &dst);
+    }
+    if let Some(i) = dst.endpoint {
+        audit |= view.endpoints[i].config.audit;
+        check(Direction::Ingress, &dst, &src);
+    }
+    ConnPolicy {
+        generation: view.generation,
+        src,
+        dst,
+        checks,
+        audit,
+    }
+}
+
+struct ConnCtx {
+    client: SocketAddr,
+    orig_dst: SocketAddr,
+    policy: Mutex<Option<Arc<ConnPolicy>>>,
+}
+
+impl ConnCtx {
+    /// The connection's policy for the current view (recomputed after a policy change, so
+    /// live connections see new rules on their next request).
+    fn policy(&self, view: &NodeView) -> Arc<ConnPolicy> {
+        let mut g = self.policy.lock().unwrap_or_else(|p| p.into_inner());
+        match &*g {
+            Some(p) if p.generation == view.generation => p.clone(),
+            _ => {
+                let p = Arc::new(conn_policy(view, self.client, self.orig_dst));
+                *g = Some(p.clone());
+                p
+            }
+        }
+    }
+}
+
+async fn serve_conn(proxy: Arc<Proxy>, stream: TcpStream, client: SocketAddr) {
+    let orig_dst = match stream.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, "getsockname failed");
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    debug!("accepted");
+    let ctx = Arc::new(ConnCtx {
+        client,
+        orig_dst,
+        policy: Mutex::new(None),
+    });
+    let svc = hyper::service::service_fn(move |req| {
+        let proxy = proxy.clone();
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(handle(proxy, ctx, req).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .auto_date_header(false)
+        .preserve_header_case(true)
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(MAX_HEAD_BYTES.max(8192))
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .auto_date_header(false)
+        .max_header_list_size(MAX_H2_HEADER_LIST)
+        .timer(TokioTimer::new());
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+        .await
+    {
+        // The client's fault (malformed request, reset) or a stuck peer: this connection only.
+        info!(error = %e, "connection closed with an error");
+    }
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP",
+    }
+}
+
+fn is_grpc(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| parsers::grpc::is_grpc_content_type(v.as_bytes()))
+}
+
+fn full(status: StatusCode, content_type: &'static str, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// The 403 of a denied HTTP request.
+pub fn deny_http() -> Response<Body> {
+    full(StatusCode::FORBIDDEN, "text/plain", DENY_BODY)
+}
+
+/// The trailers-only reply of a denied gRPC call: HTTP 200, grpc-status 7.
+pub fn deny_grpc() -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from_static("7"));
+    h.insert("grpc-message", HeaderValue::from_static("Access denied"));
+    r
+}
+
+fn bad_request(why: &str) -> Response<Body> {
+    debug!(why, "bad request");
+    full(StatusCode::BAD_REQUEST, "text/plain", "Bad request\r\n")
+}
+
+fn bad_gateway() -> Response<Body> {
+    full(
+        StatusCode::BAD_GATEWAY,
+        "text/plain",
+        "Upstream unavailable\r\n",
+    )
+}
+
+/// The outcome of the L7 checks for one request.
+struct Decision {
+    allowed: bool,
+    direction: Direction,
+    policy: Option<String>,
+    reason: String,
+    actions: Vec<HeaderAction>,
+}
+
+fn decide(cp: &ConnPolicy, req: &HttpRequest<'_>) -> Decision {
+    let mut d = Decision {
+        allowed: true,
+        direction: if cp.dst.endpoint.is_some() {
+            Direction::Ingress
+        } else {
+            Direction::Egress
+        },
+        policy: None,
+        reason: String::new(),
+        actions: Vec::new(),
+    };
+    for c in &cp.checks {
+        let (ok, policy, reason) = if c.denied_l3 {
+            (false, c.redirect_policy.clone(), c.reason.clone())
+        } else {
+            match &c.policy {
+                None | Some(L7Policy::AllowAll(_)) => {
+                    (true, c.redirect_policy.clone(), c.reason.clone())
+                }
+                Some(L7Policy::Http(set)) => {
+                    let v = set.check(req);
+                    d.actions.extend(v.actions);
+                    match v.allowed_by {
+                        Some(i) => {
+                            let r = &set.rules()[i];
+                            (
+                                true,
+                                Some(r.origin.policy.id()),
+                                format!("{} allows {}", r.origin, r.summary),
+                            )
+                        }
+                        None => (
+                            false,
+                            c.redirect_policy.clone(),
+                            format!(
+                                "{} {} matched no http rule of {}",
+                                req.method,
+                                req.path,
+                                c.redirect_policy.as_deref().unwrap_or("the policy")
+                            ),
+                        ),
+                    }
+                }
+                Some(other) => (
+                    false,
+                    c.redirect_policy.clone(),
+                    format!("{}: {other:?}", c.reason),
+                ),
+            }
+        };
+        if !ok {
+            if d.allowed {
+                d.allowed = false;
+                d.direction = c.direction;
+                d.policy = policy;
+                d.reason = reason;
+            }
+        } else if d.allowed && policy.is_some() {
+            d.direction = c.direction;
+            d.policy = policy;
+            d.reason = reason;
+        }
+    }
+    d
+}
+
+fn apply_actions(headers: &mut http::HeaderMap, actions: &[HeaderAction]) {
+    for a in actions {
+        match a {
+            HeaderAction::Log { name } => info!(header = %name, "headerMatches mismatch (LOG)"),
+            HeaderAction::Add { name, value } => {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::try_from(&**name),
+                    HeaderValue::try_from(&**value),
+                ) {
+                    headers.append(n, v);
+                }
+            }
+            HeaderAction::Delete { name } => {
+                headers.remove(&**name);
+            }
+            HeaderAction::Replace { name, value } => {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::try_from(&**name),
+                    HeaderValue::try_from(&**value),
+                ) {
+                    headers.insert(n, v);
+                }
+            }
+        }
+    }
+}
+
+async fn handle(
+    proxy: Arc<Proxy>,
+    ctx: Arc<ConnCtx>,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let view = proxy.view.load_full();
+    let cp = ctx.policy(&view);
+    let version = req.version();
+    let method = req.method().as_str().to_string();
+    let raw_path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
+    let host = match req.headers().get(HOST) {
+        Some(h) => match h.to_str() {
+            Ok(h) => h.to_string(),
+            Err(_) => return bad_request("non-ASCII Host header"),
+        },
+        None => req
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+    };
+    // Absolute-form whose authority differs from Host: ambiguous, rejected (DESIGN §6).
+    if version != Version::HTTP_2 {
+        if let (Some(a), Some(h)) = (req.uri().authority(), req.headers().get(HOST)) {
+            if !a.as_str().eq_ignore_ascii_case(h.to_str().unwrap_or("")) {
+                return bad_request("absolute-form authority differs from Host");
+            }
+        }
+    }
+    let path = match parsers::path::normalize(&raw_path) {
+        Ok(p) => p.into_owned(),
+        Err(e) => return bad_request(&format!("path: {e}")),
+    };
+    let grpc = is_grpc(&req);
+    let header_pairs: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (k.as_str().to_string(), v.to_string()))
+        })
+        .collect();
+    let header_refs: Vec<(&str, &str)> = header_pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let hreq = HttpRequest {
+        method: &method,
+        path: &path,
+        host: &host,
+        headers: &header_refs,
+    };
+    let decision = decide(&cp, &hreq);
+    let url = format!(
+        "http://{}{}",
+        if host.is_empty() {
+            ctx.orig_dst.to_string()
+        } else {
+            host.clone()
+        },
+        raw_path
+    );
+    let src = FlowPeer::new(&cp.src, ctx.client.ip(), ctx.client.port());
+    let dst = FlowPeer::new(&cp.dst, ctx.orig_dst.ip(), ctx.orig_dst.port());
+    let vstr = version_str(version);
+    let proto_label = if grpc { "grpc" } else { "http" };
+
+    if !decision.allowed && !cp.audit {
+        let resp = if grpc { deny_grpc() } else { deny_http() };
+        info!(%method, %url, policy = ?decision.policy, reason = %decision.reason, "request denied");
+        proxy
+            .metrics
+            .request(proto_label, "DROPPED", started.elapsed());
+        proxy.flows.send(crate::flows::Flow::http(
+            "DROPPED",
+            decision.direction.as_str(),
+            src,
+            dst,
+            HttpInfo {
+                method,
+                url,
+                version: vstr.into(),
+                code: if grpc { 200 } else { 403 },
+            },
+            decision.policy,
+            Some(decision.reason),
+        ));
+        return resp;
+    }
+    let verdict = if decision.allowed {
+        "FORWARDED"
+    } else {
+        "AUDIT"
+    };
+    if !decision.allowed {
+        warn!(%method, %url, policy = ?decision.policy, reason = %decision.reason, "AUDIT: request would be denied; forwarding");
+    }
+    apply_actions(req.headers_mut(), &decision.actions);
+
+    let upgrade = version != Version::HTTP_2 && req.headers().contains_key(http::header::UPGRADE);
+    let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let result = proxy.pool.send(ctx.orig_dst, version, req).await;
+    let (resp, code) = match result {
+        Ok(mut resp) => {
+            let code = resp.status().as_u16();
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if let Some(down) = down_upgrade {
+                    let up = hyper::upgrade::on(&mut resp);
+                    tokio::spawn(async move {
+                        match tokio::try_join!(down, up) {
+                            Ok((d, u)) => {
+                                let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
+                                if let Err(e) = tokio::io::copy_bidirectional(&mut d, &mut u).await
+                                {
+                                    debug!(error = %e, "upgraded tunnel ended");
+                                }
+                            }
+                            Err(e) => debug!(error = %e, "upgrade failed"),
+                        }
+                    });
+                }
+            }
+            (resp.map(|b| b.map_err(Into::into).boxed()), code)
+        }
+        Err(e) => {
+            warn!(error = %e, upstream = %ctx.orig_dst, "upstream request failed");
+            (bad_gateway(), 502)
+        }
+    };
+    proxy
+        .metrics
+        .request(proto_label, verdict, started.elapsed());
+    proxy.flows.send(crate::flows::Flow::http(
+        verdict,
+        decision.direction.as_str(),
+        src,
+        dst,
+        HttpInfo {
+            method,
+            url,
+            version: vstr.into(),
+            code,
+        },
+        decision.policy,
+        Some(decision.reason),
+    ));
+    resp
+}
+
+/// Upstream connections by original destination: HTTP/1.1 idle senders and one multiplexed
+/// HTTP/2 connection per destination.
+type IdleH1 = Arc<Mutex<HashMap<SocketAddr, Vec<client1::SendRequest<Incoming>>>>>;
+
+#[derive(Default)]
+struct Pool {
+    h1: IdleH1,
+    h2: Mutex<HashMap<SocketAddr, client2::SendRequest<Incoming>>>,
+}
+
+/// Upstream failed: our side or the upstream's, never the client's.
+#[derive(Debug, thiserror::Error)]
+enum UpstreamError {
+    #[error("connecting to {0}: {1}")]
+    Connect(SocketAddr, std::io::Error),
+    #[error("connecting to {0}: timed out")]
+    ConnectTimeout(SocketAddr),
+    #[error("HTTP with the upstream: {0}")]
+    Http(#[from] hyper::Error),
+}
+
+async fn connect(addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
+    let sock = TcpSocket::new_v4().map_err(|e| UpstreamError::Connect(addr, e))?;
+    socket2::SockRef::from(&sock)
+        .set_mark(bpf_redirect::common::MARK_PROXY_UPSTREAM)
+        .map_err(|e| UpstreamError::Connect(addr, e))?;
+    let s = tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(addr))
+        .await
+        .map_err(|_| UpstreamError::ConnectTimeout(addr))?
+        .map_err(|e| UpstreamError::Connect(addr, e))?;
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}
+
+impl Pool {
+    async fn send(
+        &self,
+        addr: SocketAddr,
+        version: Version,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        if version == Version::HTTP_2 {
+            let existing = {
+                let g = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+                g.get(&addr).filter(|s| !s.is_closed()).cloned()
+            };
+            let mut sender = match existing {
+                Some(s) => s,
+                None => {
+                    let io = TokioIo::new(connect(addr).await?);
+                    let (sender, conn) = client2::Builder::new(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        .handshake(io)
+                        .await?;
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            debug!(error = %e, "upstream h2 connection ended");
+                        }
+                    });
+                    self.h2
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(addr, sender.clone());
+                    sender
+                }
+            };
+            sender.ready().await?;
+            return Ok(sender.send_request(req).await?);
+        }
+        let idle = {
+            let mut g = self.h1.lock().unwrap_or_else(|p| p.into_inner());
+            let list = g.entry(addr).or_default();
+            let mut found = None;
+            while let Some(s) = list.pop() {
+                if s.is_ready() {
+                    found = Some(s);
+                    break;
+                }
+            }
+            found
+        };
+        let mut sender = match idle {
+            Some(s) => s,
+            None => {
+                let io = TokioIo::new(connect(addr).await?);
+                let (sender, conn) = client1::Builder::new()
+                    .preserve_header_case(true)
+                    .handshake(io)
+                    .await?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.with_upgrades().await {
+                        debug!(error = %e, "upstream h1 connection ended");
+                    }
+                });
+                sender
+            }
+        };
+        sender.ready().await?;
+        let resp = sender.send_request(req).await?;
+        // Back to the idle list once the response has been read completely (keep-alive);
+        // a connection the upstream closes (or that was upgraded) errors and is dropped.
+        let idle = self.h1.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                let mut g = idle.lock().unwrap_or_else(|p| p.into_inner());
+                let list = g.entry(addr).or_default();
+                if list.len() < MAX_IDLE_PER_UPSTREAM {
+                    list.push(sender);
+                }
+            }
+        });
+        Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn collect(r: Response<Body>) -> (StatusCode, http::HeaderMap, Bytes) {
+        let (parts, body) = r.into_parts();
+        (
+            parts.status,
+            parts.headers,
+            body.collect().await.unwrap().to_bytes(),
+        )
+    }
+
+    #[tokio::test]
+    async fn http_deny_is_403_text_plain_access_denied() {
+        let (status, headers, body) = collect(deny_http()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(headers[CONTENT_TYPE], "text/plain");
+        assert_eq!(&body[..], b"Access denied\r\n");
+        assert!(headers.get("server").is_none());
+        assert_eq!(headers.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn grpc_deny_is_trailers_only_status_7() {
+        let r = deny_grpc();
+        assert!(http_body::Body::is_end_stream(r.body()));
+        let (status, headers, body) = collect(r).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[CONTENT_TYPE], "application/grpc");
+        assert_eq!(headers["grpc-status"], "7");
+        assert_eq!(headers["grpc-message"], "Access denied");
+        assert!(body.is_empty());
+    }
+
+    fn req<'a>(method: &'a str, path: &'a str) -> HttpRequest<'a> {
+        HttpRequest {
+            method,
+            path,
+            host: "deathstar",
+            headers: &[],
+        }
+    }
+
+    #[test]
+    fn ingress_l7_rules_decide_per_request() {
+        let view = crate::node::tests::starwars_view();
+        let tie: SocketAddr = "10.200.3.2:40000".parse().unwrap();
+        let ds: SocketAddr = "10.200.1.2:80".parse().unwrap();
+        let cp = conn_policy(&view, tie, ds);
+        assert_eq!(cp.src.name, "tiefighter");
+        assert_eq!(cp.dst.name, "deathstar-1");
+        assert_eq!(cp.checks.len(), 1, "only deathstar's ingress is restricted");
+        let ok = decide(&cp, &req("POST", "/v1/request-landing"));
+        assert!(ok.allowed, "{}", ok.reason);
+        assert_eq!(ok.policy.as_deref(), Some("default/rule1"));
+        let no = decide(&cp, &req("PUT", "/v1/exhaust-port"));
+        assert!(!no.allowed);
+        assert_eq!(no.direction, Direction::Ingress);
+        assert_eq!(no.policy.as_deref(), Some("default/rule1"));
+        // xwing is denied at L3/L4: a connection that still reaches the proxy gets nothing.
+        let xw: SocketAddr = "10.200.4.2:40000".parse().unwrap();
+        let cp = conn_policy(&view, xw, ds);
+        assert!(!decide(&cp, &req("POST", "/v1/request-landing")).allowed);
+        // A flow to an unrestricted endpoint has nothing to check.
+        let cp = conn_policy(&view, ds, "10.200.3.2:80".parse().unwrap());
+        assert!(cp.checks.is_empty());
+        assert!(decide(&cp, &req("PUT", "/anything")).allowed);
+        assert!(!cp.audit);
+    }
+
+    #[test]
+    fn header_actions_mutate_the_forwarded_request() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("x-b", HeaderValue::from_static("old"));
+        h.insert("x-c", HeaderValue::from_static("gone"));
+        apply_actions(
+            &mut h,
+            &[
+                HeaderAction::Add {
+                    name: "x-a".into(),
+                    value: "2".into(),
+                },
+                HeaderAction::Replace {
+                    name: "x-b".into(),
+                    value: "new".into(),
+                },
+                HeaderAction::Delete { name: "x-c".into() },
+                HeaderAction::Log { name: "x-d".into() },
+            ],
+        );
+        assert_eq!(h.get_all("x-a").iter().count(), 2);
+        assert_eq!(h["x-b"], "new");
+        assert!(h.get("x-c").is_none());
+    }
+}
