@@ -6,12 +6,15 @@
  *   ward_to_endpoint    host-side veth, TC egress  (packets entering a pod)
  *   ward_from_netdev    uplink, TC ingress         (packets from outside)
  *
- * The first hook a new flow meets decides it: source endpoint's egress policy
- * and, when the destination is a local endpoint, its ingress policy. Allowed
- * flows get a conntrack entry; redirects are bpf_sk_assign'ed to the proxy's
- * transparent listener (fail closed when there is none). Replies skip policy;
- * established forward packets are re-checked at the hook that created the
- * entry, so removing a rule cuts a flow. Verdict = return value, always.
+ * Every hook judges a packet the same way: the source endpoint's egress
+ * policy when the source is a local endpoint, and the destination endpoint's
+ * ingress policy when the destination is one. The uplink drops sources that
+ * are local endpoints or the host (anti-spoofing) before conntrack. Allowed
+ * flows get a conntrack entry (TCP: only from a pure SYN); redirects are
+ * bpf_sk_assign'ed to the proxy's transparent listener (fail closed when
+ * there is none). Replies skip policy; forward packets of established flows
+ * are re-checked at every hook they cross, whichever hook created the entry,
+ * so removing a rule cuts a flow. Verdict = return value, always.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -67,6 +70,14 @@ struct {
 	__type(value, __u64);
 } ward_counters SEC(".maps");
 
+/* Socket cookies of the proxy's upstream sockets (value unused, 1). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, WARD_PROXY_SOCKETS_MAX);
+	__type(key, __u64);
+	__type(value, __u8);
+} ward_proxy_sockets SEC(".maps");
+
 #define NSEC 1000000000ULL
 #define CT_LIFETIME_TCP (21600ULL * NSEC)
 #define CT_LIFETIME_CLOSING (10ULL * NSEC)
@@ -75,6 +86,7 @@ struct {
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
 
 #define ICMP_DEST_UNREACH 3
 #define ICMP_FRAG_NEEDED 4
@@ -82,6 +94,12 @@ struct {
 #define ICMP_ECHO_REQUEST 8
 
 #define IP_OFFSET_MASK 0x1fff
+
+/* flow.ct_mode: which conntrack operations apply to this packet. */
+#define CTM_FWD 0x1    /* look up the packet's own tuple (forward) */
+#define CTM_REV 0x2    /* look up the swapped tuple (reply) */
+#define CTM_CREATE 0x4 /* a new flow gets an entry */
+#define CTM_ALL (CTM_FWD | CTM_REV | CTM_CREATE)
 
 struct flow {
 	struct ward_ct_key key;
@@ -91,6 +109,7 @@ struct flow {
 	__u8 hook;
 	__u8 ct_state;
 	__u8 l4_ok;
+	__u8 ct_mode; /* CTM_* */
 };
 
 struct decision {
@@ -221,7 +240,9 @@ static __always_inline __u16 check_endpoint(struct decision *d, __u16 endpoint, 
 	__u16 port = 0, reason;
 	__u32 cookie = 0;
 
-	if (!ep || !(ep->flags & need))
+	if (!ep)
+		return WARD_DROP_UNKNOWN_ENDPOINT; /* never "not enforced" by omission */
+	if (!(ep->flags & need))
 		return 0;
 	reason = policy_can_access(endpoint, peer, egress, f, &port, &cookie);
 	if (reason) {
@@ -245,12 +266,16 @@ static __always_inline __u16 check_endpoint(struct decision *d, __u16 endpoint, 
 	return 0;
 }
 
-/* Source endpoint's egress (from-endpoint only) and local destination's ingress. */
+/*
+ * Local source's egress and local destination's ingress, at every hook: a flow
+ * that reaches a pod through a Service/DNAT or any other path than its own
+ * veth is still held to the source endpoint's egress policy.
+ */
 static __always_inline __u16 evaluate(struct decision *d, const struct flow *f)
 {
 	__u16 reason;
 
-	if (f->hook == WARD_HOOK_FROM_ENDPOINT) {
+	if (d->src_endpoint) {
 		reason = check_endpoint(d, d->src_endpoint, d->dst_identity, 1, f);
 		if (reason)
 			return reason;
@@ -266,8 +291,10 @@ static __always_inline __u16 evaluate(struct decision *d, const struct flow *f)
 /*
  * DATAPATH-NOTES A: original tuple first (bpf_skc_lookup_tcp returns the
  * request sock during the handshake and the accepted socket afterwards), then
- * the listener at 127.0.0.1:proxy_port. UDP goes straight to the listener
- * (the proxy's reply sockets are bound to original destinations).
+ * the listener at 127.0.0.1:proxy_port. UDP likewise: first a socket bound
+ * exactly to the original destination address and port (the proxy's
+ * transparent reply sockets), never a wildcard-bound one (a host daemon on
+ * 0.0.0.0:53 must not receive pod traffic), then the listener.
  */
 static __always_inline __u16 assign_to_proxy(struct __sk_buff *skb, const struct flow *f,
 					     __u16 proxy_port)
@@ -297,6 +324,12 @@ static __always_inline __u16 assign_to_proxy(struct __sk_buff *skb, const struct
 			return WARD_DROP_NO_PROXY_SOCKET;
 		}
 	} else if (f->key.proto == IPPROTO_UDP) {
+		sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (sk) {
+			if (sk->src_ip4 == f->key.daddr && sk->src_port == f->dport_host)
+				goto assign;
+			bpf_sk_release(sk);
+		}
 		t.ipv4.daddr = bpf_htonl(0x7f000001);
 		t.ipv4.dport = bpf_htons(proxy_port);
 		sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
@@ -345,6 +378,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f, __u8 *fr
 	f->key.saddr = ip.saddr;
 	f->key.daddr = ip.daddr;
 	f->key.proto = ip.protocol;
+	f->ct_mode = CTM_ALL;
 	*frag_later = (bpf_ntohs(ip.frag_off) & IP_OFFSET_MASK) != 0;
 	if (*frag_later)
 		return 0;
@@ -369,18 +403,63 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f, __u8 *fr
 	case IPPROTO_ICMP:
 		if (bpf_skb_load_bytes(skb, l4off, l4, 8))
 			return WARD_DROP_INVALID_PACKET;
-		/* policy port = ICMP type; CT ports = echo id (request: sport, reply: dport) */
+		/*
+		 * policy port = ICMP type; CT ports = echo id (request: sport,
+		 * reply: dport). Only an echo request creates (and looks up its
+		 * own) state, only an echo reply matches one as a reply; every
+		 * other type is judged by policy alone, without conntrack.
+		 */
 		f->dport_host = l4[0];
-		if (l4[0] == ICMP_DEST_UNREACH && l4[1] == ICMP_FRAG_NEEDED)
+		if (l4[0] == ICMP_DEST_UNREACH && l4[1] == ICMP_FRAG_NEEDED) {
 			f->l4_ok = 2; /* frag-needed: always pass */
-		else if (l4[0] == ICMP_ECHO_REQUEST)
+			f->ct_mode = 0;
+		} else if (l4[0] == ICMP_ECHO_REQUEST) {
 			__builtin_memcpy(&f->key.sport, &l4[4], 2);
-		else if (l4[0] == ICMP_ECHO_REPLY)
+			f->ct_mode = CTM_FWD | CTM_CREATE;
+		} else if (l4[0] == ICMP_ECHO_REPLY) {
 			__builtin_memcpy(&f->key.dport, &l4[4], 2);
+			f->ct_mode = CTM_REV;
+		} else {
+			f->ct_mode = 0;
+		}
 		break;
 	default:
 		break;
 	}
+	return 0;
+}
+
+static __always_inline void ct_fill(struct ward_ct_value *v, const struct decision *d,
+				    __u64 now, __u8 flags, __u8 hook)
+{
+	__builtin_memset(v, 0, sizeof(*v));
+	v->created_ns = now;
+	v->last_seen_ns = now;
+	v->packets_fwd = 1;
+	v->src_identity = d->src_identity;
+	v->dst_identity = d->dst_identity;
+	v->src_endpoint = d->src_endpoint;
+	v->dst_endpoint = d->dst_endpoint;
+	v->proxy_port = d->proxy_port;
+	v->flags = flags;
+	v->origin_hook = hook;
+}
+
+/*
+ * The proxy's upstream leg: the mark AND a socket registered in
+ * ward_proxy_sockets. skb->sk is the sending socket for locally originated
+ * packets at TC egress; no socket (forwarded packet) = cookie 0 = not ours.
+ */
+static __always_inline int is_proxy_upstream(struct __sk_buff *skb)
+{
+	__u64 cookie;
+
+	if ((skb->mark & WARD_MARK_MASK) != WARD_MARK_PROXY_UPSTREAM)
+		return 0;
+	cookie = bpf_get_socket_cookie(skb);
+	if (cookie && bpf_map_lookup_elem(&ward_proxy_sockets, &cookie))
+		return 1;
+	count(WARD_CNT_PROXY_MARK_UNREGISTERED);
 	return 0;
 }
 
@@ -389,9 +468,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 	struct flow f = {};
 	struct decision d = {};
 	struct ward_ct_key rkey;
-	struct ward_ct_value *ct, nct;
+	struct ward_ct_value *ct = 0, nct;
 	__u64 now;
-	__u8 frag_later = 0;
+	__u8 frag_later = 0, pure_syn, upstream = 0;
 	int ret;
 	__u16 reason;
 
@@ -422,10 +501,18 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 
 		if (!ep)
 			return drop(&f, &d, WARD_DROP_UNKNOWN_ENDPOINT);
-	} else if (!d.dst_endpoint) {
-		/* Uplink traffic for the host itself: not Ward's to judge. */
-		count(WARD_CNT_UNTRACKED_PASS);
-		return TC_ACT_OK;
+	} else {
+		/*
+		 * Uplink anti-spoofing, before any conntrack lookup or creation:
+		 * local endpoints and the host never arrive from outside.
+		 */
+		if (d.src_endpoint || d.src_identity == WARD_ID_HOST)
+			return drop(&f, &d, WARD_DROP_INVALID_SOURCE);
+		if (!d.dst_endpoint) {
+			/* Uplink traffic for the host itself: not Ward's to judge. */
+			count(WARD_CNT_UNTRACKED_PASS);
+			return TC_ACT_OK;
+		}
 	}
 
 	if (frag_later)
@@ -435,22 +522,38 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 		return TC_ACT_OK;
 	}
 
+	pure_syn = f.key.proto == IPPROTO_TCP &&
+		   (f.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST | TCP_FLAG_FIN)) ==
+			   TCP_FLAG_SYN;
+	if (hook == WARD_HOOK_TO_ENDPOINT)
+		upstream = is_proxy_upstream(skb);
+
 	now = bpf_ktime_get_ns();
-	ct = bpf_map_lookup_elem(&ward_ct, &f.key);
-	if (ct && now - ct->last_seen_ns > ct_lifetime(&f, ct))
-		ct = 0;
+	if (f.ct_mode & CTM_FWD) {
+		ct = bpf_map_lookup_elem(&ward_ct, &f.key);
+		if (ct && now - ct->last_seen_ns > ct_lifetime(&f, ct))
+			ct = 0;
+	}
 	if (ct) {
 		f.ct_state = WARD_CT_ESTABLISHED;
 	} else {
-		rkey.saddr = f.key.daddr;
-		rkey.daddr = f.key.saddr;
-		rkey.sport = f.key.dport;
-		rkey.dport = f.key.sport;
-		rkey.proto = f.key.proto;
-		rkey.pad[0] = rkey.pad[1] = rkey.pad[2] = 0;
-		ct = bpf_map_lookup_elem(&ward_ct, &rkey);
-		if (ct && now - ct->last_seen_ns > ct_lifetime(&f, ct))
-			ct = 0;
+		if (f.ct_mode & CTM_REV) {
+			rkey.saddr = f.key.daddr;
+			rkey.daddr = f.key.saddr;
+			rkey.sport = f.key.dport;
+			rkey.dport = f.key.sport;
+			rkey.proto = f.key.proto;
+			rkey.pad[0] = rkey.pad[1] = rkey.pad[2] = 0;
+			ct = bpf_map_lookup_elem(&ward_ct, &rkey);
+			if (ct && now - ct->last_seen_ns > ct_lifetime(&f, ct))
+				ct = 0;
+			/*
+			 * Only the responder's side is a reply: a pure SYN from
+			 * the responder opens a connection of its own (policy).
+			 */
+			if (ct && pure_syn)
+				ct = 0;
+		}
 		if (ct) {
 			/* Reply direction: no policy (POLICY-SEMANTICS 6.3). */
 			ct->last_seen_ns = now;
@@ -466,34 +569,40 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 	if (ct) {
 		ct->last_seen_ns = now;
 		ct->packets_fwd += 1;
+		if (pure_syn)
+			ct->flags &= ~WARD_CT_F_CLOSING; /* tuple reused by a new connection */
 		if (f.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
 			ct->flags |= WARD_CT_F_CLOSING;
 		count(WARD_CNT_CT_ESTABLISHED);
-		/* Forward packets are re-checked only where the flow was decided. */
-		if (ct->origin_hook != hook || (ct->flags & WARD_CT_F_PROXY_UPSTREAM))
+		/*
+		 * The proxy's upstream leg passes while its packets still come
+		 * from a registered socket; every other forward packet is
+		 * re-checked here, whichever hook created the entry.
+		 */
+		if ((ct->flags & WARD_CT_F_PROXY_UPSTREAM) && upstream)
 			return TC_ACT_OK;
-	} else if (hook == WARD_HOOK_TO_ENDPOINT &&
-		   (skb->mark & WARD_MARK_MASK) == WARD_MARK_PROXY_UPSTREAM) {
-		/* The proxy's upstream leg: decided when the client's flow was redirected. */
-		__builtin_memset(&nct, 0, sizeof(nct));
-		nct.created_ns = now;
-		nct.last_seen_ns = now;
-		nct.packets_fwd = 1;
-		nct.src_identity = d.src_identity;
-		nct.dst_identity = d.dst_identity;
-		nct.src_endpoint = d.src_endpoint;
-		nct.dst_endpoint = d.dst_endpoint;
-		nct.flags = WARD_CT_F_PROXY_UPSTREAM;
-		nct.origin_hook = hook;
-		if (bpf_map_update_elem(&ward_ct, &f.key, &nct, BPF_ANY))
-			return drop(&f, &d, WARD_DROP_CT_CREATE_FAILED);
-		count(WARD_CNT_PROXY_UPSTREAM);
-		return TC_ACT_OK;
+	} else {
+		/* TCP state is only ever created by the initiator's SYN. */
+		if (f.key.proto == IPPROTO_TCP && !pure_syn)
+			return drop(&f, &d, WARD_DROP_CT_NO_ENTRY);
+		if (upstream) {
+			/* The proxy's upstream leg: decided when the client's flow was redirected. */
+			ct_fill(&nct, &d, now, WARD_CT_F_PROXY_UPSTREAM | WARD_CT_F_SYN, hook);
+			if (bpf_map_update_elem(&ward_ct, &f.key, &nct, BPF_ANY))
+				return drop(&f, &d, WARD_DROP_CT_CREATE_FAILED);
+			count(WARD_CNT_PROXY_UPSTREAM);
+			return TC_ACT_OK;
+		}
 	}
 
 	reason = evaluate(&d, &f);
 	if (reason) {
-		if (ct)
+		/*
+		 * A denied flow's entry goes, so its next packet is new again.
+		 * A proxy-upstream entry stays: a forged packet on its tuple
+		 * must not tear down the proxy's connection.
+		 */
+		if (ct && !(ct->flags & WARD_CT_F_PROXY_UPSTREAM))
 			bpf_map_delete_elem(&ward_ct, &f.key);
 		return drop(&f, &d, reason);
 	}
@@ -511,19 +620,32 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 		return TC_ACT_OK;
 	}
 
-	__builtin_memset(&nct, 0, sizeof(nct));
-	nct.created_ns = now;
-	nct.last_seen_ns = now;
-	nct.packets_fwd = 1;
-	nct.src_identity = d.src_identity;
-	nct.dst_identity = d.dst_identity;
-	nct.src_endpoint = d.src_endpoint;
-	nct.dst_endpoint = d.dst_endpoint;
-	nct.proxy_port = d.proxy_port;
-	nct.flags = d.audit_reason ? WARD_CT_F_AUDITED : 0;
-	nct.origin_hook = hook;
-	if (bpf_map_update_elem(&ward_ct, &f.key, &nct, BPF_ANY))
-		return drop(&f, &d, WARD_DROP_CT_CREATE_FAILED);
+	if (f.ct_mode & CTM_CREATE) {
+		ct_fill(&nct, &d, now,
+			(d.audit_reason ? WARD_CT_F_AUDITED : 0) | (pure_syn ? WARD_CT_F_SYN : 0), hook);
+		if (bpf_map_update_elem(&ward_ct, &f.key, &nct, BPF_ANY))
+			return drop(&f, &d, WARD_DROP_CT_CREATE_FAILED);
+		if (f.ct_mode & CTM_REV) {
+			/*
+			 * A closing entry of the opposite orientation (the
+			 * responder's earlier connection on this tuple, port
+			 * reuse) must not shadow this one's replies as forward
+			 * packets. A live one stays: each side's packets then hit
+			 * their own forward entry first and are re-checked.
+			 */
+			struct ward_ct_value *old;
+
+			rkey.saddr = f.key.daddr;
+			rkey.daddr = f.key.saddr;
+			rkey.sport = f.key.dport;
+			rkey.dport = f.key.sport;
+			rkey.proto = f.key.proto;
+			rkey.pad[0] = rkey.pad[1] = rkey.pad[2] = 0;
+			old = bpf_map_lookup_elem(&ward_ct, &rkey);
+			if (old && (old->flags & WARD_CT_F_CLOSING))
+				bpf_map_delete_elem(&ward_ct, &rkey);
+		}
+	}
 
 	if (d.audit_reason) {
 		count(WARD_CNT_AUDITED);

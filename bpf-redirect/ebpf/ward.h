@@ -14,7 +14,8 @@
 #include <linux/types.h>
 
 /* ---- Map names (pinned as <pin root>/<name>) -------------------------- */
-/* ward_ipcache, ward_policy, ward_endpoints, ward_ct, ward_events, ward_counters */
+/* ward_ipcache, ward_policy, ward_endpoints, ward_ct, ward_events, ward_counters,
+ * ward_proxy_sockets */
 
 #define WARD_IPCACHE_MAX 65536
 #define WARD_POLICY_MAX 65536
@@ -22,6 +23,7 @@
 #define WARD_CT_MAX 131072
 #define WARD_EVENTS_BYTES (256 * 1024)
 #define WARD_COUNTERS_MAX 128
+#define WARD_PROXY_SOCKETS_MAX 65536
 
 /* ---- Reserved identities (Cilium numbering) --------------------------- */
 #define WARD_ID_UNKNOWN 0
@@ -32,7 +34,10 @@
  * Redirected packets carry WARD_MARK_PROXY_REDIRECT | proxy_port << 16; the
  * fwmark rule (mark & WARD_MARK_MASK == WARD_MARK_PROXY_REDIRECT) sends them
  * to the local route table. The proxy sets SO_MARK = WARD_MARK_PROXY_UPSTREAM
- * on its upstream sockets; the to-endpoint program tracks such flows without
+ * on its upstream sockets AND registers each socket's cookie (SO_COOKIE) in
+ * ward_proxy_sockets; the to-endpoint program honours the mark only when the
+ * packet's socket cookie is registered (the mark alone is forgeable by any
+ * host socket with CAP_NET_RAW), and then tracks the flow without
  * re-evaluating policy (the redirect already did).
  */
 #define WARD_MARK_MASK 0x0f00
@@ -53,9 +58,10 @@
 #define WARD_DROP_UNSUPPORTED_L3 6      /* IPv6 / unknown L3 at an endpoint */
 #define WARD_DROP_INVALID_PACKET 7      /* truncated / malformed headers */
 #define WARD_DROP_SK_ASSIGN_FAILED 8    /* bpf_sk_assign returned an error */
-#define WARD_DROP_UNKNOWN_ENDPOINT 9    /* to-endpoint hook, dst not known */
+#define WARD_DROP_UNKNOWN_ENDPOINT 9    /* endpoint id without endpoint config */
 #define WARD_DROP_CT_CREATE_FAILED 10   /* conntrack insert failed */
 #define WARD_DROP_REDIRECT_UNSUPPORTED 11 /* redirect verdict at an egress hook */
+#define WARD_DROP_CT_NO_ENTRY 12        /* TCP without conntrack entry, not a pure SYN */
 #define WARD_DROP_REASON_MAX 64
 
 /* ---- Event kinds ------------------------------------------------------- */
@@ -88,6 +94,7 @@
 #define WARD_CNT_EVENTS_LOST 10
 #define WARD_CNT_ICMP_FRAG_NEEDED 11
 #define WARD_CNT_PROXY_UPSTREAM 12
+#define WARD_CNT_PROXY_MARK_UNREGISTERED 13 /* upstream mark without a registered socket */
 #define WARD_CNT_DROP_BASE 64 /* + drop reason */
 
 /* ---- Endpoint flags ----------------------------------------------------- */
@@ -99,6 +106,7 @@
 #define WARD_CT_F_CLOSING 0x1
 #define WARD_CT_F_AUDITED 0x2
 #define WARD_CT_F_PROXY_UPSTREAM 0x4
+#define WARD_CT_F_SYN 0x8 /* created by a pure TCP SYN from the key's source (the initiator) */
 
 /* ---- ipcache: LPM trie, IPv4 ------------------------------------------- */
 struct ward_ipcache_key {
@@ -169,7 +177,9 @@ struct ward_ct_value {
 	__u16 dst_endpoint;
 	__u16 proxy_port;
 	__u8 flags;       /* WARD_CT_F_* */
-	__u8 origin_hook; /* WARD_HOOK_* that created the entry */
+	__u8 origin_hook; /* WARD_HOOK_* that created the entry (the key's saddr
+			   * is always the initiator; forward packets are
+			   * re-checked at every hook) */
 };
 
 /* ---- Ring buffer event ------------------------------------------------- */

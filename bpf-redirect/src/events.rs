@@ -23,6 +23,8 @@ impl DropReason {
     pub const POLICY_DENY: Self = Self(drop_reason::POLICY_DENY);
     pub const NO_PROXY_SOCKET: Self = Self(drop_reason::NO_PROXY_SOCKET);
     pub const INVALID_SOURCE: Self = Self(drop_reason::INVALID_SOURCE);
+    pub const UNKNOWN_ENDPOINT: Self = Self(drop_reason::UNKNOWN_ENDPOINT);
+    pub const CT_NO_ENTRY: Self = Self(drop_reason::CT_NO_ENTRY);
 
     pub fn name(self) -> &'static str {
         drop_reason::name(self.0)

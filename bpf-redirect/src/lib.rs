@@ -11,6 +11,7 @@
 //! Everything here needs root (CAP_BPF + CAP_NET_ADMIN) and a bpffs.
 
 mod events;
+mod proxy_sockets;
 mod routing;
 mod state;
 mod sys;
@@ -34,6 +35,7 @@ pub use bpf_redirect_common as common;
 use common::{map_names, program_names};
 
 pub use events::{DropReason, Event, EventKind, EventReader, PolicyDirection};
+pub use proxy_sockets::{socket_cookie, ProxySockets};
 pub use routing::ProxyRouting;
 pub use state::{
     port_range_prefixes, ApplyStats, DesiredState, Endpoint, Interface, IpcacheEntry, MapDiff,
@@ -201,7 +203,7 @@ impl Datapath {
         sys::ensure_bpffs(&pin_root)?;
         fs::create_dir_all(pin_root.join("links"))
             .map_err(io_err(format!("creating {}", pin_root.display())))?;
-        let pin_paths: Vec<(&'static str, PathBuf)> = map_names::ALL
+        let pin_paths: Vec<(&'static str, PathBuf)> = map_names::EVERY
             .iter()
             .map(|n| (*n, pin_root.join(n)))
             .collect();
@@ -325,7 +327,7 @@ impl Datapath {
             })?;
             let fd_link: FdLink = pinned.into();
             if info.ifindex == ifindex && info.attach_type == sys::tcx_attach_type(hook) {
-                if sys::same_program(info.prog_id, prog_id)? {
+                if sys::same_program(info.prog_id, prog_id, &self.pin_root)? {
                     return Ok(AttachOutcome::Kept);
                 }
                 let link =
@@ -398,7 +400,7 @@ impl Datapath {
             }
             fs::remove_dir(&links).map_err(io_err(format!("removing {}", links.display())))?;
         }
-        for name in map_names::ALL {
+        for name in map_names::EVERY {
             let p = root.join(name);
             if p.exists() {
                 fs::remove_file(&p).map_err(io_err(format!("removing {}", p.display())))?;
@@ -424,63 +426,89 @@ impl Datapath {
     }
 
     /// Makes the maps equal to `desired`, writing only new or changed entries and
-    /// deleting stale ones (writes first, then deletes, so a replacement never
-    /// opens a hole). Validates everything before touching a map.
+    /// deleting stale ones. Validates everything before touching a map. All
+    /// writes happen first (endpoints, ipcache, policy), then all deletes in
+    /// reverse order (policy, ipcache, endpoints): an ipcache entry never names
+    /// an endpoint whose config is not there yet or already gone, and within
+    /// each map a replaced key is written before the stale one is deleted.
+    /// Across maps the update is not atomic: between two writes a packet may see
+    /// the new ipcache with the old policy (each lookup sees one consistent
+    /// entry, and missing entries mean deny, never "not enforced").
     pub fn apply(&mut self, desired: &DesiredState) -> Result<ApplyStats> {
         let compiled = desired.compile()?;
-        let mut stats = ApplyStats::default();
+        let cur_endpoints: BTreeMap<u32, common::EndpointValue> = {
+            let name = map_names::ENDPOINTS;
+            let m = self.hash::<u32, common::EndpointValue>(name)?;
+            collect(m.iter(), name)?.into_iter().collect()
+        };
+        let cur_ipcache: BTreeMap<(u32, common::IpcacheKey), common::IpcacheValue> = {
+            let name = map_names::IPCACHE;
+            let m = self.lpm::<common::IpcacheKey, common::IpcacheValue>(name)?;
+            collect(m.iter(), name)?
+                .into_iter()
+                .map(|(k, v)| ((k.prefix_len(), k.data()), v))
+                .collect()
+        };
+        let cur_policy: BTreeMap<(u32, common::PolicyKey), common::PolicyValue> = {
+            let name = map_names::POLICY;
+            let m = self.lpm::<common::PolicyKey, common::PolicyValue>(name)?;
+            collect(m.iter(), name)?
+                .into_iter()
+                .map(|(k, v)| ((k.prefix_len(), k.data()), v))
+                .collect()
+        };
+        let ep_plan = Plan::new(&cur_endpoints, &compiled.endpoints);
+        let ip_plan = Plan::new(&cur_ipcache, &compiled.ipcache);
+        let pol_plan = Plan::new(&cur_policy, &compiled.policy);
+
+        // Writes: endpoints, ipcache, policy.
         {
             let name = map_names::ENDPOINTS;
             let mut m = self.hash::<u32, common::EndpointValue>(name)?;
-            let current: BTreeMap<u32, common::EndpointValue> =
-                collect(m.iter(), name)?.into_iter().collect();
-            stats.endpoints = diff_apply(
-                &current,
-                &compiled.endpoints,
-                |op| match op {
-                    Op::Write(k, v) => m.insert(k, v, 0),
-                    Op::Delete(k) => m.remove(k),
-                },
-                name,
-            )?;
+            for (k, v) in &ep_plan.writes {
+                m.insert(*k, *v, 0)
+                    .map_err(|source| Error::Map { name, source })?;
+            }
         }
         {
             let name = map_names::IPCACHE;
             let mut m = self.lpm::<common::IpcacheKey, common::IpcacheValue>(name)?;
-            let current: BTreeMap<(u32, common::IpcacheKey), common::IpcacheValue> =
-                collect(m.iter(), name)?
-                    .into_iter()
-                    .map(|(k, v)| ((k.prefix_len(), k.data()), v))
-                    .collect();
-            stats.ipcache = diff_apply(
-                &current,
-                &compiled.ipcache,
-                |op| match op {
-                    Op::Write(k, v) => m.insert(&aya::maps::lpm_trie::Key::new(k.0, k.1), v, 0),
-                    Op::Delete(k) => m.remove(&aya::maps::lpm_trie::Key::new(k.0, k.1)),
-                },
-                name,
-            )?;
+            for (k, v) in &ip_plan.writes {
+                m.insert(&lpm_key(**k), *v, 0)
+                    .map_err(|source| Error::Map { name, source })?;
+            }
         }
         {
             let name = map_names::POLICY;
             let mut m = self.lpm::<common::PolicyKey, common::PolicyValue>(name)?;
-            let current: BTreeMap<(u32, common::PolicyKey), common::PolicyValue> =
-                collect(m.iter(), name)?
-                    .into_iter()
-                    .map(|(k, v)| ((k.prefix_len(), k.data()), v))
-                    .collect();
-            stats.policy = diff_apply(
-                &current,
-                &compiled.policy,
-                |op| match op {
-                    Op::Write(k, v) => m.insert(&aya::maps::lpm_trie::Key::new(k.0, k.1), v, 0),
-                    Op::Delete(k) => m.remove(&aya::maps::lpm_trie::Key::new(k.0, k.1)),
-                },
-                name,
-            )?;
+            for (k, v) in &pol_plan.writes {
+                m.insert(&lpm_key(**k), *v, 0)
+                    .map_err(|source| Error::Map { name, source })?;
+            }
+            // Deletes: policy, ipcache, endpoints.
+            for k in &pol_plan.deletes {
+                tolerate_missing(m.remove(&lpm_key(**k)), name)?;
+            }
         }
-        Ok(stats)
+        {
+            let name = map_names::IPCACHE;
+            let mut m = self.lpm::<common::IpcacheKey, common::IpcacheValue>(name)?;
+            for k in &ip_plan.deletes {
+                tolerate_missing(m.remove(&lpm_key(**k)), name)?;
+            }
+        }
+        {
+            let name = map_names::ENDPOINTS;
+            let mut m = self.hash::<u32, common::EndpointValue>(name)?;
+            for k in &ep_plan.deletes {
+                tolerate_missing(m.remove(k), name)?;
+            }
+        }
+        Ok(ApplyStats {
+            endpoints: ep_plan.stats(),
+            ipcache: ip_plan.stats(),
+            policy: pol_plan.stats(),
+        })
     }
 
     /// Reads and sums the per-CPU counters.
@@ -529,6 +557,11 @@ impl Datapath {
             }
         }
         Ok(n)
+    }
+
+    /// The registry of the proxy's upstream socket cookies (opened from its pin).
+    pub fn proxy_sockets(&self) -> Result<ProxySockets> {
+        ProxySockets::open(&self.pin_root)
     }
 
     /// A blocking reader of the event ring buffer (opened from its pin, so it can
@@ -596,6 +629,7 @@ fn expected_map_shape(name: &str) -> Option<(u32, u32, u32)> {
         ),
         map_names::EVENTS => (0, 0, common::EVENTS_BYTES),
         map_names::COUNTERS => (4, 8, common::COUNTERS_MAX),
+        map_names::PROXY_SOCKETS => (8, 1, common::PROXY_SOCKETS_MAX),
         _ => return None,
     })
 }
@@ -666,35 +700,65 @@ where
         .collect()
 }
 
-enum Op<'a, K, V> {
-    Write(&'a K, &'a V),
-    Delete(&'a K),
+fn lpm_key<K: aya::Pod>(k: (u32, K)) -> aya::maps::lpm_trie::Key<K> {
+    aya::maps::lpm_trie::Key::new(k.0, k.1)
 }
 
-fn diff_apply<K: Ord, V: PartialEq>(
-    current: &BTreeMap<K, V>,
-    desired: &BTreeMap<K, V>,
-    mut op: impl FnMut(Op<'_, K, V>) -> std::result::Result<(), aya::maps::MapError>,
-    name: &'static str,
-) -> Result<MapDiff> {
-    let mut d = MapDiff::default();
-    for (k, v) in desired {
-        if current.get(k) == Some(v) {
-            d.unchanged += 1;
-        } else {
-            op(Op::Write(k, v)).map_err(|source| Error::Map { name, source })?;
-            d.written += 1;
-        }
-    }
-    for k in current.keys() {
-        if !desired.contains_key(k) {
-            match op(Op::Delete(k)) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => d.deleted += 1,
-                Err(source) => return Err(Error::Map { name, source }),
+/// What a diff of one map does: keys to write (new or changed), stale keys to delete.
+struct Plan<'a, K, V> {
+    writes: Vec<(&'a K, &'a V)>,
+    deletes: Vec<&'a K>,
+    unchanged: usize,
+}
+
+impl<'a, K: Ord, V: PartialEq> Plan<'a, K, V> {
+    fn new(current: &'a BTreeMap<K, V>, desired: &'a BTreeMap<K, V>) -> Self {
+        let mut p = Plan {
+            writes: Vec::new(),
+            deletes: Vec::new(),
+            unchanged: 0,
+        };
+        for (k, v) in desired {
+            if current.get(k) == Some(v) {
+                p.unchanged += 1;
+            } else {
+                p.writes.push((k, v));
             }
         }
+        p.deletes = current
+            .keys()
+            .filter(|k| !desired.contains_key(*k))
+            .collect();
+        p
     }
-    Ok(d)
+
+    fn stats(&self) -> MapDiff {
+        MapDiff {
+            written: self.writes.len(),
+            deleted: self.deletes.len(),
+            unchanged: self.unchanged,
+        }
+    }
+}
+
+fn tolerate_missing(
+    r: std::result::Result<(), aya::maps::MapError>,
+    name: &'static str,
+) -> Result<()> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(source) => Err(Error::Map { name, source }),
+    }
+}
+
+/// aya 0.14 reports a missing key on delete as `SyscallError(ENOENT)`.
+pub(crate) fn is_not_found(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
 }
 
 /// Resolves an interface name in the calling thread's network namespace.

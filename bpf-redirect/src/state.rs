@@ -37,7 +37,8 @@ pub struct IpcacheEntry {
     pub addr: Ipv4Addr,
     pub prefix_len: u8,
     pub identity: u32,
-    /// 0 unless a local endpoint.
+    /// 0 unless a local endpoint. A non-zero id must name an endpoint listed in
+    /// the same [`DesiredState`] and is only valid on a /32 (validated by `apply`).
     pub endpoint_id: u16,
 }
 
@@ -238,6 +239,24 @@ impl DesiredState {
                 }
             }
         }
+        // An endpoint id in the ipcache without endpoint config would be
+        // dropped by the datapath (UNKNOWN_ENDPOINT); refuse it up front.
+        for e in &self.ipcache {
+            if e.endpoint_id == 0 {
+                continue;
+            }
+            if e.prefix_len != 32 {
+                return Err(Error::Invalid(format!(
+                    "ipcache {e:?}: an endpoint id is only valid on a /32"
+                )));
+            }
+            if !endpoints.contains_key(&u32::from(e.endpoint_id)) {
+                return Err(Error::Invalid(format!(
+                    "ipcache {e:?}: endpoint id {} is not a listed endpoint",
+                    e.endpoint_id
+                )));
+            }
+        }
         for p in &self.policy {
             let (prefix, key) = p.key()?;
             let val = p.value(prefix);
@@ -396,5 +415,44 @@ mod tests {
             ..Default::default()
         };
         assert!(conflicting.compile().is_err());
+    }
+
+    #[test]
+    fn ipcache_endpoint_ids_must_name_listed_endpoints_on_host_routes() {
+        let ep = Endpoint {
+            endpoint_id: 3,
+            interface: Interface::Index(9),
+            ips: vec![Ipv4Addr::new(10, 0, 0, 3)],
+            identity: 1000,
+            ingress_enforced: true,
+            egress_enforced: true,
+            audit: false,
+        };
+        let with = |e: IpcacheEntry| DesiredState {
+            endpoints: vec![ep.clone()],
+            ipcache: vec![e],
+            ..Default::default()
+        };
+        let base = IpcacheEntry {
+            addr: Ipv4Addr::new(10, 0, 0, 4),
+            prefix_len: 32,
+            identity: 1000,
+            endpoint_id: 3,
+        };
+        // A second IP of a listed endpoint: fine.
+        assert!(with(base.clone()).compile().is_ok());
+        // Unknown endpoint id.
+        let unknown = with(IpcacheEntry {
+            endpoint_id: 7,
+            ..base.clone()
+        });
+        assert!(unknown.compile().is_err());
+        // Endpoint id on a CIDR.
+        let cidr = with(IpcacheEntry {
+            addr: Ipv4Addr::new(10, 0, 0, 0),
+            prefix_len: 24,
+            ..base
+        });
+        assert!(cidr.compile().is_err());
     }
 }

@@ -136,22 +136,51 @@ pub(crate) fn tcx_attach_type(hook: Hook) -> u32 {
     }
 }
 
-/// Same instructions (tag) as the program with id `ours`?
-pub(crate) fn same_program(attached: u32, ours: u32) -> Result<bool> {
+/// Same instructions (tag) as the program with id `ours`, using the same
+/// pinned maps? A program with our tag that references an older generation of
+/// a map (e.g. a pin that was removed and recreated) would otherwise be
+/// "kept" while `apply` writes maps it never reads. Compared: the ids of the
+/// maps pinned under `pin_root` that each program references.
+pub(crate) fn same_program(attached: u32, ours: u32, pin_root: &Path) -> Result<bool> {
     if attached == ours {
         return Ok(true);
     }
-    let mut tag_a = None;
-    let mut tag_o = None;
+    let mut a = None;
+    let mut o = None;
     for info in aya::programs::loaded_programs().flatten() {
         if info.id() == attached {
-            tag_a = Some(info.tag());
-        }
-        if info.id() == ours {
-            tag_o = Some(info.tag());
+            a = Some(info);
+        } else if info.id() == ours {
+            o = Some(info);
         }
     }
-    Ok(tag_a.is_some() && tag_a == tag_o)
+    let (Some(a), Some(o)) = (a, o) else {
+        return Ok(false);
+    };
+    if a.tag() != o.tag() {
+        return Ok(false);
+    }
+    let pinned: Vec<u32> = crate::common::map_names::EVERY
+        .iter()
+        .filter_map(|n| aya::maps::MapInfo::from_pin(pin_root.join(n)).ok())
+        .map(|i| i.id())
+        .collect();
+    let used = |p: &aya::programs::ProgramInfo| -> Option<Vec<u32>> {
+        let mut ids: Vec<u32> = p
+            .map_ids()
+            .ok()
+            .flatten()?
+            .into_iter()
+            .filter(|id| pinned.contains(id))
+            .collect();
+        ids.sort_unstable();
+        Some(ids)
+    };
+    match (used(&a), used(&o)) {
+        (Some(x), Some(y)) => Ok(x == y),
+        // Kernel without map ids in prog info: fall back to the tag.
+        _ => Ok(true),
+    }
 }
 
 pub(crate) fn ifindex(iface: &str) -> Result<u32> {

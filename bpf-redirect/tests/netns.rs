@@ -20,7 +20,7 @@ use std::{
 use bpf_redirect::{
     common::{precedence, MARK_PROXY_UPSTREAM},
     AttachOutcome, Datapath, DesiredState, DropReason, Endpoint, Event, EventKind, EventReader,
-    Hook, Interface, PolicyDirection, PolicyEntry, ProxyRouting,
+    Hook, Interface, PolicyDirection, PolicyEntry, ProxyRouting, ProxySockets,
 };
 use common::*;
 use socket2::{Domain, Socket, Type};
@@ -222,7 +222,9 @@ fn curl_allowed_port_succeeds_denied_port_times_out_with_drop_event() {
 
 /// A transparent TCP proxy on 127.0.0.1:port in the node namespace: records
 /// (peer, original destination), relays one request upstream with
-/// `SO_MARK = MARK_PROXY_UPSTREAM`.
+/// `SO_MARK = MARK_PROXY_UPSTREAM` and, when `pin_root` is given, the upstream
+/// socket's cookie registered in `ward_proxy_sockets` (after socket(), before
+/// connect(); removed after close).
 struct TcpProxy {
     stop: Arc<AtomicBool>,
     seen: Arc<Mutex<Vec<(SocketAddr, SocketAddr)>>>,
@@ -230,13 +232,14 @@ struct TcpProxy {
 }
 
 impl TcpProxy {
-    fn start(ns: &str, port: u16) -> Self {
+    fn start(ns: &str, port: u16, pin_root: Option<std::path::PathBuf>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let (ns, stop2, seen2) = (ns.to_string(), stop.clone(), seen.clone());
         let handle = std::thread::spawn(move || {
             enter_netns(&ns);
+            let mut registry = pin_root.map(|p| ProxySockets::open(p).expect("proxy sockets"));
             let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
             l.set_reuse_address(true).unwrap();
             l.set_ip_transparent(true).expect("IP_TRANSPARENT");
@@ -262,6 +265,10 @@ impl TcpProxy {
                 let n = c.read(&mut req).unwrap_or(0);
                 let up = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
                 up.set_mark(MARK_PROXY_UPSTREAM).expect("SO_MARK");
+                let cookie = registry.as_mut().map(|r| {
+                    use std::os::fd::AsFd;
+                    r.register(up.as_fd()).expect("register upstream socket")
+                });
                 if up
                     .connect_timeout(&orig.into(), Duration::from_secs(2))
                     .is_ok()
@@ -272,6 +279,10 @@ impl TcpProxy {
                     let mut resp = Vec::new();
                     let _ = up.read_to_end(&mut resp);
                     let _ = c.write_all(&resp);
+                    drop(up);
+                }
+                if let (Some(r), Some(cookie)) = (registry.as_mut(), cookie) {
+                    r.remove(cookie).expect("unregister");
                 }
             }
         });
@@ -392,6 +403,7 @@ fn redirects_land_on_transparent_listeners_and_fail_closed_without_one() {
     let root = PinRoot::new();
     let _server = HttpServer::start(&t.server, &[80], "hello from server");
     let (node, rootp) = (t.node.clone(), root.path().to_path_buf());
+    let rootp2 = rootp.clone();
     let eps = endpoints(&t);
     let tt = (t.client_veth.clone(), t.server_veth.clone(), t.node.clone());
     let dp = in_netns(&node, move || {
@@ -433,7 +445,7 @@ fn redirects_land_on_transparent_listeners_and_fail_closed_without_one() {
     assert_eq!(e.kind, EventKind::Drop(DropReason::NO_PROXY_SOCKET));
 
     // 2. TCP: the transparent listener sees the original destination and relays upstream.
-    let proxy = TcpProxy::start(&t.node, 15001);
+    let proxy = TcpProxy::start(&t.node, 15001, Some(root.path().to_path_buf()));
     let (code, body) = t.curl("http://10.213.2.2:80/");
     assert_eq!(code, 0, "curl through the proxy");
     assert!(body.contains("hello from server port=80"), "{body}");
@@ -451,6 +463,55 @@ fn redirects_land_on_transparent_listeners_and_fail_closed_without_one() {
     .expect("redirect event");
     assert_eq!(e.kind, EventKind::Redirect { proxy_port: 15001 });
     drop(proxy);
+
+    // 2b. The proxy-upstream mark without a registered socket is an ordinary
+    // host flow: the server only admits the client, so it is denied.
+    let node_ns = t.node.clone();
+    let (forged, registered_ok) = std::thread::spawn(move || {
+        enter_netns(&node_ns);
+        let try_connect = |register: Option<&mut ProxySockets>| {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            s.set_mark(MARK_PROXY_UPSTREAM).unwrap();
+            let cookie = register.map(|r| {
+                use std::os::fd::AsFd;
+                let c = bpf_redirect::socket_cookie(s.as_fd()).unwrap();
+                r.insert(c).unwrap();
+                c
+            });
+            let ok = s
+                .connect_timeout(
+                    &SocketAddr::from((SERVER_IP, 80)).into(),
+                    Duration::from_millis(1500),
+                )
+                .is_ok();
+            (ok, cookie)
+        };
+        let (forged, _) = try_connect(None);
+        let mut reg = ProxySockets::open(&rootp2).unwrap();
+        let (ok, cookie) = try_connect(Some(&mut reg));
+        let cookie = cookie.unwrap();
+        assert!(reg.contains(cookie).unwrap());
+        reg.remove(cookie).unwrap();
+        (forged, ok)
+    })
+    .join()
+    .unwrap();
+    assert!(
+        !forged,
+        "forged proxy mark must not bypass the server's ingress policy"
+    );
+    assert!(registered_ok, "registered upstream socket is admitted");
+    let e = wait_event(&mut events, |e| {
+        matches!(e.kind, EventKind::Drop(_)) && e.hook == Some(Hook::ToEndpoint)
+    })
+    .expect("drop event for the forged mark");
+    assert_eq!(e.kind, EventKind::Drop(DropReason::POLICY));
+    assert!(
+        dp.counters()
+            .unwrap()
+            .get(bpf_redirect::common::counter::PROXY_MARK_UNREGISTERED)
+            >= 1
+    );
 
     // 3. UDP/53: lands on the transparent socket with its original destination.
     let (ready, h) = udp_proxy_once(&t.node, 15053);
@@ -477,6 +538,66 @@ fn redirects_land_on_transparent_listeners_and_fail_closed_without_one() {
         from,
         SocketAddr::from((SERVER_IP, 53)),
         "answer from the original destination"
+    );
+
+    // 3b. UDP original-tuple lookup first: a transparent socket bound exactly to
+    // the original destination (a proxy session socket) receives the datagram;
+    // a wildcard-bound host socket on the same port never does.
+    let node_ns = t.node.clone();
+    let client_ns = t.client.clone();
+    let (exact, wildcard) = std::thread::spawn(move || {
+        enter_netns(&node_ns);
+        let wildcard = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+        wildcard.set_reuse_address(true).unwrap();
+        wildcard
+            .bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 53)).into())
+            .expect("bind 0.0.0.0:53");
+        let wildcard: UdpSocket = wildcard.into();
+        wildcard
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let send = |payload: &'static [u8]| {
+            let client_ns = client_ns.clone();
+            std::thread::spawn(move || {
+                enter_netns(&client_ns);
+                let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+                s.send_to(payload, (SERVER_IP, 53)).unwrap();
+            })
+            .join()
+            .unwrap();
+        };
+        // Only the wildcard socket (no proxy listener): dropped, not stolen.
+        send(b"query-wild");
+        let mut buf = [0u8; 64];
+        let wild_alone = wildcard.recv_from(&mut buf).is_ok();
+        let exact = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+        exact.set_reuse_address(true).unwrap();
+        exact.set_ip_transparent(true).unwrap();
+        exact
+            .bind(&SocketAddr::from((SERVER_IP, 53)).into())
+            .unwrap();
+        exact
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        let exact: UdpSocket = exact.into();
+        send(b"query2");
+        let got_exact = exact
+            .recv_from(&mut buf)
+            .ok()
+            .map(|(n, _)| buf[..n].to_vec());
+        let got_wild = wildcard.recv_from(&mut buf).is_ok();
+        (got_exact, wild_alone || got_wild)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        exact.as_deref(),
+        Some(&b"query2"[..]),
+        "original-tuple socket"
+    );
+    assert!(
+        !wildcard,
+        "a wildcard-bound host socket must not receive pod traffic"
     );
 
     let node = t.node.clone();

@@ -537,18 +537,20 @@ fn uplink_ingress_enforces_local_destinations_only() {
 }
 
 #[test]
-fn to_endpoint_tracks_proxy_upstream_and_checks_host_flows() {
+fn to_endpoint_forged_proxy_mark_without_registered_socket_is_subject_to_policy() {
     with_datapath(
-        "to_endpoint_tracks_proxy_upstream_and_checks_host_flows",
+        "to_endpoint_forged_proxy_mark_without_registered_socket_is_subject_to_policy",
         |dp| {
             dp.apply(&base_state()).unwrap();
+            let _ = events(dp);
             let host = Ipv4Addr::new(10, 0, 2, 1);
             // Unmarked host -> server:80: world identity, not allowed by the server's ingress.
             assert_eq!(
                 run(dp, Hook::ToEndpoint, &tcp(host, 50000, SERVER, 80, TCP_SYN)),
                 TC_ACT_SHOT
             );
-            // Marked as the proxy's upstream leg: tracked and passed; the reply passes too.
+            // The proxy-upstream mark alone (any host socket with CAP_NET_RAW can set
+            // it) does not exempt the flow: the test run's socket is not registered.
             let out = dp
                 .test_run(
                     Hook::ToEndpoint,
@@ -557,16 +559,32 @@ fn to_endpoint_tracks_proxy_upstream_and_checks_host_flows() {
                     bpf_redirect::common::MARK_PROXY_UPSTREAM,
                 )
                 .unwrap();
-            assert_eq!(out.retval, TC_ACT_OK);
+            assert_eq!(out.retval, TC_ACT_SHOT);
+            let ev = events(dp);
+            let last = ev.last().expect("drop event");
+            assert_eq!(last.kind, EventKind::Drop(DropReason::POLICY));
+            assert_eq!(last.policy_direction, PolicyDirection::Ingress);
+            // ... so no state: the server's SYN-ACK is not a reply.
             assert_eq!(
                 run(
                     dp,
                     Hook::FromEndpoint,
                     &tcp(SERVER, 80, host, 50001, TCP_SYN | TCP_ACK)
                 ),
-                TC_ACT_OK
+                TC_ACT_SHOT
             );
-            assert_eq!(dp.counters().unwrap().get(counter::PROXY_UPSTREAM), 1);
+            let c = dp.counters().unwrap();
+            assert_eq!(c.get(counter::PROXY_UPSTREAM), 0);
+            assert_eq!(c.get(counter::PROXY_MARK_UNREGISTERED), 1);
+            assert!(dp.conntrack().unwrap().is_empty());
+            // The registry API round-trips (the netns test exercises a real socket).
+            let mut reg = dp.proxy_sockets().unwrap();
+            assert!(!reg.contains(42).unwrap());
+            reg.insert(42).unwrap();
+            assert!(reg.contains(42).unwrap());
+            reg.remove(42).unwrap();
+            reg.remove(42).unwrap(); // idempotent
+            assert!(!reg.contains(42).unwrap());
         },
     );
 }

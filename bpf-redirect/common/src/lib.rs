@@ -18,7 +18,21 @@ pub mod map_names {
     pub const CT: &str = "ward_ct";
     pub const EVENTS: &str = "ward_events";
     pub const COUNTERS: &str = "ward_counters";
+    /// LRU hash `u64` socket cookie → `u8`: the proxy's upstream sockets.
+    pub const PROXY_SOCKETS: &str = "ward_proxy_sockets";
+    /// The six original maps (kept with its original type for compatibility;
+    /// see [`EVERY`] for the complete list).
     pub const ALL: [&str; 6] = [IPCACHE, POLICY, ENDPOINTS, CT, EVENTS, COUNTERS];
+    /// Every pinned map of this build.
+    pub const EVERY: [&str; 7] = [
+        IPCACHE,
+        POLICY,
+        ENDPOINTS,
+        CT,
+        EVENTS,
+        COUNTERS,
+        PROXY_SOCKETS,
+    ];
 }
 
 /// Program (function) names in the object.
@@ -34,6 +48,7 @@ pub const ENDPOINTS_MAX: u32 = 4096;
 pub const CT_MAX: u32 = 131072;
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 pub const COUNTERS_MAX: u32 = 128;
+pub const PROXY_SOCKETS_MAX: u32 = 65536;
 
 /// Reserved identities (Cilium's numbers).
 pub const ID_UNKNOWN: u32 = 0;
@@ -43,8 +58,10 @@ pub const ID_WORLD: u32 = 2;
 /// `skb->mark` bits. A redirected packet carries
 /// `MARK_PROXY_REDIRECT | proxy_port << 16`; the fwmark rule matches
 /// `MARK_PROXY_REDIRECT/MARK_MASK`. The proxy sets `SO_MARK = MARK_PROXY_UPSTREAM`
-/// on its upstream sockets so the to-endpoint program tracks them without a
-/// second policy decision.
+/// on its upstream sockets **and** registers their cookies in
+/// `ward_proxy_sockets` (`bpf_redirect::ProxySockets`); only then does the
+/// to-endpoint program track them without a second policy decision. A mark
+/// without a registered socket is an ordinary host flow (policy applies).
 pub const MARK_MASK: u32 = 0x0f00;
 pub const MARK_PROXY_REDIRECT: u32 = 0x0200;
 pub const MARK_PROXY_UPSTREAM: u32 = 0x0a00;
@@ -72,12 +89,16 @@ pub mod drop_reason {
     pub const INVALID_PACKET: u16 = 7;
     /// `bpf_sk_assign` failed.
     pub const SK_ASSIGN_FAILED: u16 = 8;
-    /// To-endpoint hook: the destination is not a known endpoint.
+    /// An endpoint id (ipcache) without endpoint config: the to-endpoint
+    /// destination, or any source/destination whose policy would be checked.
     pub const UNKNOWN_ENDPOINT: u16 = 9;
     /// Conntrack insert failed.
     pub const CT_CREATE_FAILED: u16 = 10;
     /// A redirect verdict where `bpf_sk_assign` is impossible (TC egress, or not TCP/UDP).
     pub const REDIRECT_UNSUPPORTED: u16 = 11;
+    /// A TCP packet without a conntrack entry that is not a pure SYN (SYN
+    /// without ACK): not a new connection, and not part of a known one.
+    pub const CT_NO_ENTRY: u16 = 12;
     /// Exclusive upper bound of reason numbers (counter slots).
     pub const MAX: u16 = 64;
 
@@ -95,6 +116,7 @@ pub mod drop_reason {
             UNKNOWN_ENDPOINT => "Unknown endpoint",
             CT_CREATE_FAILED => "Conntrack create failed",
             REDIRECT_UNSUPPORTED => "Redirect not supported here",
+            CT_NO_ENTRY => "Not a new connection (no conntrack entry)",
             _ => "Unknown reason",
         }
     }
@@ -131,6 +153,9 @@ pub mod counter {
     pub const EVENTS_LOST: u32 = 10;
     pub const ICMP_FRAG_NEEDED: u32 = 11;
     pub const PROXY_UPSTREAM: u32 = 12;
+    /// Packets with the proxy-upstream mark whose socket is not registered
+    /// (treated as ordinary host packets).
+    pub const PROXY_MARK_UNREGISTERED: u32 = 13;
     /// `DROP_BASE + reason` counts drops per reason.
     pub const DROP_BASE: u32 = 64;
 }
@@ -144,6 +169,8 @@ pub const EP_AUDIT: u32 = 0x4;
 pub const CT_F_CLOSING: u8 = 0x1;
 pub const CT_F_AUDITED: u8 = 0x2;
 pub const CT_F_PROXY_UPSTREAM: u8 = 0x4;
+/// Created by a pure TCP SYN from the key's source (the initiator).
+pub const CT_F_SYN: u8 = 0x8;
 
 /// Policy key prefix bits that are always matched exactly (endpoint, pad, identity, egress).
 pub const POLICY_STATIC_PREFIX: u32 = 72;
@@ -173,12 +200,31 @@ pub mod precedence {
     pub const fn deny(priority: u32) -> u32 {
         compose(priority, DENY)
     }
-    /// Proxy redirect; `listener_priority` 0 = none (low byte 2), else 255 - priority.
+    /// Lowest and highest valid listener priorities (POLICY-SEMANTICS 6.2:
+    /// explicit 1..=100, built-in parsers 101..=126).
+    pub const LISTENER_PRIORITY_MIN: u8 = 1;
+    pub const LISTENER_PRIORITY_MAX: u8 = 126;
+
+    /// Proxy redirect; `listener_priority` 0 = none (low byte 2), else
+    /// `255 - priority`. Priorities above [`LISTENER_PRIORITY_MAX`] are
+    /// clamped to it (low byte 129), so a redirect always stays above every
+    /// allow and below every deny; use [`try_redirect`] to reject them instead.
     pub const fn redirect(priority: u32, listener_priority: u8) -> u32 {
         if listener_priority == 0 {
             compose(priority, REDIRECT)
+        } else if listener_priority > LISTENER_PRIORITY_MAX {
+            compose(priority, 255 - LISTENER_PRIORITY_MAX)
         } else {
             compose(priority, 255 - listener_priority)
+        }
+    }
+    /// Like [`redirect`], but `None` for a listener priority outside
+    /// `0` (none) and `1..=126`.
+    pub const fn try_redirect(priority: u32, listener_priority: u8) -> Option<u32> {
+        if listener_priority > LISTENER_PRIORITY_MAX {
+            None
+        } else {
+            Some(redirect(priority, listener_priority))
         }
     }
     pub const fn allow(priority: u32) -> u32 {
@@ -358,6 +404,23 @@ mod tests {
     }
 
     #[test]
+    fn listener_priority_is_clamped_to_1_126() {
+        // 255 would have produced low byte 0 (PASS, below allow), 254 low byte 1 (= ALLOW).
+        for lp in [127u8, 200, 254, 255] {
+            assert_eq!(precedence::redirect(0, lp), precedence::redirect(0, 126));
+            assert!(precedence::redirect(0, lp) > precedence::allow(0));
+            assert!(precedence::redirect(0, lp) > precedence::redirect(0, 0));
+            assert_eq!(precedence::try_redirect(0, lp), None);
+        }
+        assert_eq!(precedence::redirect(0, 126) & 0xff, 129);
+        assert_eq!(precedence::redirect(0, 1) & 0xff, 254);
+        assert_eq!(
+            precedence::try_redirect(0, 101),
+            Some(precedence::redirect(0, 101))
+        );
+    }
+
+    #[test]
     fn drop_reason_numbers_are_stable() {
         let table = [
             (drop_reason::POLICY, 1),
@@ -371,6 +434,7 @@ mod tests {
             (drop_reason::UNKNOWN_ENDPOINT, 9),
             (drop_reason::CT_CREATE_FAILED, 10),
             (drop_reason::REDIRECT_UNSUPPORTED, 11),
+            (drop_reason::CT_NO_ENTRY, 12),
         ];
         for (got, want) in table {
             assert_eq!(got, want);
