@@ -318,7 +318,7 @@ impl Controller {
         let Ok(c) = self.dp.counters() else {
             return Vec::new();
         };
-        (1u16..=bpf_redirect::common::drop_reason::REDIRECT_UNSUPPORTED)
+        (1u16..=bpf_redirect::common::drop_reason::CT_NO_ENTRY)
             .map(|r| {
                 (
                     bpf_redirect::common::drop_reason::name(r).to_string(),
@@ -439,11 +439,16 @@ pub fn run(cfg: Config, set: PolicySet) -> anyhow::Result<()> {
         let (tx, rx) = tokio::sync::watch::channel(false);
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
         info!(port = cfg.listeners.http, "transparent HTTP listener ready");
-        let proxy = Arc::new(crate::proxy::Proxy::new(
-            view.clone(),
-            flows.clone(),
-            metrics.clone(),
-        ));
+        let sockets = bpf_redirect::ProxySockets::open(&cfg.pin_root).with_context(|| {
+            format!(
+                "opening the proxy-socket map under {}",
+                cfg.pin_root.display()
+            )
+        })?;
+        let proxy = Arc::new(
+            crate::proxy::Proxy::new(view.clone(), flows.clone(), metrics.clone())
+                .with_proxy_sockets(sockets),
+        );
         let proxy_task = tokio::spawn(crate::proxy::serve(proxy, listener, rx.clone()));
         let admin_task = {
             let l = crate::admin::bind(&cfg.admin_socket)?;

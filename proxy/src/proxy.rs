@@ -64,6 +64,13 @@ impl Proxy {
             pool: Pool::default(),
         }
     }
+
+    /// Registers every upstream socket in the datapath's proxy-socket map: the kernel honours
+    /// the proxy mark only for registered sockets (a forged mark gets ordinary policy).
+    pub fn with_proxy_sockets(mut self, sockets: bpf_redirect::ProxySockets) -> Proxy {
+        self.pool.sockets = Some(Arc::new(Mutex::new(sockets)));
+        self
+    }
 }
 
 /// Binds the transparent listener (IP_TRANSPARENT, SO_REUSEADDR) on `0.0.0.0:port`.
@@ -576,6 +583,91 @@ type IdleH1 = Arc<Mutex<HashMap<SocketAddr, Vec<client1::SendRequest<Incoming>>>
 struct Pool {
     h1: IdleH1,
     h2: Mutex<HashMap<SocketAddr, client2::SendRequest<Incoming>>>,
+    sockets: Option<SocketRegistry>,
+}
+
+type SocketRegistry = Arc<Mutex<bpf_redirect::ProxySockets>>;
+
+/// How long a closed upstream socket stays registered: its last ACK/FIN may leave after close.
+const UNREGISTER_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// An upstream connection whose socket cookie is registered with the datapath for as long as
+/// it lives (and [`UNREGISTER_DELAY`] after).
+struct Upstream {
+    stream: TcpStream,
+    registration: Option<(SocketRegistry, u64)>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let Some((registry, cookie)) = self.registration.take() else {
+            return;
+        };
+        let unregister = move || {
+            if let Err(e) = registry
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(cookie)
+            {
+                warn!(error = %e, cookie, "unregistering an upstream socket");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn(async move {
+                    tokio::time::sleep(UNREGISTER_DELAY).await;
+                    unregister();
+                });
+            }
+            Err(_) => unregister(),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Upstream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Upstream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
 }
 
 /// Upstream failed: our side or the upstream's, never the client's.
@@ -589,17 +681,62 @@ enum UpstreamError {
     Http(#[from] hyper::Error),
 }
 
-async fn connect(addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
+/// Opens an upstream connection: proxy mark, socket registered with the datapath (after
+/// `socket()` and the mark, before `connect()`), no Nagle.
+async fn connect(
+    addr: SocketAddr,
+    sockets: Option<&SocketRegistry>,
+) -> Result<Upstream, UpstreamError> {
+    use std::os::fd::AsFd;
     let sock = TcpSocket::new_v4().map_err(|e| UpstreamError::Connect(addr, e))?;
     socket2::SockRef::from(&sock)
         .set_mark(bpf_redirect::common::MARK_PROXY_UPSTREAM)
         .map_err(|e| UpstreamError::Connect(addr, e))?;
-    let s = tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(addr))
+    let registration = match sockets {
+        None => None,
+        Some(registry) => {
+            let cookie = bpf_redirect::socket_cookie(sock.as_fd())
+                .map_err(|e| UpstreamError::Connect(addr, e))?;
+            registry
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(cookie)
+                .map_err(|e| UpstreamError::Connect(addr, std::io::Error::other(e)))?;
+            Some((registry.clone(), cookie))
+        }
+    };
+    // From here the guard unregisters the cookie, also when connecting fails.
+    let pending = tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(addr));
+    let guard = RegistrationGuard(registration);
+    let stream = pending
         .await
         .map_err(|_| UpstreamError::ConnectTimeout(addr))?
         .map_err(|e| UpstreamError::Connect(addr, e))?;
-    let _ = s.set_nodelay(true);
-    Ok(s)
+    let _ = stream.set_nodelay(true);
+    Ok(guard.attach(stream))
+}
+
+/// Holds a registration until a stream takes it over.
+struct RegistrationGuard(Option<(SocketRegistry, u64)>);
+
+impl RegistrationGuard {
+    fn attach(mut self, stream: TcpStream) -> Upstream {
+        Upstream {
+            stream,
+            registration: self.0.take(),
+        }
+    }
+}
+
+impl Drop for RegistrationGuard {
+    fn drop(&mut self) {
+        if let Some((registry, cookie)) = self.0.take() {
+            let _ = registry
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(cookie);
+        }
+    }
 }
 
 impl Pool {
@@ -617,7 +754,7 @@ impl Pool {
             let mut sender = match existing {
                 Some(s) => s,
                 None => {
-                    let io = TokioIo::new(connect(addr).await?);
+                    let io = TokioIo::new(connect(addr, self.sockets.as_ref()).await?);
                     let (sender, conn) = client2::Builder::new(TokioExecutor::new())
                         .timer(TokioTimer::new())
                         .handshake(io)
@@ -652,7 +789,7 @@ impl Pool {
         let mut sender = match idle {
             Some(s) => s,
             None => {
-                let io = TokioIo::new(connect(addr).await?);
+                let io = TokioIo::new(connect(addr, self.sockets.as_ref()).await?);
                 let (sender, conn) = client1::Builder::new()
                     .preserve_header_case(true)
                     .handshake(io)
