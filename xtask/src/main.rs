@@ -188,7 +188,13 @@ fn test(args: &[String]) -> Result<()> {
         eprintln!("xtask: not root: privileged tests will be SKIPPED (visible as `SKIPPED (needs root)` lines)");
     }
     run(&mut test_cmd)?;
+    if root {
+        // The end-to-end bench in smoke mode (a few seconds), so it cannot rot. Its figures
+        // are not asserted: timing belongs to `cargo xtask bench`, not to tests.
+        bench_e2e(true)?;
+    }
     run(cargo().args(["build", "--quiet", "-p", "l7-rules", "--bin", "ward-check"]))?;
+    // Last, so its summary is the run's closing line.
     policy_cases()
 }
 
@@ -247,7 +253,7 @@ fn policy_cases() -> Result<()> {
             }
         }
     }
-    println!("policy cases: {passed} passed, {failed} failed");
+    println!("cases: {passed} passed, {failed} failed");
     if files.is_empty() {
         bail!("no case files in {}", cases_dir.display());
     }
@@ -462,6 +468,11 @@ fn bench(args: &[String]) -> Result<()> {
     if !is_root() {
         bail!("the end-to-end bench needs root (network namespaces, eBPF)");
     }
+    bench_e2e(smoke)
+}
+
+/// The end-to-end comparison; `smoke` uses the debug build and one short round.
+fn bench_e2e(smoke: bool) -> Result<()> {
     let profile = if smoke { "debug" } else { "release" };
     let mut b = cargo();
     b.args(["build", "--quiet", "-p", "ward", "--bin", "ward"]);
