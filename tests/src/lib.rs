@@ -84,6 +84,19 @@ fn ip(args: &[&str]) -> Output {
     must(Command::new("ip").args(args))
 }
 
+/// Mounts the bpffs on `/sys/fs/bpf` in this mount namespace when it is missing (fresh
+/// machines). `ward run` is started under `ip netns exec`, which remounts `/sys`; ward then joins
+/// its parent's mount namespace for the pins, so the parent must have the bpffs, or the pins
+/// would live in a private bpffs that vanishes when ward exits.
+pub fn ensure_bpffs() {
+    let fs_type = run(Command::new("stat").args(["-f", "-c", "%T", "/sys/fs/bpf"]));
+    if String::from_utf8_lossy(&fs_type.stdout).trim() == "bpf_fs" {
+        return;
+    }
+    let _ = std::fs::create_dir_all("/sys/fs/bpf");
+    must(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]));
+}
+
 /// One pod: its namespace, address and labels.
 #[derive(Clone, Debug)]
 pub struct Pod {
@@ -113,6 +126,7 @@ pub struct Scene {
 impl Scene {
     /// Creates the node namespace and the scene's private directory.
     pub fn new(tag: &str) -> Scene {
+        ensure_bpffs();
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let id = format!(
             "{}{:x}{:x}",
