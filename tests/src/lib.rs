@@ -525,6 +525,55 @@ impl Drop for Scene {
     }
 }
 
+/// The policy files of a `config/policies/NAME` scene, concatenated as one multi-document YAML.
+pub fn scene_policy(name: &str) -> String {
+    let dir = workspace_root().join("config/policies").join(name);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    let mut out = String::new();
+    for f in files {
+        out.push_str(
+            &std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display())),
+        );
+        out.push_str("\n---\n");
+    }
+    out
+}
+
+/// The seed's Star Wars scene: deathstar (2 replicas answering on port 80), tiefighter
+/// (org=empire), xwing (org=alliance), and `ward run` with no policy yet.
+pub fn starwars(tag: &str) -> Scene {
+    let mut s = Scene::new(tag);
+    s.add_pod(
+        "deathstar-1",
+        "default",
+        &[("org", "empire"), ("class", "deathstar")],
+    );
+    s.add_pod(
+        "deathstar-2",
+        "default",
+        &[("org", "empire"), ("class", "deathstar")],
+    );
+    s.add_pod(
+        "tiefighter",
+        "default",
+        &[("org", "empire"), ("class", "tiefighter")],
+    );
+    s.add_pod(
+        "xwing",
+        "default",
+        &[("org", "alliance"), ("class", "xwing")],
+    );
+    s.start_deathstar("deathstar-1", 80);
+    s.start_deathstar("deathstar-2", 80);
+    s.start_ward();
+    s
+}
+
 /// Checks that nothing with this scene's id is left on the machine (used by tests).
 pub fn leftovers(id: &str) -> Vec<String> {
     let mut out = Vec::new();

@@ -3,20 +3,7 @@
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use ward_tests::{privileged, target_dir, workspace_root, Scene};
-
-fn scene_policy(name: &str) -> String {
-    let dir = workspace_root().join("config/policies").join(name);
-    let mut out = String::new();
-    for e in std::fs::read_dir(&dir).expect("scene policy dir") {
-        let p = e.expect("entry").path();
-        if p.extension().is_some_and(|x| x == "yaml") {
-            out.push_str(&std::fs::read_to_string(p).expect("policy"));
-            out.push_str("\n---\n");
-        }
-    }
-    out
-}
+use ward_tests::{privileged, scene_policy, target_dir, Scene};
 
 fn eventually(what: &str, f: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(3);

@@ -3,49 +3,7 @@
 //! it afterwards, also on failure.
 
 use std::time::{Duration, Instant};
-use ward_tests::{privileged, workspace_root, Scene};
-
-fn policy(scene: &str) -> String {
-    let dir = workspace_root().join("config/policies").join(scene);
-    let mut out = String::new();
-    for e in std::fs::read_dir(&dir).expect("scene policy dir") {
-        let p = e.expect("dir entry").path();
-        if p.extension().is_some_and(|x| x == "yaml") {
-            out.push_str(&std::fs::read_to_string(p).expect("policy file"));
-            out.push_str("\n---\n");
-        }
-    }
-    out
-}
-
-/// deathstar (2 replicas, port 80), tiefighter, xwing; `ward run` started with no policy.
-fn starwars(tag: &str) -> Scene {
-    let mut s = Scene::new(tag);
-    s.add_pod(
-        "deathstar-1",
-        "default",
-        &[("org", "empire"), ("class", "deathstar")],
-    );
-    s.add_pod(
-        "deathstar-2",
-        "default",
-        &[("org", "empire"), ("class", "deathstar")],
-    );
-    s.add_pod(
-        "tiefighter",
-        "default",
-        &[("org", "empire"), ("class", "tiefighter")],
-    );
-    s.add_pod(
-        "xwing",
-        "default",
-        &[("org", "alliance"), ("class", "xwing")],
-    );
-    s.start_deathstar("deathstar-1", 80);
-    s.start_deathstar("deathstar-2", 80);
-    s.start_ward();
-    s
-}
+use ward_tests::{privileged, scene_policy as policy, starwars};
 
 const LAND: &[&str] = &["-XPOST", "http://deathstar/v1/request-landing"];
 const EXHAUST: &[&str] = &["-XPUT", "http://deathstar/v1/exhaust-port"];

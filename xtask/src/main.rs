@@ -283,50 +283,13 @@ fn demo(_args: &[String]) -> Result<()> {
     live_demo()
 }
 
-fn policy_text(scene: &str) -> Result<String> {
-    let dir = root_dir().join("config/policies").join(scene);
-    let mut out = String::new();
-    for e in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
-        let p = e?.path();
-        if p.extension().is_some_and(|x| x == "yaml") {
-            out.push_str(&std::fs::read_to_string(&p)?);
-            out.push_str("\n---\n");
-        }
-    }
-    Ok(out)
-}
-
 fn live_demo() -> Result<()> {
-    use ward_tests::Scene;
+    use ward_tests::{scene_policy, Scene};
     println!("\n== Ward demo: the Star Wars story (seed 000) on the real datapath\n");
-    let mut s = Scene::new("demo");
     println!(
-        "Creating the scene: node namespace {} with deathstar x2, tiefighter, xwing",
-        s.node_ns
+        "Creating the scene: a node namespace running `ward run`, deathstar x2, tiefighter, xwing"
     );
-    s.add_pod(
-        "deathstar-1",
-        "default",
-        &[("org", "empire"), ("class", "deathstar")],
-    );
-    s.add_pod(
-        "deathstar-2",
-        "default",
-        &[("org", "empire"), ("class", "deathstar")],
-    );
-    s.add_pod(
-        "tiefighter",
-        "default",
-        &[("org", "empire"), ("class", "tiefighter")],
-    );
-    s.add_pod(
-        "xwing",
-        "default",
-        &[("org", "alliance"), ("class", "xwing")],
-    );
-    s.start_deathstar("deathstar-1", 80);
-    s.start_deathstar("deathstar-2", 80);
-    s.start_ward();
+    let s = ward_tests::starwars("demo");
     let show = |s: &Scene, ship: &str, method: &str, path: &str| {
         let (code, body) = s.curl(
             ship,
@@ -339,7 +302,7 @@ fn live_demo() -> Result<()> {
         } else {
             body.lines().next().unwrap_or("").to_string()
         };
-        println!("$ kubectl exec {ship} -- curl -s -X{method} deathstar{path}\n  {shown}");
+        println!("{ship}$ curl -s -X{method} http://deathstar{path}\n  {shown}");
     };
     let observe = |s: &Scene, skip: usize| -> usize {
         let out = s.ward_cli(&["observe"]);
@@ -361,7 +324,7 @@ fn live_demo() -> Result<()> {
     let mut seen = observe(&s, 0);
 
     println!("\n-- 2. L3/L4 policy rule1: only org=empire may reach deathstar:80/TCP");
-    s.write_policy("rule1.yaml", &policy_text("starwars-l3l4")?);
+    s.write_policy("rule1.yaml", &scene_policy("starwars-l3l4"));
     settle();
     show(&s, "tiefighter", "POST", "/v1/request-landing");
     show(&s, "xwing", "POST", "/v1/request-landing");
@@ -371,7 +334,7 @@ fn live_demo() -> Result<()> {
     show(&s, "tiefighter", "PUT", "/v1/exhaust-port");
 
     println!("\n-- 3. L7 policy rule1: org=empire may only POST /v1/request-landing");
-    s.write_policy("rule1.yaml", &policy_text("starwars-l7")?);
+    s.write_policy("rule1.yaml", &scene_policy("starwars-l7"));
     settle();
     show(&s, "tiefighter", "POST", "/v1/request-landing");
     show(&s, "tiefighter", "PUT", "/v1/exhaust-port");
