@@ -3,18 +3,18 @@
 
 mod common;
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::net::Ipv4Addr;
 
 use bpf_redirect::{
-    common::{counter, drop_reason, map_names, precedence, IpcacheKey, IpcacheValue},
-    Datapath, DesiredState, DropReason, Endpoint, Event, EventKind, Hook, Interface, IpcacheEntry,
-    PolicyDirection, PolicyEntry,
+    common::{counter, drop_reason, map_names, IpcacheKey, IpcacheValue},
+    Datapath, DesiredState, DropReason, Endpoint, EventKind, Hook, Interface, IpcacheEntry,
+    PolicyDirection,
 };
+use common::prog::{allow, events, run, with_datapath, LO};
 use common::*;
 
 const OK: u32 = 0;
 const SHOT: u32 = 2;
-const LO: u32 = 1;
 const A: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
 const B: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
@@ -33,49 +33,6 @@ fn ep(id: u16, ip: Ipv4Addr, identity: u32, ingress: bool, egress: bool, ifx: u3
         egress_enforced: egress,
         audit: false,
     }
-}
-
-fn allow(ep: u16, identity: u32, egress: bool, proto: u8, port: u16) -> PolicyEntry {
-    PolicyEntry {
-        endpoint_id: ep,
-        identity,
-        egress,
-        proto,
-        port,
-        port_prefix_len: if proto == 0 || port == 0 { 0 } else { 16 },
-        deny: false,
-        proxy_port: 0,
-        precedence: precedence::allow(0),
-        cookie: 0,
-    }
-}
-
-fn with_datapath(name: &'static str, f: impl FnOnce(&mut Datapath) + Send + 'static) {
-    if !privileged(name) {
-        return;
-    }
-    in_private_netns(move || {
-        let root = PinRoot::new();
-        let mut dp = Datapath::open(root.path()).expect("open datapath");
-        f(&mut dp);
-        drop(dp);
-        drop(root);
-    });
-}
-
-fn run(dp: &mut Datapath, hook: Hook, pkt: &[u8]) -> u32 {
-    dp.test_run(hook, pkt, LO, 0).expect("test run").retval
-}
-
-fn events(dp: &Datapath) -> Vec<Event> {
-    let mut r = dp.events().expect("events");
-    let mut out = r.drain();
-    if out.is_empty() {
-        if let Some(e) = r.next_timeout(Duration::from_millis(50)).unwrap() {
-            out.push(e);
-        }
-    }
-    out
 }
 
 fn last_drop(dp: &Datapath) -> Option<u16> {

@@ -2,6 +2,8 @@
 //! per-test bpffs pin roots, throwaway network namespaces, packet builders.
 #![allow(dead_code)]
 
+pub mod prog;
+
 use std::{
     fs::File,
     net::Ipv4Addr,
