@@ -141,144 +141,52 @@ fn cilium_rule(
     ingress.default_deny = defaults.ingress.unwrap_or(ingress.present);
     egress.default_deny = defaults.egress.unwrap_or(egress.present);
 
-    for (i, r) in rule.ingress.into_iter().flatten().enumerate() {
-        let path = format!("{at}.ingress[{i}]");
-        let peers = PeersIn {
-            endpoints: r.from_endpoints,
-            cidr: r.from_cidr,
-            cidr_set: r.from_cidr_set,
-            entities: r.from_entities,
-            services: None,
-            fqdns: None,
-            unsupported: vec![
-                ("fromRequires", r.from_requires.is_some()),
-                ("fromGroups", r.from_groups.is_some()),
-                ("fromNodes", r.from_nodes.is_some()),
-                ("authentication", r.authentication.is_some()),
-            ],
+    let section =
+        |rules: Option<Vec<RuleIn>>, field: &str, direction, deny, cx: &mut DocContext<'_>| {
+            let mut out = Vec::new();
+            for (i, r) in rules.into_iter().flatten().enumerate() {
+                let path = format!("{at}.{field}[{i}]");
+                out.extend(filters(
+                    r,
+                    &path,
+                    meta,
+                    direction,
+                    deny,
+                    scope,
+                    host_policy,
+                    cx,
+                ));
+            }
+            out
         };
-        let ports = r
-            .to_ports
-            .map(|v| v.into_iter().map(PortsIn::from).collect());
-        let rule = RuleIn {
-            peers,
-            ports,
-            icmps: r.icmps,
-        };
-        ingress.filters.extend(filters(
-            rule,
-            &path,
-            meta,
-            Direction::Ingress,
-            false,
-            scope,
-            host_policy,
-            cx,
-        ));
-    }
-    for (i, r) in rule.ingress_deny.into_iter().flatten().enumerate() {
-        let path = format!("{at}.ingressDeny[{i}]");
-        let peers = PeersIn {
-            endpoints: r.from_endpoints,
-            cidr: r.from_cidr,
-            cidr_set: r.from_cidr_set,
-            entities: r.from_entities,
-            services: None,
-            fqdns: None,
-            unsupported: vec![
-                ("fromRequires", r.from_requires.is_some()),
-                ("fromGroups", r.from_groups.is_some()),
-                ("fromNodes", r.from_nodes.is_some()),
-            ],
-        };
-        let ports = r
-            .to_ports
-            .map(|v| v.into_iter().map(PortsIn::from).collect());
-        let rule = RuleIn {
-            peers,
-            ports,
-            icmps: r.icmps,
-        };
-        ingress.filters.extend(filters(
-            rule,
-            &path,
-            meta,
-            Direction::Ingress,
-            true,
-            scope,
-            host_policy,
-            cx,
-        ));
-    }
-    for (i, r) in rule.egress.into_iter().flatten().enumerate() {
-        let path = format!("{at}.egress[{i}]");
-        let peers = PeersIn {
-            endpoints: r.to_endpoints,
-            cidr: r.to_cidr,
-            cidr_set: r.to_cidr_set,
-            entities: r.to_entities,
-            services: r.to_services,
-            fqdns: r.to_fqdns,
-            unsupported: vec![
-                ("toRequires", r.to_requires.is_some()),
-                ("toGroups", r.to_groups.is_some()),
-                ("toNodes", r.to_nodes.is_some()),
-                ("authentication", r.authentication.is_some()),
-            ],
-        };
-        let ports = r
-            .to_ports
-            .map(|v| v.into_iter().map(PortsIn::from).collect());
-        let rule = RuleIn {
-            peers,
-            ports,
-            icmps: r.icmps,
-        };
-        egress.filters.extend(filters(
-            rule,
-            &path,
-            meta,
-            Direction::Egress,
-            false,
-            scope,
-            host_policy,
-            cx,
-        ));
-    }
-    for (i, r) in rule.egress_deny.into_iter().flatten().enumerate() {
-        let path = format!("{at}.egressDeny[{i}]");
-        let peers = PeersIn {
-            endpoints: r.to_endpoints,
-            cidr: r.to_cidr,
-            cidr_set: r.to_cidr_set,
-            entities: r.to_entities,
-            services: r.to_services,
-            fqdns: None,
-            unsupported: vec![
-                ("toRequires", r.to_requires.is_some()),
-                ("toGroups", r.to_groups.is_some()),
-                ("toNodes", r.to_nodes.is_some()),
-            ],
-        };
-        let ports = r
-            .to_ports
-            .map(|v| v.into_iter().map(PortsIn::from).collect());
-        let rule = RuleIn {
-            peers,
-            ports,
-            icmps: r.icmps,
-        };
-        egress.filters.extend(filters(
-            rule,
-            &path,
-            meta,
-            Direction::Egress,
-            true,
-            scope,
-            host_policy,
-            cx,
-        ));
-    }
+    ingress.filters.extend(section(
+        rules_in(rule.ingress),
+        "ingress",
+        Direction::Ingress,
+        false,
+        cx,
+    ));
+    ingress.filters.extend(section(
+        rules_in(rule.ingress_deny),
+        "ingressDeny",
+        Direction::Ingress,
+        true,
+        cx,
+    ));
+    egress.filters.extend(section(
+        rules_in(rule.egress),
+        "egress",
+        Direction::Egress,
+        false,
+        cx,
+    ));
+    egress.filters.extend(section(
+        rules_in(rule.egress_deny),
+        "egressDeny",
+        Direction::Egress,
+        true,
+        cx,
+    ));
     if let Some(labels) = &rule.labels {
         for (i, l) in labels.iter().enumerate() {
             if l.key.is_empty() {
@@ -343,6 +251,104 @@ struct RuleIn {
     peers: PeersIn,
     ports: Option<Vec<PortsIn>>,
     icmps: Option<Vec<raw::IcmpRule>>,
+}
+
+fn rules_in<R: Into<RuleIn>>(rules: Option<Vec<R>>) -> Option<Vec<RuleIn>> {
+    rules.map(|v| v.into_iter().map(Into::into).collect())
+}
+
+fn ports_in<P: Into<PortsIn>>(ports: Option<Vec<P>>) -> Option<Vec<PortsIn>> {
+    ports.map(|v| v.into_iter().map(Into::into).collect())
+}
+
+impl From<raw::IngressRule> for RuleIn {
+    fn from(r: raw::IngressRule) -> RuleIn {
+        RuleIn {
+            peers: PeersIn {
+                endpoints: r.from_endpoints,
+                cidr: r.from_cidr,
+                cidr_set: r.from_cidr_set,
+                entities: r.from_entities,
+                services: None,
+                fqdns: None,
+                unsupported: vec![
+                    ("fromRequires", r.from_requires.is_some()),
+                    ("fromGroups", r.from_groups.is_some()),
+                    ("fromNodes", r.from_nodes.is_some()),
+                    ("authentication", r.authentication.is_some()),
+                ],
+            },
+            ports: ports_in(r.to_ports),
+            icmps: r.icmps,
+        }
+    }
+}
+
+impl From<raw::IngressDenyRule> for RuleIn {
+    fn from(r: raw::IngressDenyRule) -> RuleIn {
+        RuleIn {
+            peers: PeersIn {
+                endpoints: r.from_endpoints,
+                cidr: r.from_cidr,
+                cidr_set: r.from_cidr_set,
+                entities: r.from_entities,
+                services: None,
+                fqdns: None,
+                unsupported: vec![
+                    ("fromRequires", r.from_requires.is_some()),
+                    ("fromGroups", r.from_groups.is_some()),
+                    ("fromNodes", r.from_nodes.is_some()),
+                ],
+            },
+            ports: ports_in(r.to_ports),
+            icmps: r.icmps,
+        }
+    }
+}
+
+impl From<raw::EgressRule> for RuleIn {
+    fn from(r: raw::EgressRule) -> RuleIn {
+        RuleIn {
+            peers: PeersIn {
+                endpoints: r.to_endpoints,
+                cidr: r.to_cidr,
+                cidr_set: r.to_cidr_set,
+                entities: r.to_entities,
+                services: r.to_services,
+                fqdns: r.to_fqdns,
+                unsupported: vec![
+                    ("toRequires", r.to_requires.is_some()),
+                    ("toGroups", r.to_groups.is_some()),
+                    ("toNodes", r.to_nodes.is_some()),
+                    ("authentication", r.authentication.is_some()),
+                ],
+            },
+            ports: ports_in(r.to_ports),
+            icmps: r.icmps,
+        }
+    }
+}
+
+impl From<raw::EgressDenyRule> for RuleIn {
+    fn from(r: raw::EgressDenyRule) -> RuleIn {
+        RuleIn {
+            peers: PeersIn {
+                endpoints: r.to_endpoints,
+                cidr: r.to_cidr,
+                cidr_set: r.to_cidr_set,
+                entities: r.to_entities,
+                services: r.to_services,
+                fqdns: None,
+                unsupported: vec![
+                    ("toRequires", r.to_requires.is_some()),
+                    ("toGroups", r.to_groups.is_some()),
+                    ("toNodes", r.to_nodes.is_some()),
+                ],
+            },
+            ports: ports_in(r.to_ports),
+            icmps: r.icmps,
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
