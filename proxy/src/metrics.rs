@@ -20,9 +20,17 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+/// The protocols and verdicts the proxy reports, whose counters are resolved once (a label
+/// lookup per request would allocate and hash two strings).
+const PROTOCOLS: [&str; 2] = ["http", "grpc"];
+const VERDICTS: [&str; 3] = ["FORWARDED", "DROPPED", "AUDIT"];
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    /// `requests` for each (PROTOCOLS, VERDICTS) pair.
+    request_counters: [[Counter; 3]; 2],
+    flows_lost: Counter,
     latency: Histogram,
     apply: Histogram,
     reloads: Family<ResultLabels, Counter>,
@@ -72,9 +80,27 @@ impl Metrics {
             "Policy reloads by result (applied, rejected)",
             reloads.clone(),
         );
+        let flows_lost = Counter::default();
+        registry.register(
+            "flows_lost",
+            "Flows not written to the flow log because its queue was full",
+            flows_lost.clone(),
+        );
+        let request_counters = PROTOCOLS.map(|protocol| {
+            VERDICTS.map(|verdict| {
+                requests
+                    .get_or_create(&RequestLabels {
+                        protocol: protocol.into(),
+                        verdict: verdict.into(),
+                    })
+                    .clone()
+            })
+        });
         Metrics {
             registry,
             requests,
+            request_counters,
+            flows_lost,
             latency,
             apply,
             reloads,
@@ -82,13 +108,27 @@ impl Metrics {
     }
 
     pub fn request(&self, protocol: &str, verdict: &str, elapsed: Duration) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                protocol: protocol.into(),
-                verdict: verdict.into(),
-            })
-            .inc();
+        let p = PROTOCOLS.iter().position(|p| *p == protocol);
+        let v = VERDICTS.iter().position(|v| *v == verdict);
+        match (p, v) {
+            (Some(p), Some(v)) => {
+                self.request_counters[p][v].inc();
+            }
+            _ => {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        protocol: protocol.into(),
+                        verdict: verdict.into(),
+                    })
+                    .inc();
+            }
+        }
         self.latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// The counter of flows the flow log had to drop.
+    pub fn flows_lost(&self) -> Counter {
+        self.flows_lost.clone()
     }
 
     pub fn applied(&self, elapsed: Duration) {
@@ -186,11 +226,20 @@ mod tests {
     fn exposition_has_every_family() {
         let m = Metrics::new();
         m.request("http", "DROPPED", Duration::from_micros(300));
+        m.request("grpc", "FORWARDED", Duration::from_micros(300));
+        m.request("grpc", "FORWARDED", Duration::from_micros(300));
+        m.request("kafka", "DROPPED", Duration::from_micros(300));
+        m.flows_lost().inc();
         m.applied(Duration::from_millis(3));
         m.reload("applied");
         let text = m.render(&[("POLICY".into(), 4)]);
         for want in [
             "ward_proxy_requests_total{protocol=\"http\",verdict=\"DROPPED\"} 1",
+            "ward_proxy_requests_total{protocol=\"grpc\",verdict=\"FORWARDED\"} 2",
+            "ward_proxy_requests_total{protocol=\"http\",verdict=\"AUDIT\"} 0",
+            "ward_proxy_requests_total{protocol=\"kafka\",verdict=\"DROPPED\"} 1",
+            "ward_proxy_request_duration_seconds_count 4",
+            "ward_flows_lost_total 1",
             "ward_proxy_request_duration_seconds_bucket",
             "ward_policy_apply_duration_seconds_count 1",
             "ward_policy_reloads_total{result=\"applied\"} 1",
