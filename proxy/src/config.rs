@@ -115,6 +115,12 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     #[serde(default = "default_flow_log")]
     pub flow_log: PathBuf,
+    /// The flow log is rotated when it passes this many MiB (like Hubble's file exporter).
+    #[serde(default = "default_flow_log_max_mb")]
+    pub flow_log_max_mb: u64,
+    /// Rotated flow logs kept (`flows.jsonl.1` is the newest).
+    #[serde(default = "default_flow_log_max_backups")]
+    pub flow_log_max_backups: u32,
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
 }
@@ -133,6 +139,12 @@ fn default_metrics() -> Option<SocketAddr> {
 }
 fn default_flow_log() -> PathBuf {
     DEFAULT_FLOW_LOG.into()
+}
+fn default_flow_log_max_mb() -> u64 {
+    10
+}
+fn default_flow_log_max_backups() -> u32 {
+    5
 }
 
 /// One problem in a config file.
@@ -261,6 +273,9 @@ impl Config {
                 ),
                 _ => {}
             }
+        }
+        if self.flow_log_max_mb == 0 {
+            issue("flow_log_max_mb".into(), "must be at least 1 (MiB)".into());
         }
         if self.policy_dirs.is_empty() {
             issue(
@@ -448,6 +463,18 @@ endpoints:
         assert_eq!(c.enforcement, Enforcement::Default);
         assert_eq!(c.metrics, Some(DEFAULT_METRICS.parse().unwrap()));
         assert!(c.endpoints.is_empty());
+        assert_eq!((c.flow_log_max_mb, c.flow_log_max_backups), (10, 5));
+        let c = parse("flow_log_max_mb: 50\nflow_log_max_backups: 0").unwrap();
+        assert_eq!((c.flow_log_max_mb, c.flow_log_max_backups), (50, 0));
+    }
+
+    #[test]
+    fn a_zero_flow_log_size_is_rejected_with_its_field() {
+        let e = parse("flow_log_max_mb: 0").unwrap_err().to_string();
+        assert!(
+            e.contains("flow_log_max_mb") && e.contains("at least 1"),
+            "{e}"
+        );
     }
 
     /// (name, config text, expected field, expected message fragment, expected line)

@@ -22,7 +22,7 @@ use l7_rules::load::{self, LoadError, PolicySet};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, EndpointConfig};
-use crate::flows::{Flow, FlowWriter};
+use crate::flows::{Flow, FlowLogConfig, FlowWriter};
 use crate::metrics::Metrics;
 use crate::node::{local_ipv4_addresses, NodeView, Settings};
 
@@ -383,8 +383,15 @@ pub fn run(cfg: Config, set: PolicySet) -> anyhow::Result<()> {
         started: SystemTime::now(),
         routing,
     });
-    let flows = FlowWriter::start(cfg.flow_log.clone())
-        .with_context(|| format!("opening the flow log {}", cfg.flow_log.display()))?;
+    let flows = FlowWriter::start(
+        FlowLogConfig {
+            path: cfg.flow_log.clone(),
+            max_bytes: cfg.flow_log_max_mb.saturating_mul(1024 * 1024),
+            max_backups: cfg.flow_log_max_backups,
+        },
+        metrics.flows_lost(),
+    )
+    .with_context(|| format!("opening the flow log {}", cfg.flow_log.display()))?;
     let stop = Arc::new(AtomicBool::new(false));
 
     // Kernel events → flows.

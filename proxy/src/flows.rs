@@ -3,10 +3,11 @@
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime};
 
 use bpf_redirect::{Event, EventKind, Hook, PolicyDirection};
+use l7_rules::l7::http::HttpRule;
 use serde::{Deserialize, Serialize};
 
 use crate::node::{NodeView, PeerInfo};
@@ -278,54 +279,253 @@ pub fn short_time(rfc3339: &str) -> String {
     )
 }
 
-/// Appends flows to the flow log from a dedicated thread.
-pub struct FlowWriter {
-    tx: mpsc::Sender<Flow>,
+/// Why the proxy decided what it did about one request; formatted only when the flow is
+/// written (on the flow-log thread), not on the request path.
+#[derive(Clone, Debug)]
+pub enum Why {
+    /// A fixed explanation of one check (L3/L4 deny, allow-all, redirect), with the policy
+    /// that redirected the port.
+    Check {
+        policy: Option<Arc<str>>,
+        reason: Arc<str>,
+    },
+    /// Allowed by this rule: `<policy> <field path> allows <summary>`.
+    Rule(Arc<HttpRule>),
+    /// Formatted when decided (denies).
+    Text {
+        policy: Option<Arc<str>>,
+        reason: String,
+    },
 }
 
-impl Clone for FlowWriter {
-    fn clone(&self) -> Self {
-        FlowWriter {
-            tx: self.tx.clone(),
+impl Why {
+    /// Nothing to check: no policy, no explanation.
+    pub fn none() -> Why {
+        Why::Check {
+            policy: None,
+            reason: Arc::from(""),
+        }
+    }
+
+    /// Whether the decision can be attributed to a policy.
+    pub fn has_policy(&self) -> bool {
+        match self {
+            Why::Rule(_) => true,
+            Why::Check { policy, .. } | Why::Text { policy, .. } => policy.is_some(),
+        }
+    }
+
+    /// `namespace/name` of the deciding policy.
+    pub fn policy(&self) -> Option<String> {
+        match self {
+            Why::Rule(r) => Some(r.origin.policy.id()),
+            Why::Check { policy, .. } | Why::Text { policy, .. } => {
+                policy.as_deref().map(str::to_string)
+            }
+        }
+    }
+
+    pub fn reason(&self) -> String {
+        match self {
+            Why::Rule(r) => format!("{} allows {}", r.origin, r.summary),
+            Why::Check { reason, .. } => reason.to_string(),
+            Why::Text { reason, .. } => reason.clone(),
         }
     }
 }
 
-impl FlowWriter {
-    pub fn start(path: PathBuf) -> std::io::Result<FlowWriter> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+/// One HTTP request's verdict as the proxy hands it to the flow log: cheap to build (shared
+/// peers, no formatting); [`HttpEvent::to_flow`] makes the [`Flow`] on the flow-log thread.
+#[derive(Clone, Debug)]
+pub struct HttpEvent {
+    pub time: SystemTime,
+    pub verdict: &'static str,
+    pub direction: &'static str,
+    pub source: Arc<FlowPeer>,
+    pub destination: Arc<FlowPeer>,
+    pub method: http::Method,
+    /// `Host` / `:authority`, empty when the request had none.
+    pub host: http::HeaderValue,
+    /// The original destination, used in the URL when there is no host.
+    pub orig_dst: std::net::SocketAddr,
+    pub uri: http::Uri,
+    pub version: &'static str,
+    pub code: u16,
+    pub why: Why,
+}
+
+impl HttpEvent {
+    /// `http://<host><path?query>`, as the client asked.
+    pub fn url(&self) -> String {
+        let path = self.uri.path_and_query().map_or("/", |p| p.as_str());
+        match self.host.to_str() {
+            Ok(h) if !h.is_empty() => format!("http://{h}{path}"),
+            _ => format!("http://{}{path}", self.orig_dst),
         }
+    }
+
+    pub fn to_flow(&self) -> Flow {
+        let mut f = Flow::http(
+            self.verdict,
+            self.direction,
+            (*self.source).clone(),
+            (*self.destination).clone(),
+            HttpInfo {
+                method: self.method.to_string(),
+                url: self.url(),
+                version: self.version.into(),
+                code: self.code,
+            },
+            self.why.policy(),
+            Some(self.why.reason()).filter(|r| !r.is_empty()),
+        );
+        f.time = humantime::format_rfc3339_micros(self.time).to_string();
+        f
+    }
+}
+
+/// Where the flow log is written and how much of it is kept.
+#[derive(Clone, Debug)]
+pub struct FlowLogConfig {
+    pub path: PathBuf,
+    /// The file is rotated (`flows.jsonl` → `flows.jsonl.1` → …) once it passes this size.
+    pub max_bytes: u64,
+    /// Rotated files kept; the oldest beyond this is deleted. 0: the file is truncated instead.
+    pub max_backups: u32,
+}
+
+/// Flows waiting for the flow-log thread; beyond this they are counted as lost (the request
+/// path never blocks on the log).
+pub const FLOW_QUEUE: usize = 16 * 1024;
+/// The flow-log thread writes in batches at most this often under load, so a busy proxy pays
+/// one wake-up per batch rather than one per request.
+pub const FLOW_BATCH_INTERVAL: Duration = Duration::from_millis(20);
+
+// Requests are the common case and go unboxed (no allocation per request).
+#[allow(clippy::large_enum_variant)]
+enum Record {
+    /// Kernel events are rare next to requests: boxed, so queue slots stay small.
+    Flow(Box<Flow>),
+    Http(HttpEvent),
+}
+
+/// Appends flows to the flow log from a dedicated thread, rotating it by size.
+#[derive(Clone)]
+pub struct FlowWriter {
+    tx: mpsc::SyncSender<Record>,
+    lost: prometheus_client::metrics::counter::Counter,
+}
+
+/// The open flow log and its rotation.
+struct LogFile {
+    cfg: FlowLogConfig,
+    out: std::io::BufWriter<std::fs::File>,
+    size: u64,
+}
+
+impl LogFile {
+    fn open(cfg: FlowLogConfig) -> std::io::Result<LogFile> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&path)?;
-        let (tx, rx) = mpsc::channel::<Flow>();
+            .open(&cfg.path)?;
+        let size = file.metadata()?.len();
+        Ok(LogFile {
+            cfg,
+            out: std::io::BufWriter::with_capacity(256 * 1024, file),
+            size,
+        })
+    }
+
+    fn write(&mut self, f: &Flow, line: &mut Vec<u8>) -> std::io::Result<()> {
+        line.clear();
+        serde_json::to_writer(&mut *line, f)?;
+        line.push(b'\n');
+        if self.size > 0 && self.size + line.len() as u64 > self.cfg.max_bytes {
+            self.rotate()?;
+        }
+        self.out.write_all(line)?;
+        self.size += line.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.out.flush()?;
+        let backups = self.cfg.max_backups;
+        if backups > 0 {
+            for n in (1..backups).rev() {
+                let _ = std::fs::rename(
+                    backup_path(&self.cfg.path, n),
+                    backup_path(&self.cfg.path, n + 1),
+                );
+            }
+            std::fs::rename(&self.cfg.path, backup_path(&self.cfg.path, 1))?;
+        } else {
+            std::fs::remove_file(&self.cfg.path)?;
+        }
+        *self = LogFile::open(self.cfg.clone())?;
+        Ok(())
+    }
+}
+
+/// `flows.jsonl.N`.
+pub fn backup_path(path: &Path, n: u32) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(format!(".{n}"));
+    PathBuf::from(p)
+}
+
+impl FlowWriter {
+    pub fn start(
+        cfg: FlowLogConfig,
+        lost: prometheus_client::metrics::counter::Counter,
+    ) -> std::io::Result<FlowWriter> {
+        if let Some(dir) = cfg.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut log = LogFile::open(cfg)?;
+        let (tx, rx) = mpsc::sync_channel::<Record>(FLOW_QUEUE);
         std::thread::Builder::new()
             .name("flow-log".into())
             .spawn(move || {
-                let mut w = std::io::BufWriter::new(file);
-                while let Ok(f) = rx.recv() {
-                    let mut write = |f: &Flow| {
-                        if let Ok(line) = serde_json::to_string(f) {
-                            let _ = writeln!(w, "{line}");
-                        }
+                let mut line = Vec::with_capacity(2048);
+                let mut write = |log: &mut LogFile, r: Record| {
+                    let flow = match r {
+                        Record::Flow(f) => *f,
+                        Record::Http(e) => e.to_flow(),
                     };
-                    write(&f);
-                    while let Ok(f) = rx.try_recv() {
-                        write(&f);
-                    }
-                    if let Err(e) = w.flush() {
+                    if let Err(e) = log.write(&flow, &mut line) {
                         tracing::warn!(error = %e, "writing the flow log");
                     }
+                };
+                while let Ok(r) = rx.recv() {
+                    write(&mut log, r);
+                    while let Ok(r) = rx.try_recv() {
+                        write(&mut log, r);
+                    }
+                    if let Err(e) = log.out.flush() {
+                        tracing::warn!(error = %e, "writing the flow log");
+                    }
+                    // Let the next batch gather instead of waking for every flow.
+                    std::thread::sleep(FLOW_BATCH_INTERVAL);
                 }
             })?;
-        Ok(FlowWriter { tx })
+        Ok(FlowWriter { tx, lost })
+    }
+
+    fn enqueue(&self, r: Record) {
+        if let Err(mpsc::TrySendError::Full(_)) = self.tx.try_send(r) {
+            self.lost.inc();
+        }
     }
 
     pub fn send(&self, f: Flow) {
         tracing::debug!(target: "ward::flow", "{}", f.summary);
-        let _ = self.tx.send(f);
+        self.enqueue(Record::Flow(Box::new(f)));
+    }
+
+    pub fn send_http(&self, e: HttpEvent) {
+        self.enqueue(Record::Http(e));
     }
 }
 
@@ -403,7 +603,8 @@ pub fn parse_label_filter(text: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-/// Reads the flow log, printing matching flows; with `follow`, keeps tailing.
+/// Reads the flow log (its rotated files first, oldest first), printing matching flows; with
+/// `follow`, keeps tailing, across rotations.
 pub fn observe(
     path: &Path,
     filter: &Filter,
@@ -411,34 +612,72 @@ pub fn observe(
     follow: bool,
     out: &mut dyn Write,
 ) -> std::io::Result<()> {
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && follow => loop {
-            std::thread::sleep(Duration::from_millis(200));
-            if let Ok(f) = std::fs::File::open(path) {
-                break f;
+    let mut backups = Vec::new();
+    while let Ok(f) = std::fs::File::open(backup_path(path, backups.len() as u32 + 1)) {
+        backups.push(f);
+    }
+    for f in backups.into_iter().rev() {
+        read_lines(std::io::BufReader::new(f), filter, json, out)?;
+    }
+    let open = || loop {
+        match std::fs::File::open(path) {
+            Ok(f) => return Ok(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && follow => {
+                std::thread::sleep(Duration::from_millis(200))
             }
-        },
+            Err(e) => return Err(e),
+        }
+    };
+    let mut reader = match open() {
+        Ok(f) => std::io::BufReader::new(f),
         Err(e) => return Err(e),
     };
-    let mut reader = std::io::BufReader::new(file);
+    if !follow {
+        return read_lines(reader, filter, json, out);
+    }
     let mut line = String::new();
     loop {
         let n = reader.read_line(&mut line)?;
-        if n == 0 || !line.ends_with('\n') {
-            if !follow {
-                if !line.is_empty() {
-                    emit(&line, filter, json, out)?;
-                }
-                return Ok(());
-            }
-            out.flush()?;
-            std::thread::sleep(Duration::from_millis(200));
+        if n > 0 && line.ends_with('\n') {
+            emit(&line, filter, json, out)?;
+            line.clear();
             continue;
         }
-        emit(&line, filter, json, out)?;
-        line.clear();
+        // At the end: was the file rotated away? Then what is left of it has been read (the
+        // writer renames only after flushing), and the new file is read from its start.
+        if rotated(path, reader.get_ref()) {
+            if !line.is_empty() {
+                emit(&line, filter, json, out)?;
+                line.clear();
+            }
+            reader = std::io::BufReader::new(open()?);
+            continue;
+        }
+        out.flush()?;
+        std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Whether `path` no longer names the file `open` reads.
+fn rotated(path: &Path, open: &std::fs::File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), open.metadata()) {
+        (Ok(now), Ok(ours)) => now.ino() != ours.ino() || now.dev() != ours.dev(),
+        (Err(_), _) => true,
+        _ => false,
+    }
+}
+
+fn read_lines(
+    reader: impl BufRead,
+    filter: &Filter,
+    json: bool,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    for line in reader.lines() {
+        emit(&line?, filter, json, out)?;
+    }
+    Ok(())
 }
 
 fn emit(line: &str, filter: &Filter, json: bool, out: &mut dyn Write) -> std::io::Result<()> {
@@ -647,5 +886,169 @@ mod tests {
             .unwrap()
             .ends_with("http-request DROPPED (HTTP/1.1 PUT http://deathstar/v1/exhaust-port)\n"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ward-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A flow whose URL carries `n`, so the order of what `observe` prints can be checked.
+    fn numbered(n: usize) -> Flow {
+        let mut f = l7_deny();
+        f.l7.as_mut().unwrap().http.url = format!("http://deathstar/{n}");
+        f
+    }
+
+    fn urls(out: &[u8]) -> Vec<String> {
+        String::from_utf8_lossy(out)
+            .lines()
+            .map(|l| {
+                let f: Flow = serde_json::from_str(l).unwrap();
+                f.l7.unwrap().http.url
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_flow_log_rotates_by_size_and_observe_reads_every_file_in_order() {
+        let dir = temp_dir("rotate");
+        let path = dir.join("flows.jsonl");
+        let line_len = serde_json::to_string(&numbered(100)).unwrap().len() as u64 + 1;
+        let cfg = FlowLogConfig {
+            path: path.clone(),
+            max_bytes: line_len * 10,
+            max_backups: 2,
+        };
+        let lost = prometheus_client::metrics::counter::Counter::default();
+        let w = FlowWriter::start(cfg, lost.clone()).unwrap();
+        for n in 100..135 {
+            w.send(numbered(n));
+        }
+        drop(w);
+        // The writer thread ends once the queue is drained; wait for the last flow.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .contains("/134\"")
+        {
+            assert!(std::time::Instant::now() < deadline, "flows not written");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for p in [path.clone(), backup_path(&path, 1), backup_path(&path, 2)] {
+            let len = std::fs::metadata(&p).unwrap().len();
+            assert!(len <= line_len * 10, "{} is {len} bytes", p.display());
+        }
+        assert!(!backup_path(&path, 3).exists(), "only two backups are kept");
+        let mut out = Vec::new();
+        observe(&path, &Filter::default(), true, false, &mut out).unwrap();
+        // 10 lines a file: 130..135 in the file, 120..130 in .1, 110..120 in .2, older gone.
+        let want: Vec<String> = (110..135)
+            .map(|n| format!("http://deathstar/{n}"))
+            .collect();
+        assert_eq!(urls(&out), want);
+        assert_eq!(lost.get(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A `Write` another thread can read.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn observe_follow_continues_across_a_rotation() {
+        let dir = temp_dir("follow");
+        let path = dir.join("flows.jsonl");
+        let line = |n| serde_json::to_string(&numbered(n)).unwrap() + "\n";
+        std::fs::write(&path, line(1)).unwrap();
+        let out = Shared::default();
+        {
+            let (path, mut out) = (path.clone(), out.clone());
+            // Follows forever; the thread ends with the test process.
+            std::thread::spawn(move || observe(&path, &Filter::default(), true, true, &mut out));
+        }
+        let wait_for = |n: usize| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while urls(&out.0.lock().unwrap()).len() < n {
+                assert!(std::time::Instant::now() < deadline, "follow stalled");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        wait_for(1);
+        // The writer's rotation: append, rename away, start a new file.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(line(2).as_bytes())
+            .unwrap();
+        std::fs::rename(&path, backup_path(&path, 1)).unwrap();
+        std::fs::write(&path, line(3)).unwrap();
+        wait_for(3);
+        assert_eq!(
+            urls(&out.0.lock().unwrap()),
+            [
+                "http://deathstar/1",
+                "http://deathstar/2",
+                "http://deathstar/3"
+            ]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_http_event_becomes_the_flow_the_proxy_used_to_build() {
+        let rule = Arc::new(HttpRule {
+            method: None,
+            path: None,
+            host: None,
+            headers: vec![],
+            header_matches: vec![],
+            origin: l7_rules::model::RuleRef::test("ingress[0].toPorts[0].rules.http[0]"),
+            summary: "POST /v1/request-landing".into(),
+        });
+        let want = l7_deny();
+        let mut e = HttpEvent {
+            time: SystemTime::UNIX_EPOCH + Duration::from_micros(1_795_381_201_123_456),
+            verdict: "DROPPED",
+            direction: "ingress",
+            source: Arc::new(want.source.clone()),
+            destination: Arc::new(want.destination.clone()),
+            method: http::Method::PUT,
+            host: http::HeaderValue::from_static("deathstar"),
+            orig_dst: "10.200.1.2:80".parse().unwrap(),
+            uri: "/v1/exhaust-port".parse().unwrap(),
+            version: "HTTP/1.1",
+            code: 403,
+            why: Why::Check {
+                policy: Some(Arc::from("default/rule1")),
+                reason: Arc::from(""),
+            },
+        };
+        assert_eq!(e.to_flow(), want, "an empty reason is left out");
+        e.host = http::HeaderValue::from_static("");
+        assert_eq!(e.url(), "http://10.200.1.2:80/v1/exhaust-port");
+        e.why = Why::Rule(rule);
+        let f = e.to_flow();
+        assert_eq!(
+            f.policy.as_deref(),
+            Some(&*l7_rules::model::RuleRef::test("x").policy.id())
+        );
+        assert!(f
+            .reason
+            .unwrap()
+            .ends_with("ingress[0].toPorts[0].rules.http[0] allows POST /v1/request-landing"),);
     }
 }

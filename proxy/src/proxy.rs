@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -25,7 +25,7 @@ use l7_rules::model::{Direction, L7Parser, Protocol};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::{debug, info, warn, Instrument};
 
-use crate::flows::{FlowPeer, FlowWriter, HttpInfo};
+use crate::flows::{FlowPeer, FlowWriter, HttpEvent, Why};
 use crate::metrics::Metrics;
 use crate::node::{NodeView, PeerInfo};
 
@@ -114,8 +114,10 @@ pub async fn serve(
 /// What one connection enforces, computed from one view generation.
 struct ConnPolicy {
     generation: u64,
-    src: PeerInfo,
     dst: PeerInfo,
+    /// The two ends as flows name them (built once per connection, shared by its flows).
+    src_peer: Arc<FlowPeer>,
+    dst_peer: Arc<FlowPeer>,
     checks: Vec<DirCheck>,
     audit: bool,
 }
@@ -126,8 +128,8 @@ struct DirCheck {
     denied_l3: bool,
     policy: Option<L7Policy>,
     /// `namespace/name` of the policy that redirected (named on denies).
-    redirect_policy: Option<String>,
-    reason: String,
+    redirect_policy: Option<Arc<str>>,
+    reason: Arc<str>,
 }
 
 fn conn_policy(view: &NodeView, client: SocketAddr, orig_dst: SocketAddr) -> ConnPolicy {
@@ -144,7 +146,8 @@ fn conn_policy(view: &NodeView, client: SocketAddr, orig_dst: SocketAddr) -> Con
             port: orig_dst.port(),
         };
         let (verdict, reason, origin) = view.engine.l3l4(&flow);
-        let redirect_policy = origin.as_ref().map(|o| o.policy.id());
+        let redirect_policy = origin.as_ref().map(|o| Arc::from(o.policy.id()));
+        let reason = Arc::from(reason);
         match verdict {
             L3L4Verdict::Allow => {}
             L3L4Verdict::Deny => checks.push(DirCheck {
@@ -166,10 +169,10 @@ fn conn_policy(view: &NodeView, client: SocketAddr, orig_dst: SocketAddr) -> Con
                 denied_l3: false,
                 policy: Some(L7Policy::Conflict(vec![other])),
                 redirect_policy,
-                reason: format!(
+                reason: Arc::from(format!(
                     "the port is redirected to the {} parser, not http",
                     other.as_str()
-                ),
+                )),
             }),
         }
     };
@@ -183,7 +186,8 @@ fn conn_policy(view: &NodeView, client: SocketAddr, orig_dst: SocketAddr) -> Con
     }
     ConnPolicy {
         generation: view.generation,
-        src,
+        src_peer: Arc::new(FlowPeer::new(&src, client.ip(), client.port())),
+        dst_peer: Arc::new(FlowPeer::new(&dst, orig_dst.ip(), orig_dst.port())),
         dst,
         checks,
         audit,
@@ -194,6 +198,26 @@ struct ConnCtx {
     client: SocketAddr,
     orig_dst: SocketAddr,
     policy: Mutex<Option<Arc<ConnPolicy>>>,
+    /// The upstream HTTP/1.1 connection this client connection last used. An HTTP/1.1 client
+    /// sends its next request only after the previous response is complete, so the same
+    /// upstream connection is normally ready for it: no pool lookup, no hand-back task.
+    upstream_h1: Mutex<Option<client1::SendRequest<Incoming>>>,
+    /// Where `upstream_h1` goes when the client leaves.
+    idle_h1: IdleH1,
+}
+
+impl Drop for ConnCtx {
+    fn drop(&mut self) {
+        let slot = self
+            .upstream_h1
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(sender) = slot.take() {
+            if sender.is_ready() {
+                park_idle(&self.idle_h1, self.orig_dst, sender);
+            }
+        }
+    }
 }
 
 impl ConnCtx {
@@ -226,6 +250,8 @@ async fn serve_conn(proxy: Arc<Proxy>, stream: TcpStream, client: SocketAddr) {
         client,
         orig_dst,
         policy: Mutex::new(None),
+        upstream_h1: Mutex::new(None),
+        idle_h1: proxy.pool.h1.clone(),
     });
     let svc = hyper::service::service_fn(move |req| {
         let proxy = proxy.clone();
@@ -320,8 +346,7 @@ fn bad_gateway() -> Response<Body> {
 struct Decision {
     allowed: bool,
     direction: Direction,
-    policy: Option<String>,
-    reason: String,
+    why: Why,
     actions: Vec<HeaderAction>,
 }
 
@@ -333,46 +358,44 @@ fn decide(cp: &ConnPolicy, req: &HttpRequest<'_>) -> Decision {
         } else {
             Direction::Egress
         },
-        policy: None,
-        reason: String::new(),
+        why: Why::none(),
         actions: Vec::new(),
     };
     for c in &cp.checks {
-        let (ok, policy, reason) = if c.denied_l3 {
-            (false, c.redirect_policy.clone(), c.reason.clone())
+        let fixed = || Why::Check {
+            policy: c.redirect_policy.clone(),
+            reason: c.reason.clone(),
+        };
+        let (ok, why) = if c.denied_l3 {
+            (false, fixed())
         } else {
             match &c.policy {
-                None | Some(L7Policy::AllowAll(_)) => {
-                    (true, c.redirect_policy.clone(), c.reason.clone())
-                }
+                None | Some(L7Policy::AllowAll(_)) => (true, fixed()),
                 Some(L7Policy::Http(set)) => {
                     let v = set.check(req);
                     d.actions.extend(v.actions);
                     match v.allowed_by {
-                        Some(i) => {
-                            let r = &set.rules()[i];
-                            (
-                                true,
-                                Some(r.origin.policy.id()),
-                                format!("{} allows {}", r.origin, r.summary),
-                            )
-                        }
+                        Some(i) => (true, Why::Rule(set.rules()[i].clone())),
                         None => (
                             false,
-                            c.redirect_policy.clone(),
-                            format!(
-                                "{} {} matched no http rule of {}",
-                                req.method,
-                                req.path,
-                                c.redirect_policy.as_deref().unwrap_or("the policy")
-                            ),
+                            Why::Text {
+                                policy: c.redirect_policy.clone(),
+                                reason: format!(
+                                    "{} {} matched no http rule of {}",
+                                    req.method,
+                                    req.path,
+                                    c.redirect_policy.as_deref().unwrap_or("the policy")
+                                ),
+                            },
                         ),
                     }
                 }
                 Some(other) => (
                     false,
-                    c.redirect_policy.clone(),
-                    format!("{}: {other:?}", c.reason),
+                    Why::Text {
+                        policy: c.redirect_policy.clone(),
+                        reason: format!("{}: {other:?}", c.reason),
+                    },
                 ),
             }
         };
@@ -380,13 +403,11 @@ fn decide(cp: &ConnPolicy, req: &HttpRequest<'_>) -> Decision {
             if d.allowed {
                 d.allowed = false;
                 d.direction = c.direction;
-                d.policy = policy;
-                d.reason = reason;
+                d.why = why;
             }
-        } else if d.allowed && policy.is_some() {
+        } else if d.allowed && why.has_policy() {
             d.direction = c.direction;
-            d.policy = policy;
-            d.reason = reason;
+            d.why = why;
         }
     }
     d
@@ -425,26 +446,15 @@ async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
-    let view = proxy.view.load_full();
-    let cp = ctx.policy(&view);
+    let cp = ctx.policy(&proxy.view.load());
     let version = req.version();
-    let method = req.method().as_str().to_string();
-    let raw_path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .to_string();
     let host = match req.headers().get(HOST) {
-        Some(h) => match h.to_str() {
-            Ok(h) => h.to_string(),
-            Err(_) => return bad_request("non-ASCII Host header"),
+        Some(h) if h.to_str().is_err() => return bad_request("non-ASCII Host header"),
+        Some(h) => h.clone(),
+        None => match req.uri().authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).unwrap_or(HeaderValue::from_static("")),
+            None => HeaderValue::from_static(""),
         },
-        None => req
-            .uri()
-            .authority()
-            .map(|a| a.to_string())
-            .unwrap_or_default(),
     };
     // Absolute-form whose authority differs from Host: ambiguous, rejected (DESIGN §6).
     if version != Version::HTTP_2 {
@@ -454,65 +464,59 @@ async fn handle(
             }
         }
     }
-    let path = match parsers::path::normalize(&raw_path) {
-        Ok(p) => p.into_owned(),
-        Err(e) => return bad_request(&format!("path: {e}")),
-    };
     let grpc = is_grpc(&req);
-    let header_pairs: Vec<(String, String)> = req
-        .headers()
-        .iter()
-        .filter_map(|(k, v)| {
-            v.to_str()
-                .ok()
-                .map(|v| (k.as_str().to_string(), v.to_string()))
-        })
-        .collect();
-    let header_refs: Vec<(&str, &str)> = header_pairs
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let hreq = HttpRequest {
-        method: &method,
-        path: &path,
-        host: &host,
-        headers: &header_refs,
+    let decision = {
+        let raw_path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let path = match parsers::path::normalize(raw_path) {
+            Ok(p) => p,
+            Err(e) => return bad_request(&format!("path: {e}")),
+        };
+        let headers: Vec<(&str, &str)> = req
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)))
+            .collect();
+        decide(
+            &cp,
+            &HttpRequest {
+                method: req.method().as_str(),
+                path: &path,
+                host: host.to_str().unwrap_or(""),
+                headers: &headers,
+            },
+        )
     };
-    let decision = decide(&cp, &hreq);
-    let url = format!(
-        "http://{}{}",
-        if host.is_empty() {
-            ctx.orig_dst.to_string()
-        } else {
-            host.clone()
-        },
-        raw_path
-    );
-    let src = FlowPeer::new(&cp.src, ctx.client.ip(), ctx.client.port());
-    let dst = FlowPeer::new(&cp.dst, ctx.orig_dst.ip(), ctx.orig_dst.port());
-    let vstr = version_str(version);
     let proto_label = if grpc { "grpc" } else { "http" };
+    let flow = |verdict: &'static str, code: u16, method, uri, why| HttpEvent {
+        time: SystemTime::now(),
+        verdict,
+        direction: decision.direction.as_str(),
+        source: cp.src_peer.clone(),
+        destination: cp.dst_peer.clone(),
+        method,
+        host: host.clone(),
+        orig_dst: ctx.orig_dst,
+        uri,
+        version: version_str(version),
+        code,
+        why,
+    };
 
     if !decision.allowed && !cp.audit {
         let resp = if grpc { deny_grpc() } else { deny_http() };
-        info!(%method, %url, policy = ?decision.policy, reason = %decision.reason, "request denied");
+        let event = flow(
+            "DROPPED",
+            if grpc { 200 } else { 403 },
+            req.method().clone(),
+            req.uri().clone(),
+            decision.why.clone(),
+        );
+        info!(method = %event.method, url = %event.url(), policy = ?decision.why.policy(),
+            reason = %decision.why.reason(), "request denied");
         proxy
             .metrics
             .request(proto_label, "DROPPED", started.elapsed());
-        proxy.flows.send(crate::flows::Flow::http(
-            "DROPPED",
-            decision.direction.as_str(),
-            src,
-            dst,
-            HttpInfo {
-                method,
-                url,
-                version: vstr.into(),
-                code: if grpc { 200 } else { 403 },
-            },
-            decision.policy,
-            Some(decision.reason),
-        ));
+        proxy.flows.send_http(event);
         return resp;
     }
     let verdict = if decision.allowed {
@@ -520,14 +524,21 @@ async fn handle(
     } else {
         "AUDIT"
     };
+    let (method, uri) = (req.method().clone(), req.uri().clone());
     if !decision.allowed {
-        warn!(%method, %url, policy = ?decision.policy, reason = %decision.reason, "AUDIT: request would be denied; forwarding");
+        let url = flow(verdict, 0, method.clone(), uri.clone(), Why::none()).url();
+        warn!(%method, %url, policy = ?decision.why.policy(), reason = %decision.why.reason(),
+            "AUDIT: request would be denied; forwarding");
     }
     apply_actions(req.headers_mut(), &decision.actions);
 
     let upgrade = version != Version::HTTP_2 && req.headers().contains_key(http::header::UPGRADE);
     let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let result = proxy.pool.send(ctx.orig_dst, version, req).await;
+    let result = if version == Version::HTTP_2 {
+        proxy.pool.send_h2(ctx.orig_dst, req).await
+    } else {
+        proxy.pool.send_h1(&ctx, req).await
+    };
     let (resp, code) = match result {
         Ok(mut resp) => {
             let code = resp.status().as_u16();
@@ -558,20 +569,9 @@ async fn handle(
     proxy
         .metrics
         .request(proto_label, verdict, started.elapsed());
-    proxy.flows.send(crate::flows::Flow::http(
-        verdict,
-        decision.direction.as_str(),
-        src,
-        dst,
-        HttpInfo {
-            method,
-            url,
-            version: vstr.into(),
-            code,
-        },
-        decision.policy,
-        Some(decision.reason),
-    ));
+    proxy
+        .flows
+        .send_http(flow(verdict, code, method, uri, decision.why.clone()));
     resp
 }
 
@@ -739,53 +739,90 @@ impl Drop for RegistrationGuard {
     }
 }
 
+/// Puts an idle HTTP/1.1 sender back in the shared pool (bounded per destination).
+fn park_idle(idle: &IdleH1, addr: SocketAddr, sender: client1::SendRequest<Incoming>) {
+    let mut g = idle.lock().unwrap_or_else(|p| p.into_inner());
+    let list = g.entry(addr).or_default();
+    if list.len() < MAX_IDLE_PER_UPSTREAM {
+        list.push(sender);
+    }
+}
+
 impl Pool {
-    async fn send(
+    /// An HTTP/2 request: one multiplexed upstream connection per destination.
+    async fn send_h2(
         &self,
         addr: SocketAddr,
-        version: Version,
         req: Request<Incoming>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        if version == Version::HTTP_2 {
-            let existing = {
-                let g = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-                g.get(&addr).filter(|s| !s.is_closed()).cloned()
-            };
-            let mut sender = match existing {
-                Some(s) => s,
-                None => {
-                    let io = TokioIo::new(connect(addr, self.sockets.as_ref()).await?);
-                    let (sender, conn) = client2::Builder::new(TokioExecutor::new())
-                        .timer(TokioTimer::new())
-                        .handshake(io)
-                        .await?;
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            debug!(error = %e, "upstream h2 connection ended");
-                        }
-                    });
-                    self.h2
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(addr, sender.clone());
-                    sender
-                }
-            };
-            sender.ready().await?;
-            return Ok(sender.send_request(req).await?);
-        }
-        let idle = {
+        let existing = {
+            let g = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+            g.get(&addr).filter(|s| !s.is_closed()).cloned()
+        };
+        let mut sender = match existing {
+            Some(s) => s,
+            None => {
+                let io = TokioIo::new(connect(addr, self.sockets.as_ref()).await?);
+                let (sender, conn) = client2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .handshake(io)
+                    .await?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        debug!(error = %e, "upstream h2 connection ended");
+                    }
+                });
+                self.h2
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(addr, sender.clone());
+                sender
+            }
+        };
+        sender.ready().await?;
+        Ok(sender.send_request(req).await?)
+    }
+
+    /// An HTTP/1.1 request of the client connection `ctx`: on the upstream connection its
+    /// previous request used when that one is ready, else an idle one from the pool, else a new
+    /// one. The sender stays with the client connection afterwards.
+    async fn send_h1(
+        &self,
+        ctx: &ConnCtx,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let addr = ctx.orig_dst;
+        let previous = ctx
+            .upstream_h1
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let own = match previous {
+            Some(s) if s.is_ready() => Some(s),
+            Some(s) => {
+                // Not ready yet (its last response still finishing) or closed: hand it to the
+                // pool once it is ready; a closed one errors and is dropped.
+                let idle = self.h1.clone();
+                let mut s = s;
+                tokio::spawn(async move {
+                    if s.ready().await.is_ok() {
+                        park_idle(&idle, addr, s);
+                    }
+                });
+                None
+            }
+            None => None,
+        };
+        let idle = own.or_else(|| {
             let mut g = self.h1.lock().unwrap_or_else(|p| p.into_inner());
-            let list = g.entry(addr).or_default();
-            let mut found = None;
+            let list = g.get_mut(&addr)?;
             while let Some(s) = list.pop() {
                 if s.is_ready() {
-                    found = Some(s);
-                    break;
+                    return Some(s);
                 }
             }
-            found
-        };
+            None
+        });
         let mut sender = match idle {
             Some(s) => s,
             None => {
@@ -804,18 +841,7 @@ impl Pool {
         };
         sender.ready().await?;
         let resp = sender.send_request(req).await?;
-        // Back to the idle list once the response has been read completely (keep-alive);
-        // a connection the upstream closes (or that was upgraded) errors and is dropped.
-        let idle = self.h1.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                let mut g = idle.lock().unwrap_or_else(|p| p.into_inner());
-                let list = g.entry(addr).or_default();
-                if list.len() < MAX_IDLE_PER_UPSTREAM {
-                    list.push(sender);
-                }
-            }
-        });
+        *ctx.upstream_h1.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender);
         Ok(resp)
     }
 }
@@ -870,16 +896,25 @@ mod tests {
         let tie: SocketAddr = "10.200.3.2:40000".parse().unwrap();
         let ds: SocketAddr = "10.200.1.2:80".parse().unwrap();
         let cp = conn_policy(&view, tie, ds);
-        assert_eq!(cp.src.name, "tiefighter");
-        assert_eq!(cp.dst.name, "deathstar-1");
+        assert_eq!(cp.src_peer.name, "tiefighter");
+        assert_eq!(cp.dst_peer.name, "deathstar-1");
         assert_eq!(cp.checks.len(), 1, "only deathstar's ingress is restricted");
         let ok = decide(&cp, &req("POST", "/v1/request-landing"));
-        assert!(ok.allowed, "{}", ok.reason);
-        assert_eq!(ok.policy.as_deref(), Some("default/rule1"));
+        assert!(ok.allowed, "{}", ok.why.reason());
+        assert_eq!(ok.why.policy().as_deref(), Some("default/rule1"));
+        assert!(
+            ok.why.reason().contains("allows POST /v1/request-landing"),
+            "{}",
+            ok.why.reason()
+        );
         let no = decide(&cp, &req("PUT", "/v1/exhaust-port"));
         assert!(!no.allowed);
         assert_eq!(no.direction, Direction::Ingress);
-        assert_eq!(no.policy.as_deref(), Some("default/rule1"));
+        assert_eq!(no.why.policy().as_deref(), Some("default/rule1"));
+        assert!(no
+            .why
+            .reason()
+            .contains("PUT /v1/exhaust-port matched no http rule"));
         // xwing is denied at L3/L4: a connection that still reaches the proxy gets nothing.
         let xw: SocketAddr = "10.200.4.2:40000".parse().unwrap();
         let cp = conn_policy(&view, xw, ds);

@@ -569,6 +569,20 @@ pub fn run(
     let added = |p: f64| (pct(&lat_ward, p) - pct(&lat_direct, p)).max(0.0);
 
     let rss = rss_mb(ward_pid);
+    // Flows the flow log dropped under this load (its queue full): the CPU figure is only
+    // honest if Ward wrote a flow for every request.
+    let metrics = s.node(&[
+        "curl",
+        "-s",
+        "--max-time",
+        "3",
+        "http://127.0.0.1:9962/metrics",
+    ]);
+    let flows_lost = String::from_utf8_lossy(&metrics.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("ward_flows_lost_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .context("ward_flows_lost_total missing from Ward's metrics")?;
     let json = serde_json::json!({
         "http1": {
             "direct_rps": direct_rps,
@@ -590,6 +604,7 @@ pub fn run(
             "ward_p99_added_ms_at_1k": added(0.99),
             "ward_p999_added_ms_at_1k": added(0.999),
             "ward_rss_mb": rss,
+            "ward_flows_lost": flows_lost,
         },
         "h2": {
             "direct_rps": median(h2_direct.clone()),
@@ -624,6 +639,7 @@ pub fn run(
         ("ward_p99_added_ms_at_1k", "added p99 at 1k req/s, ms"),
         ("ward_p999_added_ms_at_1k", "added p99.9 at 1k req/s, ms"),
         ("ward_rss_mb", "Ward RSS, MB"),
+        ("ward_flows_lost", "flows Ward could not log (queue full)"),
     ] {
         let _ = writeln!(table, "{label:<44} {:>12.3}", h[k].as_f64().unwrap_or(0.0));
     }
