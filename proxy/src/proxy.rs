@@ -440,6 +440,48 @@ fn apply_actions(headers: &mut http::HeaderMap, actions: &[HeaderAction]) {
     }
 }
 
+/// Removes the hop-by-hop headers (RFC 9110 §7.6.1) before a message crosses the proxy:
+/// `Connection` and every header it names, `Keep-Alive`, `Proxy-Connection`,
+/// `Transfer-Encoding` (hyper frames each side itself), `Upgrade`, and `TE` unless it is
+/// `trailers` (gRPC needs it). Each side's keep-alive is its own: an upstream `Connection:
+/// close` must not close the client's connection. `upgrade` keeps `Upgrade` and
+/// `Connection: upgrade` for a protocol switch.
+fn strip_hop_by_hop(headers: &mut http::HeaderMap, upgrade: bool) {
+    use http::header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+    if let Some(named) = headers.get(CONNECTION).map(|_| {
+        headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+    }) {
+        for name in named {
+            if !(upgrade && name == "upgrade") {
+                headers.remove(name.as_str());
+            }
+        }
+        headers.remove(CONNECTION);
+    }
+    for name in ["keep-alive", "proxy-connection"] {
+        headers.remove(name);
+    }
+    headers.remove(TRANSFER_ENCODING);
+    if upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(UPGRADE);
+    }
+    if headers
+        .get(TE)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        headers.remove(TE);
+    }
+}
+
 async fn handle(
     proxy: Arc<Proxy>,
     ctx: Arc<ConnCtx>,
@@ -533,6 +575,7 @@ async fn handle(
     apply_actions(req.headers_mut(), &decision.actions);
 
     let upgrade = version != Version::HTTP_2 && req.headers().contains_key(http::header::UPGRADE);
+    strip_hop_by_hop(req.headers_mut(), upgrade);
     let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let result = if version == Version::HTTP_2 {
         proxy.pool.send_h2(ctx.orig_dst, req).await
@@ -542,6 +585,8 @@ async fn handle(
     let (resp, code) = match result {
         Ok(mut resp) => {
             let code = resp.status().as_u16();
+            let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            strip_hop_by_hop(resp.headers_mut(), switching && down_upgrade.is_some());
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 if let Some(down) = down_upgrade {
                     let up = hyper::upgrade::on(&mut resp);
@@ -924,6 +969,39 @@ mod tests {
         assert!(cp.checks.is_empty());
         assert!(decide(&cp, &req("PUT", "/anything")).allowed);
         assert!(!cp.audit);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_stop_at_the_proxy() {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in [
+            ("connection", "close, X-Hop"),
+            ("connection", "keep-alive"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "gzip"),
+            ("x-end-to-end", "kept"),
+        ] {
+            h.append(k, HeaderValue::from_static(v));
+        }
+        let mut plain = h.clone();
+        strip_hop_by_hop(&mut plain, false);
+        assert_eq!(plain.len(), 1, "{plain:?}");
+        assert_eq!(plain["x-end-to-end"], "kept");
+        // A protocol switch keeps what it needs.
+        let mut up = h.clone();
+        strip_hop_by_hop(&mut up, true);
+        assert_eq!(up["upgrade"], "websocket");
+        assert_eq!(up["connection"], "upgrade");
+        assert!(up.get("x-hop").is_none());
+        // gRPC's `te: trailers` is end-to-end.
+        let mut grpc = http::HeaderMap::new();
+        grpc.insert("te", HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut grpc, false);
+        assert_eq!(grpc["te"], "trailers");
     }
 
     #[test]

@@ -162,6 +162,233 @@ fn http2_prior_knowledge_allowed_and_denied() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
 }
 
+const KEEPALIVE_NGINX_CONF: &str = r#"daemon off;
+master_process off;
+worker_processes 1;
+pid DIR/nginx.pid;
+error_log DIR/nginx-error.log warn;
+events { worker_connections 256; }
+http {
+    log_format conn '$server_port $connection $request_uri';
+    access_log DIR/access.log conn;
+    client_body_temp_path DIR/nginx-body;
+    proxy_temp_path DIR/nginx-proxy;
+    fastcgi_temp_path DIR/nginx-fcgi;
+    uwsgi_temp_path DIR/nginx-uwsgi;
+    scgi_temp_path DIR/nginx-scgi;
+    server {
+        listen 80;
+        keepalive_requests 1000;
+        location / { return 200 "Ship landed\n"; }
+    }
+    server {
+        listen 8080;
+        keepalive_requests 2;
+        location / { return 200 "Ship landed\n"; }
+    }
+}
+"#;
+
+const BOTH_PORTS_L7: &str = r#"apiVersion: "cilium.io/v2"
+kind: CiliumNetworkPolicy
+metadata:
+  name: "landing"
+spec:
+  endpointSelector:
+    matchLabels:
+      class: deathstar
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        org: empire
+    toPorts:
+    - ports:
+      - port: "80"
+        protocol: TCP
+      - port: "8080"
+        protocol: TCP
+      rules:
+        http:
+        - method: "POST"
+          path: "/v1/request-landing/[0-9]+"
+"#;
+
+/// Upstream HTTP/1.1 connections follow the client's keep-alive connection: one client
+/// connection's requests share one upstream connection, and when the upstream closes it
+/// (`keepalive_requests`), the next request opens another instead of failing.
+#[test]
+fn upstream_connections_follow_client_keepalive() {
+    if !privileged("upstream_connections_follow_client_keepalive") {
+        return;
+    }
+    let mut s = Scene::new("ka");
+    s.add_pod(
+        "deathstar",
+        "default",
+        &[("org", "empire"), ("class", "deathstar")],
+    );
+    s.add_pod(
+        "tiefighter",
+        "default",
+        &[("org", "empire"), ("class", "tiefighter")],
+    );
+    let conf = s.dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        KEEPALIVE_NGINX_CONF.replace("DIR", &s.dir.to_string_lossy()),
+    )
+    .expect("nginx.conf");
+    let conf = conf.to_string_lossy().into_owned();
+    s.spawn_in("deathstar", &["nginx", "-c", &conf], "nginx.log");
+    s.wait_port("deathstar", 80);
+    s.wait_port("deathstar", 8080);
+    s.start_ward();
+    s.write_policy("landing.yaml", BOTH_PORTS_L7);
+    eventually("the L7 rule", || {
+        status(
+            &s,
+            "tiefighter",
+            &["-XPUT", "http://deathstar/v1/exhaust-port"],
+        ) == "403"
+    });
+    // Five requests on one client connection per port (curl reuses it for every URL).
+    let five = |port: u16| {
+        let urls: Vec<String> = (1..=5)
+            .map(|n| format!("http://deathstar:{port}/v1/request-landing/{n}"))
+            .collect();
+        let mut args = vec![
+            "curl",
+            "-s",
+            "--max-time",
+            "5",
+            "-XPOST",
+            "-w",
+            "%{num_connects} ",
+        ];
+        args.extend(urls.iter().map(String::as_str));
+        String::from_utf8_lossy(&s.exec("tiefighter", &args).stdout).into_owned()
+    };
+    let one_client_connection =
+        "Ship landed\n1 Ship landed\n0 Ship landed\n0 Ship landed\n0 Ship landed\n0 ";
+    assert_eq!(five(80), one_client_connection);
+    assert_eq!(
+        five(8080),
+        one_client_connection,
+        "no request fails when the upstream closes"
+    );
+    // The upstream's view: which connection served each request.
+    let log = std::fs::read_to_string(s.dir.join("access.log")).expect("access log");
+    let conns = |port: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.starts_with(port) && l.contains("request-landing/"))
+            .map(|l| l.split(' ').nth(1).unwrap_or_default().to_string())
+            .collect()
+    };
+    let c80 = conns("80 ");
+    assert_eq!(c80.len(), 5, "{log}");
+    assert!(
+        c80.iter().all(|c| *c == c80[0]),
+        "one upstream connection: {log}"
+    );
+    let c8080 = conns("8080 ");
+    assert_eq!(c8080.len(), 5, "{log}");
+    let mut distinct = c8080.clone();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "two requests per upstream connection: {log}"
+    );
+}
+
+/// An origin that switches to an upper-casing echo protocol on `Upgrade: echo`.
+const UPGRADE_SERVER: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen()
+while True:
+    c, _ = s.accept()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        d = c.recv(4096)
+        if not d:
+            break
+        data += d
+    head = data.split(b"\r\n\r\n")[0].decode().lower()
+    if "upgrade: echo" in head and "connection: upgrade" in head:
+        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        while True:
+            d = c.recv(4096)
+            if not d:
+                break
+            c.sendall(d.upper())
+    else:
+        c.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    c.close()
+"#;
+
+/// Asks for the switch, prints the status line, then what the echo protocol answers.
+const UPGRADE_CLIENT: &str = r#"
+import socket, sys
+c = socket.create_connection(("deathstar", 80), timeout=3)
+c.sendall(("%s %s HTTP/1.1\r\nHost: deathstar\r\nContent-Length: 0\r\n"
+           "Connection: Upgrade\r\nUpgrade: echo\r\n\r\n" % (sys.argv[1], sys.argv[2])).encode())
+data = b""
+while b"\r\n\r\n" not in data:
+    data += c.recv(4096)
+head, rest = data.split(b"\r\n\r\n", 1)
+print(head.split(b"\r\n")[0].decode())
+if b" 101 " in head:
+    c.sendall(b"hello")
+    while len(rest) < 5:
+        rest += c.recv(4096)
+    print(rest.decode())
+"#;
+
+/// An allowed request that asks for a protocol switch is tunnelled after the 101 (the
+/// `Upgrade`/`Connection` pair survives the hop-by-hop stripping); a denied one gets the 403.
+#[test]
+fn allowed_upgrade_is_tunnelled_and_denied_upgrade_gets_403() {
+    if !privileged("allowed_upgrade_is_tunnelled_and_denied_upgrade_gets_403") {
+        return;
+    }
+    let mut s = Scene::new("up");
+    s.add_pod(
+        "deathstar",
+        "default",
+        &[("org", "empire"), ("class", "deathstar")],
+    );
+    s.add_pod(
+        "tiefighter",
+        "default",
+        &[("org", "empire"), ("class", "tiefighter")],
+    );
+    s.spawn_in(
+        "deathstar",
+        &["python3", "-c", UPGRADE_SERVER, "80"],
+        "upgrade-server.log",
+    );
+    s.wait_port("deathstar", 80);
+    s.start_ward();
+    s.write_policy("rule1.yaml", &scene_policy("starwars-l7"));
+    let client = |method: &str, path: &str| {
+        let out = s.exec(
+            "tiefighter",
+            &["python3", "-c", UPGRADE_CLIENT, method, path],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    eventually("the L7 rule", || {
+        client("PUT", "/v1/exhaust-port") == "HTTP/1.1 403 Forbidden\n"
+    });
+    assert_eq!(
+        client("POST", "/v1/request-landing"),
+        "HTTP/1.1 101 Switching Protocols\nHELLO\n"
+    );
+}
+
 /// The Python of the venv with grpcio (installed by `cargo xtask test`).
 fn peers_python() -> PathBuf {
     let p = std::env::var_os("WARD_PEERS_PYTHON")
