@@ -108,6 +108,10 @@ pub struct Config {
     pub policy_dirs: Vec<PathBuf>,
     #[serde(default)]
     pub listeners: Listeners,
+    /// Threads that own client connections (like nginx's `worker_processes`); default: one
+    /// per CPU.
+    #[serde(default)]
+    pub proxy_threads: Option<usize>,
     #[serde(default = "default_admin")]
     pub admin_socket: PathBuf,
     /// `null` disables the metrics endpoint.
@@ -273,6 +277,9 @@ impl Config {
                 ),
                 _ => {}
             }
+        }
+        if self.proxy_threads == Some(0) {
+            issue("proxy_threads".into(), "must be at least 1".into());
         }
         if self.flow_log_max_mb == 0 {
             issue("flow_log_max_mb".into(), "must be at least 1 (MiB)".into());

@@ -350,9 +350,10 @@ impl Daemon {
 /// `ward run`.
 pub fn run(cfg: Config, set: PolicySet) -> anyhow::Result<()> {
     info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "effective config");
+    // Accept, admin and metrics; client connections live on the proxy workers.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .worker_threads(2)
+        .worker_threads(1)
         .build()?;
     // 1. The listener first: redirected flows fail closed until it exists.
     let std_listener = crate::proxy::bind_transparent(cfg.listeners.http).with_context(|| {
@@ -456,7 +457,13 @@ pub fn run(cfg: Config, set: PolicySet) -> anyhow::Result<()> {
             crate::proxy::Proxy::new(view.clone(), flows.clone(), metrics.clone())
                 .with_proxy_sockets(sockets),
         );
-        let proxy_task = tokio::spawn(crate::proxy::serve(proxy, listener, rx.clone()));
+        let threads = cfg.proxy_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+        });
+        let workers = crate::proxy::Workers::start(threads, proxy)
+            .context("starting the proxy worker threads")?;
+        info!(threads, "proxy workers started");
+        let proxy_task = tokio::spawn(crate::proxy::serve(workers, listener, rx.clone()));
         let admin_task = {
             let l = crate::admin::bind(&cfg.admin_socket)?;
             info!(socket = %cfg.admin_socket.display(), "admin socket ready");
