@@ -84,6 +84,7 @@ pub struct Flow {
 
 pub const POLICY_DENIED: &str = "Policy denied";
 
+#[cfg(test)]
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_micros(SystemTime::now()).to_string()
 }
@@ -209,8 +210,9 @@ impl Flow {
         }
     }
 
-    /// An L7 (HTTP) verdict of the proxy.
-    #[allow(clippy::too_many_arguments)]
+    /// An L7 (HTTP) verdict of the proxy, as an owned flow (the proxy itself writes
+    /// [`HttpEvent`]s; this is their reference shape).
+    #[cfg(test)]
     pub fn http(
         verdict: &str,
         direction: &str,
@@ -220,15 +222,13 @@ impl Flow {
         policy: Option<String>,
         reason: Option<String>,
     ) -> Flow {
-        let summary = format!(
-            "{} (ID:{}) -> {} (ID:{}) http-request {verdict} ({} {} {})",
-            source.text(),
-            source.identity,
-            destination.text(),
-            destination.identity,
-            http.version,
-            http.method,
-            http.url
+        let summary = http_summary(
+            &source,
+            &destination,
+            verdict,
+            &http.version,
+            &http.method,
+            &http.url,
         );
         Flow {
             time: now_rfc3339(),
@@ -334,6 +334,25 @@ impl Why {
     }
 }
 
+/// `default/tiefighter:56934 (ID:42250) -> default/deathstar-1:80 (ID:27476) http-request
+/// DROPPED (HTTP/1.1 PUT http://deathstar/v1/exhaust-port)`.
+fn http_summary(
+    source: &FlowPeer,
+    destination: &FlowPeer,
+    verdict: &str,
+    version: &str,
+    method: &str,
+    url: &str,
+) -> String {
+    format!(
+        "{} (ID:{}) -> {} (ID:{}) http-request {verdict} ({version} {method} {url})",
+        source.text(),
+        source.identity,
+        destination.text(),
+        destination.identity,
+    )
+}
+
 /// One HTTP request's verdict as the proxy hands it to the flow log: cheap to build (shared
 /// peers, no formatting); [`HttpEvent::to_flow`] makes the [`Flow`] on the flow-log thread.
 #[derive(Clone, Debug)]
@@ -364,6 +383,80 @@ impl HttpEvent {
         }
     }
 
+    /// Appends this flow's JSON line (without the newline) to `out`: the same object as
+    /// `serde_json::to_writer(&self.to_flow())`, without building the owned [`Flow`].
+    pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        #[derive(Serialize)]
+        struct HttpOut<'a> {
+            method: &'a str,
+            url: &'a str,
+            version: &'a str,
+            code: u16,
+        }
+        #[derive(Serialize)]
+        struct L7Out<'a> {
+            protocol: &'a str,
+            http: HttpOut<'a>,
+        }
+        #[derive(Serialize)]
+        struct FlowOut<'a> {
+            time: &'a str,
+            verdict: &'a str,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            drop_reason: Option<&'a str>,
+            direction: &'a str,
+            source: &'a FlowPeer,
+            destination: &'a FlowPeer,
+            protocol: &'a str,
+            tcp_flags: Option<&'a str>,
+            l7: Option<L7Out<'a>>,
+            policy: Option<&'a str>,
+            summary: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            reason: Option<&'a str>,
+        }
+        let time = humantime::format_rfc3339_micros(self.time).to_string();
+        let url = self.url();
+        let summary = http_summary(
+            &self.source,
+            &self.destination,
+            self.verdict,
+            self.version,
+            self.method.as_str(),
+            &url,
+        );
+        let policy = self.why.policy();
+        let reason = self.why.reason();
+        serde_json::to_writer(
+            out,
+            &FlowOut {
+                time: &time,
+                verdict: self.verdict,
+                kind: "l7",
+                drop_reason: (self.verdict == "DROPPED").then_some(POLICY_DENIED),
+                direction: self.direction,
+                source: &self.source,
+                destination: &self.destination,
+                protocol: "TCP",
+                tcp_flags: None,
+                l7: Some(L7Out {
+                    protocol: "http",
+                    http: HttpOut {
+                        method: self.method.as_str(),
+                        url: &url,
+                        version: self.version,
+                        code: self.code,
+                    },
+                }),
+                policy: policy.as_deref(),
+                summary: &summary,
+                reason: Some(reason.as_str()).filter(|r| !r.is_empty()),
+            },
+        )
+    }
+
+    #[cfg(test)]
     pub fn to_flow(&self) -> Flow {
         let mut f = Flow::http(
             self.verdict,
@@ -437,9 +530,12 @@ impl LogFile {
         })
     }
 
-    fn write(&mut self, f: &Flow, line: &mut Vec<u8>) -> std::io::Result<()> {
+    fn write(&mut self, r: &Record, line: &mut Vec<u8>) -> std::io::Result<()> {
         line.clear();
-        serde_json::to_writer(&mut *line, f)?;
+        match r {
+            Record::Flow(f) => serde_json::to_writer(&mut *line, f)?,
+            Record::Http(e) => e.write_json(line)?,
+        }
         line.push(b'\n');
         if self.size > 0 && self.size + line.len() as u64 > self.cfg.max_bytes {
             self.rotate()?;
@@ -490,11 +586,7 @@ impl FlowWriter {
             .spawn(move || {
                 let mut line = Vec::with_capacity(2048);
                 let mut write = |log: &mut LogFile, r: Record| {
-                    let flow = match r {
-                        Record::Flow(f) => *f,
-                        Record::Http(e) => e.to_flow(),
-                    };
-                    if let Err(e) = log.write(&flow, &mut line) {
+                    if let Err(e) = log.write(&r, &mut line) {
                         tracing::warn!(error = %e, "writing the flow log");
                     }
                 };
@@ -1038,9 +1130,18 @@ mod tests {
             },
         };
         assert_eq!(e.to_flow(), want, "an empty reason is left out");
+        let same_json = |e: &HttpEvent| {
+            let mut line = Vec::new();
+            e.write_json(&mut line).unwrap();
+            let direct: serde_json::Value = serde_json::from_slice(&line).unwrap();
+            assert_eq!(direct, serde_json::to_value(e.to_flow()).unwrap());
+        };
+        same_json(&e);
         e.host = http::HeaderValue::from_static("");
         assert_eq!(e.url(), "http://10.200.1.2:80/v1/exhaust-port");
         e.why = Why::Rule(rule);
+        e.verdict = "FORWARDED";
+        same_json(&e);
         let f = e.to_flow();
         assert_eq!(
             f.policy.as_deref(),

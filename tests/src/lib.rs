@@ -505,6 +505,18 @@ impl Drop for Scene {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // Whatever those left running in the namespaces (nginx's workers outlive a killed
+        // master, for one).
+        for ns in self.pods.iter().map(|p| &p.netns).chain([&self.node_ns]) {
+            if let Ok(o) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        // SAFETY: kill(2) has no memory effects.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+            }
+        }
         if self.config_written {
             let _ = self.ward_cli(&["uninstall"]);
         }
