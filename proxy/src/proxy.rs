@@ -5,6 +5,7 @@
 //! the current [`NodeView`]; allowed requests go upstream over pooled connections speaking the
 //! same HTTP version, with `SO_MARK` = `MARK_PROXY_UPSTREAM`.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -120,7 +121,8 @@ impl Workers {
                                 }
                             };
                             let local = stream.local_addr().ok();
-                            let span = tracing::info_span!("conn", client = %peer, orig_dst = ?local);
+                            let span =
+                                tracing::info_span!("conn", client = %peer, orig_dst = ?local);
                             tokio::spawn(serve_conn(proxy.clone(), stream, peer).instrument(span));
                         }
                     })
@@ -259,8 +261,6 @@ struct ConnCtx {
     /// sends its next request only after the previous response is complete, so the same
     /// upstream connection is normally ready for it: no pool lookup, no hand-back task.
     upstream_h1: Mutex<Option<client1::SendRequest<Incoming>>>,
-    /// Where `upstream_h1` goes when the client leaves.
-    idle_h1: IdleH1,
 }
 
 impl Drop for ConnCtx {
@@ -271,7 +271,7 @@ impl Drop for ConnCtx {
             .unwrap_or_else(|p| p.into_inner());
         if let Some(sender) = slot.take() {
             if sender.is_ready() {
-                park_idle(&self.idle_h1, self.orig_dst, sender);
+                park_idle(self.orig_dst, sender);
             }
         }
     }
@@ -308,7 +308,6 @@ async fn serve_conn(proxy: Arc<Proxy>, stream: TcpStream, client: SocketAddr) {
         orig_dst,
         policy: Mutex::new(None),
         upstream_h1: Mutex::new(None),
-        idle_h1: proxy.pool.h1.clone(),
     });
     let svc = hyper::service::service_fn(move |req| {
         let proxy = proxy.clone();
@@ -677,14 +676,21 @@ async fn handle(
     resp
 }
 
-/// Upstream connections by original destination: HTTP/1.1 idle senders and one multiplexed
-/// HTTP/2 connection per destination.
-type IdleH1 = Arc<Mutex<HashMap<SocketAddr, Vec<client1::SendRequest<Incoming>>>>>;
+thread_local! {
+    /// Idle upstream HTTP/1.1 connections of this worker thread, by original destination.
+    /// Per thread because a connection's task runs on the thread that opened it: a request
+    /// from another worker would cross threads twice (measured: a wake-up per request).
+    static IDLE_H1: RefCell<HashMap<SocketAddr, Vec<client1::SendRequest<Incoming>>>> =
+        RefCell::default();
+    /// This worker thread's multiplexed HTTP/2 upstream connection per destination.
+    static H2: RefCell<HashMap<SocketAddr, client2::SendRequest<Incoming>>> =
+        RefCell::default();
+}
 
+/// Upstream connections: the datapath registry their sockets go into (the connections
+/// themselves are per worker thread, [`IDLE_H1`] and [`H2`]).
 #[derive(Default)]
 struct Pool {
-    h1: IdleH1,
-    h2: Mutex<HashMap<SocketAddr, client2::SendRequest<Incoming>>>,
     sockets: Option<SocketRegistry>,
 }
 
@@ -841,13 +847,14 @@ impl Drop for RegistrationGuard {
     }
 }
 
-/// Puts an idle HTTP/1.1 sender back in the shared pool (bounded per destination).
-fn park_idle(idle: &IdleH1, addr: SocketAddr, sender: client1::SendRequest<Incoming>) {
-    let mut g = idle.lock().unwrap_or_else(|p| p.into_inner());
-    let list = g.entry(addr).or_default();
-    if list.len() < MAX_IDLE_PER_UPSTREAM {
-        list.push(sender);
-    }
+/// Puts an idle HTTP/1.1 sender back in this thread's pool (bounded per destination).
+fn park_idle(addr: SocketAddr, sender: client1::SendRequest<Incoming>) {
+    IDLE_H1.with_borrow_mut(|idle| {
+        let list = idle.entry(addr).or_default();
+        if list.len() < MAX_IDLE_PER_UPSTREAM {
+            list.push(sender);
+        }
+    });
 }
 
 impl Pool {
@@ -857,10 +864,7 @@ impl Pool {
         addr: SocketAddr,
         req: Request<Incoming>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let existing = {
-            let g = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-            g.get(&addr).filter(|s| !s.is_closed()).cloned()
-        };
+        let existing = H2.with_borrow(|h2| h2.get(&addr).filter(|s| !s.is_closed()).cloned());
         let mut sender = match existing {
             Some(s) => s,
             None => {
@@ -874,10 +878,7 @@ impl Pool {
                         debug!(error = %e, "upstream h2 connection ended");
                     }
                 });
-                self.h2
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(addr, sender.clone());
+                H2.with_borrow_mut(|h2| h2.insert(addr, sender.clone()));
                 sender
             }
         };
@@ -904,11 +905,10 @@ impl Pool {
             Some(s) => {
                 // Not ready yet (its last response still finishing) or closed: hand it to the
                 // pool once it is ready; a closed one errors and is dropped.
-                let idle = self.h1.clone();
                 let mut s = s;
                 tokio::spawn(async move {
                     if s.ready().await.is_ok() {
-                        park_idle(&idle, addr, s);
+                        park_idle(addr, s);
                     }
                 });
                 None
@@ -916,14 +916,15 @@ impl Pool {
             None => None,
         };
         let idle = own.or_else(|| {
-            let mut g = self.h1.lock().unwrap_or_else(|p| p.into_inner());
-            let list = g.get_mut(&addr)?;
-            while let Some(s) = list.pop() {
-                if s.is_ready() {
-                    return Some(s);
+            IDLE_H1.with_borrow_mut(|idle| {
+                let list = idle.get_mut(&addr)?;
+                while let Some(s) = list.pop() {
+                    if s.is_ready() {
+                        return Some(s);
+                    }
                 }
-            }
-            None
+                None
+            })
         });
         let mut sender = match idle {
             Some(s) => s,
