@@ -334,8 +334,31 @@ impl Why {
     }
 }
 
+/// A peer as every flow of one connection repeats it, rendered once per connection: its JSON
+/// object and its `name:port (ID:n)` text.
+#[derive(Debug)]
+pub struct SharedPeer {
+    json: Box<serde_json::value::RawValue>,
+    text: String,
+}
+
+impl SharedPeer {
+    pub fn new(peer: FlowPeer) -> SharedPeer {
+        let json = serde_json::value::to_raw_value(&peer).expect("a FlowPeer serialises");
+        let text = format!("{} (ID:{})", peer.text(), peer.identity);
+        SharedPeer { json, text }
+    }
+
+    /// The peer back from its JSON.
+    #[cfg(test)]
+    pub fn peer(&self) -> FlowPeer {
+        serde_json::from_str(self.json.get()).expect("a FlowPeer's own JSON")
+    }
+}
+
 /// `default/tiefighter:56934 (ID:42250) -> default/deathstar-1:80 (ID:27476) http-request
 /// DROPPED (HTTP/1.1 PUT http://deathstar/v1/exhaust-port)`.
+#[cfg(test)]
 fn http_summary(
     source: &FlowPeer,
     destination: &FlowPeer,
@@ -360,8 +383,8 @@ pub struct HttpEvent {
     pub time: SystemTime,
     pub verdict: &'static str,
     pub direction: &'static str,
-    pub source: Arc<FlowPeer>,
-    pub destination: Arc<FlowPeer>,
+    pub source: Arc<SharedPeer>,
+    pub destination: Arc<SharedPeer>,
     pub method: http::Method,
     /// `Host` / `:authority`, empty when the request had none.
     pub host: http::HeaderValue,
@@ -406,8 +429,8 @@ impl HttpEvent {
             kind: &'a str,
             drop_reason: Option<&'a str>,
             direction: &'a str,
-            source: &'a FlowPeer,
-            destination: &'a FlowPeer,
+            source: &'a serde_json::value::RawValue,
+            destination: &'a serde_json::value::RawValue,
             protocol: &'a str,
             tcp_flags: Option<&'a str>,
             l7: Option<L7Out<'a>>,
@@ -418,13 +441,13 @@ impl HttpEvent {
         }
         let time = humantime::format_rfc3339_micros(self.time).to_string();
         let url = self.url();
-        let summary = http_summary(
-            &self.source,
-            &self.destination,
+        let summary = format!(
+            "{} -> {} http-request {} ({} {} {url})",
+            self.source.text,
+            self.destination.text,
             self.verdict,
             self.version,
             self.method.as_str(),
-            &url,
         );
         let policy = self.why.policy();
         let reason = self.why.reason();
@@ -436,8 +459,8 @@ impl HttpEvent {
                 kind: "l7",
                 drop_reason: (self.verdict == "DROPPED").then_some(POLICY_DENIED),
                 direction: self.direction,
-                source: &self.source,
-                destination: &self.destination,
+                source: &self.source.json,
+                destination: &self.destination.json,
                 protocol: "TCP",
                 tcp_flags: None,
                 l7: Some(L7Out {
@@ -461,8 +484,8 @@ impl HttpEvent {
         let mut f = Flow::http(
             self.verdict,
             self.direction,
-            (*self.source).clone(),
-            (*self.destination).clone(),
+            self.source.peer(),
+            self.destination.peer(),
             HttpInfo {
                 method: self.method.to_string(),
                 url: self.url(),
@@ -1116,8 +1139,8 @@ mod tests {
             time: SystemTime::UNIX_EPOCH + Duration::from_micros(1_795_381_201_123_456),
             verdict: "DROPPED",
             direction: "ingress",
-            source: Arc::new(want.source.clone()),
-            destination: Arc::new(want.destination.clone()),
+            source: Arc::new(SharedPeer::new(want.source.clone())),
+            destination: Arc::new(SharedPeer::new(want.destination.clone())),
             method: http::Method::PUT,
             host: http::HeaderValue::from_static("deathstar"),
             orig_dst: "10.200.1.2:80".parse().unwrap(),

@@ -26,7 +26,7 @@ use l7_rules::model::{Direction, L7Parser, Protocol};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::{debug, info, warn, Instrument};
 
-use crate::flows::{FlowPeer, FlowWriter, HttpEvent, Why};
+use crate::flows::{FlowPeer, FlowWriter, HttpEvent, SharedPeer, Why};
 use crate::metrics::Metrics;
 use crate::node::{NodeView, PeerInfo};
 
@@ -122,7 +122,7 @@ impl Workers {
                             };
                             let local = stream.local_addr().ok();
                             let span =
-                                tracing::info_span!("conn", client = %peer, orig_dst = ?local);
+                                tracing::debug_span!("conn", client = %peer, orig_dst = ?local);
                             tokio::spawn(serve_conn(proxy.clone(), stream, peer).instrument(span));
                         }
                     })
@@ -175,8 +175,8 @@ struct ConnPolicy {
     generation: u64,
     dst: PeerInfo,
     /// The two ends as flows name them (built once per connection, shared by its flows).
-    src_peer: Arc<FlowPeer>,
-    dst_peer: Arc<FlowPeer>,
+    src_peer: Arc<SharedPeer>,
+    dst_peer: Arc<SharedPeer>,
     checks: Vec<DirCheck>,
     audit: bool,
 }
@@ -245,8 +245,16 @@ fn conn_policy(view: &NodeView, client: SocketAddr, orig_dst: SocketAddr) -> Con
     }
     ConnPolicy {
         generation: view.generation,
-        src_peer: Arc::new(FlowPeer::new(&src, client.ip(), client.port())),
-        dst_peer: Arc::new(FlowPeer::new(&dst, orig_dst.ip(), orig_dst.port())),
+        src_peer: Arc::new(SharedPeer::new(FlowPeer::new(
+            &src,
+            client.ip(),
+            client.port(),
+        ))),
+        dst_peer: Arc::new(SharedPeer::new(FlowPeer::new(
+            &dst,
+            orig_dst.ip(),
+            orig_dst.port(),
+        ))),
         dst,
         checks,
         audit,
@@ -333,7 +341,7 @@ async fn serve_conn(proxy: Arc<Proxy>, stream: TcpStream, client: SocketAddr) {
         .await
     {
         // The client's fault (malformed request, reset) or a stuck peer: this connection only.
-        info!(error = %e, "connection closed with an error");
+        info!(error = %e, %client, %orig_dst, "connection closed with an error");
     }
 }
 
@@ -609,7 +617,9 @@ async fn handle(
             req.uri().clone(),
             decision.why.clone(),
         );
-        info!(method = %event.method, url = %event.url(), policy = ?decision.why.policy(),
+        // Every deny is a flow (`ward observe --verdict DROPPED`); the log has it at debug, so a
+        // client hammering a denied path cannot flood the agent log.
+        debug!(client = %ctx.client, method = %event.method, url = %event.url(), policy = ?decision.why.policy(),
             reason = %decision.why.reason(), "request denied");
         proxy
             .metrics
@@ -625,7 +635,7 @@ async fn handle(
     let (method, uri) = (req.method().clone(), req.uri().clone());
     if !decision.allowed {
         let url = flow(verdict, 0, method.clone(), uri.clone(), Why::none()).url();
-        warn!(%method, %url, policy = ?decision.why.policy(), reason = %decision.why.reason(),
+        warn!(client = %ctx.client, %method, %url, policy = ?decision.why.policy(), reason = %decision.why.reason(),
             "AUDIT: request would be denied; forwarding");
     }
     apply_actions(req.headers_mut(), &decision.actions);
@@ -663,7 +673,7 @@ async fn handle(
             (resp.map(|b| b.map_err(Into::into).boxed()), code)
         }
         Err(e) => {
-            warn!(error = %e, upstream = %ctx.orig_dst, "upstream request failed");
+            warn!(error = %e, client = %ctx.client, upstream = %ctx.orig_dst, "upstream request failed");
             (bad_gateway(), 502)
         }
     };
@@ -999,8 +1009,8 @@ mod tests {
         let tie: SocketAddr = "10.200.3.2:40000".parse().unwrap();
         let ds: SocketAddr = "10.200.1.2:80".parse().unwrap();
         let cp = conn_policy(&view, tie, ds);
-        assert_eq!(cp.src_peer.name, "tiefighter");
-        assert_eq!(cp.dst_peer.name, "deathstar-1");
+        assert_eq!(cp.src_peer.peer().name, "tiefighter");
+        assert_eq!(cp.dst_peer.peer().name, "deathstar-1");
         assert_eq!(cp.checks.len(), 1, "only deathstar's ingress is restricted");
         let ok = decide(&cp, &req("POST", "/v1/request-landing"));
         assert!(ok.allowed, "{}", ok.why.reason());

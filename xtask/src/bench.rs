@@ -355,7 +355,7 @@ pub fn run(
     peers_python: &std::path::Path,
     out_dir: &std::path::Path,
 ) -> Result<Report> {
-    let (rounds, secs, rate_secs) = if opts.smoke { (1, 1, 1) } else { (3, 8, 20) };
+    let (rounds, secs, rate_secs) = if opts.smoke { (1, 1, 1) } else { (5, 8, 20) };
     let mut s = Scene::new("bench");
     s.add_pod("server", "default", &[("app", "bench-server")]);
     s.add_pod("client", "default", &[("role", "bench-client")]);
