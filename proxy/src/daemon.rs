@@ -443,6 +443,7 @@ pub fn run(cfg: Config, set: PolicySet) -> anyhow::Result<()> {
             })?
     };
 
+    let last_flows = flows.clone();
     let code = rt.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
@@ -496,6 +497,9 @@ pub fn run(cfg: Config, set: PolicySet) -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
     let _ = events.join();
     let _ = poller.join();
+    if !last_flows.flush(Duration::from_secs(2)) {
+        warn!("the flow log did not flush within 2 s; its last flows may be lost");
+    }
     rt.shutdown_timeout(Duration::from_secs(1));
     info!("stopped");
     std::process::exit(code);

@@ -523,6 +523,8 @@ enum Record {
     /// Kernel events are rare next to requests: boxed, so queue slots stay small.
     Flow(Box<Flow>),
     Http(HttpEvent),
+    /// Everything queued before it is on disk: acknowledge.
+    Flush(mpsc::SyncSender<()>),
 }
 
 /// Appends flows to the flow log from a dedicated thread, rotating it by size.
@@ -558,6 +560,11 @@ impl LogFile {
         match r {
             Record::Flow(f) => serde_json::to_writer(&mut *line, f)?,
             Record::Http(e) => e.write_json(line)?,
+            Record::Flush(ack) => {
+                self.out.flush()?;
+                let _ = ack.try_send(());
+                return Ok(());
+            }
         }
         line.push(b'\n');
         if self.size > 0 && self.size + line.len() as u64 > self.cfg.max_bytes {
@@ -568,22 +575,28 @@ impl LogFile {
         Ok(())
     }
 
+    /// Moves the file to `.1` (older backups shift up) and starts a new one. The log goes on
+    /// whatever happens to the old file: one that is gone (deleted or moved by someone else)
+    /// counts as rotated; one that cannot be moved is kept and retried after another
+    /// `max_bytes`.
     fn rotate(&mut self) -> std::io::Result<()> {
         self.out.flush()?;
-        let backups = self.cfg.max_backups;
-        if backups > 0 {
-            for n in (1..backups).rev() {
-                let _ = std::fs::rename(
-                    backup_path(&self.cfg.path, n),
-                    backup_path(&self.cfg.path, n + 1),
-                );
+        let path = &self.cfg.path;
+        let moved = if !path.exists() {
+            Ok(())
+        } else if self.cfg.max_backups > 0 {
+            for n in (1..self.cfg.max_backups).rev() {
+                let _ = std::fs::rename(backup_path(path, n), backup_path(path, n + 1));
             }
-            std::fs::rename(&self.cfg.path, backup_path(&self.cfg.path, 1))?;
+            std::fs::rename(path, backup_path(path, 1))
         } else {
-            std::fs::remove_file(&self.cfg.path)?;
-        }
+            std::fs::remove_file(path)
+        };
         *self = LogFile::open(self.cfg.clone())?;
-        Ok(())
+        if moved.is_err() {
+            self.size = 0;
+        }
+        moved
     }
 }
 
@@ -626,6 +639,13 @@ impl FlowWriter {
                 }
             })?;
         Ok(FlowWriter { tx, lost })
+    }
+
+    /// Waits (up to `timeout`) until every flow sent before this call is written: at shutdown,
+    /// so the last requests' flows are not lost with the process.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (ack, done) = mpsc::sync_channel(1);
+        self.tx.send(Record::Flush(ack)).is_ok() && done.recv_timeout(timeout).is_ok()
     }
 
     fn enqueue(&self, r: Record) {
@@ -727,13 +747,9 @@ pub fn observe(
     follow: bool,
     out: &mut dyn Write,
 ) -> std::io::Result<()> {
-    let mut backups = Vec::new();
-    while let Ok(f) = std::fs::File::open(backup_path(path, backups.len() as u32 + 1)) {
-        backups.push(f);
-    }
-    for f in backups.into_iter().rev() {
-        read_lines(std::io::BufReader::new(f), filter, json, out)?;
-    }
+    // Every file is opened before any is read, newest first, so a rotation while reading
+    // neither hides a file nor shows one twice (a file met again under a newer name is the
+    // same inode and is skipped).
     let open = || loop {
         match std::fs::File::open(path) {
             Ok(f) => return Ok(f),
@@ -743,10 +759,22 @@ pub fn observe(
             Err(e) => return Err(e),
         }
     };
-    let mut reader = match open() {
-        Ok(f) => std::io::BufReader::new(f),
-        Err(e) => return Err(e),
-    };
+    let current = open()?;
+    let mut seen = vec![inode(&current)];
+    let mut backups = Vec::new();
+    for n in 1.. {
+        let Ok(f) = std::fs::File::open(backup_path(path, n)) else {
+            break;
+        };
+        if !seen.contains(&inode(&f)) {
+            seen.push(inode(&f));
+            backups.push(f);
+        }
+    }
+    for f in backups.into_iter().rev() {
+        read_lines(std::io::BufReader::new(f), filter, json, out)?;
+    }
+    let mut reader = std::io::BufReader::new(current);
     if !follow {
         return read_lines(reader, filter, json, out);
     }
@@ -758,12 +786,18 @@ pub fn observe(
             line.clear();
             continue;
         }
-        // At the end: was the file rotated away? Then what is left of it has been read (the
-        // writer renames only after flushing), and the new file is read from its start.
+        // At the end: was the file rotated away? The writer flushes before it renames, so
+        // reading the old file to its end once more gets the rest; then the new one.
         if rotated(path, reader.get_ref()) {
-            if !line.is_empty() {
-                emit(&line, filter, json, out)?;
-                line.clear();
+            loop {
+                let n = reader.read_line(&mut line)?;
+                if !line.is_empty() && (n == 0 || line.ends_with('\n')) {
+                    emit(&line, filter, json, out)?;
+                    line.clear();
+                }
+                if n == 0 {
+                    break;
+                }
             }
             reader = std::io::BufReader::new(open()?);
             continue;
@@ -771,6 +805,11 @@ pub fn observe(
         out.flush()?;
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+fn inode(f: &std::fs::File) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    f.metadata().ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Whether `path` no longer names the file `open` reads.
@@ -1065,6 +1104,36 @@ mod tests {
             .collect();
         assert_eq!(urls(&out), want);
         assert_eq!(lost.get(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_log_goes_on_when_its_file_disappears_and_flush_waits_for_the_disk() {
+        let dir = temp_dir("vanish");
+        let path = dir.join("flows.jsonl");
+        let line_len = serde_json::to_string(&numbered(100)).unwrap().len() as u64 + 1;
+        let cfg = FlowLogConfig {
+            path: path.clone(),
+            max_bytes: line_len * 4,
+            max_backups: 1,
+        };
+        let w = FlowWriter::start(cfg, Default::default()).unwrap();
+        for n in 100..103 {
+            w.send(numbered(n));
+        }
+        assert!(w.flush(Duration::from_secs(5)));
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3);
+        // Someone deletes the file; the next rotation finds nothing to move and starts anew.
+        std::fs::remove_file(&path).unwrap();
+        for n in 103..110 {
+            w.send(numbered(n));
+        }
+        assert!(w.flush(Duration::from_secs(5)));
+        let mut out = Vec::new();
+        observe(&path, &Filter::default(), true, false, &mut out).unwrap();
+        let got = urls(&out);
+        assert_eq!(got.last().unwrap(), "http://deathstar/109", "{got:?}");
+        assert!(got.len() >= 4, "flows after the deletion are kept: {got:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

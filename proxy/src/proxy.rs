@@ -510,6 +510,26 @@ fn apply_actions(headers: &mut http::HeaderMap, actions: &[HeaderAction]) {
 /// `trailers` (gRPC needs it). Each side's keep-alive is its own: an upstream `Connection:
 /// close` must not close the client's connection. `upgrade` keeps `Upgrade` and
 /// `Connection: upgrade` for a protocol switch.
+/// Headers a `Connection` list cannot remove: the request's target and its framing.
+const NOT_HOP_BY_HOP: [&str; 2] = ["host", "content-length"];
+
+/// An HTTP/1.1 protocol switch the proxy can tunnel: `Upgrade` named in `Connection`, to
+/// anything but `h2c` (HTTP/2 goes upstream with prior knowledge; an h2c upgrade is forwarded
+/// as a plain HTTP/1.1 request, as Envoy does).
+fn is_upgrade(headers: &http::HeaderMap) -> bool {
+    use http::header::{CONNECTION, UPGRADE};
+    let named = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    named
+        && headers
+            .get(UPGRADE)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"h2c"))
+}
+
 fn strip_hop_by_hop(headers: &mut http::HeaderMap, upgrade: bool) {
     use http::header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
     if let Some(named) = headers.get(CONNECTION).map(|_| {
@@ -523,7 +543,8 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap, upgrade: bool) {
             .collect::<Vec<_>>()
     }) {
         for name in named {
-            if !(upgrade && name == "upgrade") {
+            let kept = NOT_HOP_BY_HOP.contains(&name.as_str()) || (upgrade && name == "upgrade");
+            if !kept {
                 headers.remove(name.as_str());
             }
         }
@@ -554,6 +575,10 @@ async fn handle(
     let started = Instant::now();
     let cp = ctx.policy(&proxy.view.load());
     let version = req.version();
+    // Hop-by-hop headers go first, so the rules judge exactly the headers that are forwarded
+    // (a header a client names in `Connection` is neither checked nor sent).
+    let upgrade = version != Version::HTTP_2 && is_upgrade(req.headers());
+    strip_hop_by_hop(req.headers_mut(), upgrade);
     let host = match req.headers().get(HOST) {
         Some(h) if h.to_str().is_err() => return bad_request("non-ASCII Host header"),
         Some(h) => h.clone(),
@@ -640,8 +665,6 @@ async fn handle(
     }
     apply_actions(req.headers_mut(), &decision.actions);
 
-    let upgrade = version != Version::HTTP_2 && req.headers().contains_key(http::header::UPGRADE);
-    strip_hop_by_hop(req.headers_mut(), upgrade);
     let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let result = if version == Version::HTTP_2 {
         proxy.pool.send_h2(ctx.orig_dst, req).await
@@ -1065,6 +1088,29 @@ mod tests {
         assert_eq!(up["upgrade"], "websocket");
         assert_eq!(up["connection"], "upgrade");
         assert!(up.get("x-hop").is_none());
+        // `Connection` cannot take the target or the framing away.
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("Host, content-length, x-a"),
+        );
+        h.insert("host", HeaderValue::from_static("deathstar"));
+        h.insert("content-length", HeaderValue::from_static("0"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h["host"], "deathstar");
+        assert_eq!(h["content-length"], "0");
+        assert!(h.get("x-a").is_none());
+        // An upgrade needs `Upgrade` named in `Connection`; h2c is not tunnelled.
+        let up = |conn: &'static str, to: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("connection", HeaderValue::from_static(conn));
+            h.insert("upgrade", HeaderValue::from_static(to));
+            is_upgrade(&h)
+        };
+        assert!(up("keep-alive, Upgrade", "websocket"));
+        assert!(!up("keep-alive", "websocket"));
+        assert!(!up("Upgrade, HTTP2-Settings", "h2c"));
         // gRPC's `te: trailers` is end-to-end.
         let mut grpc = http::HeaderMap::new();
         grpc.insert("te", HeaderValue::from_static("trailers"));

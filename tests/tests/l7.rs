@@ -79,6 +79,22 @@ fn seed001_path_regex_and_header_rule() {
         status(&s, "client", &["-XPUT", "http://service/path2"]),
         "403"
     );
+    // A header the client names in `Connection` is hop-by-hop: not forwarded, so not checked.
+    assert_eq!(
+        status(
+            &s,
+            "client",
+            &[
+                "-XPUT",
+                "-H",
+                "X-My-Header: true",
+                "-H",
+                "Connection: X-My-Header",
+                "http://service/path2"
+            ]
+        ),
+        "403"
+    );
     // The header reaches the server unchanged.
     let (_, body) = s.curl(
         "client",
