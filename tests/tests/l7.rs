@@ -103,6 +103,30 @@ fn seed001_path_regex_and_header_rule() {
     assert_eq!(body, "GET /path1 from yes\n");
 }
 
+/// A scene with the two Empire pods of the Star Wars story, nothing started.
+fn empire_pair(tag: &str) -> Scene {
+    let mut s = Scene::new(tag);
+    s.add_pod(
+        "deathstar",
+        "default",
+        &[("org", "empire"), ("class", "deathstar")],
+    );
+    s.add_pod(
+        "tiefighter",
+        "default",
+        &[("org", "empire"), ("class", "tiefighter")],
+    );
+    s
+}
+
+/// Starts nginx in `pod` with `conf` (its `DIR` is the scene directory).
+fn start_nginx(s: &mut Scene, pod: &str, conf: &str) {
+    let path = s.dir.join("nginx.conf");
+    std::fs::write(&path, conf.replace("DIR", &s.dir.to_string_lossy())).expect("nginx.conf");
+    let path = path.to_string_lossy().into_owned();
+    s.spawn_in(pod, &["nginx", "-c", &path], "nginx.log");
+}
+
 const NGINX_CONF: &str = r#"daemon off;
 master_process off;
 worker_processes 1;
@@ -129,21 +153,8 @@ fn http2_prior_knowledge_allowed_and_denied() {
     if !privileged("http2_prior_knowledge_allowed_and_denied") {
         return;
     }
-    let mut s = Scene::new("h2");
-    s.add_pod(
-        "deathstar",
-        "default",
-        &[("org", "empire"), ("class", "deathstar")],
-    );
-    s.add_pod(
-        "tiefighter",
-        "default",
-        &[("org", "empire"), ("class", "tiefighter")],
-    );
-    let conf = s.dir.join("nginx.conf");
-    std::fs::write(&conf, NGINX_CONF.replace("DIR", &s.dir.to_string_lossy())).expect("nginx.conf");
-    let conf = conf.to_string_lossy().into_owned();
-    s.spawn_in("deathstar", &["nginx", "-c", &conf], "nginx.log");
+    let mut s = empire_pair("h2");
+    start_nginx(&mut s, "deathstar", NGINX_CONF);
     s.wait_port("deathstar", 80);
     s.start_ward();
     s.write_policy("rule1.yaml", &scene_policy("starwars-l7"));
@@ -237,25 +248,8 @@ fn upstream_connections_follow_client_keepalive() {
     if !privileged("upstream_connections_follow_client_keepalive") {
         return;
     }
-    let mut s = Scene::new("ka");
-    s.add_pod(
-        "deathstar",
-        "default",
-        &[("org", "empire"), ("class", "deathstar")],
-    );
-    s.add_pod(
-        "tiefighter",
-        "default",
-        &[("org", "empire"), ("class", "tiefighter")],
-    );
-    let conf = s.dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        KEEPALIVE_NGINX_CONF.replace("DIR", &s.dir.to_string_lossy()),
-    )
-    .expect("nginx.conf");
-    let conf = conf.to_string_lossy().into_owned();
-    s.spawn_in("deathstar", &["nginx", "-c", &conf], "nginx.log");
+    let mut s = empire_pair("ka");
+    start_nginx(&mut s, "deathstar", KEEPALIVE_NGINX_CONF);
     s.wait_port("deathstar", 80);
     s.wait_port("deathstar", 8080);
     s.start_ward();
@@ -370,17 +364,7 @@ fn allowed_upgrade_is_tunnelled_and_denied_upgrade_gets_403() {
     if !privileged("allowed_upgrade_is_tunnelled_and_denied_upgrade_gets_403") {
         return;
     }
-    let mut s = Scene::new("up");
-    s.add_pod(
-        "deathstar",
-        "default",
-        &[("org", "empire"), ("class", "deathstar")],
-    );
-    s.add_pod(
-        "tiefighter",
-        "default",
-        &[("org", "empire"), ("class", "tiefighter")],
-    );
+    let mut s = empire_pair("up");
     s.spawn_in(
         "deathstar",
         &["python3", "-c", UPGRADE_SERVER, "80"],
