@@ -66,12 +66,24 @@ fn bench(c: &mut Criterion) {
             );
             if n == 1_000 {
                 let req = L7Request::Http(hit);
+                // Per connection: resolve the sides (L3/L4 lookup, cached L7 rules) and decide.
+                g.bench_with_input(
+                    BenchmarkId::new(format!("engine_connection_and_decide_{kind}"), n),
+                    &n,
+                    |b, _| {
+                        b.iter(|| {
+                            let policy =
+                                e.connection_policy(black_box(std::slice::from_ref(&flow)), false);
+                            black_box(policy.decide(Some(&req)).verdict)
+                        })
+                    },
+                );
+                // Per request on an open connection: the one decision function.
+                let policy = e.connection_policy(std::slice::from_ref(&flow), false);
                 g.bench_with_input(
                     BenchmarkId::new(format!("engine_decide_{kind}"), n),
                     &n,
-                    |b, _| {
-                        b.iter(|| black_box(e.decide(black_box(&flow), Some(&req), false).allowed))
-                    },
+                    |b, _| b.iter(|| black_box(policy.decide(black_box(Some(&req))).verdict)),
                 );
             }
         }

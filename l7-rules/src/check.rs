@@ -4,8 +4,8 @@
 
 use crate::engine::{Engine, Flow, L3L4Verdict, L7Request, Stage, Verdict};
 use crate::identity::{Peer, PeerKind, Reserved};
-use crate::l7::http::HttpRequest;
 use crate::l7::kafka::KafkaRequest;
+use crate::l7::request::{Judged, RawHttpRequest};
 use crate::labels::{pod_labels, split_source, LabelSet};
 use crate::model::*;
 use ipnet::IpNet;
@@ -326,39 +326,99 @@ pub fn answer(engine: &Engine, q: &Question) -> Result<Answer, QuestionError> {
             v
         }
     };
-    let headers_storage: Vec<(String, String)> = match &q.l7 {
-        Some(L7Question::Http { headers, .. }) => headers.clone(),
-        Some(L7Question::Grpc { .. }) => vec![
-            ("content-type".into(), "application/grpc".into()),
-            ("te".into(), "trailers".into()),
-        ],
-        _ => Vec::new(),
-    };
-    let header_refs: Vec<(&str, &str)> = headers_storage
+    let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
+    if let Some(L7Question::Http {
+        host, headers: h, ..
+    }) = &q.l7
+    {
+        if !host.is_empty() {
+            headers.push(("host".into(), host.clone().into_bytes()));
+        }
+        headers.extend(
+            h.iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone().into_bytes())),
+        );
+    }
+    if let Some(L7Question::Grpc { .. }) = &q.l7 {
+        headers.push(("content-type".into(), b"application/grpc".to_vec()));
+        headers.push(("te".into(), b"trailers".to_vec()));
+    }
+    let header_refs: Vec<(&str, &[u8])> = headers
         .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
         .collect();
-    let mut unescaped_note = None;
-    let path_storage: String = match &q.l7 {
-        Some(L7Question::Http { path, .. }) => {
-            let bad = |e: parsers::path::PathError| QuestionError::BadPath {
-                path: path.clone(),
-                message: e.to_string(),
-            };
-            let normal = parsers::path::normalize(path).map_err(bad)?.into_owned();
-            match parsers::path::unescape_slashes(&normal) {
-                None => normal,
-                Some(unescaped) => {
-                    let unescaped = unescaped.map_err(bad)?;
-                    unescaped_note = Some(format!(
-                        " (the path has escaped slashes: like Envoy, the proxy redirects the client to {unescaped}, which is what was checked)"
-                    ));
-                    unescaped
+    let mut flows = Vec::new();
+    for d in directions {
+        let (subject, peer) = match d {
+            Direction::Ingress => (&to, &from),
+            Direction::Egress => (&from, &to),
+        };
+        flows.push(Flow {
+            direction: d,
+            subject,
+            peer,
+            protocol: q.protocol,
+            port: q.port,
+        });
+    }
+    let policy = engine.connection_policy(&flows, q.audit);
+
+    let grpc_path;
+    let (method, target) = match &q.l7 {
+        Some(L7Question::Http { method, path, .. }) => (method.as_str(), path.as_str()),
+        Some(L7Question::Grpc { service, method }) => {
+            grpc_path = format!("/{service}/{method}");
+            ("POST", grpc_path.as_str())
+        }
+        _ => ("", ""),
+    };
+    let is_http = matches!(
+        q.l7,
+        Some(L7Question::Http { .. } | L7Question::Grpc { .. })
+    );
+    fn raw<'a>(
+        method: &'a str,
+        target: &'a str,
+        headers: &'a [(&'a str, &'a [u8])],
+    ) -> RawHttpRequest<'a> {
+        // `ward-check ... http CONNECT host:port`: the target is the authority.
+        let connect = method.eq_ignore_ascii_case("CONNECT");
+        RawHttpRequest {
+            method,
+            path: (!connect).then_some(target),
+            authority: connect.then_some(target),
+            headers,
+            require_host: false,
+        }
+    }
+    let raw = |target| is_http.then(|| raw(method, target, &header_refs));
+    // The proxy's own request builder: what it judges is what it forwards.
+    let bad = |message: String| QuestionError::BadPath {
+        path: target.to_string(),
+        message,
+    };
+    let mut note = None;
+    let location;
+    let judged = match raw(target) {
+        None => None,
+        Some(r) => match policy.judge_http(&r) {
+            Judged::Request(j) => Some(j),
+            Judged::Reject(e) => return Err(bad(format!("the proxy answers 400: {e}"))),
+            Judged::Redirect { location: to } => {
+                // The client follows the 307, and that request is the one the rules judge.
+                location = to;
+                note = Some(format!(
+                    " (the path has escaped slashes: like Envoy, the proxy redirects the client to {location}, which is what was checked)"
+                ));
+                match raw(&location).map(|r| policy.judge_http(&r)) {
+                    Some(Judged::Request(j)) => Some(j),
+                    Some(Judged::Reject(e)) => {
+                        return Err(bad(format!("the redirected request gets 400: {e}")))
+                    }
+                    _ => return Err(bad("the redirect loops".into())),
                 }
             }
-        }
-        Some(L7Question::Grpc { service, method }) => format!("/{service}/{method}"),
-        _ => String::new(),
+        },
     };
     let topic_refs: Vec<&str> = match &q.l7 {
         Some(L7Question::Kafka { topics, .. }) => topics.iter().map(String::as_str).collect(),
@@ -366,18 +426,9 @@ pub fn answer(engine: &Engine, q: &Question) -> Result<Answer, QuestionError> {
     };
     let request: Option<L7Request<'_>> = match &q.l7 {
         None => None,
-        Some(L7Question::Http { method, host, .. }) => Some(L7Request::Http(HttpRequest {
-            method,
-            path: &path_storage,
-            host,
-            headers: &header_refs,
-        })),
-        Some(L7Question::Grpc { .. }) => Some(L7Request::Http(HttpRequest {
-            method: "POST",
-            path: &path_storage,
-            host: "",
-            headers: &header_refs,
-        })),
+        Some(L7Question::Http { .. } | L7Question::Grpc { .. }) => {
+            judged.as_ref().map(|j| L7Request::Http(j.as_request()))
+        }
         Some(L7Question::Kafka {
             api_key,
             api_version,
@@ -391,77 +442,21 @@ pub fn answer(engine: &Engine, q: &Question) -> Result<Answer, QuestionError> {
         })),
         Some(L7Question::Dns { name }) => Some(L7Request::Dns { name }),
     };
-
-    let mut verdicts: Vec<(Direction, Verdict)> = Vec::new();
-    for d in directions {
-        let (subject, peer) = match d {
-            Direction::Ingress => (&to, &from),
-            Direction::Egress => (&from, &to),
-        };
-        let flow = Flow {
-            direction: d,
-            subject,
-            peer,
-            protocol: q.protocol,
-            port: q.port,
-        };
-        verdicts.push((d, engine.decide(&flow, request.as_ref(), q.audit)));
+    let decision = policy.decide(request.as_ref());
+    let mut reason = decision.explain(request.as_ref());
+    if let Some(note) = note {
+        reason.push_str(&note);
     }
-    let mut answer = combine(verdicts, q.l7.is_some());
-    if let Some(note) = unescaped_note {
-        answer.reason.push_str(&note);
-    }
-    Ok(answer)
-}
-
-fn combine(verdicts: Vec<(Direction, Verdict)>, has_l7: bool) -> Answer {
-    let deciding = verdicts
-        .iter()
-        .find(|(_, v)| !v.allowed || v.audit)
-        .or_else(|| verdicts.iter().find(|(_, v)| v.stage == Stage::L7))
-        .or_else(|| verdicts.iter().find(|(_, v)| v.origin.is_some()))
-        .unwrap_or(&verdicts[0]);
-    let allowed = verdicts.iter().all(|(_, v)| v.allowed);
-    let l3l4 = if verdicts.iter().any(|(_, v)| v.l3l4 == L3L4Verdict::Deny) {
-        L3L4Verdict::Deny
-    } else {
-        verdicts
-            .iter()
-            .find_map(|(_, v)| matches!(v.l3l4, L3L4Verdict::Redirect(_)).then_some(v.l3l4))
-            .unwrap_or(L3L4Verdict::Allow)
-    };
-    let l7 = if verdicts.iter().any(|(_, v)| v.l7.is_some()) {
-        Some(verdicts.iter().all(|(_, v)| v.l7 != Some(false)))
-    } else {
-        None
-    };
-    // Sides that no policy restricts add nothing to the explanation when the other side does.
-    let relevant: Vec<&(Direction, Verdict)> = verdicts
-        .iter()
-        .filter(|(_, v)| v.origin.is_some() || !v.allowed || v.audit || v.stage == Stage::L7)
-        .collect();
-    let mut reason = match relevant.as_slice() {
-        [] => deciding.1.reason.clone(),
-        [(_, v)] => v.reason.clone(),
-        many => many
-            .iter()
-            .map(|(d, v)| format!("[{d}] {}", v.reason))
-            .collect::<Vec<_>>()
-            .join(" | "),
-    };
-    if has_l7 && l7.is_none() && l3l4 != L3L4Verdict::Deny {
-        reason.push_str(" (no L7 check: the port is not redirected to the proxy)");
-    }
-    Answer {
-        allowed,
-        stage: deciding.1.stage,
-        l3l4,
-        l7,
-        audit: verdicts.iter().any(|(_, v)| v.audit),
+    Ok(Answer {
+        allowed: decision.verdict.forwards(),
+        stage: decision.stage,
+        l3l4: decision.l3l4,
+        l7: decision.l7,
+        audit: decision.verdict == Verdict::Audit,
         reason,
-        policy: deciding.1.policy(),
-        rule: deciding.1.rule(),
-    }
+        policy: decision.policy(),
+        rule: decision.rule(),
+    })
 }
 
 /// One line of a case file.

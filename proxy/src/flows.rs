@@ -7,7 +7,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime};
 
 use bpf_redirect::{Event, EventKind, Hook, PolicyDirection};
-use l7_rules::l7::http::HttpRule;
+use l7_rules::engine::{Decision, L7Request};
+use l7_rules::l7::http::HttpRequest;
 use serde::{Deserialize, Serialize};
 
 use crate::node::{NodeView, PeerInfo};
@@ -283,53 +284,21 @@ pub fn short_time(rfc3339: &str) -> String {
 /// written (on the flow-log thread), not on the request path.
 #[derive(Clone, Debug)]
 pub enum Why {
-    /// A fixed explanation of one check (L3/L4 deny, allow-all, redirect), with the policy
-    /// that redirected the port.
+    /// Decided before any rule ran (a redirect, a refused request), or nothing to explain.
     Check {
         policy: Option<Arc<str>>,
         reason: Arc<str>,
     },
-    /// Allowed by this rule: `<policy> <field path> allows <summary>`.
-    Rule(Arc<HttpRule>),
-    /// Formatted when decided (denies).
-    Text {
-        policy: Option<Arc<str>>,
-        reason: String,
-    },
+    /// The engine's decision ([`l7_rules::engine::ConnectionPolicy::decide`]).
+    Decision(Decision),
 }
 
 impl Why {
-    /// Nothing to check: no policy, no explanation.
-    pub fn none() -> Why {
-        Why::Check {
-            policy: None,
-            reason: Arc::from(""),
-        }
-    }
-
-    /// Whether the decision can be attributed to a policy.
-    pub fn has_policy(&self) -> bool {
-        match self {
-            Why::Rule(_) => true,
-            Why::Check { policy, .. } | Why::Text { policy, .. } => policy.is_some(),
-        }
-    }
-
     /// `namespace/name` of the deciding policy.
     pub fn policy(&self) -> Option<String> {
         match self {
-            Why::Rule(r) => Some(r.origin.policy.id()),
-            Why::Check { policy, .. } | Why::Text { policy, .. } => {
-                policy.as_deref().map(str::to_string)
-            }
-        }
-    }
-
-    pub fn reason(&self) -> String {
-        match self {
-            Why::Rule(r) => format!("{} allows {}", r.origin, r.summary),
-            Why::Check { reason, .. } => reason.to_string(),
-            Why::Text { reason, .. } => reason.clone(),
+            Why::Decision(d) => d.policy(),
+            Why::Check { policy, .. } => policy.as_deref().map(str::to_string),
         }
     }
 }
@@ -397,6 +366,23 @@ pub struct HttpEvent {
 }
 
 impl HttpEvent {
+    /// The explanation of the verdict, for the request as it was judged.
+    pub fn reason(&self) -> String {
+        match &self.why {
+            Why::Check { reason, .. } => reason.to_string(),
+            Why::Decision(d) => {
+                let path = self.uri.path_and_query().map_or("", |p| p.as_str());
+                let request = HttpRequest {
+                    method: self.method.as_str(),
+                    path,
+                    host: self.host.to_str().unwrap_or(""),
+                    headers: &[],
+                };
+                d.explain(Some(&L7Request::Http(request)))
+            }
+        }
+    }
+
     /// `http://<host><path?query>`, as the client asked.
     pub fn url(&self) -> String {
         let path = self.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -450,7 +436,7 @@ impl HttpEvent {
             self.method.as_str(),
         );
         let policy = self.why.policy();
-        let reason = self.why.reason();
+        let reason = self.reason();
         serde_json::to_writer(
             out,
             &FlowOut {
@@ -493,7 +479,7 @@ impl HttpEvent {
                 code: self.code,
             },
             self.why.policy(),
-            Some(self.why.reason()).filter(|r| !r.is_empty()),
+            Some(self.reason()).filter(|r| !r.is_empty()),
         );
         f.time = humantime::format_rfc3339_micros(self.time).to_string();
         f
@@ -1194,15 +1180,6 @@ mod tests {
 
     #[test]
     fn an_http_event_becomes_the_flow_the_proxy_used_to_build() {
-        let rule = Arc::new(HttpRule {
-            method: None,
-            path: None,
-            host: None,
-            headers: vec![],
-            header_matches: vec![],
-            origin: l7_rules::model::RuleRef::test("ingress[0].toPorts[0].rules.http[0]"),
-            summary: "POST /v1/request-landing".into(),
-        });
         let want = l7_deny();
         let mut e = HttpEvent {
             time: SystemTime::UNIX_EPOCH + Duration::from_micros(1_795_381_201_123_456),
@@ -1231,17 +1208,49 @@ mod tests {
         same_json(&e);
         e.host = http::HeaderValue::from_static("");
         assert_eq!(e.url(), "http://10.200.1.2:80/v1/exhaust-port");
-        e.why = Why::Rule(rule);
+        // An allowed request: the engine's decision, explained on the flow-log thread.
+        let view = crate::node::tests::starwars_view();
+        let tie = view.resolve("10.200.3.2".parse().unwrap());
+        let ds = view.resolve("10.200.1.2".parse().unwrap());
+        let policy = view.engine.connection_policy(
+            &[l7_rules::engine::Flow {
+                direction: l7_rules::model::Direction::Ingress,
+                subject: &ds.peer,
+                peer: &tie.peer,
+                protocol: l7_rules::model::Protocol::Tcp,
+                port: 80,
+            }],
+            false,
+        );
+        let request = HttpRequest {
+            method: "POST",
+            path: "/v1/request-landing",
+            host: "deathstar",
+            headers: &[],
+        };
+        e.why = Why::Decision(policy.decide(Some(&L7Request::Http(request))));
+        e.method = http::Method::POST;
+        e.uri = "/v1/request-landing".parse().unwrap();
         e.verdict = "FORWARDED";
         same_json(&e);
         let f = e.to_flow();
-        assert_eq!(
-            f.policy.as_deref(),
-            Some(&*l7_rules::model::RuleRef::test("x").policy.id())
-        );
+        assert_eq!(f.policy.as_deref(), Some("default/rule1"));
         assert!(f
             .reason
             .unwrap()
-            .ends_with("ingress[0].toPorts[0].rules.http[0] allows POST /v1/request-landing"),);
+            .ends_with("ingress[0].toPorts[0].rules.http[0] allows POST /v1/request-landing"));
+        // A denied one names the request it judged.
+        let request = HttpRequest {
+            method: "PUT",
+            path: "/v1/exhaust-port",
+            host: "deathstar",
+            headers: &[],
+        };
+        e.why = Why::Decision(policy.decide(Some(&L7Request::Http(request))));
+        e.method = http::Method::PUT;
+        e.uri = "/v1/exhaust-port".parse().unwrap();
+        assert!(e
+            .reason()
+            .ends_with("PUT /v1/exhaust-port matched no http rule"));
     }
 }

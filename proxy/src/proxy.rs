@@ -15,20 +15,23 @@ use std::time::{Instant, SystemTime};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1 as client1, http2 as client2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use l7_rules::engine::{Flow as PolicyFlow, L3L4Verdict, L7Policy};
-use l7_rules::l7::http::{HeaderAction, HttpRequest};
-use l7_rules::model::{Direction, L7Parser, Protocol};
+use l7_rules::engine::{
+    ConnectionPolicy, Decision, Flow as PolicyFlow, L7Request, Verdict as L7Verdict,
+};
+use l7_rules::l7::http::HeaderAction;
+use l7_rules::l7::request::{Judged as JudgedRequest, RawHttpRequest};
+use l7_rules::model::{Direction, Protocol};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::flows::{FlowPeer, FlowWriter, HttpEvent, SharedPeer, Why};
 use crate::metrics::Metrics;
-use crate::node::{NodeView, PeerInfo};
+use crate::node::NodeView;
 
 /// Largest request head (request line + headers) accepted on HTTP/1.1; larger gets 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -173,76 +176,43 @@ pub async fn serve(
 /// What one connection enforces, computed from one view generation.
 struct ConnPolicy {
     generation: u64,
-    dst: PeerInfo,
     /// The two ends as flows name them (built once per connection, shared by its flows).
     src_peer: Arc<SharedPeer>,
     dst_peer: Arc<SharedPeer>,
-    checks: Vec<DirCheck>,
-    audit: bool,
-}
-
-struct DirCheck {
-    direction: Direction,
-    /// L3/L4 denies this flow now (policy changed after the kernel let it in).
-    denied_l3: bool,
-    policy: Option<L7Policy>,
-    /// `namespace/name` of the policy that redirected (named on denies).
-    redirect_policy: Option<Arc<str>>,
-    reason: Arc<str>,
+    /// The sides Ward enforces on (the source's egress, the destination's ingress), resolved
+    /// by the engine: the one decision function judges every request against it.
+    policy: ConnectionPolicy,
+    /// The direction a flow reports when no side decided (none is enforced).
+    default_direction: Direction,
 }
 
 fn conn_policy(view: &NodeView, client: SocketAddr, orig_dst: SocketAddr) -> ConnPolicy {
     let src = view.resolve(client.ip());
     let dst = view.resolve(orig_dst.ip());
-    let mut checks = Vec::new();
     let mut audit = view.settings.audit;
-    let mut check = |direction: Direction, subject: &PeerInfo, peer: &PeerInfo| {
-        let flow = PolicyFlow {
-            direction,
-            subject: &subject.peer,
-            peer: &peer.peer,
-            protocol: Protocol::Tcp,
-            port: orig_dst.port(),
-        };
-        let (verdict, reason, origin) = view.engine.l3l4(&flow);
-        let redirect_policy = origin.as_ref().map(|o| Arc::from(o.policy.id()));
-        let reason = Arc::from(reason);
-        match verdict {
-            L3L4Verdict::Allow => {}
-            L3L4Verdict::Deny => checks.push(DirCheck {
-                direction,
-                denied_l3: true,
-                policy: None,
-                redirect_policy,
-                reason,
-            }),
-            L3L4Verdict::Redirect(L7Parser::Http) => checks.push(DirCheck {
-                direction,
-                denied_l3: false,
-                policy: Some(view.engine.l7_policy(&flow)),
-                redirect_policy,
-                reason,
-            }),
-            L3L4Verdict::Redirect(other) => checks.push(DirCheck {
-                direction,
-                denied_l3: false,
-                policy: Some(L7Policy::Conflict(vec![other])),
-                redirect_policy,
-                reason: Arc::from(format!(
-                    "the port is redirected to the {} parser, not http",
-                    other.as_str()
-                )),
-            }),
-        }
-    };
+    let mut flows = Vec::with_capacity(2);
+    let port = orig_dst.port();
     if let Some(i) = src.endpoint {
         audit |= view.endpoints[i].config.audit;
-        check(Direction::Egress, &src, &dst);
+        flows.push(PolicyFlow {
+            direction: Direction::Egress,
+            subject: &src.peer,
+            peer: &dst.peer,
+            protocol: Protocol::Tcp,
+            port,
+        });
     }
     if let Some(i) = dst.endpoint {
         audit |= view.endpoints[i].config.audit;
-        check(Direction::Ingress, &dst, &src);
+        flows.push(PolicyFlow {
+            direction: Direction::Ingress,
+            subject: &dst.peer,
+            peer: &src.peer,
+            protocol: Protocol::Tcp,
+            port,
+        });
     }
+    let policy = view.engine.connection_policy(&flows, audit);
     ConnPolicy {
         generation: view.generation,
         src_peer: Arc::new(SharedPeer::new(FlowPeer::new(
@@ -255,9 +225,12 @@ fn conn_policy(view: &NodeView, client: SocketAddr, orig_dst: SocketAddr) -> Con
             orig_dst.ip(),
             orig_dst.port(),
         ))),
-        dst,
-        checks,
-        audit,
+        policy,
+        default_direction: if dst.endpoint.is_some() {
+            Direction::Ingress
+        } else {
+            Direction::Egress
+        },
     }
 }
 
@@ -393,88 +366,12 @@ pub fn deny_grpc() -> Response<Body> {
     r
 }
 
-fn bad_request(why: &str) -> Response<Body> {
-    debug!(why, "bad request");
-    full(StatusCode::BAD_REQUEST, "text/plain", "Bad request\r\n")
-}
-
 fn bad_gateway() -> Response<Body> {
     full(
         StatusCode::BAD_GATEWAY,
         "text/plain",
         "Upstream unavailable\r\n",
     )
-}
-
-/// The outcome of the L7 checks for one request.
-struct Decision {
-    allowed: bool,
-    direction: Direction,
-    why: Why,
-    actions: Vec<HeaderAction>,
-}
-
-fn decide(cp: &ConnPolicy, req: &HttpRequest<'_>) -> Decision {
-    let mut d = Decision {
-        allowed: true,
-        direction: if cp.dst.endpoint.is_some() {
-            Direction::Ingress
-        } else {
-            Direction::Egress
-        },
-        why: Why::none(),
-        actions: Vec::new(),
-    };
-    for c in &cp.checks {
-        let fixed = || Why::Check {
-            policy: c.redirect_policy.clone(),
-            reason: c.reason.clone(),
-        };
-        let (ok, why) = if c.denied_l3 {
-            (false, fixed())
-        } else {
-            match &c.policy {
-                None | Some(L7Policy::AllowAll(_)) => (true, fixed()),
-                Some(L7Policy::Http(set)) => {
-                    let v = set.check(req);
-                    d.actions.extend(v.actions);
-                    match v.allowed_by {
-                        Some(i) => (true, Why::Rule(set.rules()[i].clone())),
-                        None => (
-                            false,
-                            Why::Text {
-                                policy: c.redirect_policy.clone(),
-                                reason: format!(
-                                    "{} {} matched no http rule of {}",
-                                    req.method,
-                                    req.path,
-                                    c.redirect_policy.as_deref().unwrap_or("the policy")
-                                ),
-                            },
-                        ),
-                    }
-                }
-                Some(other) => (
-                    false,
-                    Why::Text {
-                        policy: c.redirect_policy.clone(),
-                        reason: format!("{}: {other:?}", c.reason),
-                    },
-                ),
-            }
-        };
-        if !ok {
-            if d.allowed {
-                d.allowed = false;
-                d.direction = c.direction;
-                d.why = why;
-            }
-        } else if d.allowed && why.has_policy() {
-            d.direction = c.direction;
-            d.why = why;
-        }
-    }
-    d
 }
 
 fn apply_actions(headers: &mut http::HeaderMap, actions: &[HeaderAction]) {
@@ -504,44 +401,51 @@ fn apply_actions(headers: &mut http::HeaderMap, actions: &[HeaderAction]) {
     }
 }
 
-/// Removes the hop-by-hop headers (RFC 9110 §7.6.1) before a message crosses the proxy:
-/// `Connection` and every header it names, `Keep-Alive`, `Proxy-Connection`,
-/// `Transfer-Encoding` (hyper frames each side itself), `Upgrade`, and `TE` unless it is
-/// `trailers` (gRPC needs it). Each side's keep-alive is its own: an upstream `Connection:
-/// close` must not close the client's connection. `upgrade` keeps `Upgrade` and
-/// `Connection: upgrade` for a protocol switch.
 /// Headers a `Connection` list cannot remove: the request's target and its framing.
 const NOT_HOP_BY_HOP: [&str; 2] = ["host", "content-length"];
 
-/// An HTTP/1.1 protocol switch the proxy can tunnel: `Upgrade` named in `Connection`, to
-/// anything but `h2c` (HTTP/2 goes upstream with prior knowledge; an h2c upgrade is forwarded
-/// as a plain HTTP/1.1 request, as Envoy does).
-fn is_upgrade(headers: &http::HeaderMap) -> bool {
-    use http::header::{CONNECTION, UPGRADE};
-    let named = headers
-        .get_all(CONNECTION)
+/// The comma-separated tokens of every value of `name`, trimmed.
+fn tokens<'h>(
+    headers: &'h http::HeaderMap,
+    name: &http::header::HeaderName,
+) -> impl Iterator<Item = &'h str> {
+    headers
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    named
-        && headers
-            .get(UPGRADE)
-            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"h2c"))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
+/// An HTTP/1.1 protocol switch the proxy can tunnel: `Upgrade` named in `Connection`, and no
+/// `h2c` among the protocols offered, in any spelling. An h2c upgrade would let the client
+/// speak HTTP/2 with the backend past every rule (h2c smuggling), so its `Upgrade` is dropped
+/// and the request goes on as plain HTTP/1.1, as Envoy does (`http1/codec_impl.cc`,
+/// "Ignore h2c upgrade requests").
+fn is_upgrade(headers: &http::HeaderMap) -> bool {
+    use http::header::{CONNECTION, UPGRADE};
+    tokens(headers, &CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"))
+        && headers.contains_key(UPGRADE)
+        && !tokens(headers, &UPGRADE).any(|t| {
+            let protocol = t.split('/').next().unwrap_or(t).trim();
+            protocol.eq_ignore_ascii_case("h2c")
+        })
+}
+
+/// Removes the hop-by-hop headers (RFC 9110 §7.6.1) before a message crosses the proxy:
+/// `Connection` and every header it names, `Keep-Alive`, `Proxy-Connection`,
+/// `Transfer-Encoding` (hyper frames each side itself), `Upgrade`, `HTTP2-Settings` (only
+/// meaningful with an h2c upgrade, which is never forwarded), and `TE` unless it is `trailers`
+/// (gRPC needs it). Each side's keep-alive is its own: an upstream `Connection: close` must not
+/// close the client's connection. `upgrade` keeps `Upgrade` and `Connection: upgrade` for a
+/// protocol switch. `Host` and `Content-Length` are never removed.
 fn strip_hop_by_hop(headers: &mut http::HeaderMap, upgrade: bool) {
     use http::header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
-    if let Some(named) = headers.get(CONNECTION).map(|_| {
-        headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|t| t.trim().to_ascii_lowercase())
-            .filter(|t| !t.is_empty())
-            .collect::<Vec<_>>()
-    }) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<String> = tokens(headers, &CONNECTION)
+            .map(str::to_ascii_lowercase)
+            .collect();
         for name in named {
             let kept = NOT_HOP_BY_HOP.contains(&name.as_str()) || (upgrade && name == "upgrade");
             if !kept {
@@ -550,7 +454,7 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap, upgrade: bool) {
         }
         headers.remove(CONNECTION);
     }
-    for name in ["keep-alive", "proxy-connection"] {
+    for name in ["keep-alive", "proxy-connection", "http2-settings"] {
         headers.remove(name);
     }
     headers.remove(TRANSFER_ENCODING);
@@ -567,6 +471,65 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap, upgrade: bool) {
     }
 }
 
+/// Message framing Envoy's HTTP/1 codec refuses, refused here too (hyper would pick one
+/// reading; a backend behind another proxy might pick the other): `Transfer-Encoding` together
+/// with `Content-Length` (400, Envoy's `allow_chunked_length: false`), and any transfer coding
+/// but a single `chunked` (501, Envoy's `invalid_transfer_encoding`).
+fn framing_error(headers: &http::HeaderMap) -> Option<(StatusCode, &'static str)> {
+    use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    if !headers.contains_key(TRANSFER_ENCODING) {
+        return None;
+    }
+    if headers.contains_key(CONTENT_LENGTH) {
+        return Some((
+            StatusCode::BAD_REQUEST,
+            "Transfer-Encoding together with Content-Length",
+        ));
+    }
+    let mut codings = headers.get_all(TRANSFER_ENCODING).iter();
+    let single_chunked = codings
+        .next()
+        .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        && codings.next().is_none();
+    (!single_chunked).then_some((
+        StatusCode::NOT_IMPLEMENTED,
+        "a transfer coding other than a single chunked",
+    ))
+}
+
+/// How a request ended before it could be forwarded, for its flow and its answer.
+struct Refusal {
+    status: StatusCode,
+    /// For the flow: why nothing was judged or forwarded.
+    reason: String,
+    location: Option<String>,
+}
+
+fn refuse(status: StatusCode, grpc: bool, location: Option<&str>) -> Response<Body> {
+    if grpc {
+        // Envoy answers gRPC requests it refuses with a gRPC local reply: 400 maps to
+        // INTERNAL (13), and a pending escaped-slash redirect becomes that 400.
+        let mut r = deny_grpc();
+        r.headers_mut()
+            .insert("grpc-status", HeaderValue::from_static("13"));
+        r.headers_mut().insert(
+            "grpc-message",
+            HeaderValue::from_static("Request refused by the proxy"),
+        );
+        return r;
+    }
+    let body = match status {
+        StatusCode::TEMPORARY_REDIRECT => "",
+        StatusCode::NOT_IMPLEMENTED => "Not implemented\r\n",
+        _ => "Bad request\r\n",
+    };
+    let mut r = full(status, "text/plain", body);
+    if let Some(to) = location.and_then(|l| HeaderValue::try_from(l).ok()) {
+        r.headers_mut().insert(http::header::LOCATION, to);
+    }
+    r
+}
+
 async fn handle(
     proxy: Arc<Proxy>,
     ctx: Arc<ConnCtx>,
@@ -575,97 +538,139 @@ async fn handle(
     let started = Instant::now();
     let cp = ctx.policy(&proxy.view.load());
     let version = req.version();
-    // Hop-by-hop headers go first, so the rules judge exactly the headers that are forwarded
-    // (a header a client names in `Connection` is neither checked nor sent).
-    let upgrade = version != Version::HTTP_2 && is_upgrade(req.headers());
-    strip_hop_by_hop(req.headers_mut(), upgrade);
-    let host = match req.headers().get(HOST) {
-        Some(h) if h.to_str().is_err() => return bad_request("non-ASCII Host header"),
-        Some(h) => h.clone(),
-        None => match req.uri().authority() {
-            Some(a) => HeaderValue::from_str(a.as_str()).unwrap_or(HeaderValue::from_static("")),
-            None => HeaderValue::from_static(""),
-        },
-    };
-    // Absolute-form whose authority differs from Host: ambiguous, rejected (DESIGN §6).
-    if version != Version::HTTP_2 {
-        if let (Some(a), Some(h)) = (req.uri().authority(), req.headers().get(HOST)) {
-            if !a.as_str().eq_ignore_ascii_case(h.to_str().unwrap_or("")) {
-                return bad_request("absolute-form authority differs from Host");
-            }
-        }
-    }
     let grpc = is_grpc(&req);
-    let decision = {
-        let raw_path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let path = match parsers::path::normalize(raw_path) {
-            Ok(p) => p,
-            Err(e) => return bad_request(&format!("path: {e}")),
-        };
-        let headers: Vec<(&str, &str)> = req
-            .headers()
-            .iter()
-            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)))
-            .collect();
-        decide(
-            &cp,
-            &HttpRequest {
-                method: req.method().as_str(),
-                path: &path,
-                host: host.to_str().unwrap_or(""),
-                headers: &headers,
-            },
-        )
-    };
     let proto_label = if grpc { "grpc" } else { "http" };
-    let flow = |verdict: &'static str, code: u16, method, uri, why| HttpEvent {
+    let flow = |verdict: &'static str, code: u16, method, uri, host, why| HttpEvent {
         time: SystemTime::now(),
         verdict,
-        direction: decision.direction.as_str(),
+        direction: match &why {
+            Why::Decision(d) => d.direction.unwrap_or(cp.default_direction),
+            Why::Check { .. } => cp.default_direction,
+        }
+        .as_str(),
         source: cp.src_peer.clone(),
         destination: cp.dst_peer.clone(),
         method,
-        host: host.clone(),
+        host,
         orig_dst: ctx.orig_dst,
         uri,
         version: version_str(version),
         code,
         why,
     };
-
-    if !decision.allowed && !cp.audit {
+    // Judge exactly what is forwarded: framing first, then hop-by-hop headers go (a header a
+    // client names in `Connection` is neither checked nor sent), then the one request builder
+    // (`l7_rules::l7::request`) makes the request that is both judged and forwarded.
+    let framing = framing_error(req.headers());
+    let upgrade = version != Version::HTTP_2 && is_upgrade(req.headers());
+    strip_hop_by_hop(req.headers_mut(), upgrade);
+    let connect = req.method() == Method::CONNECT;
+    let outcome = match framing {
+        Some((status, why)) => Err(Refusal {
+            status,
+            reason: format!("refused before any rule: {why}"),
+            location: None,
+        }),
+        None => judge(&cp.policy, &req, version),
+    };
+    let judged = match outcome {
+        Ok(j) => j,
+        Err(refusal) => {
+            let code = refusal.status.as_u16();
+            let host = req
+                .headers()
+                .get(HOST)
+                .cloned()
+                .unwrap_or(HeaderValue::from_static(""));
+            let event = flow(
+                "DROPPED",
+                if grpc { 200 } else { code },
+                req.method().clone(),
+                req.uri().clone(),
+                host,
+                Why::Check {
+                    policy: None,
+                    reason: Arc::from(refusal.reason.as_str()),
+                },
+            );
+            debug!(client = %ctx.client, method = %event.method, url = %event.url(), reason = %refusal.reason, "request refused");
+            proxy
+                .metrics
+                .request(proto_label, "DROPPED", started.elapsed());
+            proxy.flows.send_http(event);
+            return refuse(refusal.status, grpc, refusal.location.as_deref());
+        }
+    };
+    let Judged {
+        decision,
+        uri,
+        host,
+        host_missing,
+    } = judged;
+    if !decision.verdict.forwards() {
         let resp = if grpc { deny_grpc() } else { deny_http() };
         let event = flow(
             "DROPPED",
             if grpc { 200 } else { 403 },
             req.method().clone(),
-            req.uri().clone(),
-            decision.why.clone(),
+            uri,
+            host,
+            Why::Decision(decision),
         );
         // Every deny is a flow (`ward observe --verdict DROPPED`); the log has it at debug, so a
         // client hammering a denied path cannot flood the agent log.
-        debug!(client = %ctx.client, method = %event.method, url = %event.url(), policy = ?decision.why.policy(),
-            reason = %decision.why.reason(), "request denied");
+        debug!(client = %ctx.client, method = %event.method, url = %event.url(), policy = ?event.why.policy(),
+            reason = %event.reason(), "request denied");
         proxy
             .metrics
             .request(proto_label, "DROPPED", started.elapsed());
         proxy.flows.send_http(event);
         return resp;
     }
-    let verdict = if decision.allowed {
-        "FORWARDED"
-    } else {
-        "AUDIT"
+    let verdict = match decision.verdict {
+        L7Verdict::Audit => "AUDIT",
+        _ => "FORWARDED",
     };
-    let (method, uri) = (req.method().clone(), req.uri().clone());
-    if !decision.allowed {
-        let url = flow(verdict, 0, method.clone(), uri.clone(), Why::none()).url();
-        warn!(client = %ctx.client, %method, %url, policy = ?decision.why.policy(), reason = %decision.why.reason(),
+    if version == Version::HTTP_2 && connect {
+        // Tunnelling over an HTTP/2 stream is not built; say so rather than half-work.
+        let event = flow(
+            "DROPPED",
+            501,
+            req.method().clone(),
+            uri,
+            host,
+            Why::Check {
+                policy: None,
+                reason: Arc::from("CONNECT over HTTP/2 is not supported by the proxy"),
+            },
+        );
+        proxy.flows.send_http(event);
+        return refuse(StatusCode::NOT_IMPLEMENTED, grpc, None);
+    }
+    apply_actions(req.headers_mut(), &decision.header_actions);
+    // The forwarded request is the judged one: its normalised target, and its authority.
+    *req.uri_mut() = uri.clone();
+    if version == Version::HTTP_2 {
+        req.headers_mut().remove(HOST);
+    } else if host_missing && !host.is_empty() {
+        req.headers_mut().insert(HOST, host.clone());
+    }
+    let (method, why) = (req.method().clone(), Why::Decision(decision));
+    if verdict == "AUDIT" {
+        let e = flow(
+            verdict,
+            0,
+            method.clone(),
+            uri.clone(),
+            host.clone(),
+            why.clone(),
+        );
+        warn!(client = %ctx.client, %method, url = %e.url(), policy = ?e.why.policy(), reason = %e.reason(),
             "AUDIT: request would be denied; forwarding");
     }
-    apply_actions(req.headers_mut(), &decision.actions);
 
-    let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let tunnel = upgrade || connect;
+    let down_upgrade = tunnel.then(|| hyper::upgrade::on(&mut req));
     let result = if version == Version::HTTP_2 {
         proxy.pool.send_h2(ctx.orig_dst, req).await
     } else {
@@ -674,24 +679,25 @@ async fn handle(
     let (resp, code) = match result {
         Ok(mut resp) => {
             let code = resp.status().as_u16();
-            let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-            strip_hop_by_hop(resp.headers_mut(), switching && down_upgrade.is_some());
-            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                if let Some(down) = down_upgrade {
-                    let up = hyper::upgrade::on(&mut resp);
-                    tokio::spawn(async move {
-                        match tokio::try_join!(down, up) {
-                            Ok((d, u)) => {
-                                let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
-                                if let Err(e) = tokio::io::copy_bidirectional(&mut d, &mut u).await
-                                {
-                                    debug!(error = %e, "upgraded tunnel ended");
-                                }
+            let switched = match down_upgrade {
+                Some(_) if connect => resp.status().is_success(),
+                Some(_) => resp.status() == StatusCode::SWITCHING_PROTOCOLS,
+                None => false,
+            };
+            strip_hop_by_hop(resp.headers_mut(), switched && upgrade);
+            if let (true, Some(down)) = (switched, down_upgrade) {
+                let up = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    match tokio::try_join!(down, up) {
+                        Ok((d, u)) => {
+                            let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
+                            if let Err(e) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
+                                debug!(error = %e, "tunnel ended");
                             }
-                            Err(e) => debug!(error = %e, "upgrade failed"),
                         }
-                    });
-                }
+                        Err(e) => debug!(error = %e, "upgrade failed"),
+                    }
+                });
             }
             (resp.map(|b| b.map_err(Into::into).boxed()), code)
         }
@@ -705,8 +711,105 @@ async fn handle(
         .request(proto_label, verdict, started.elapsed());
     proxy
         .flows
-        .send_http(flow(verdict, code, method, uri, decision.why.clone()));
+        .send_http(flow(verdict, code, method, uri, host, why));
     resp
+}
+
+/// A request the rules judged, and what to forward.
+struct Judged {
+    decision: Decision,
+    /// The target to forward: origin-form normalised path and query (HTTP/1), the authority
+    /// (CONNECT), or `http://authority/path` (HTTP/2).
+    uri: Uri,
+    /// The authority the request is for (`Host`, else the target's).
+    host: HeaderValue,
+    /// The client sent no `Host`: forward `host` as one.
+    host_missing: bool,
+}
+
+/// The proxy's request path: builds the request to judge from what hyper parsed (through the
+/// one builder, [`l7_rules::l7::request`]), decides it (the one decision function), and
+/// returns the target and authority to forward. Nothing else in the proxy composes a verdict.
+fn judge(
+    policy: &ConnectionPolicy,
+    req: &Request<Incoming>,
+    version: Version,
+) -> Result<Judged, Refusal> {
+    judge_parts(policy, req.method(), req.uri(), req.headers(), version)
+}
+
+fn judge_parts(
+    policy: &ConnectionPolicy,
+    method: &Method,
+    uri: &Uri,
+    headers: &http::HeaderMap,
+    version: Version,
+) -> Result<Judged, Refusal> {
+    let connect = *method == Method::CONNECT;
+    let fields: Vec<(&str, &[u8])> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_bytes()))
+        .collect();
+    let raw = RawHttpRequest {
+        method: method.as_str(),
+        path: if connect {
+            None
+        } else {
+            uri.path_and_query().map(|p| p.as_str())
+        },
+        authority: uri.authority().map(|a| a.as_str()),
+        headers: &fields,
+        require_host: version == Version::HTTP_11,
+    };
+    let judged = match policy.judge_http(&raw) {
+        JudgedRequest::Request(j) => j,
+        JudgedRequest::Redirect { location } => {
+            return Err(Refusal {
+                status: StatusCode::TEMPORARY_REDIRECT,
+                reason: format!(
+                    "the path has escaped slashes (%2F or %5C): the client is redirected to {location}, which is judged when it asks for it"
+                ),
+                location: Some(location),
+            })
+        }
+        JudgedRequest::Reject(e) => {
+            return Err(Refusal {
+                status: StatusCode::BAD_REQUEST,
+                reason: format!("refused before any rule: {e}"),
+                location: None,
+            })
+        }
+    };
+    let decision = policy.decide(Some(&L7Request::Http(judged.as_request())));
+    let bad = |what: &str| Refusal {
+        status: StatusCode::BAD_REQUEST,
+        reason: format!("refused before any rule: {what}"),
+        location: None,
+    };
+    let host = HeaderValue::from_str(judged.host).map_err(|_| bad("invalid authority"))?;
+    let target = if connect {
+        Uri::try_from(judged.host).map_err(|_| ())
+    } else if version == Version::HTTP_2 && !judged.host.is_empty() {
+        Uri::builder()
+            .scheme(uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP))
+            .authority(judged.host)
+            .path_and_query(&*judged.path)
+            .build()
+            .map_err(|_| ())
+    } else if uri.authority().is_none()
+        && uri.path_and_query().map(|p| p.as_str()) == Some(&*judged.path)
+    {
+        Ok(uri.clone())
+    } else {
+        Uri::try_from(&*judged.path).map_err(|_| ())
+    }
+    .map_err(|_| bad("the normalised target is not a valid URI"))?;
+    Ok(Judged {
+        decision,
+        uri: target,
+        host,
+        host_missing: judged.host_missing,
+    })
 }
 
 thread_local! {
@@ -1017,13 +1120,21 @@ mod tests {
         assert!(body.is_empty());
     }
 
-    fn req<'a>(method: &'a str, path: &'a str) -> HttpRequest<'a> {
-        HttpRequest {
-            method,
-            path,
-            host: "deathstar",
-            headers: &[],
-        }
+    /// The proxy's request path on a request as hyper hands it over.
+    fn judged(cp: &ConnPolicy, method: &str, target: &str, host: &str) -> Result<Judged, Refusal> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(HOST, HeaderValue::from_str(host).unwrap());
+        judge_parts(
+            &cp.policy,
+            &method.parse().unwrap(),
+            &target.parse().unwrap(),
+            &headers,
+            Version::HTTP_11,
+        )
+    }
+
+    fn allowed(j: &Result<Judged, Refusal>) -> bool {
+        j.as_ref().is_ok_and(|j| j.decision.verdict.forwards())
     }
 
     #[test]
@@ -1034,32 +1145,46 @@ mod tests {
         let cp = conn_policy(&view, tie, ds);
         assert_eq!(cp.src_peer.peer().name, "tiefighter");
         assert_eq!(cp.dst_peer.peer().name, "deathstar-1");
-        assert_eq!(cp.checks.len(), 1, "only deathstar's ingress is restricted");
-        let ok = decide(&cp, &req("POST", "/v1/request-landing"));
-        assert!(ok.allowed, "{}", ok.why.reason());
-        assert_eq!(ok.why.policy().as_deref(), Some("default/rule1"));
-        assert!(
-            ok.why.reason().contains("allows POST /v1/request-landing"),
-            "{}",
-            ok.why.reason()
+        let ok = judged(&cp, "POST", "/v1/request-landing", "deathstar");
+        assert!(allowed(&ok));
+        let ok = ok.ok().unwrap();
+        assert_eq!(ok.decision.policy().as_deref(), Some("default/rule1"));
+        let no = judged(&cp, "PUT", "/v1/exhaust-port", "deathstar")
+            .ok()
+            .unwrap();
+        assert_eq!(no.decision.verdict, L7Verdict::Deny);
+        assert_eq!(no.decision.direction, Some(Direction::Ingress));
+        assert_eq!(no.decision.policy().as_deref(), Some("default/rule1"));
+        // The judged target is the normalised one, and it is what is forwarded.
+        let j = judged(&cp, "POST", "/v1/x/../request-landing", "deathstar");
+        assert!(allowed(&j));
+        assert_eq!(j.ok().unwrap().uri, "/v1/request-landing");
+        // Absolute-form: forwarded in origin-form, its authority as Host.
+        let j = judged(
+            &cp,
+            "POST",
+            "http://deathstar:80/v1/request-landing",
+            "deathstar",
         );
-        let no = decide(&cp, &req("PUT", "/v1/exhaust-port"));
-        assert!(!no.allowed);
-        assert_eq!(no.direction, Direction::Ingress);
-        assert_eq!(no.why.policy().as_deref(), Some("default/rule1"));
-        assert!(no
-            .why
-            .reason()
-            .contains("PUT /v1/exhaust-port matched no http rule"));
+        assert!(allowed(&j));
+        assert_eq!(j.ok().unwrap().uri, "/v1/request-landing");
+        assert!(judged(&cp, "POST", "http://other/v1/request-landing", "deathstar").is_err());
+        // Escaped slashes: redirected, not judged.
+        let r = judged(&cp, "POST", "/v1/x%2F..%2Frequest-landing", "deathstar");
+        assert_eq!(r.err().unwrap().status, StatusCode::TEMPORARY_REDIRECT);
         // xwing is denied at L3/L4: a connection that still reaches the proxy gets nothing.
         let xw: SocketAddr = "10.200.4.2:40000".parse().unwrap();
         let cp = conn_policy(&view, xw, ds);
-        assert!(!decide(&cp, &req("POST", "/v1/request-landing")).allowed);
-        // A flow to an unrestricted endpoint has nothing to check.
+        assert!(!allowed(&judged(
+            &cp,
+            "POST",
+            "/v1/request-landing",
+            "deathstar"
+        )));
+        // A flow to an unrestricted endpoint passes everything.
         let cp = conn_policy(&view, ds, "10.200.3.2:80".parse().unwrap());
-        assert!(cp.checks.is_empty());
-        assert!(decide(&cp, &req("PUT", "/anything")).allowed);
-        assert!(!cp.audit);
+        assert!(allowed(&judged(&cp, "PUT", "/anything", "tiefighter")));
+        assert!(!cp.policy.audit());
     }
 
     #[test]
@@ -1110,7 +1235,24 @@ mod tests {
         };
         assert!(up("keep-alive, Upgrade", "websocket"));
         assert!(!up("keep-alive", "websocket"));
-        assert!(!up("Upgrade, HTTP2-Settings", "h2c"));
+        for h2c in [
+            "h2c",
+            "H2C",
+            "websocket, h2c",
+            "h2c, websocket",
+            " h2c ",
+            "h2c/1",
+        ] {
+            assert!(!up("Upgrade, HTTP2-Settings", h2c), "{h2c}");
+        }
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQAoAAAAAIAAAAA"),
+        );
+        h.insert("upgrade", HeaderValue::from_static("h2c"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
         // gRPC's `te: trailers` is end-to-end.
         let mut grpc = http::HeaderMap::new();
         grpc.insert("te", HeaderValue::from_static("trailers"));

@@ -211,7 +211,8 @@ pub struct HttpRule {
     pub summary: String,
 }
 
-/// The request as the rules see it. `path` includes the query string and is already normalised.
+/// The request as the rules see it. `path` includes the query string and is already normalised
+/// (see [`crate::l7::request`]); it is empty for CONNECT, whose target is the authority (`host`).
 /// Header names are compared case-insensitively; several values of one header are joined with
 /// `,` before exact comparison (as Envoy does).
 #[derive(Clone, Copy, Debug)]
@@ -249,7 +250,9 @@ impl HttpRule {
     /// Method/path/host/headers (everything but headerMatches).
     fn matches_basic(&self, req: &HttpRequest<'_>) -> bool {
         self.method.as_ref().is_none_or(|m| m.is_match(req.method))
-            && self.path.as_ref().is_none_or(|p| p.is_match(req.path))
+            // A CONNECT request has no path (empty here): a path pattern never matches it, as
+            // Envoy's `:path` header matcher fails on an absent header.
+            && self.path.as_ref().is_none_or(|p| !req.path.is_empty() && p.is_match(req.path))
             && self.host.as_ref().is_none_or(|h| h.is_match(req.host))
             && self.headers.iter().all(|h| match req.header(&h.name) {
                 None => false,
@@ -338,6 +341,8 @@ pub struct HttpRuleSet {
     pathless: Vec<u32>,
     /// Any rule has headerMatches: evaluate every rule (§1.2).
     evaluate_all: bool,
+    /// Lower-cased names of the request headers the rules read (`host` for host patterns).
+    header_names: Vec<Box<str>>,
 }
 
 impl fmt::Debug for HttpRuleSet {
@@ -395,7 +400,23 @@ impl HttpRuleSet {
                 .ok()
         };
         let evaluate_all = rules.iter().any(|r| !r.header_matches.is_empty());
+        let mut header_names: Vec<Box<str>> = Vec::new();
+        for r in &rules {
+            let names = r
+                .headers
+                .iter()
+                .map(|h| &h.name)
+                .chain(r.header_matches.iter().map(|h| &h.name))
+                .map(|n| Box::<str>::from(n.to_ascii_lowercase()))
+                .chain(r.host.is_some().then(|| Box::from("host")));
+            for n in names {
+                if !header_names.contains(&n) {
+                    header_names.push(n);
+                }
+            }
+        }
         HttpRuleSet {
+            header_names,
             rules,
             literal_paths,
             prefixed,
@@ -408,6 +429,11 @@ impl HttpRuleSet {
 
     pub fn rules(&self) -> &[Arc<HttpRule>] {
         &self.rules
+    }
+
+    /// Lower-cased names of the request headers these rules read (`host` for host patterns).
+    pub fn header_names(&self) -> &[Box<str>] {
+        &self.header_names
     }
 
     pub fn len(&self) -> usize {

@@ -1,5 +1,5 @@
-//! Resolution and decision. One function, [`Engine::decide`], gives the verdict for a flow and
-//! (when redirected) for its L7 request; the kernel map entries come from the same code path
+//! Resolution and decision. One function, [`ConnectionPolicy::decide`] (in [`decide`]), gives the
+//! verdict for a connection and (when redirected) for each of its L7 requests; the kernel map entries come from the same code path
 //! ([`Engine::map_entries`]), so `ward-check` says exactly what the datapath will do.
 //!
 //! Decision order (POLICY-SEMANTICS §2, §6.2), written once here:
@@ -15,13 +15,16 @@
 
 use crate::identity::{Identity, IdentityTable, Peer, PeerKind, Reserved, WILDCARD};
 use crate::l7::dns::DnsMatcher;
-use crate::l7::http::{HeaderAction, HttpRequest, HttpRule, HttpRuleSet};
-use crate::l7::kafka::{self, KafkaRequest, KafkaRule, KafkaVerdict};
+use crate::l7::http::{HttpRequest, HttpRule, HttpRuleSet};
+use crate::l7::kafka::{KafkaRequest, KafkaRule};
 use crate::load::PolicySet;
 use crate::model::*;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, RwLock};
+
+pub mod decide;
+pub use decide::{ConnectionPolicy, Decision, Reason, Verdict};
 
 /// Agent-wide enforcement mode (`--enable-policy`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -155,36 +158,6 @@ pub enum L3L4Verdict {
     Allow,
     Deny,
     Redirect(L7Parser),
-}
-
-/// The verdict with its reason. `allowed` is final (after audit mode).
-#[derive(Clone, Debug)]
-pub struct Verdict {
-    pub allowed: bool,
-    pub stage: Stage,
-    pub l3l4: L3L4Verdict,
-    /// L7 verdict when the flow was redirected and a request was given.
-    pub l7: Option<bool>,
-    /// A deny was turned into an audited allow.
-    pub audit: bool,
-    pub reason: String,
-    /// The responsible rule, when one is.
-    pub origin: Option<RuleRef>,
-    /// headerMatches mutations for the proxy to apply.
-    pub header_actions: Vec<HeaderAction>,
-}
-
-impl Verdict {
-    pub fn policy(&self) -> Option<String> {
-        self.origin.as_ref().map(|o| o.policy.id())
-    }
-
-    pub fn rule(&self) -> Option<String> {
-        self.origin
-            .as_ref()
-            .map(|o| o.path.clone())
-            .filter(|p| !p.is_empty())
-    }
 }
 
 /// The L7 policy for one (subject, direction, peer, port): what the proxy enforces.
@@ -618,163 +591,9 @@ impl Engine {
             _ => L7Policy::Conflict(parsers),
         }
     }
-
-    /// The one decision function: L3/L4 verdict, then L7 when redirected and a request is given.
-    pub fn decide(&self, flow: &Flow<'_>, request: Option<&L7Request<'_>>, audit: bool) -> Verdict {
-        let (l3l4, reason, origin) = self.l3l4(flow);
-        let mut v = Verdict {
-            allowed: l3l4 != L3L4Verdict::Deny,
-            stage: Stage::L3L4,
-            l3l4,
-            l7: None,
-            audit: false,
-            reason,
-            origin,
-            header_actions: Vec::new(),
-        };
-        if let (L3L4Verdict::Redirect(parser), Some(req)) = (l3l4, request) {
-            v.stage = Stage::L7;
-            let redirect_origin = v
-                .origin
-                .as_ref()
-                .map_or("a default-allow rule".to_string(), |o| o.to_string());
-            let (ok, reason, origin, actions) = self.check_l7(flow, parser, req, &redirect_origin);
-            v.l7 = Some(ok);
-            v.allowed = ok;
-            v.reason = reason;
-            // An allow names the L7 rule that matched; a deny keeps the redirecting rule.
-            if origin.is_some() {
-                v.origin = origin;
-            }
-            v.header_actions = actions;
-        }
-        if !v.allowed && audit {
-            v.allowed = true;
-            v.audit = true;
-            v.reason = format!("AUDIT (would be denied): {}", v.reason);
-        }
-        v
-    }
-
-    fn check_l7(
-        &self,
-        flow: &Flow<'_>,
-        parser: L7Parser,
-        req: &L7Request<'_>,
-        redirect_origin: &str,
-    ) -> (bool, String, Option<RuleRef>, Vec<HeaderAction>) {
-        let policy = self.l7_policy(flow);
-        match (&policy, req) {
-            (L7Policy::AllowAll(origin), _) => (
-                true,
-                format!(
-                    "{} has no L7 rules on this port, so every request passes",
-                    origin.as_ref().map_or("a default-allow rule".to_string(), |o| o.to_string())
-                ),
-                origin.clone(),
-                vec![],
-            ),
-            (L7Policy::Conflict(p), _) => (
-                false,
-                format!("conflicting L7 parsers {p:?} for the same port and peer; Cilium cannot resolve this policy"),
-                None,
-                vec![],
-            ),
-            (L7Policy::Http(set), L7Request::Http(r)) => {
-                let verdict = set.check(r);
-                match verdict.allowed_by {
-                    Some(i) => {
-                        let rule = &set.rules()[i];
-                        (
-                            true,
-                            format!("{} allows {}", rule.origin, rule.summary),
-                            Some(rule.origin.clone()),
-                            verdict.actions,
-                        )
-                    }
-                    None => (
-                        false,
-                        format!(
-                            "{redirect_origin} allows {}; {} {} matched no http rule",
-                            summarize(set.rules().iter().map(|r| r.summary.as_str())),
-                            r.method,
-                            r.path,
-                        ),
-                        None,
-                        verdict.actions,
-                    ),
-                }
-            }
-            (L7Policy::Kafka(rules), L7Request::Kafka(r)) => match kafka::check(rules, r) {
-                KafkaVerdict::Allowed { rules: used } => {
-                    let first = &rules[used[0]];
-                    (
-                        true,
-                        format!(
-                            "{} allows {} (api key {})",
-                            first.origin,
-                            used.iter().map(|i| rules[*i].summary.as_str()).collect::<Vec<_>>().join(" + "),
-                            r.api_key
-                        ),
-                        Some(first.origin.clone()),
-                        vec![],
-                    )
-                }
-                KafkaVerdict::Denied { uncovered } => (
-                    false,
-                    if uncovered.is_empty() {
-                        format!(
-                            "{redirect_origin} allows {}; kafka api key {} v{} matched no kafka rule",
-                            summarize(rules.iter().map(|r| r.summary.as_str())),
-                            r.api_key,
-                            r.api_version,
-                        )
-                    } else {
-                        format!(
-                            "{redirect_origin} allows {}; kafka api key {}: topic(s) {} not covered by any kafka rule",
-                            summarize(rules.iter().map(|r| r.summary.as_str())),
-                            r.api_key,
-                            uncovered.join(", "),
-                        )
-                    },
-                    None,
-                    vec![],
-                ),
-            },
-            (L7Policy::Dns(m), L7Request::Dns { name }) => match m.matching_pattern(name) {
-                Some((pattern, origin)) => (
-                    true,
-                    format!("{origin} allows DNS {name} (pattern {pattern})"),
-                    Some(origin.clone()),
-                    vec![],
-                ),
-                None if m.matches(name) => (true, format!("DNS {name} allowed"), None, vec![]),
-                None => (
-                    false,
-                    format!("{redirect_origin} restricts DNS names; {name} matched no dns rule"),
-                    None,
-                    vec![],
-                ),
-            },
-            (_, other) => (
-                false,
-                format!(
-                    "the port is redirected to the {} proxy but the request is {}",
-                    parser.as_str(),
-                    match other {
-                        L7Request::Http(_) => "HTTP",
-                        L7Request::Kafka(_) => "Kafka",
-                        L7Request::Dns { .. } => "DNS",
-                    }
-                ),
-                None,
-                vec![],
-            ),
-        }
-    }
 }
 
-fn summarize<'a>(items: impl Iterator<Item = &'a str>) -> String {
+pub(crate) fn summarize<'a>(items: impl Iterator<Item = &'a str>) -> String {
     let all: Vec<&str> = items.collect();
     if all.len() > 5 {
         format!("{}, … {} more", all[..5].join(", "), all.len() - 5)
@@ -783,7 +602,7 @@ fn summarize<'a>(items: impl Iterator<Item = &'a str>) -> String {
     }
 }
 
-fn describe_origin(o: &Option<RuleRef>) -> String {
+pub(crate) fn describe_origin(o: &Option<RuleRef>) -> String {
     match o {
         Some(r) => r.to_string(),
         None => "the default-allow rule (no selecting policy enables default deny)".to_string(),
