@@ -2,7 +2,7 @@
 //! into flows, asking the engine, and rendering the verdict as text or JSON. Case files
 //! (JSON lines) go through the same path.
 
-use crate::engine::{Engine, Flow, L3L4Verdict, L7Request, Stage, Verdict};
+use crate::engine::{ConnectionPolicy, Engine, Flow, L3L4Verdict, L7Request, Stage, Verdict};
 use crate::identity::{Peer, PeerKind, Reserved};
 use crate::l7::kafka::KafkaRequest;
 use crate::l7::request::{Judged, RawHttpRequest};
@@ -290,8 +290,9 @@ pub enum QuestionError {
     Invalid(String),
 }
 
-/// Answers a question: checks the source's egress and/or the destination's ingress.
-pub fn answer(engine: &Engine, q: &Question) -> Result<Answer, QuestionError> {
+/// What the connection of a question is subject to: the source's egress and/or the
+/// destination's ingress (the sides `--direction` names, else every side that is a pod).
+pub fn connection(engine: &Engine, q: &Question) -> Result<ConnectionPolicy, QuestionError> {
     let from = engine.peer(&q.from);
     let to = engine.peer(&q.to);
     let is_subject = |p: &Peer| p.kind == PeerKind::Endpoint;
@@ -326,6 +327,26 @@ pub fn answer(engine: &Engine, q: &Question) -> Result<Answer, QuestionError> {
             v
         }
     };
+    let mut flows = Vec::new();
+    for d in directions {
+        let (subject, peer) = match d {
+            Direction::Ingress => (&to, &from),
+            Direction::Egress => (&from, &to),
+        };
+        flows.push(Flow {
+            direction: d,
+            subject,
+            peer,
+            protocol: q.protocol,
+            port: q.port,
+        });
+    }
+    Ok(engine.connection_policy(&flows, q.audit))
+}
+
+/// Answers a question: checks the source's egress and/or the destination's ingress.
+pub fn answer(engine: &Engine, q: &Question) -> Result<Answer, QuestionError> {
+    let policy = connection(engine, q)?;
     let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
     if let Some(L7Question::Http {
         host, headers: h, ..
@@ -347,21 +368,6 @@ pub fn answer(engine: &Engine, q: &Question) -> Result<Answer, QuestionError> {
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_slice()))
         .collect();
-    let mut flows = Vec::new();
-    for d in directions {
-        let (subject, peer) = match d {
-            Direction::Ingress => (&to, &from),
-            Direction::Egress => (&from, &to),
-        };
-        flows.push(Flow {
-            direction: d,
-            subject,
-            peer,
-            protocol: q.protocol,
-            port: q.port,
-        });
-    }
-    let policy = engine.connection_policy(&flows, q.audit);
 
     let grpc_path;
     let (method, target) = match &q.l7 {

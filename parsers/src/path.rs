@@ -42,6 +42,10 @@ pub enum PathError {
     /// A `%` not followed by two hex digits.
     #[error("invalid percent-encoding at byte {0}")]
     BadPercentEncoding(usize),
+    /// `%00`: Envoy's path canonicaliser refuses an encoded NUL (400), and a backend written
+    /// in C could cut the path there.
+    #[error("encoded NUL (%00) in request path at byte {0}")]
+    EncodedNul(usize),
     /// A control character, space, DEL or non-ASCII byte.
     #[error("invalid character 0x{byte:02x} in request path at byte {at}")]
     InvalidChar {
@@ -143,6 +147,9 @@ fn needs_work(path: &[u8]) -> Result<bool, PathError> {
                 seg_dots = true;
             }
             b'%' | b'\\' => work = true,
+            // `..;x` / `.;x`: a dot segment with parameters, which some backends (Tomcat) read
+            // as `..`; Envoy strips the parameters from such segments.
+            b';' if seg_dots && (1..=2).contains(&seg_len) => work = true,
             b if must_escape(b) => work = true,
             b => {
                 seg_len += 1;
@@ -173,6 +180,9 @@ fn decode(path: &[u8]) -> Result<Vec<u8>, PathError> {
                     (Some(h), Some(l)) => (h << 4) | l,
                     _ => return Err(PathError::BadPercentEncoding(i)),
                 };
+                if value == 0 {
+                    return Err(PathError::EncodedNul(i));
+                }
                 if is_unreserved(value) {
                     out.push(value);
                 } else {
@@ -208,6 +218,11 @@ fn remove_dot_segments_and_merge(path: &[u8]) -> Vec<u8> {
     let mut trailing_slash = false;
     for seg in path[1..].split(|&b| b == b'/') {
         trailing_slash = false;
+        // A dot segment with parameters counts as the dot segment (parameters dropped).
+        let seg = match seg.iter().position(|&b| b == b';') {
+            Some(i) if matches!(&seg[..i], b"." | b"..") => &seg[..i],
+            _ => seg,
+        };
         match seg {
             b"." => trailing_slash = true,
             b".." => {
@@ -322,6 +337,14 @@ mod tests {
             // no double decoding
             ("/%252e%252e/admin", "/%252e%252e/admin"),
             ("/%2525", "/%2525"),
+            // dot segments with parameters (Envoy's strip_dotdot_segments_with_parameters)
+            ("/public/..;x/admin", "/admin"),
+            ("/public/.;x/a", "/public/a"),
+            ("/public/..;/admin", "/admin"),
+            ("/a;b/c", "/a;b/c"),
+            ("/a/...;x", "/a/...;x"),
+            // overlong UTF-8 is not a dot
+            ("/%c0%ae%c0%ae/a", "/%C0%AE%C0%AE/a"),
             // backslash is a separator
             ("/a\\b", "/a/b"),
             ("/public\\..\\admin", "/admin"),
@@ -366,6 +389,8 @@ mod tests {
             ("/a?b c", PathError::InvalidChar { byte: b' ', at: 4 }),
             ("/é", PathError::InvalidChar { byte: 0xc3, at: 1 }),
             ("/a\0", PathError::InvalidChar { byte: 0, at: 2 }),
+            ("/a%00", PathError::EncodedNul(2)),
+            ("/public/x%00.html", PathError::EncodedNul(9)),
         ];
         for (input, want) in cases {
             assert_eq!(normalize(input), Err(*want), "normalize({input:?})");

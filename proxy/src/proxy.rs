@@ -1187,6 +1187,86 @@ mod tests {
         assert!(!cp.policy.audit());
     }
 
+    /// Every HTTP and gRPC case of `config/cases/` gets the same verdict through the proxy's
+    /// request path (a request as hyper hands it over → [`judge_parts`]) as through `ward-check`
+    /// (`l7_rules::check::answer`).
+    #[test]
+    fn case_files_agree_between_ward_check_and_the_proxy_request_path() {
+        use l7_rules::check::{answer, connection, Case, L7Question};
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut compared = 0;
+        for entry in std::fs::read_dir(root.join("config/cases")).unwrap() {
+            let path = entry.unwrap().path();
+            let scene = path.file_stem().unwrap().to_string_lossy().into_owned();
+            let set = l7_rules::load::load_paths(&[root.join("config/policies").join(&scene)])
+                .unwrap_or_else(|e| panic!("{scene}: {e:?}"));
+            let engine = l7_rules::engine::Engine::new(set);
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                    continue;
+                }
+                let case: Case = serde_json::from_str(line).unwrap();
+                let (name, q, _) = case.question().unwrap();
+                let (method, target, host, headers) = match &q.l7 {
+                    Some(L7Question::Http {
+                        method,
+                        path,
+                        host,
+                        headers,
+                    }) => (method.clone(), path.clone(), host.clone(), headers.clone()),
+                    Some(L7Question::Grpc { service, method }) => (
+                        "POST".into(),
+                        format!("/{service}/{method}"),
+                        String::new(),
+                        vec![("content-type".into(), "application/grpc".into())],
+                    ),
+                    _ => continue,
+                };
+                let want = answer(&engine, &q).map(|a| a.allowed);
+                let policy = connection(&engine, &q).unwrap();
+                let mut map = http::HeaderMap::new();
+                if !host.is_empty() {
+                    map.append(HOST, HeaderValue::from_str(&host).unwrap());
+                }
+                for (k, v) in &headers {
+                    map.append(
+                        HeaderName::try_from(k.as_str()).unwrap(),
+                        HeaderValue::from_str(v).unwrap(),
+                    );
+                }
+                // HTTP/1.1 needs a Host; a case without one is an HTTP/2 request without
+                // `:authority`.
+                let version = if host.is_empty() {
+                    Version::HTTP_2
+                } else {
+                    Version::HTTP_11
+                };
+                let method: Method = method.parse().unwrap();
+                let mut uri: Uri = target.parse().unwrap();
+                let mut got = judge_parts(&policy, &method, &uri, &map, version);
+                // A client follows the proxy's escaped-slash redirect.
+                if let Err(Refusal {
+                    location: Some(to), ..
+                }) = &got
+                {
+                    uri = to.parse().unwrap();
+                    got = judge_parts(&policy, &method, &uri, &map, version);
+                }
+                let got = got.map(|j| j.decision.verdict.forwards());
+                match (want, got) {
+                    (Ok(w), Ok(g)) => assert_eq!(w, g, "{scene}: {name:?}"),
+                    (Err(_), Err(_)) => {}
+                    (w, g) => panic!(
+                        "{scene}: {name:?}: ward-check {w:?}, proxy {:?}",
+                        g.map_err(|r| r.reason)
+                    ),
+                }
+                compared += 1;
+            }
+        }
+        assert!(compared >= 30, "only {compared} HTTP cases compared");
+    }
+
     #[test]
     fn hop_by_hop_headers_stop_at_the_proxy() {
         let mut h = http::HeaderMap::new();
