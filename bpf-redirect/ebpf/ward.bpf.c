@@ -78,6 +78,31 @@ struct {
 	__type(value, __u8);
 } ward_proxy_sockets SEC(".maps");
 
+/*
+ * A SYN that reuses the 4-tuple of a proxy-side TIME_WAIT socket must not be
+ * bpf_sk_assign'ed to the listener: the kernel would then skip its TIME_WAIT
+ * handling, find the old socket as a duplicate when it hashes the new request
+ * socket, and drop the SYN until TIME_WAIT ends (about 60 s). Such a SYN is
+ * instead delivered locally unassigned; the kernel's TIME_WAIT code asks for
+ * a listener, ward_sk_lookup finds the tuple here and hands it the proxy's
+ * listener (from ward_listeners), and the kernel retires the TIME_WAIT socket.
+ * Value: the proxy port.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, WARD_TW_REDIRECT_MAX);
+	__type(key, struct ward_tw_key);
+	__type(value, __u32);
+} ward_tw_redirect SEC(".maps");
+
+/* The proxy's listening sockets, by proxy port (inserted by ward run). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, WARD_LISTENERS_MAX);
+	__type(key, __u32);
+	__type(value, __u32);
+} ward_listeners SEC(".maps");
+
 #define NSEC 1000000000ULL
 #define CT_LIFETIME_TCP (21600ULL * NSEC)
 #define CT_LIFETIME_CLOSING (10ULL * NSEC)
@@ -312,6 +337,24 @@ static __always_inline __u16 assign_to_proxy(struct __sk_buff *skb, const struct
 		if (sk) {
 			if (sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_TIME_WAIT)
 				goto assign;
+			if (sk->state == BPF_TCP_TIME_WAIT &&
+			    (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
+				struct ward_tw_key k = {
+					.saddr = f->key.saddr,
+					.daddr = f->key.daddr,
+					.sport = f->key.sport,
+					.dport = f->key.dport,
+				};
+				__u32 port = proxy_port;
+
+				bpf_sk_release(sk);
+				if (bpf_map_update_elem(&ward_tw_redirect, &k, &port, BPF_ANY))
+					return WARD_DROP_NO_PROXY_SOCKET;
+				/* Local delivery (fwmark route), no assignment: see
+				 * ward_tw_redirect. */
+				skb->mark = WARD_MARK_PROXY_REDIRECT | ((__u32)proxy_port << 16);
+				return 0;
+			}
 			bpf_sk_release(sk);
 		}
 		t.ipv4.daddr = bpf_htonl(0x7f000001);
@@ -676,4 +719,36 @@ SEC("classifier/from_netdev")
 int ward_from_netdev(struct __sk_buff *skb)
 {
 	return handle(skb, WARD_HOOK_FROM_NETDEV);
+}
+
+/*
+ * Listener lookup in the node's network namespace (BPF_PROG_TYPE_SK_LOOKUP):
+ * only for the SYNs ward_tw_redirect names (a reused tuple in TIME_WAIT), it
+ * selects the proxy's listener; every other lookup is left to the kernel.
+ */
+SEC("sk_lookup")
+int ward_sk_lookup(struct bpf_sk_lookup *ctx)
+{
+	struct ward_tw_key k = {};
+	struct bpf_sock *sk;
+	__u32 *port;
+	__u32 p;
+
+	if (ctx->family != 2 /* AF_INET */ || ctx->protocol != IPPROTO_TCP)
+		return SK_PASS;
+	k.saddr = ctx->remote_ip4;
+	k.daddr = ctx->local_ip4;
+	k.sport = ctx->remote_port;
+	k.dport = bpf_htons((__u16)ctx->local_port);
+	port = bpf_map_lookup_elem(&ward_tw_redirect, &k);
+	if (!port)
+		return SK_PASS;
+	p = *port;
+	bpf_map_delete_elem(&ward_tw_redirect, &k);
+	sk = bpf_map_lookup_elem(&ward_listeners, &p);
+	if (!sk)
+		return SK_PASS;
+	bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	return SK_PASS;
 }

@@ -24,6 +24,8 @@
 #define WARD_EVENTS_BYTES (256 * 1024)
 #define WARD_COUNTERS_MAX 128
 #define WARD_PROXY_SOCKETS_MAX 65536
+#define WARD_TW_REDIRECT_MAX 4096
+#define WARD_LISTENERS_MAX 16
 
 /* ---- Reserved identities (Cilium numbering) --------------------------- */
 #define WARD_ID_UNKNOWN 0
@@ -157,6 +159,14 @@ struct ward_endpoint {
 };
 
 /* ---- Conntrack: LRU hash, key = original-direction tuple --------------- */
+/* A TCP 4-tuple in network byte order (ward_tw_redirect). */
+struct ward_tw_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+};
+
 struct ward_ct_key {
 	__be32 saddr;
 	__be32 daddr;

@@ -27,7 +27,7 @@ use aya::{
     programs::{
         links::{FdLink, PinnedLink},
         tc::{self, SchedClassifierLink, TcAttachOptions},
-        LinkOrder, SchedClassifier, TcAttachType,
+        LinkOrder, SchedClassifier, SkLookup, TcAttachType,
     },
     Ebpf, EbpfLoader,
 };
@@ -35,7 +35,7 @@ pub use bpf_redirect_common as common;
 use common::{map_names, program_names};
 
 pub use events::{DropReason, Event, EventKind, EventReader, PolicyDirection};
-pub use proxy_sockets::{socket_cookie, ProxySockets};
+pub use proxy_sockets::{register_listener, socket_cookie, ProxySockets};
 pub use routing::ProxyRouting;
 pub use state::{
     port_range_prefixes, ApplyStats, DesiredState, Endpoint, Interface, IpcacheEntry, MapDiff,
@@ -228,7 +228,51 @@ impl Datapath {
             prog.load()
                 .map_err(|source| Error::Program { name, source })?;
         }
+        let name = program_names::SK_LOOKUP;
+        let prog: &mut SkLookup = ebpf
+            .program_mut(name)
+            .ok_or(Error::Program {
+                name,
+                source: aya::programs::ProgramError::NotLoaded,
+            })?
+            .try_into()
+            .map_err(|source| Error::Program { name, source })?;
+        prog.load()
+            .map_err(|source| Error::Program { name, source })?;
         Ok(Self { ebpf, pin_root })
+    }
+
+    /// Attaches `ward_sk_lookup` to the calling thread's network namespace (the node's), in
+    /// place of an earlier one; the link is pinned at `links/netns-sk_lookup`, so it stays while
+    /// `ward run` restarts. It hands the proxy's listener to SYNs that reuse the tuple of a
+    /// proxy-side TIME_WAIT socket (see `ward_tw_redirect` in `ebpf/ward.bpf.c`).
+    pub fn attach_sk_lookup(&mut self) -> Result<()> {
+        let path = self.pin_root.join("links").join(SK_LOOKUP_LINK);
+        detach_pin(&path)?;
+        let netns = fs::File::open("/proc/thread-self/ns/net")
+            .map_err(io_err("opening this thread's network namespace"))?;
+        let name = program_names::SK_LOOKUP;
+        let prog: &mut SkLookup = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(Error::Program {
+                name,
+                source: aya::programs::ProgramError::NotLoaded,
+            })?
+            .try_into()
+            .map_err(|source| Error::Program { name, source })?;
+        let id = prog
+            .attach(&netns)
+            .map_err(|source| Error::Program { name, source })?;
+        let link: FdLink = prog
+            .take_link(id)
+            .map_err(|source| Error::Program { name, source })?
+            .into();
+        link.pin(&path).map_err(|source| Error::Pin {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(())
     }
 
     /// The pin root this datapath uses.
@@ -603,6 +647,9 @@ impl Datapath {
 }
 
 /// `(key_size, value_size, max_entries)` each map must have.
+/// The link pin of the namespace's `sk_lookup` program, under `links/`.
+const SK_LOOKUP_LINK: &str = "netns-sk_lookup";
+
 fn expected_map_shape(name: &str) -> Option<(u32, u32, u32)> {
     use std::mem::size_of;
     let s = |n: usize| n as u32;
@@ -630,6 +677,8 @@ fn expected_map_shape(name: &str) -> Option<(u32, u32, u32)> {
         map_names::EVENTS => (0, 0, common::EVENTS_BYTES),
         map_names::COUNTERS => (4, 8, common::COUNTERS_MAX),
         map_names::PROXY_SOCKETS => (8, 1, common::PROXY_SOCKETS_MAX),
+        map_names::TW_REDIRECT => (12, 4, common::TW_REDIRECT_MAX),
+        map_names::LISTENERS => (4, 4, common::LISTENERS_MAX),
         _ => return None,
     })
 }

@@ -10,7 +10,7 @@ use std::{
     path::Path,
 };
 
-use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, SockHash};
 
 use crate::{common::map_names, Error, Result};
 
@@ -106,6 +106,24 @@ impl ProxySockets {
         self.insert(cookie)?;
         Ok(cookie)
     }
+}
+
+/// Puts the proxy's listening socket for `port` into the pinned `ward_listeners` sockhash, where
+/// the `sk_lookup` program finds it (a SYN reusing a TIME_WAIT tuple). The kernel drops the
+/// entry when the socket closes; a restarted `ward run` inserts its new listener.
+pub fn register_listener(
+    pin_root: impl AsRef<Path>,
+    port: u16,
+    listener: &impl AsRawFd,
+) -> Result<()> {
+    let name = map_names::LISTENERS;
+    let path = pin_root.as_ref().join(name);
+    let data = MapData::from_pin(&path).map_err(|source| Error::Map { name, source })?;
+    let map = Map::from_map_data(data).map_err(|source| Error::Map { name, source })?;
+    let mut map: SockHash<MapData, u32> =
+        SockHash::try_from(map).map_err(|source| Error::Map { name, source })?;
+    map.insert(u32::from(port), listener.as_raw_fd(), 0)
+        .map_err(|source| Error::Map { name, source })
 }
 
 #[cfg(test)]

@@ -364,8 +364,14 @@ pub fn run(cfg: Config, set: PolicySet) -> anyhow::Result<()> {
     })?;
     // 2. Datapath: maps, desired state, hooks, routing.
     let metrics = Arc::new(Metrics::new());
-    let dp = Datapath::open(&cfg.pin_root)
+    let mut dp = Datapath::open(&cfg.pin_root)
         .with_context(|| format!("opening the datapath at {}", cfg.pin_root.display()))?;
+    // A SYN reusing the tuple of a proxy-side TIME_WAIT socket reaches the listener through
+    // the namespace's listener lookup, not `bpf_sk_assign` (see `ward_tw_redirect`).
+    dp.attach_sk_lookup()
+        .context("attaching the listener lookup to the node's network namespace")?;
+    bpf_redirect::register_listener(&cfg.pin_root, cfg.listeners.http, &std_listener)
+        .context("registering the transparent listener with the datapath")?;
     let mut controller = Controller::start(cfg.clone(), set, dp, metrics.clone())?;
     controller.attach_all()?;
     let routing = ProxyRouting::default();

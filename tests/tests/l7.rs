@@ -506,3 +506,100 @@ fn grpc_allow_and_permission_denied() {
         s.ward_log()
     );
 }
+
+/// Connects from `port` on this thread's namespace (SO_REUSEADDR, so a port whose last
+/// connection the server closed can be bound again at once), sends `request`, and returns
+/// everything the server sent before closing.
+fn exchange_from_port(
+    dst: std::net::Ipv4Addr,
+    port: u16,
+    request: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor this function owns; it is handed to a
+    // TcpStream (which closes it) right after creation.
+    let stream = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = std::net::TcpStream::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        // connect() on a blocking socket gives up after SO_SNDTIMEO.
+        stream.set_write_timeout(Some(Duration::from_secs(3)))?;
+        let mut local: libc::sockaddr_in = std::mem::zeroed();
+        local.sin_family = libc::AF_INET as libc::sa_family_t;
+        local.sin_port = port.to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut remote = local;
+        remote.sin_port = 80u16.to_be();
+        remote.sin_addr.s_addr = u32::from(dst).to_be();
+        if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        stream
+    };
+    let mut stream = stream;
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    stream.write_all(request)?;
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+#[test]
+fn a_reused_client_port_is_not_swallowed_by_time_wait() {
+    if !privileged("a_reused_client_port_is_not_swallowed_by_time_wait") {
+        return;
+    }
+    let mut s = empire_pair("tw");
+    s.start_deathstar("deathstar", 80);
+    s.start_ward();
+    s.write_policy("rule1.yaml", &scene_policy("starwars-l7"));
+    eventually("the L7 rule", || {
+        status(
+            &s,
+            "tiefighter",
+            &["-XPUT", "http://deathstar/v1/exhaust-port"],
+        ) == "403"
+    });
+    let dst = s.pod("deathstar").ip;
+    let netns = s.pod("tiefighter").netns.clone();
+    // HTTP/1.0 without keep-alive: Ward closes each connection first, so its side of the
+    // tuple sits in TIME_WAIT when the next connection reuses the same client port.
+    let results = ward_tests::in_netns(&netns, move || {
+        (0..5)
+            .map(|_| {
+                exchange_from_port(
+                    dst,
+                    40123,
+                    b"POST /v1/request-landing HTTP/1.0\r\nHost: deathstar\r\n\r\n",
+                )
+                .map(|b| {
+                    String::from_utf8_lossy(&b)
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_string()
+                })
+            })
+            .collect::<Vec<_>>()
+    });
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Ok(line) => assert!(line.contains(" 200 "), "connection {i}: {line:?}"),
+            Err(e) => panic!("connection {i} from the reused port failed: {e}"),
+        }
+    }
+}

@@ -20,11 +20,16 @@ pub mod map_names {
     pub const COUNTERS: &str = "ward_counters";
     /// LRU hash `u64` socket cookie → `u8`: the proxy's upstream sockets.
     pub const PROXY_SOCKETS: &str = "ward_proxy_sockets";
+    /// LRU hash TCP 4-tuple → proxy port: SYNs reusing a proxy-side TIME_WAIT tuple, for
+    /// the `sk_lookup` program.
+    pub const TW_REDIRECT: &str = "ward_tw_redirect";
+    /// Sockhash proxy port → the proxy's listening socket.
+    pub const LISTENERS: &str = "ward_listeners";
     /// The six original maps (kept with its original type for compatibility;
     /// see [`EVERY`] for the complete list).
     pub const ALL: [&str; 6] = [IPCACHE, POLICY, ENDPOINTS, CT, EVENTS, COUNTERS];
     /// Every pinned map of this build.
-    pub const EVERY: [&str; 7] = [
+    pub const EVERY: [&str; 9] = [
         IPCACHE,
         POLICY,
         ENDPOINTS,
@@ -32,6 +37,8 @@ pub mod map_names {
         EVENTS,
         COUNTERS,
         PROXY_SOCKETS,
+        TW_REDIRECT,
+        LISTENERS,
     ];
 }
 
@@ -40,6 +47,8 @@ pub mod program_names {
     pub const FROM_ENDPOINT: &str = "ward_from_endpoint";
     pub const TO_ENDPOINT: &str = "ward_to_endpoint";
     pub const FROM_NETDEV: &str = "ward_from_netdev";
+    /// The node network namespace's listener lookup (`BPF_PROG_TYPE_SK_LOOKUP`).
+    pub const SK_LOOKUP: &str = "ward_sk_lookup";
 }
 
 pub const IPCACHE_MAX: u32 = 65536;
@@ -49,6 +58,8 @@ pub const CT_MAX: u32 = 131072;
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 pub const COUNTERS_MAX: u32 = 128;
 pub const PROXY_SOCKETS_MAX: u32 = 65536;
+pub const TW_REDIRECT_MAX: u32 = 4096;
+pub const LISTENERS_MAX: u32 = 16;
 
 /// Reserved identities (Cilium's numbers).
 pub const ID_UNKNOWN: u32 = 0;
