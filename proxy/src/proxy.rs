@@ -310,7 +310,7 @@ async fn serve_conn(proxy: Arc<Proxy>, stream: TcpStream, client: SocketAddr) {
         .max_header_list_size(MAX_H2_HEADER_LIST)
         .timer(TokioTimer::new());
     if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+        .serve_connection_with_upgrades(TokioIo::new(crate::gate::Gated::new(stream)), svc)
         .await
     {
         // The client's fault (malformed request, reset) or a stuck peer: this connection only.

@@ -1,0 +1,371 @@
+//! The HTTP/1 request-target gate: a read-side layer between a client connection and hyper.
+//!
+//! Envoy's HTTP/1 codec accepts every visible ASCII byte in a request target, and clients send
+//! JSON or raw `"`, `<`, `>` in query strings. The `http` crate behind hyper refuses `"`, `<` and
+//! `>` in a query and `<`, `>` and `` ` `` in a path, so such a request would get 400 although
+//! Cilium passes it. The gate finds each request head (with the strict sans-IO parser,
+//! [`parsers::http1`]) and percent-encodes those four bytes in its target before hyper parses
+//! it. In the path that is what normalisation does anyway (Envoy's canonicaliser escapes them);
+//! in the query a backend decodes `%22` as `"`. The rewritten target is what the rules judge
+//! and what goes upstream.
+//!
+//! To find the next head it follows each request's body framing (`Content-Length` or chunked),
+//! as hyper does. Whatever it does not follow — an HTTP/2 preface, a head the strict parser
+//! refuses, an upgrade or CONNECT, a malformed chunk — switches it to passing bytes through
+//! untouched for the rest of the connection, leaving every decision to hyper and the proxy:
+//! the gate only ever rewrites those four bytes inside a target it parsed.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use parsers::http1::{parse_request_head, MAX_HEAD_LEN};
+use parsers::Status;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Longest chunk-size or trailer line followed; longer switches the gate to pass-through.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Bytes read from the client at a time while looking for a head.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Where the gate is in the client's byte stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// A request head is next.
+    Head,
+    /// This many bytes of a `Content-Length` body remain.
+    Body(u64),
+    /// A chunk-size line is next.
+    ChunkSize,
+    /// This many bytes of chunk data (and its CRLF) remain.
+    ChunkData(u64),
+    /// Trailer lines until an empty one.
+    Trailers,
+    /// Not followed: bytes pass untouched from here on.
+    Pass,
+}
+
+/// A client connection whose request targets are made acceptable to hyper (see the module).
+pub struct Gated<S> {
+    inner: S,
+    state: State,
+    /// Bytes read from the client, not yet classified.
+    pending: Vec<u8>,
+    /// Bytes ready for hyper, from `out_pos` on.
+    out: Vec<u8>,
+    out_pos: usize,
+    eof: bool,
+}
+
+impl<S> Gated<S> {
+    pub fn new(inner: S) -> Gated<S> {
+        Gated {
+            inner,
+            state: State::Head,
+            pending: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            eof: false,
+        }
+    }
+
+    /// Moves what can be classified from `pending` to `out`.
+    fn process(&mut self) {
+        loop {
+            if self.pending.is_empty() {
+                return;
+            }
+            match self.state {
+                State::Pass => {
+                    self.out.append(&mut self.pending);
+                    return;
+                }
+                State::Head => match parse_request_head(&self.pending) {
+                    Ok(Status::Complete(head, n)) => {
+                        let passes = head.upgrade.is_some() || head.method == "CONNECT";
+                        let next = if passes {
+                            State::Pass
+                        } else if head.chunked {
+                            State::ChunkSize
+                        } else {
+                            match head.content_length {
+                                Some(0) | None => State::Head,
+                                Some(len) => State::Body(len),
+                            }
+                        };
+                        let target = head.target;
+                        let start = target.as_ptr() as usize - self.pending.as_ptr() as usize;
+                        let end = start + target.len();
+                        self.out.extend_from_slice(&self.pending[..start]);
+                        for &b in &self.pending[start..end] {
+                            match b {
+                                b'"' | b'<' | b'>' | b'`' => {
+                                    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                                    self.out.extend_from_slice(&[
+                                        b'%',
+                                        HEX[usize::from(b >> 4)],
+                                        HEX[usize::from(b & 0xf)],
+                                    ]);
+                                }
+                                b => self.out.push(b),
+                            }
+                        }
+                        self.out.extend_from_slice(&self.pending[end..n]);
+                        self.pending.drain(..n);
+                        self.state = next;
+                    }
+                    Ok(Status::NeedMore) if self.pending.len() < MAX_HEAD_LEN && !self.eof => {
+                        return
+                    }
+                    // Refused, oversized or cut short: hyper answers it; the gate steps aside.
+                    _ => self.state = State::Pass,
+                },
+                State::Body(left) => {
+                    let n = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(self.pending.len());
+                    self.out.extend_from_slice(&self.pending[..n]);
+                    self.pending.drain(..n);
+                    let left = left - n as u64;
+                    self.state = if left == 0 {
+                        State::Head
+                    } else {
+                        State::Body(left)
+                    };
+                }
+                State::ChunkData(left) => {
+                    let n = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(self.pending.len());
+                    self.out.extend_from_slice(&self.pending[..n]);
+                    self.pending.drain(..n);
+                    let left = left - n as u64;
+                    self.state = if left == 0 {
+                        State::ChunkSize
+                    } else {
+                        State::ChunkData(left)
+                    };
+                }
+                State::ChunkSize | State::Trailers => {
+                    let Some(lf) = self.pending.iter().position(|&b| b == b'\n') else {
+                        if self.pending.len() > MAX_CHUNK_LINE || self.eof {
+                            self.state = State::Pass;
+                            continue;
+                        }
+                        return;
+                    };
+                    let line = self.pending[..lf]
+                        .strip_suffix(b"\r")
+                        .unwrap_or(&self.pending[..lf]);
+                    self.state = if self.state == State::Trailers {
+                        if line.is_empty() {
+                            State::Head
+                        } else {
+                            State::Trailers
+                        }
+                    } else {
+                        match chunk_size(line) {
+                            Some(0) => State::Trailers,
+                            // The data, then its CRLF.
+                            Some(size) => State::ChunkData(size.saturating_add(2)),
+                            None => State::Pass,
+                        }
+                    };
+                    self.out.extend_from_slice(&self.pending[..=lf]);
+                    self.pending.drain(..=lf);
+                }
+            }
+        }
+    }
+}
+
+/// The size of a chunk-size line (`1a;ext=x`), if it is one.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.split(|&b| b == b';').next()?.trim_ascii();
+    if digits.is_empty() || digits.len() > 15 {
+        return None;
+    }
+    let text = std::str::from_utf8(digits).ok()?;
+    u64::from_str_radix(text, 16).ok()
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Gated<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.out_pos < this.out.len() {
+                let n = (this.out.len() - this.out_pos).min(buf.remaining());
+                buf.put_slice(&this.out[this.out_pos..this.out_pos + n]);
+                this.out_pos += n;
+                if this.out_pos == this.out.len() {
+                    this.out.clear();
+                    this.out_pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            // Body bytes and pass-through need no look: read straight into hyper's buffer.
+            if this.pending.is_empty() {
+                let direct = match this.state {
+                    State::Pass => Some(buf.remaining()),
+                    State::Body(left) | State::ChunkData(left) => Some(
+                        usize::try_from(left)
+                            .unwrap_or(usize::MAX)
+                            .min(buf.remaining()),
+                    ),
+                    _ => None,
+                };
+                if let Some(limit) = direct {
+                    let mut sub = buf.take(limit);
+                    let before = sub.filled().len();
+                    match Pin::new(&mut this.inner).poll_read(cx, &mut sub) {
+                        Poll::Ready(Ok(())) => {}
+                        other => return other,
+                    }
+                    let n = sub.filled().len() - before;
+                    // SAFETY: `sub` filled (initialised) exactly these `n` bytes of `buf`.
+                    unsafe { buf.assume_init(n) };
+                    buf.advance(n);
+                    match this.state {
+                        State::Body(left) => {
+                            let left = left - n as u64;
+                            this.state = if left == 0 {
+                                State::Head
+                            } else {
+                                State::Body(left)
+                            };
+                        }
+                        State::ChunkData(left) => {
+                            let left = left - n as u64;
+                            this.state = if left == 0 {
+                                State::ChunkSize
+                            } else {
+                                State::ChunkData(left)
+                            };
+                        }
+                        _ => {}
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            // Read more, then classify.
+            let len = this.pending.len();
+            this.pending.resize(len + READ_CHUNK, 0);
+            let mut rb = ReadBuf::new(&mut this.pending[len..]);
+            let polled = Pin::new(&mut this.inner).poll_read(cx, &mut rb);
+            let n = rb.filled().len();
+            this.pending.truncate(len + n);
+            match polled {
+                Poll::Ready(Ok(())) => {
+                    if n == 0 {
+                        this.eof = true;
+                    }
+                    this.process();
+                    if this.eof {
+                        // Whatever is left goes to hyper as it is.
+                        this.out.append(&mut this.pending);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Gated<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// What hyper reads through the gate when the client writes `input` in pieces of `step`.
+    async fn through(input: &[u8], step: usize) -> Vec<u8> {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let input = input.to_vec();
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for piece in input.chunks(step) {
+                client.write_all(piece).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        });
+        let mut gated = Gated::new(server);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 7];
+        loop {
+            match gated.read(&mut buf).await.unwrap() {
+                0 => break,
+                n => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        writer.await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn targets_are_escaped_and_bodies_are_not() {
+        let input: &[u8] = b"GET /a?q={\"x\":[1]}&b=<c> HTTP/1.1\r\nHost: s\r\n\r\n\
+POST /p`x HTTP/1.1\r\nHost: s\r\nContent-Length: 12\r\n\r\nGET /\"<> ...\
+POST /c HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n5;e=1\r\n<\"<>>\r\n0\r\nX-T: \"\r\n\r\n\
+GET /after?\"z\" HTTP/1.1\r\nHost: s\r\n\r\n";
+        let want: &[u8] = b"GET /a?q={%22x%22:[1]}&b=%3Cc%3E HTTP/1.1\r\nHost: s\r\n\r\n\
+POST /p%60x HTTP/1.1\r\nHost: s\r\nContent-Length: 12\r\n\r\nGET /\"<> ...\
+POST /c HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n5;e=1\r\n<\"<>>\r\n0\r\nX-T: \"\r\n\r\n\
+GET /after?%22z%22 HTTP/1.1\r\nHost: s\r\n\r\n";
+        for step in [1, 3, 17, input.len()] {
+            assert_eq!(
+                String::from_utf8_lossy(&through(input, step).await),
+                String::from_utf8_lossy(want),
+                "step {step}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn what_the_gate_does_not_follow_passes_untouched() {
+        for input in [
+            &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\"<>"[..],
+            b"GET /ws HTTP/1.1\r\nHost: s\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nGET /\"<> HTTP/1.1\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\nGET /\"<> HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\nHost: s\n\nGET /\"<> HTTP/1.1\r\n\r\n",
+            b"GET /<",
+        ] {
+            assert_eq!(through(input, 5).await, input, "{}", String::from_utf8_lossy(input));
+        }
+    }
+}
