@@ -21,6 +21,7 @@ USAGE:
 
 REQUEST (optional; without it only L3/L4 is checked):
   http METHOD PATH [--host H] [--header 'K: V']...
+  http CONNECT HOST:PORT [--header 'K: V']...
   grpc SERVICE METHOD
   kafka --api-key KEY [--topic T]... [--client-id C] [--api-version N]
   dns NAME
@@ -34,7 +35,13 @@ PEER:
 --policy takes files or directories (*.yaml, *.yml, recursively), and may repeat.
 Without --direction both the source's egress and the destination's ingress are checked
 (where that side is a pod).
-Exit status: 0 allow, 1 deny, 2 usage or policy error.
+HTTP requests go through the node proxy's own request builder: the path is judged normalised
+(dot segments, also %2E and ..;x; merged slashes; \\ as a separator; unreserved escapes), which
+is also what the proxy forwards. A path with %2F or %5C is answered 307 by the proxy, and the
+unescaped path it redirects to is what is checked. A request the proxy refuses before any rule
+(%00 or a fragment in the path, a control or non-ASCII byte in a header a rule reads) is
+reported with exit status 2. CONNECT is judged by method and authority: path rules never match.
+Exit status: 0 allow, 1 deny, 2 usage, policy error, or a request the proxy refuses.
 ";
 
 struct Args {
