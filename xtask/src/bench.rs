@@ -15,6 +15,10 @@ pub const BODY_BYTES: usize = 512;
 
 pub struct Options {
     pub smoke: bool,
+    /// Another `ward` build (say, the previous commit's) measured in the same HTTP/1.1 rounds:
+    /// `ward run` is restarted with it and back in every round, so its figures sit beside the
+    /// current build's in one run.
+    pub baseline_bin: Option<std::path::PathBuf>,
 }
 
 /// Median of a list (empty → 0).
@@ -429,13 +433,13 @@ pub fn run(
     s.start_ward();
     s.write_policy("bench.yaml", POLICY);
     std::thread::sleep(Duration::from_millis(1500));
-    let ward_pid = s.ward_pid().context("ward pid")?;
+    let mut ward_pid = s.ward_pid().context("ward pid")?;
     let proxy_pid = *s.pids_in("proxy").first().context("nginx proxy pid")?;
 
     // Sanity: each path answers as expected before measuring.
-    let check = |url: &str, want: &str| -> Result<()> {
+    let check = |s: &Scene, url: &str, want: &str| -> Result<()> {
         let got = exec_out(
-            &s,
+            s,
             "client",
             &[
                 "curl",
@@ -463,10 +467,10 @@ pub fn run(
     let ward_url = format!("http://{server_ip}:80/bench/x");
     let nginx_url = format!("http://{proxy_ip}:80/bench/x");
     let deny_url = format!("http://{server_ip}:80/denied");
-    check(&direct_url, "200")?;
-    check(&ward_url, "200")?;
-    check(&nginx_url, "200")?;
-    check(&deny_url, "403")?;
+    check(&s, &direct_url, "200")?;
+    check(&s, &ward_url, "200")?;
+    check(&s, &nginx_url, "200")?;
+    check(&s, &deny_url, "403")?;
 
     let mut direct = Vec::new();
     let mut ward = Vec::new();
@@ -474,6 +478,9 @@ pub fn run(
     let mut deny = Vec::new();
     let mut ward_cpu = Vec::new();
     let mut nginx_cpu = Vec::new();
+    let mut baseline = Vec::new();
+    let mut baseline_cpu = Vec::new();
+    let current_bin = std::env::var_os("WARD_BIN").context("WARD_BIN")?;
     for round in 0..rounds {
         eprintln!("bench: round {}/{rounds}", round + 1);
         direct.push(wrk(&s, &direct_url, secs, true)?);
@@ -481,6 +488,22 @@ pub fn run(
         let w = wrk(&s, &ward_url, secs, true)?;
         ward_cpu.push((cpu_seconds(ward_pid) - c0) / w.requests.max(1.0) * 1e6);
         ward.push(w);
+        if let Some(bin) = &opts.baseline_bin {
+            for (which, b) in [(bin.as_os_str(), true), (current_bin.as_os_str(), false)] {
+                std::env::set_var("WARD_BIN", which);
+                s.stop_ward();
+                s.start_ward();
+                std::thread::sleep(Duration::from_millis(1000));
+                check(&s, &ward_url, "200")?;
+                ward_pid = s.ward_pid().context("ward pid")?;
+                if b {
+                    let c0 = cpu_seconds(ward_pid);
+                    let w = wrk(&s, &ward_url, secs, true)?;
+                    baseline_cpu.push((cpu_seconds(ward_pid) - c0) / w.requests.max(1.0) * 1e6);
+                    baseline.push(w);
+                }
+            }
+        }
         let c0 = cpu_seconds(proxy_pid);
         let n = wrk(&s, &nginx_url, secs, true)?;
         nginx_cpu.push((cpu_seconds(proxy_pid) - c0) / n.requests.max(1.0) * 1e6);
@@ -605,6 +628,9 @@ pub fn run(
             "ward_p999_added_ms_at_1k": added(0.999),
             "ward_rss_mb": rss,
             "ward_flows_lost": flows_lost,
+            "baseline_rps": med(&baseline, |w| w.rps),
+            "baseline_over_nginx": med(&baseline, |w| w.rps) / nginx_rps,
+            "baseline_cpu_us_per_req": median(baseline_cpu.clone()),
         },
         "h2": {
             "direct_rps": median(h2_direct.clone()),
@@ -640,6 +666,14 @@ pub fn run(
         ("ward_p999_added_ms_at_1k", "added p99.9 at 1k req/s, ms"),
         ("ward_rss_mb", "Ward RSS, MB"),
         ("ward_flows_lost", "flows Ward could not log (queue full)"),
+        (
+            "baseline_over_nginx",
+            "baseline build (--baseline-bin) / nginx",
+        ),
+        (
+            "baseline_cpu_us_per_req",
+            "baseline build CPU µs per request",
+        ),
     ] {
         let _ = writeln!(table, "{label:<44} {:>12.3}", h[k].as_f64().unwrap_or(0.0));
     }

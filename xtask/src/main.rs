@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  test   install prerequisites (as root), build, run every test and policy case file\n  demo   the Star Wars story (see README)\n  bench  criterion benches (`--smoke` for a quick run)"
+                "usage: cargo xtask <command>\n\n  test   install prerequisites (as root), build, run every test and policy case file\n  demo   the Star Wars story (see README)\n  bench  criterion benches and the end-to-end comparison (`--smoke` quick, `--e2e` only, `--baseline-bin PATH` another ward build in the same rounds)"
             );
             return ExitCode::from(2);
         }
@@ -191,7 +191,7 @@ fn test(args: &[String]) -> Result<()> {
     if root {
         // The end-to-end bench in smoke mode (a few seconds), so it cannot rot. Its figures
         // are not asserted: timing belongs to `cargo xtask bench`, not to tests.
-        bench_e2e(true)?;
+        bench_e2e(true, None)?;
     }
     run(cargo().args(["build", "--quiet", "-p", "l7-rules", "--bin", "ward-check"]))?;
     // Last, so its summary is the run's closing line.
@@ -410,6 +410,13 @@ fn demo_offline() -> Result<()> {
 fn bench(args: &[String]) -> Result<()> {
     let smoke = args.iter().any(|a| a == "--smoke");
     let e2e_only = args.iter().any(|a| a == "--e2e");
+    let baseline_bin = match args.iter().position(|a| a == "--baseline-bin") {
+        Some(i) => Some(PathBuf::from(
+            args.get(i + 1)
+                .context("--baseline-bin needs a path to a ward binary")?,
+        )),
+        None => None,
+    };
     prerequisites()?;
     python_peers()?;
     if !e2e_only {
@@ -431,11 +438,11 @@ fn bench(args: &[String]) -> Result<()> {
     if !is_root() {
         bail!("the end-to-end bench needs root (network namespaces, eBPF)");
     }
-    bench_e2e(smoke)
+    bench_e2e(smoke, baseline_bin)
 }
 
 /// The end-to-end comparison; `smoke` uses the debug build and one short round.
-fn bench_e2e(smoke: bool) -> Result<()> {
+fn bench_e2e(smoke: bool, baseline_bin: Option<PathBuf>) -> Result<()> {
     let profile = if smoke { "debug" } else { "release" };
     let mut b = cargo();
     b.args(["build", "--quiet", "-p", "ward", "--bin", "ward"]);
@@ -445,7 +452,10 @@ fn bench_e2e(smoke: bool) -> Result<()> {
     run(&mut b)?;
     std::env::set_var("WARD_BIN", target_dir().join(profile).join("ward"));
     let report = bench::run(
-        &bench::Options { smoke },
+        &bench::Options {
+            smoke,
+            baseline_bin,
+        },
         &target_dir().join("ward-peers/venv/bin/python"),
         &target_dir().join("bench"),
     )?;
