@@ -311,6 +311,23 @@ fn trim_ows(mut v: &[u8]) -> &[u8] {
     v
 }
 
+/// `a` and `b` name the same authority: ASCII case-insensitive, a missing port being `:80`
+/// (an `http` URI's default, RFC 9110 §4.2.3).
+fn same_authority(a: &[u8], b: &[u8]) -> bool {
+    fn split(s: &[u8]) -> (&[u8], &[u8]) {
+        match s.iter().rposition(|&c| c == b':') {
+            Some(i) if !s[i..].contains(&b']') => (&s[..i], &s[i + 1..]),
+            _ => (s, b"80"),
+        }
+    }
+    let ((ha, pa), (hb, pb)) = (split(a), split(b));
+    let port = |p: &[u8]| {
+        let first = p.iter().position(|&c| c != b'0').unwrap_or(p.len());
+        p[first..].to_vec()
+    };
+    ha.eq_ignore_ascii_case(hb) && port(pa) == port(pb)
+}
+
 /// `http://authority/rest` → `(authority, "/rest")`; `None` if not absolute-form.
 fn split_absolute(target: &str) -> Option<(&str, &str)> {
     let bytes = target.as_bytes();
@@ -467,14 +484,14 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Status<RequestHead<'_>>, Http1Er
     if target_form == TargetForm::Absolute {
         let (authority, _) = split_absolute(target).ok_or(Http1Error::InvalidTarget)?;
         match head.host {
-            Some(host) if !host.eq_ignore_ascii_case(authority.as_bytes()) => {
+            Some(host) if !same_authority(host, authority.as_bytes()) => {
                 return Err(Http1Error::HostMismatch)
             }
-            None if version == Version::Http10 => head.host = Some(authority.as_bytes()),
+            // The target names the authority: a proxy forwards it as `Host`.
+            None => head.host = Some(authority.as_bytes()),
             _ => {}
         }
-    }
-    if version == Version::Http11 && host_count == 0 {
+    } else if version == Version::Http11 && host_count == 0 {
         return Err(Http1Error::MissingHost);
     }
     Ok(Status::Complete(head, pos))
@@ -821,6 +838,16 @@ mod tests {
         assert_eq!(head.header("x-tabs"), Some(&b"v"[..]));
         assert_eq!(head.header("x-empty"), Some(&b""[..]));
         assert_eq!(head.header("x-obs"), Some("café".as_bytes()));
+        for req in [
+            &b"GET http://a.b/ HTTP/1.1\r\n\r\n"[..],
+            b"GET http://A.b:80/ HTTP/1.1\r\nHost: a.B\r\n\r\n",
+            b"GET http://a.b/ HTTP/1.1\r\nHost: a.b:080\r\n\r\n",
+        ] {
+            let (head, _) = complete(req);
+            assert!(head.host.is_some_and(
+                |h| h.eq_ignore_ascii_case(b"a.b") || h.eq_ignore_ascii_case(b"a.b:080")
+            ));
+        }
         let (head, _) = complete(b"GET http://a.b/ HTTP/1.0\r\n\r\n");
         assert_eq!(head.host, Some(&b"a.b"[..]));
     }
@@ -861,7 +888,6 @@ mod tests {
             (b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", InvalidHost),
             (b"GET http://evil/ HTTP/1.1\r\nHost: good\r\n\r\n", HostMismatch),
             (b"GET http://good:81/ HTTP/1.1\r\nHost: good\r\n\r\n", HostMismatch),
-            (b"GET http://good/ HTTP/1.1\r\n\r\n", MissingHost),
             (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", ConflictingContentLength),
             (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 2\r\n\r\n", ConflictingContentLength),
             (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\n", InvalidContentLength),

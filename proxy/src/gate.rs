@@ -1,4 +1,13 @@
-//! The HTTP/1 request-target gate: a read-side layer between a client connection and hyper.
+//! The HTTP/1 gate: a layer between a client connection and hyper that reads every request
+//! head first with the strict sans-IO parser ([`parsers::http1`]).
+//!
+//! It refuses what a lenient reader might take two ways, before hyper parses anything: bare LF
+//! line endings, obs-fold, whitespace before a colon, control bytes in a value, conflicting or
+//! malformed `Content-Length`, `Transfer-Encoding` with `Content-Length` or ending in anything but
+//! `chunked`, several `Host` headers, an absolute-form target naming another authority than
+//! `Host`. hyper alone would pick one reading of some of these (it drops `Content-Length` next to
+//! `Transfer-Encoding`); Envoy refuses them. A refused head gets `400` (`431` for size limits)
+//! after the responses hyper still owes, and the connection closes with a log line.
 //!
 //! Envoy's HTTP/1 codec accepts every visible ASCII byte in a request target, and clients send
 //! JSON or raw `"`, `<`, `>` in query strings. The `http` crate behind hyper refuses `"`, `<` and
@@ -10,18 +19,22 @@
 //! and what goes upstream.
 //!
 //! To find the next head it follows each request's body framing (`Content-Length` or chunked),
-//! as hyper does. Whatever it does not follow — an HTTP/2 preface, a head the strict parser
-//! refuses, an upgrade or CONNECT, a malformed chunk — switches it to passing bytes through
-//! untouched for the rest of the connection, leaving every decision to hyper and the proxy:
-//! the gate only ever rewrites those four bytes inside a target it parsed.
+//! as hyper does. Whatever it does not follow — an HTTP/2 preface, an upgrade or CONNECT, a
+//! malformed chunk, a connection cut mid-head — switches it to passing bytes through untouched
+//! for the rest of the connection, leaving every decision to hyper and the proxy: the gate only
+//! ever rewrites those four bytes inside a target it parsed, or refuses a whole head.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use parsers::http1::{parse_request_head, MAX_HEAD_LEN};
+use parsers::http1::{error_status, parse_request_head, Http1Error, MAX_HEAD_LEN};
 use parsers::Status;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tracing::info;
+
+/// The HTTP/2 connection preface (prior knowledge), which the gate does not follow.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Longest chunk-size or trailer line followed; longer switches the gate to pass-through.
 const MAX_CHUNK_LINE: usize = 4096;
@@ -43,6 +56,8 @@ enum State {
     Trailers,
     /// Not followed: bytes pass untouched from here on.
     Pass,
+    /// A head was refused: hyper reads the end of the stream; the answer waits for shutdown.
+    Refused,
 }
 
 /// A client connection whose request targets are made acceptable to hyper (see the module).
@@ -55,6 +70,10 @@ pub struct Gated<S> {
     out: Vec<u8>,
     out_pos: usize,
     eof: bool,
+    /// No head has been seen yet (an HTTP/2 preface can only come first).
+    at_start: bool,
+    /// The answer to a refused head, and how much of it is written.
+    refusal: Option<(Vec<u8>, usize)>,
 }
 
 impl<S> Gated<S> {
@@ -66,7 +85,30 @@ impl<S> Gated<S> {
             out: Vec::new(),
             out_pos: 0,
             eof: false,
+            at_start: true,
+            refusal: None,
         }
+    }
+
+    /// Stops feeding hyper (it sees the end of the stream after what it already has) and
+    /// keeps the answer for when hyper shuts the connection down.
+    fn refuse(&mut self, e: Http1Error) {
+        let status = error_status(&e);
+        let phrase = if status == 431 {
+            "Request Header Fields Too Large"
+        } else {
+            "Bad Request"
+        };
+        info!(error = %e, status, "request head refused; closing the connection");
+        let body = "Bad request\r\n";
+        let answer = format!(
+            "HTTP/1.1 {status} {phrase}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        self.refusal = Some((answer.into_bytes(), 0));
+        self.pending.clear();
+        self.eof = true;
+        self.state = State::Refused;
     }
 
     /// Moves what can be classified from `pending` to `out`.
@@ -80,9 +122,33 @@ impl<S> Gated<S> {
                     self.out.append(&mut self.pending);
                     return;
                 }
+                State::Refused => {
+                    self.pending.clear();
+                    return;
+                }
+                State::Head
+                    if self.at_start && {
+                        let n = self.pending.len().min(H2_PREFACE.len());
+                        self.pending[..n] == H2_PREFACE[..n]
+                    } =>
+                {
+                    if self.pending.len() < H2_PREFACE.len() && !self.eof {
+                        return;
+                    }
+                    self.state = State::Pass;
+                }
                 State::Head => match parse_request_head(&self.pending) {
                     Ok(Status::Complete(head, n)) => {
-                        let passes = head.upgrade.is_some() || head.method == "CONNECT";
+                        self.at_start = false;
+                        // A tunnel the proxy may open (not h2c, which it never forwards).
+                        let h2c = head.upgrade.is_some_and(|u| {
+                            u.split(|&b| b == b',').any(|t| {
+                                let t = t.trim_ascii();
+                                let proto = t.split(|&b| b == b'/').next().unwrap_or(t);
+                                proto.trim_ascii().eq_ignore_ascii_case(b"h2c")
+                            })
+                        });
+                        let passes = (head.upgrade.is_some() && !h2c) || head.method == "CONNECT";
                         let next = if passes {
                             State::Pass
                         } else if head.chunked {
@@ -117,8 +183,9 @@ impl<S> Gated<S> {
                     Ok(Status::NeedMore) if self.pending.len() < MAX_HEAD_LEN && !self.eof => {
                         return
                     }
-                    // Refused, oversized or cut short: hyper answers it; the gate steps aside.
-                    _ => self.state = State::Pass,
+                    Ok(Status::NeedMore) if self.eof => self.state = State::Pass,
+                    Ok(Status::NeedMore) => self.refuse(Http1Error::HeadTooLarge),
+                    Err(e) => self.refuse(e),
                 },
                 State::Body(left) => {
                     let n = usize::try_from(left)
@@ -292,7 +359,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gated<S> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        // A refused head's answer goes after everything hyper wrote.
+        if let Some((answer, sent)) = &mut this.refusal {
+            while *sent < answer.len() {
+                match Pin::new(&mut this.inner).poll_write(cx, &answer[*sent..]) {
+                    Poll::Ready(Ok(0)) => break,
+                    Poll::Ready(Ok(n)) => *sent += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -311,14 +390,50 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gated<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn ambiguous_heads_are_refused_after_what_came_before() {
+        for (input, status) in [
+            (&b"GET / HTTP/1.1\nHost: s\n\n"[..], "400"),
+            (b"POST / HTTP/1.1\r\nHost: s\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", "400"),
+            (b"POST / HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: xchunked\r\n\r\n", "400"),
+            (b"GET / HTTP/1.1\r\nHost: s\r\n folded\r\n\r\n", "400"),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "400"),
+        ] {
+            // An allowed request first: hyper gets it whole, and nothing of the refused one.
+            let mut all = b"GET /ok HTTP/1.1\r\nHost: s\r\n\r\n".to_vec();
+            all.extend_from_slice(input);
+            let out = through(&all, 4).await;
+            assert_eq!(out, b"GET /ok HTTP/1.1\r\nHost: s\r\n\r\n", "{}", String::from_utf8_lossy(input));
+            // The answer is written when hyper shuts the connection down.
+            let (client, server) = tokio::io::duplex(4096);
+            let mut gated = Gated::new(server);
+            let (mut client_read, mut client_write) = tokio::io::split(client);
+            client_write.write_all(input).await.unwrap();
+            let mut sink = Vec::new();
+            let mut buf = [0u8; 64];
+            while let Ok(n) = gated.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                sink.extend_from_slice(&buf[..n]);
+            }
+            assert!(sink.is_empty());
+            gated.shutdown().await.unwrap();
+            let mut answer = Vec::new();
+            client_read.read_to_end(&mut answer).await.unwrap();
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(answer.starts_with(&format!("HTTP/1.1 {status} ")), "{answer}");
+            assert!(answer.contains("connection: close"));
+        }
+    }
 
     /// What hyper reads through the gate when the client writes `input` in pieces of `step`.
     async fn through(input: &[u8], step: usize) -> Vec<u8> {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let input = input.to_vec();
         let writer = tokio::spawn(async move {
-            use tokio::io::AsyncWriteExt;
             for piece in input.chunks(step) {
                 client.write_all(piece).await.unwrap();
                 tokio::task::yield_now().await;
@@ -362,7 +477,6 @@ GET /after?%22z%22 HTTP/1.1\r\nHost: s\r\n\r\n";
             &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\"<>"[..],
             b"GET /ws HTTP/1.1\r\nHost: s\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nGET /\"<> HTTP/1.1\r\n\r\n",
             b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\nGET /\"<> HTTP/1.1\r\n\r\n",
-            b"GET / HTTP/1.1\nHost: s\n\nGET /\"<> HTTP/1.1\r\n\r\n",
             b"GET /<",
         ] {
             assert_eq!(through(input, 5).await, input, "{}", String::from_utf8_lossy(input));

@@ -471,32 +471,6 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap, upgrade: bool) {
     }
 }
 
-/// Message framing Envoy's HTTP/1 codec refuses, refused here too (hyper would pick one
-/// reading; a backend behind another proxy might pick the other): `Transfer-Encoding` together
-/// with `Content-Length` (400, Envoy's `allow_chunked_length: false`), and any transfer coding
-/// but a single `chunked` (501, Envoy's `invalid_transfer_encoding`).
-fn framing_error(headers: &http::HeaderMap) -> Option<(StatusCode, &'static str)> {
-    use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-    if !headers.contains_key(TRANSFER_ENCODING) {
-        return None;
-    }
-    if headers.contains_key(CONTENT_LENGTH) {
-        return Some((
-            StatusCode::BAD_REQUEST,
-            "Transfer-Encoding together with Content-Length",
-        ));
-    }
-    let mut codings = headers.get_all(TRANSFER_ENCODING).iter();
-    let single_chunked = codings
-        .next()
-        .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
-        && codings.next().is_none();
-    (!single_chunked).then_some((
-        StatusCode::NOT_IMPLEMENTED,
-        "a transfer coding other than a single chunked",
-    ))
-}
-
 /// How a request ended before it could be forwarded, for its flow and its answer.
 struct Refusal {
     status: StatusCode,
@@ -558,22 +532,14 @@ async fn handle(
         code,
         why,
     };
-    // Judge exactly what is forwarded: framing first, then hop-by-hop headers go (a header a
-    // client names in `Connection` is neither checked nor sent), then the one request builder
-    // (`l7_rules::l7::request`) makes the request that is both judged and forwarded.
-    let framing = framing_error(req.headers());
+    // Judge exactly what is forwarded (ambiguous HTTP/1 framing never gets here: the gate
+    // refuses it): hop-by-hop headers go (a header a client names in `Connection` is neither
+    // checked nor sent), then the one request builder (`l7_rules::l7::request`) makes the
+    // request that is both judged and forwarded.
     let upgrade = version != Version::HTTP_2 && is_upgrade(req.headers());
     strip_hop_by_hop(req.headers_mut(), upgrade);
     let connect = req.method() == Method::CONNECT;
-    let outcome = match framing {
-        Some((status, why)) => Err(Refusal {
-            status,
-            reason: format!("refused before any rule: {why}"),
-            location: None,
-        }),
-        None => judge(&cp.policy, &req, version),
-    };
-    let judged = match outcome {
+    let judged = match judge(&cp.policy, &req, version) {
         Ok(j) => j,
         Err(refusal) => {
             let code = refusal.status.as_u16();
