@@ -5,6 +5,7 @@
  *   ward_from_endpoint  host-side veth, TC ingress (packets leaving a pod)
  *   ward_to_endpoint    host-side veth, TC egress  (packets entering a pod)
  *   ward_from_netdev    uplink, TC ingress         (packets from outside)
+ *   ward_to_netdev      uplink, TC egress          (packets the node sends out)
  *
  * Every hook judges a packet the same way: the source endpoint's egress
  * policy when the source is a local endpoint, and the destination endpoint's
@@ -255,6 +256,15 @@ static __always_inline __u16 policy_can_access(__u16 endpoint, __u32 identity, _
 	return 0;
 }
 
+/* A host policy selects the node (its endpoint enforces a direction). */
+static __always_inline int host_firewall_on(void)
+{
+	__u32 key = WARD_HOST_ENDPOINT_ID;
+	struct ward_endpoint *ep = bpf_map_lookup_elem(&ward_endpoints, &key);
+
+	return ep && (ep->flags & (WARD_EP_INGRESS_ENFORCE | WARD_EP_EGRESS_ENFORCE));
+}
+
 /* One direction of one endpoint's policy, with audit mode folded in. */
 static __always_inline __u16 check_endpoint(struct decision *d, __u16 endpoint, __u32 peer,
 					    __u8 egress, const struct flow *f)
@@ -412,7 +422,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f, __u8 *fr
 	if (eth.h_proto != bpf_htons(ETH_P_IP)) {
 		if (eth.h_proto == bpf_htons(ETH_P_ARP))
 			return -1;
-		return f->hook == WARD_HOOK_FROM_NETDEV ? -1 : WARD_DROP_UNSUPPORTED_L3;
+		return f->hook >= WARD_HOOK_FROM_NETDEV ? -1 : WARD_DROP_UNSUPPORTED_L3;
 	}
 	if (bpf_skb_load_bytes(skb, sizeof(eth), &ip, sizeof(ip)))
 		return WARD_DROP_INVALID_PACKET;
@@ -520,8 +530,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 	f.hook = hook;
 	f.ifindex = skb->ifindex;
 	count(hook == WARD_HOOK_FROM_ENDPOINT ? WARD_CNT_FROM_ENDPOINT
-		: hook == WARD_HOOK_TO_ENDPOINT ? WARD_CNT_TO_ENDPOINT
-						 : WARD_CNT_FROM_NETDEV);
+		: hook == WARD_HOOK_TO_ENDPOINT	 ? WARD_CNT_TO_ENDPOINT
+		: hook == WARD_HOOK_FROM_NETDEV	 ? WARD_CNT_FROM_NETDEV
+						 : WARD_CNT_TO_NETDEV);
 
 	ret = parse(skb, &f, &frag_later);
 	if (ret < 0)
@@ -544,15 +555,28 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 
 		if (!ep)
 			return drop(&f, &d, WARD_DROP_UNKNOWN_ENDPOINT);
-	} else {
+	} else if (hook == WARD_HOOK_FROM_NETDEV) {
 		/*
 		 * Uplink anti-spoofing, before any conntrack lookup or creation:
 		 * local endpoints and the host never arrive from outside.
 		 */
 		if (d.src_endpoint || d.src_identity == WARD_ID_HOST)
 			return drop(&f, &d, WARD_DROP_INVALID_SOURCE);
-		if (!d.dst_endpoint) {
-			/* Uplink traffic for the host itself: not Ward's to judge. */
+		/*
+		 * Traffic routed through the node, or for the host while no host
+		 * policy selects it: not Ward's to judge.
+		 */
+		if (!d.dst_endpoint ||
+		    (d.dst_endpoint == WARD_HOST_ENDPOINT_ID && !host_firewall_on())) {
+			count(WARD_CNT_UNTRACKED_PASS);
+			return TC_ACT_OK;
+		}
+	} else {
+		/*
+		 * Uplink egress judges the host's own traffic only (a pod's was
+		 * judged at the pod's hook), and only under a host policy.
+		 */
+		if (d.src_endpoint != WARD_HOST_ENDPOINT_ID || !host_firewall_on()) {
 			count(WARD_CNT_UNTRACKED_PASS);
 			return TC_ACT_OK;
 		}
@@ -651,7 +675,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 	}
 
 	if (d.proxy_port) {
-		if (hook == WARD_HOOK_TO_ENDPOINT)
+		/* bpf_sk_assign works at TC ingress only. */
+		if (hook == WARD_HOOK_TO_ENDPOINT || hook == WARD_HOOK_TO_NETDEV)
 			return drop(&f, &d, WARD_DROP_REDIRECT_UNSUPPORTED);
 		reason = assign_to_proxy(skb, &f, d.proxy_port);
 		if (reason)
@@ -719,6 +744,12 @@ SEC("classifier/from_netdev")
 int ward_from_netdev(struct __sk_buff *skb)
 {
 	return handle(skb, WARD_HOOK_FROM_NETDEV);
+}
+
+SEC("classifier/to_netdev")
+int ward_to_netdev(struct __sk_buff *skb)
+{
+	return handle(skb, WARD_HOOK_TO_NETDEV);
 }
 
 /*

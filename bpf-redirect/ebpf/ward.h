@@ -50,6 +50,14 @@
 #define WARD_HOOK_FROM_ENDPOINT 1 /* host-side veth, TC ingress */
 #define WARD_HOOK_TO_ENDPOINT 2   /* host-side veth, TC egress */
 #define WARD_HOOK_FROM_NETDEV 3   /* uplink, TC ingress */
+#define WARD_HOOK_TO_NETDEV 4     /* uplink, TC egress */
+
+/*
+ * The host endpoint (Cilium's reserved:host endpoint): the node's own
+ * addresses are ipcache entries {identity 1, this endpoint id}; its policy
+ * (host policies, CCNP nodeSelector) lives in ward_policy under this id.
+ */
+#define WARD_HOST_ENDPOINT_ID 0xffff
 
 /* ---- Drop reasons (stable; never renumber) ---------------------------- */
 #define WARD_DROP_POLICY 1              /* no allow entry (default deny) */
@@ -97,6 +105,7 @@
 #define WARD_CNT_ICMP_FRAG_NEEDED 11
 #define WARD_CNT_PROXY_UPSTREAM 12
 #define WARD_CNT_PROXY_MARK_UNREGISTERED 13 /* upstream mark without a registered socket */
+#define WARD_CNT_TO_NETDEV 14
 #define WARD_CNT_DROP_BASE 64 /* + drop reason */
 
 /* ---- Endpoint flags ----------------------------------------------------- */

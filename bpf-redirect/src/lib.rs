@@ -112,22 +112,30 @@ pub enum Hook {
     ToEndpoint,
     /// The node's uplink, TC ingress: packets from outside.
     FromNetdev,
+    /// The node's uplink, TC egress: packets the node sends out (host policies).
+    ToNetdev,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 3] = [Hook::FromEndpoint, Hook::ToEndpoint, Hook::FromNetdev];
+    pub const ALL: [Hook; 4] = [
+        Hook::FromEndpoint,
+        Hook::ToEndpoint,
+        Hook::FromNetdev,
+        Hook::ToNetdev,
+    ];
 
     fn program(self) -> &'static str {
         match self {
             Hook::FromEndpoint => program_names::FROM_ENDPOINT,
             Hook::ToEndpoint => program_names::TO_ENDPOINT,
             Hook::FromNetdev => program_names::FROM_NETDEV,
+            Hook::ToNetdev => program_names::TO_NETDEV,
         }
     }
     fn attach_type(self) -> TcAttachType {
         match self {
             Hook::FromEndpoint | Hook::FromNetdev => TcAttachType::Ingress,
-            Hook::ToEndpoint => TcAttachType::Egress,
+            Hook::ToEndpoint | Hook::ToNetdev => TcAttachType::Egress,
         }
     }
     /// The suffix of the link pin name `<iface>-<suffix>`.
@@ -136,6 +144,7 @@ impl Hook {
             Hook::FromEndpoint => "from-endpoint",
             Hook::ToEndpoint => "to-endpoint",
             Hook::FromNetdev => "from-netdev",
+            Hook::ToNetdev => "to-netdev",
         }
     }
     /// The number the C side uses (`WARD_HOOK_*`).
@@ -144,6 +153,7 @@ impl Hook {
             Hook::FromEndpoint => common::HOOK_FROM_ENDPOINT,
             Hook::ToEndpoint => common::HOOK_TO_ENDPOINT,
             Hook::FromNetdev => common::HOOK_FROM_NETDEV,
+            Hook::ToNetdev => common::HOOK_TO_NETDEV,
         }
     }
     pub fn from_number(n: u8) -> Option<Hook> {

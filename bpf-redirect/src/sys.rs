@@ -132,7 +132,7 @@ pub(crate) fn link_info_from_pin(path: &Path) -> Result<LinkInfo> {
 pub(crate) fn tcx_attach_type(hook: Hook) -> u32 {
     match hook {
         Hook::FromEndpoint | Hook::FromNetdev => BPF_TCX_INGRESS,
-        Hook::ToEndpoint => BPF_TCX_EGRESS,
+        Hook::ToEndpoint | Hook::ToNetdev => BPF_TCX_EGRESS,
     }
 }
 

@@ -356,6 +356,7 @@ fn load_file(name: &str, text: &str, set: &mut PolicySet, diags: &mut Vec<Diagno
         set.policies.append(&mut file_policies);
         set.catalog.namespaces.append(&mut file_catalog.namespaces);
         set.catalog.services.append(&mut file_catalog.services);
+        set.catalog.nodes.append(&mut file_catalog.nodes);
     }
 }
 
@@ -414,6 +415,18 @@ fn load_document(
                         catalog.namespaces.insert(n, nsobj.metadata.labels);
                     }
                     None => cx.error("metadata.name", "a Namespace needs a name"),
+                }
+            }
+            return;
+        }
+        ("v1", "Node") => {
+            // Only its labels matter: what a host policy's `nodeSelector` selects.
+            if let Some(node) = typed::<raw::Namespace>(value, cx) {
+                match node.metadata.name {
+                    Some(n) => {
+                        catalog.nodes.insert(n, node.metadata.labels);
+                    }
+                    None => cx.error("metadata.name", "a Node needs a name"),
                 }
             }
             return;

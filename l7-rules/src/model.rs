@@ -396,9 +396,11 @@ impl ServiceDef {
     }
 }
 
-/// Objects that give policies context: namespaces (their labels) and services.
+/// Objects that give policies context: namespaces (their labels), services, and nodes (their
+/// labels, which host policies' `nodeSelector` selects).
 #[derive(Clone, Debug, Default)]
 pub struct Catalog {
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pub services: Vec<ServiceDef>,
+    pub nodes: BTreeMap<String, BTreeMap<String, String>>,
 }

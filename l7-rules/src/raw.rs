@@ -506,7 +506,8 @@ pub struct K8sPort {
     pub end_port: Option<i64>,
 }
 
-/// v1 Namespace: only its labels matter (namespaceSelector).
+/// v1 Namespace (and v1 Node): only its name and labels matter (namespaceSelector,
+/// nodeSelector).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Namespace {

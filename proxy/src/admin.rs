@@ -135,6 +135,11 @@ fn status(d: &Daemon, view: &NodeView) -> Value {
         "policy_files": view.engine.set.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
         "last_policy_error": last_error,
         "endpoints": view.endpoints.len(),
+        "host_endpoint": {
+            "ingress_enforcement": enabled(view.host_endpoint.ingress_enforced),
+            "egress_enforcement": enabled(view.host_endpoint.egress_enforced),
+            "audit": view.host_endpoint.audit,
+        },
         "identities": view.identities.len(),
         "enforcement": cfg.enforcement,
         "audit": cfg.audit,
@@ -164,10 +169,30 @@ fn enabled(b: bool) -> &'static str {
 }
 
 fn endpoint_list(view: &NodeView) -> Value {
-    Value::Array(
-        view.endpoints
+    let h = &view.host_endpoint;
+    let mut host_labels = vec!["reserved:host".to_string()];
+    host_labels.extend(
+        view.settings
+            .node_labels
             .iter()
-            .map(|e| {
+            .map(|(k, v)| format!("k8s:{k}={v}")),
+    );
+    let host = json!({
+        "id": crate::node::HOST_ENDPOINT_ID,
+        "name": "host",
+        "namespace": null,
+        "interface": null,
+        "ingress_enforcement": enabled(h.ingress_enforced),
+        "egress_enforcement": enabled(h.egress_enforced),
+        "identity": l7_rules::identity::Reserved::Host.identity().0,
+        "labels": host_labels,
+        "ipv4": view.host_ips().iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+        "audit": h.audit,
+        "status": "ready",
+    });
+    Value::Array(
+        std::iter::once(host)
+            .chain(view.endpoints.iter().map(|e| {
                 json!({
                     "id": e.id,
                     "name": e.config.name,
@@ -181,7 +206,7 @@ fn endpoint_list(view: &NodeView) -> Value {
                     "audit": view.settings.audit || e.config.audit,
                     "status": "ready",
                 })
-            })
+            }))
             .collect(),
     )
 }
@@ -240,19 +265,23 @@ fn port_proto(proto: u8, port: u16, plen: u8) -> String {
 }
 
 fn bpf_policy_get(view: &NodeView, name: &str) -> Result<Value, String> {
-    let ep = view
-        .endpoint_by_name(name)
-        .or_else(|| {
-            name.parse::<u16>()
-                .ok()
-                .and_then(|id| view.endpoints.iter().find(|e| e.id == id))
-        })
-        .ok_or_else(|| format!("no endpoint {name:?}"))?;
+    let id = if name == "host" || name == crate::node::HOST_ENDPOINT_ID.to_string() {
+        crate::node::HOST_ENDPOINT_ID
+    } else {
+        view.endpoint_by_name(name)
+            .or_else(|| {
+                name.parse::<u16>()
+                    .ok()
+                    .and_then(|id| view.endpoints.iter().find(|e| e.id == id))
+            })
+            .ok_or_else(|| format!("no endpoint {name:?}"))?
+            .id
+    };
     let mut rows: Vec<Value> = view
         .desired
         .policy
         .iter()
-        .filter(|p| p.endpoint_id == ep.id)
+        .filter(|p| p.endpoint_id == id)
         .map(|p| {
             let labels: Vec<String> = if p.identity == 0 {
                 vec!["reserved:unknown".into()]
@@ -279,7 +308,11 @@ fn bpf_policy_get(view: &NodeView, name: &str) -> Result<Value, String> {
             r["identity"].as_u64(),
         )
     });
-    Ok(json!({"endpoint": ep.config.name, "id": ep.id, "entries": rows}))
+    let endpoint = match view.endpoints.iter().find(|e| e.id == id) {
+        Some(e) => e.config.name.clone(),
+        None => "host".into(),
+    };
+    Ok(json!({"endpoint": endpoint, "id": id, "entries": rows}))
 }
 
 /// Client: one request, one response.
@@ -448,6 +481,21 @@ pub fn render_status(v: &Value) -> String {
     kv("Endpoints:", s(&v["endpoints"]), &mut out);
     kv("Identities:", s(&v["identities"]), &mut out);
     kv("Enforcement:", s(&v["enforcement"]), &mut out);
+    let host = &v["host_endpoint"];
+    kv(
+        "Host firewall:",
+        format!(
+            "ingress {}, egress {}{}",
+            s(&host["ingress_enforcement"]),
+            s(&host["egress_enforcement"]),
+            if host["audit"].as_bool() == Some(true) {
+                " (audit: drops logged, not enforced)"
+            } else {
+                ""
+            }
+        ),
+        &mut out,
+    );
     kv(
         "Proxy:",
         format!("http {}", s(&v["listeners"]["http"])),

@@ -35,8 +35,13 @@ pub enum Enforcement {
 pub struct NodeSection {
     #[serde(default)]
     pub name: Option<String>,
+    /// The node's labels: what a host policy's `nodeSelector` selects.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Audit mode for the host endpoint: host-policy drops are logged as AUDIT and let
+    /// through (Cilium's advice before enforcing a host firewall: audit it first).
+    #[serde(default)]
+    pub audit: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

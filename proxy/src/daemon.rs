@@ -31,7 +31,51 @@ pub const POLICY_POLL: Duration = Duration::from_millis(200);
 
 /// Loads the policy files named by the config.
 pub fn load_policies(cfg: &Config) -> Result<PolicySet, LoadError> {
-    load::load_paths(&cfg.policy_dirs)
+    let set = load::load_paths(&cfg.policy_dirs)?;
+    let unenforced = unenforced_fields(&set, cfg);
+    if unenforced.is_empty() {
+        return Ok(set);
+    }
+    Err(LoadError {
+        diagnostics: unenforced.into_iter().chain(set.warnings).collect(),
+    })
+}
+
+/// Policy fields this node would load and not enforce: never accepted silently. A host policy
+/// that selects the node needs the uplink hooks: without them, traffic between the node and
+/// the outside would pass unjudged while `ward-check` says it is judged.
+fn unenforced_fields(set: &PolicySet, cfg: &Config) -> Vec<l7_rules::diag::Diagnostic> {
+    use l7_rules::model::Subject;
+    if cfg.uplink.is_some() {
+        return Vec::new();
+    }
+    let node_labels = Settings::from_config(cfg).node_label_set();
+    let mut out = Vec::new();
+    for p in &set.policies {
+        let Subject::Nodes(sel) = &p.subject else {
+            continue;
+        };
+        if !sel.matches(&node_labels) || !(p.ingress.present || p.egress.present) {
+            continue;
+        }
+        let field = format!("{}.nodeSelector", p.spec_path);
+        let line = std::fs::read_to_string(&p.meta.file)
+            .ok()
+            .and_then(|text| load::LineIndex::build(&text).line_of(p.meta.document, &field));
+        out.push(l7_rules::diag::Diagnostic {
+            severity: l7_rules::diag::Severity::Error,
+            file: p.meta.file.clone(),
+            line,
+            document: p.meta.document,
+            object: Some(format!("{} {}", p.meta.kind.as_str(), p.meta.id())),
+            field,
+            message: "this host policy selects the node, but the node config names no `uplink`: \
+                traffic between the node and the outside would not be enforced (only traffic \
+                with local pods would); set `uplink` to the node's external interface"
+                .into(),
+        });
+    }
+    out
 }
 
 /// Logs every diagnostic of a failed load at ERROR (errors) / WARN (warnings).
@@ -74,7 +118,7 @@ pub struct Controller {
     pub last_error: Option<String>,
 }
 
-fn make_engine(set: PolicySet, settings: &Settings) -> Arc<Engine> {
+pub(crate) fn make_engine(set: PolicySet, settings: &Settings) -> Arc<Engine> {
     let mut e = Engine::new(set);
     settings.apply_to(&mut e);
     Arc::new(e)
@@ -185,11 +229,13 @@ impl Controller {
             self.attach_endpoint(&i)?;
         }
         if let Some(u) = self.cfg.uplink.clone() {
-            let outcome = self
-                .dp
-                .attach(&u, Hook::FromNetdev)
-                .with_context(|| format!("attaching to the uplink {u}"))?;
-            info!(iface = %u, ?outcome, "attached uplink");
+            for hook in [Hook::FromNetdev, Hook::ToNetdev] {
+                let outcome = self
+                    .dp
+                    .attach(&u, hook)
+                    .with_context(|| format!("attaching {hook:?} to the uplink {u}"))?;
+                info!(iface = %u, ?hook, ?outcome, "attached uplink");
+            }
         }
         // Links of endpoints that are gone from the config (a previous run's): detach.
         let wanted: Vec<String> = self
@@ -199,7 +245,9 @@ impl Controller {
             .collect();
         for (iface, hook) in self.dp.attached()? {
             let keep = match hook {
-                Hook::FromNetdev => self.cfg.uplink.as_deref() == Some(iface.as_str()),
+                Hook::FromNetdev | Hook::ToNetdev => {
+                    self.cfg.uplink.as_deref() == Some(iface.as_str())
+                }
                 _ => wanted.contains(&iface),
             };
             if !keep {
@@ -272,7 +320,7 @@ impl Controller {
                 anyhow::bail!("{ip} belongs to endpoint {:?}", o.name);
             }
         }
-        let id = (1..=u16::MAX)
+        let id = (1..crate::node::HOST_ENDPOINT_ID)
             .find(|id| !self.endpoints.iter().any(|(i, _)| i == id))
             .context("no endpoint id left")?;
         let mut eps = self.endpoints.clone();

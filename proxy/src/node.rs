@@ -24,6 +24,8 @@ pub struct Settings {
     pub audit: bool,
     pub enforcement: Enforcement,
     pub node_labels: BTreeMap<String, String>,
+    /// The host endpoint is in audit mode.
+    pub host_audit: bool,
 }
 
 impl Settings {
@@ -35,6 +37,7 @@ impl Settings {
             audit: c.audit,
             enforcement: c.enforcement,
             node_labels: c.node.labels.clone(),
+            host_audit: c.node.audit,
         }
     }
 
@@ -44,12 +47,17 @@ impl Settings {
             Enforcement::Always => l7_rules::engine::EnforcementMode::Always,
             Enforcement::Never => l7_rules::engine::EnforcementMode::Never,
         };
-        engine.node_labels = l7_rules::labels::LabelSet::new(
+        engine.node_labels = self.node_label_set();
+    }
+
+    /// The node's labels as a host policy's `nodeSelector` sees them.
+    pub fn node_label_set(&self) -> l7_rules::labels::LabelSet {
+        l7_rules::labels::LabelSet::new(
             self.node_labels
                 .iter()
                 .map(|(k, v)| l7_rules::labels::Label::new("k8s", k, v))
                 .collect(),
-        );
+        )
     }
 
     fn proxy_port(&self, parser: L7Parser) -> Option<u16> {
@@ -103,7 +111,20 @@ pub struct NodeView {
     pub desired: DesiredState,
     /// L7 parsers that had no listener and were enforced at L3/L4 only.
     pub unproxied: Vec<L7Parser>,
+    /// The host endpoint (`reserved:host`): the node's own addresses under host policies.
+    pub host_endpoint: HostEndpoint,
 }
+
+/// The host endpoint's state, as `cilium endpoint list` shows `reserved:host`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostEndpoint {
+    pub ingress_enforced: bool,
+    pub egress_enforced: bool,
+    pub audit: bool,
+}
+
+/// The host endpoint's id in the datapath maps.
+pub const HOST_ENDPOINT_ID: u16 = bpf_redirect::common::HOST_ENDPOINT_ID;
 
 /// Building a view failed (the caller keeps the previous one).
 #[derive(Debug, thiserror::Error)]
@@ -180,7 +201,7 @@ impl NodeView {
                 addr: *ip,
                 prefix_len: 32,
                 identity: Reserved::Host.identity().0,
-                endpoint_id: 0,
+                endpoint_id: HOST_ENDPOINT_ID,
             });
         }
         let mut policy = Vec::new();
@@ -202,6 +223,36 @@ impl NodeView {
                 audit: settings.audit || info.config.audit,
             });
         }
+        // The host is an endpoint as in Cilium: host policies (CCNP `nodeSelector`, matched
+        // against the node's labels) are resolved by the same engine into its own entries.
+        let host = Peer::reserved(Reserved::Host);
+        let enforced = |d| {
+            matches!(
+                engine.enforcement(&host, d),
+                l7_rules::engine::Enforcement::Enforced { .. }
+            )
+        };
+        let host_endpoint = HostEndpoint {
+            ingress_enforced: enforced(Direction::Ingress),
+            egress_enforced: enforced(Direction::Egress),
+            audit: settings.audit || settings.host_audit,
+        };
+        for e in engine.map_entries(&host, &identities) {
+            if let Some(p) = to_policy_entry(HOST_ENDPOINT_ID, &e, &settings, &mut unproxied) {
+                policy.push(p);
+            }
+        }
+        eps.push(Endpoint {
+            endpoint_id: HOST_ENDPOINT_ID,
+            // No veth: a packet with a host source on a pod's veth is spoofed.
+            interface: Interface::Index(0),
+            // Its addresses are the host ipcache entries above.
+            ips: Vec::new(),
+            identity: Reserved::Host.identity().0,
+            ingress_enforced: host_endpoint.ingress_enforced,
+            egress_enforced: host_endpoint.egress_enforced,
+            audit: host_endpoint.audit,
+        });
         unproxied.sort();
         unproxied.dedup();
         cidrs.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
@@ -212,7 +263,7 @@ impl NodeView {
             endpoints: infos,
             by_ip,
             host_ips,
-            host: Arc::new(Peer::reserved(Reserved::Host)),
+            host: Arc::new(host),
             world: Arc::new(Peer::reserved(Reserved::World)),
             cidrs,
             identities,
@@ -222,6 +273,7 @@ impl NodeView {
                 policy,
             },
             unproxied,
+            host_endpoint,
         })
     }
 
@@ -265,6 +317,13 @@ impl NodeView {
             namespace: None,
             endpoint: None,
         }
+    }
+
+    /// The node's own addresses (the host endpoint's), sorted.
+    pub fn host_ips(&self) -> Vec<Ipv4Addr> {
+        let mut ips: Vec<Ipv4Addr> = self.host_ips.iter().copied().collect();
+        ips.sort();
+        ips
     }
 
     pub fn endpoint_by_name(&self, name: &str) -> Option<&EndpointInfo> {
@@ -397,7 +456,165 @@ spec:
             audit: false,
             enforcement: Enforcement::Default,
             node_labels: BTreeMap::new(),
+            host_audit: false,
         }
+    }
+
+    /// What the datapath's `policy_can_access` answers from the view's policy entries (the
+    /// C program's lookup, replayed on the entries `ward run` writes).
+    fn kernel_allows(
+        view: &NodeView,
+        endpoint_id: u16,
+        egress: bool,
+        identity: u32,
+        proto: u8,
+        port: u16,
+    ) -> bool {
+        let ep = view
+            .desired
+            .endpoints
+            .iter()
+            .find(|e| e.endpoint_id == endpoint_id)
+            .expect("endpoint in the desired state");
+        let enforced = if egress {
+            ep.egress_enforced
+        } else {
+            ep.ingress_enforced
+        };
+        if !enforced {
+            return true;
+        }
+        let key_len = |p: &PolicyEntry| {
+            if p.proto == 0 {
+                0
+            } else {
+                8 + p.port_prefix_len
+            }
+        };
+        let covers = |p: &PolicyEntry| {
+            p.proto == 0
+                || (p.proto == proto
+                    && (p.port_prefix_len == 0
+                        || (p.port ^ port) >> (16 - u32::from(p.port_prefix_len)) == 0))
+        };
+        let lookup = |id: u32| {
+            view.desired
+                .policy
+                .iter()
+                .filter(|p| p.endpoint_id == endpoint_id && p.egress == egress && p.identity == id)
+                .filter(|p| covers(p))
+                .max_by_key(|p| key_len(p))
+        };
+        let l3 = lookup(identity);
+        if l3.is_some_and(|p| p.deny && p.precedence == u32::MAX) {
+            return false;
+        }
+        let l4 = lookup(0);
+        let chosen = match (l3, l4) {
+            (Some(a), Some(b))
+                if b.precedence > a.precedence
+                    || (b.precedence == a.precedence && key_len(b) > key_len(a)) =>
+            {
+                Some(b)
+            }
+            (Some(a), _) => Some(a),
+            (None, b) => b,
+        };
+        chosen.is_some_and(|p| !p.deny) || ep.audit
+    }
+
+    /// Every host-policy case of `config/cases/` gets the same verdict from `ward-check` and
+    /// from the kernel entries `ward run` writes for the host endpoint.
+    #[test]
+    fn host_policy_cases_agree_between_ward_check_and_the_node() {
+        use l7_rules::check::{answer, Case, PeerJson};
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut compared = 0;
+        for entry in std::fs::read_dir(root.join("config/cases")).unwrap() {
+            let path = entry.unwrap().path();
+            let scene = path.file_stem().unwrap().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let is_host = |p: &PeerJson| matches!(p, PeerJson::Entity(e) if e == "host");
+            let host_lines: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+                .filter(|l| {
+                    // Cases whose subject is the host: its ingress, or its egress.
+                    let c: Case = serde_json::from_str(l).unwrap();
+                    match c.direction.as_deref() {
+                        Some("ingress") => is_host(&c.to),
+                        Some("egress") => is_host(&c.from),
+                        _ => false,
+                    }
+                })
+                .collect();
+            if host_lines.is_empty() {
+                continue;
+            }
+            let set =
+                l7_rules::load::load_paths(&[root.join("config/policies").join(&scene)]).unwrap();
+            // The node: the scene's `v1 Node` (as ward-check reads it) gives the labels.
+            let node_labels = set
+                .catalog
+                .nodes
+                .values()
+                .next()
+                .cloned()
+                .unwrap_or_default();
+            let mut settings = settings();
+            settings.node_labels = node_labels.clone();
+            let mut engine = Engine::new(set);
+            settings.apply_to(&mut engine);
+            let engine = Arc::new(engine);
+            // Every labelled peer of the cases becomes an endpoint of the node.
+            let mut endpoints: Vec<(u16, EndpointConfig)> = Vec::new();
+            let mut seen = Vec::new();
+            for l in &host_lines {
+                let c: Case = serde_json::from_str(l).unwrap();
+                for peer in [c.from, c.to] {
+                    let PeerJson::Object(spec) = peer else {
+                        continue;
+                    };
+                    if spec.labels.is_empty() || seen.contains(&spec.labels) {
+                        continue;
+                    }
+                    seen.push(spec.labels.clone());
+                    let n = endpoints.len() as u8 + 1;
+                    let mut cfg = ep("pod", &[], [10, 200, n, 2], &format!("veth{n}"));
+                    cfg.name = format!("pod{n}");
+                    cfg.labels = spec.labels.clone();
+                    cfg.namespace = spec.namespace.clone().unwrap_or_else(|| "default".into());
+                    endpoints.push((u16::from(n), cfg));
+                }
+            }
+            let view = NodeView::build(
+                1,
+                engine.clone(),
+                settings,
+                &endpoints,
+                &[Ipv4Addr::new(10, 200, 1, 1)],
+            )
+            .unwrap();
+            for l in host_lines {
+                let c: Case = serde_json::from_str(l).unwrap();
+                let (name, q, _) = c.question().unwrap();
+                let want = answer(&engine, &q).unwrap().allowed;
+                let egress = q.direction == Some(Direction::Egress);
+                let other = if egress { &q.to } else { &q.from };
+                let identity = engine.peer(other).identity.0;
+                let got = kernel_allows(
+                    &view,
+                    HOST_ENDPOINT_ID,
+                    egress,
+                    identity,
+                    q.protocol.number(),
+                    q.port,
+                );
+                assert_eq!(got, want, "{scene}: {name:?}");
+                compared += 1;
+            }
+        }
+        assert!(compared >= 10, "only {compared} host cases compared");
     }
 
     /// deathstar-1 (10.200.1.2), tiefighter (10.200.3.2), xwing (10.200.4.2); host 10.200.1.1.

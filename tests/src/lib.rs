@@ -121,7 +121,15 @@ pub struct Scene {
     ward: Option<Child>,
     config_written: bool,
     uplink: Option<String>,
+    /// The "outside" network's namespace ([`Scene::add_outside`]).
+    outside: Option<String>,
+    /// Extra node config lines (`node: {labels: …}` and the like), verbatim.
+    pub node_config: String,
 }
+
+/// The outside network's address, and the node's on its uplink.
+pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
+pub const NODE_UPLINK_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
 
 impl Scene {
     /// Creates the node namespace and the scene's private directory.
@@ -148,6 +156,8 @@ impl Scene {
             ward: None,
             config_written: false,
             uplink: None,
+            outside: None,
+            node_config: String::new(),
         };
         ip(&["netns", "add", &scene.node_ns]);
         scene.node(&["ip", "link", "set", "lo", "up"]);
@@ -220,6 +230,66 @@ impl Scene {
         pod
     }
 
+    /// Adds the outside network: a namespace (not a pod, no endpoint) joined to the node by a
+    /// veth that becomes the node's `uplink`: node side [`NODE_UPLINK_IP`], outside
+    /// [`OUTSIDE_IP`], which reaches the pods through the node. `exec`/`spawn_in` take
+    /// `"outside"` for it.
+    pub fn add_outside(&mut self) {
+        let netns = format!("{}-out", self.id);
+        let up = format!("{}up", self.id);
+        let peer = format!("{}ou", self.id);
+        ip(&["netns", "add", &netns]);
+        ip(&["link", "add", &up, "type", "veth", "peer", "name", &peer]);
+        ip(&["link", "set", &up, "netns", &self.node_ns]);
+        ip(&["link", "set", &peer, "netns", &netns]);
+        let in_out = |args: &[&str]| {
+            must(
+                Command::new("ip")
+                    .args(["netns", "exec", &netns])
+                    .args(args),
+            )
+        };
+        in_out(&["ip", "link", "set", "lo", "up"]);
+        in_out(&["ip", "link", "set", &peer, "name", "eth0"]);
+        in_out(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{OUTSIDE_IP}/24"),
+            "dev",
+            "eth0",
+        ]);
+        in_out(&["ip", "link", "set", "eth0", "up"]);
+        in_out(&[
+            "ip",
+            "route",
+            "add",
+            "10.200.0.0/16",
+            "via",
+            &NODE_UPLINK_IP.to_string(),
+        ]);
+        self.node(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{NODE_UPLINK_IP}/24"),
+            "dev",
+            &up,
+        ]);
+        self.node(&["ip", "link", "set", &up, "up"]);
+        self.node(&["sysctl", "-qw", &format!("net.ipv4.conf.{up}.forwarding=1")]);
+        self.uplink = Some(up);
+        self.outside = Some(netns);
+    }
+
+    /// The network namespace of `pod`, or of the outside network for `"outside"`.
+    fn netns_of(&self, pod: &str) -> &str {
+        match (&self.outside, pod) {
+            (Some(ns), "outside") => ns,
+            _ => &self.pod(pod).netns,
+        }
+    }
+
     pub fn pod(&self, name: &str) -> &Pod {
         self.pods
             .iter()
@@ -252,8 +322,22 @@ impl Scene {
     /// A command to run inside a pod.
     pub fn cmd_in(&self, pod: &str, program: &str) -> Command {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.pod(pod).netns, program]);
+        c.args(["netns", "exec", self.netns_of(pod), program]);
         c
+    }
+
+    /// Starts a long-running process in the node namespace, killed when the scene drops.
+    pub fn spawn_node(&mut self, args: &[&str], log: &str) {
+        let logf = std::fs::File::create(self.dir.join(log)).expect("log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.node_ns])
+            .args(args)
+            .stdout(logf.try_clone().expect("log fd"))
+            .stderr(logf)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {args:?}: {e}"));
+        self.procs.push(("node".into(), child));
     }
 
     /// Runs a command in a pod and returns its output (success not required).
@@ -341,7 +425,11 @@ impl Scene {
     /// Writes the node config for the current pods.
     pub fn write_config(&mut self) {
         let mut y = String::new();
-        let _ = writeln!(y, "node: {{name: {}}}", self.id);
+        if self.node_config.is_empty() {
+            let _ = writeln!(y, "node: {{name: {}}}", self.id);
+        } else {
+            let _ = writeln!(y, "{}", self.node_config.trim_end());
+        }
         let _ = writeln!(y, "pin_root: {}", self.pin_root.display());
         if let Some(u) = &self.uplink {
             let _ = writeln!(y, "uplink: {u}");
@@ -507,7 +595,13 @@ impl Drop for Scene {
         }
         // Whatever those left running in the namespaces (nginx's workers outlive a killed
         // master, for one).
-        for ns in self.pods.iter().map(|p| &p.netns).chain([&self.node_ns]) {
+        for ns in self
+            .pods
+            .iter()
+            .map(|p| &p.netns)
+            .chain([&self.node_ns])
+            .chain(&self.outside)
+        {
             if let Ok(o) = Command::new("ip").args(["netns", "pids", ns]).output() {
                 for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
                     if let Ok(pid) = pid.parse::<i32>() {
@@ -527,6 +621,9 @@ impl Drop for Scene {
         for p in &self.pods {
             let _ = Command::new("ip").args(["netns", "del", &p.netns]).output();
             let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&p.netns));
+        }
+        if let Some(ns) = &self.outside {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.node_ns])

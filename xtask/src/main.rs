@@ -9,7 +9,7 @@ use std::process::{Command, ExitCode};
 
 /// Debian packages the tests and the demo need: clang and the libbpf/kernel headers build the
 /// TC programs (bpf-redirect/README.md), gcc/libc6-dev build the layout check, iproute2 makes
-/// namespaces and routes, curl is the real client of the namespace scenes.
+/// namespaces and routes, curl is the real client of the namespace scenes, ping the ICMP one.
 const APT_PACKAGES: &[&str] = &[
     "clang",
     "libbpf-dev",
@@ -18,6 +18,7 @@ const APT_PACKAGES: &[&str] = &[
     "libc6-dev",
     "iproute2",
     "curl",
+    "iputils-ping",
     "nginx",
     "python3-venv",
     "wrk",

@@ -47,6 +47,7 @@ pub mod program_names {
     pub const FROM_ENDPOINT: &str = "ward_from_endpoint";
     pub const TO_ENDPOINT: &str = "ward_to_endpoint";
     pub const FROM_NETDEV: &str = "ward_from_netdev";
+    pub const TO_NETDEV: &str = "ward_to_netdev";
     /// The node network namespace's listener lookup (`BPF_PROG_TYPE_SK_LOOKUP`).
     pub const SK_LOOKUP: &str = "ward_sk_lookup";
 }
@@ -81,6 +82,11 @@ pub const MARK_PROXY_UPSTREAM: u32 = 0x0a00;
 pub const HOOK_FROM_ENDPOINT: u8 = 1;
 pub const HOOK_TO_ENDPOINT: u8 = 2;
 pub const HOOK_FROM_NETDEV: u8 = 3;
+pub const HOOK_TO_NETDEV: u8 = 4;
+
+/// The host endpoint's id (Cilium's `reserved:host` endpoint): the node's addresses map to it
+/// in the ipcache, and host policies are its policy entries.
+pub const HOST_ENDPOINT_ID: u16 = 0xffff;
 
 /// Drop reasons. Stable: never renumber, only append.
 pub mod drop_reason {
@@ -167,6 +173,7 @@ pub mod counter {
     /// Packets with the proxy-upstream mark whose socket is not registered
     /// (treated as ordinary host packets).
     pub const PROXY_MARK_UNREGISTERED: u32 = 13;
+    pub const TO_NETDEV: u32 = 14;
     /// `DROP_BASE + reason` counts drops per reason.
     pub const DROP_BASE: u32 = 64;
 }

@@ -18,6 +18,8 @@ USAGE:
              [--enforcement default|always|never] [--named-port NAME=PORT]... [REQUEST]
   ward-check --policy PATH... --cases FILE.jsonl|-      (one JSON case per line)
   ward-check --policy PATH... --validate                (check the policies only)
+  [--node NAME]   the node host policies (nodeSelector) see: a `v1 Node` object among the
+                  policies gives its labels (the only one is used by default)
 
 REQUEST (optional; without it only L3/L4 is checked):
   http METHOD PATH [--host H] [--header 'K: V']...
@@ -61,6 +63,8 @@ struct Args {
     mode: EnforcementMode,
     /// Named container ports of the destination (`--named-port http=8080`).
     named_ports: Vec<(String, u16)>,
+    /// The node whose labels host policies' `nodeSelector` sees (a `v1 Node` of the policies).
+    node: Option<String>,
     l7: Option<L7Question>,
 }
 
@@ -85,6 +89,7 @@ fn parse_args(argv: Vec<String>) -> Result<Args, String> {
         validate: false,
         mode: EnforcementMode::Default,
         named_ports: vec![],
+        node: None,
         l7: None,
     };
     let mut it = argv.into_iter().peekable();
@@ -133,6 +138,7 @@ fn parse_args(argv: Vec<String>) -> Result<Args, String> {
                 }
             }
             "--audit" => a.audit = true,
+            "--node" => a.node = Some(need(&mut it, "--node")?),
             "--named-port" => {
                 let v = need(&mut it, "--named-port")?;
                 let (name, port) = v
@@ -283,8 +289,44 @@ fn main() -> ExitCode {
         debug_assert_eq!(w.severity, Severity::Warning);
         eprintln!("{w}");
     }
+    // The node host policies apply to: `--node NAME`, or the only `v1 Node` of the policies.
+    let node_labels = match (&args.node, set.catalog.nodes.len()) {
+        (Some(n), _) => match set.catalog.nodes.get(n) {
+            Some(labels) => Some(labels.clone()),
+            None => {
+                return usage_error(&format!(
+                    "--node {n:?}: no `v1 Node` of that name in the policies"
+                ))
+            }
+        },
+        (None, 1) => set.catalog.nodes.values().next().cloned(),
+        (None, 0) => None,
+        (None, _) => {
+            return usage_error(
+                "the policies hold several `v1 Node` objects: name the node with --node",
+            )
+        }
+    };
+    let host_policies = set
+        .policies
+        .iter()
+        .any(|p| matches!(p.subject, l7_rules::model::Subject::Nodes(_)));
+    if host_policies {
+        eprintln!(
+            "warning: the live node differs here: `ward run` enforces host policies (nodeSelector) only when its node config names an `uplink` (it refuses them otherwise), and matches nodeSelector against the node config's labels{}",
+            if node_labels.is_some() { "" } else { "; no `v1 Node` is given, so nodeSelector sees a node without labels" }
+        );
+    }
     let mut engine = Engine::new(set);
     engine.mode = args.mode;
+    if let Some(labels) = node_labels {
+        engine.node_labels = l7_rules::labels::LabelSet::new(
+            labels
+                .iter()
+                .map(|(k, v)| l7_rules::labels::Label::new("k8s", k, v))
+                .collect(),
+        );
+    }
 
     if args.validate {
         println!(

@@ -465,7 +465,7 @@ impl Engine {
                 (
                     L3L4Verdict::Deny,
                     format!(
-                        "{} is in {} default deny{} and no rule allows {} from {}",
+                        "{} is in {} default deny{} and no rule allows {} {} {}",
                         flow.subject.display,
                         flow.direction,
                         enabling
@@ -473,6 +473,10 @@ impl Engine {
                             .map(|r| format!(" (selected by {})", r.policy.id()))
                             .unwrap_or_default(),
                         what,
+                        match flow.direction {
+                            Direction::Ingress => "from",
+                            Direction::Egress => "to",
+                        },
                         flow.peer.display
                     ),
                     enabling,
