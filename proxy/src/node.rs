@@ -26,6 +26,9 @@ pub struct Settings {
     pub node_labels: BTreeMap<String, String>,
     /// The host endpoint is in audit mode.
     pub host_audit: bool,
+    /// Ward's metrics port when it listens on a non-loopback address (a host policy must not
+    /// cut it unless a rule says so).
+    pub metrics_port: Option<u16>,
 }
 
 impl Settings {
@@ -38,6 +41,10 @@ impl Settings {
             enforcement: c.enforcement,
             node_labels: c.node.labels.clone(),
             host_audit: c.node.audit,
+            metrics_port: c
+                .metrics
+                .filter(|a| !a.ip().is_loopback())
+                .map(|a| a.port()),
         }
     }
 
@@ -237,9 +244,17 @@ impl NodeView {
             egress_enforced: enforced(Direction::Egress),
             audit: settings.audit || settings.host_audit,
         };
+        let first_host_entry = policy.len();
         for e in engine.map_entries(&host, &identities) {
             if let Some(p) = to_policy_entry(HOST_ENDPOINT_ID, &e, &settings, &mut unproxied) {
                 policy.push(p);
+            }
+        }
+        if host_endpoint.ingress_enforced {
+            if let Some(port) = settings.metrics_port {
+                if let Some(p) = metrics_allow(&policy[first_host_entry..], port) {
+                    policy.push(p);
+                }
             }
         }
         eps.push(Endpoint {
@@ -376,6 +391,34 @@ fn to_policy_entry(
     })
 }
 
+/// Ward's own metrics endpoint stays reachable under a host ingress default deny: an allow of
+/// TCP `port` from any peer, unless a host rule says otherwise on that port (an entry for it,
+/// or a deny covering it). Like Cilium's implicit allows, it is the node's, not a policy's.
+fn metrics_allow(host_entries: &[PolicyEntry], port: u16) -> Option<PolicyEntry> {
+    let covers = |p: &&PolicyEntry| {
+        !p.egress
+            && (p.proto == 0
+                || (p.proto == 6
+                    && (p.port_prefix_len == 0
+                        || (p.port ^ port) >> (16 - u32::from(p.port_prefix_len)) == 0)))
+    };
+    let mut covering = host_entries.iter().filter(covers);
+    let said =
+        covering.any(|p| p.deny || (p.identity == 0 && p.proto == 6 && p.port_prefix_len == 16));
+    (!said).then(|| PolicyEntry {
+        endpoint_id: HOST_ENDPOINT_ID,
+        identity: 0,
+        egress: false,
+        proto: 6,
+        port,
+        port_prefix_len: 16,
+        deny: false,
+        proxy_port: 0,
+        precedence: u32::from(l7_rules::engine::PRECEDENCE_ALLOW),
+        cookie: 0,
+    })
+}
+
 /// IPv4 addresses configured on interfaces of this network namespace (host identity).
 pub fn local_ipv4_addresses() -> Vec<Ipv4Addr> {
     let mut out = Vec::new();
@@ -457,7 +500,36 @@ spec:
             enforcement: Enforcement::Default,
             node_labels: BTreeMap::new(),
             host_audit: false,
+            metrics_port: None,
         }
+    }
+
+    #[test]
+    fn a_host_policy_does_not_cut_the_metrics_port_unless_a_rule_says_so() {
+        let entry = |identity, proto, port, plen, deny| PolicyEntry {
+            endpoint_id: HOST_ENDPOINT_ID,
+            identity,
+            egress: false,
+            proto,
+            port,
+            port_prefix_len: plen,
+            deny,
+            proxy_port: 0,
+            precedence: 1,
+            cookie: 0,
+        };
+        // Default deny with an unrelated allow: the metrics port is allowed from anyone.
+        let allow = metrics_allow(&[entry(0, 6, 8080, 16, false)], 9962).unwrap();
+        assert_eq!(
+            (allow.identity, allow.proto, allow.port, allow.deny),
+            (0, 6, 9962, false)
+        );
+        // A rule on that port, or a deny covering it, decides instead.
+        assert!(metrics_allow(&[entry(0, 6, 9962, 16, false)], 9962).is_none());
+        assert!(metrics_allow(&[entry(42, 6, 9962, 16, true)], 9962).is_none());
+        assert!(metrics_allow(&[entry(0, 0, 0, 0, true)], 9962).is_none());
+        assert!(metrics_allow(&[entry(0, 6, 8192, 3, true)], 9962).is_none());
+        assert!(metrics_allow(&[entry(0, 6, 8192, 3, true)], 80).is_some());
     }
 
     /// What the datapath's `policy_can_access` answers from the view's policy entries (the
