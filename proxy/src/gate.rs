@@ -138,6 +138,11 @@ impl<S> Gated<S> {
                     self.state = State::Pass;
                 }
                 State::Head => match parse_request_head(&self.pending) {
+                    // A fragment is never sent by a client (RFC 9112 §3.2); Envoy refuses it
+                    // (`http_reject_path_with_fragment`) where the `http` crate would drop it.
+                    Ok(Status::Complete(head, _)) if head.target.contains('#') => {
+                        self.refuse(Http1Error::InvalidTarget)
+                    }
                     Ok(Status::Complete(head, n)) => {
                         self.at_start = false;
                         // A tunnel the proxy may open (not h2c, which it never forwards).
@@ -400,6 +405,7 @@ mod tests {
             (b"POST / HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: xchunked\r\n\r\n", "400"),
             (b"GET / HTTP/1.1\r\nHost: s\r\n folded\r\n\r\n", "400"),
             (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "400"),
+            (b"GET /public/x#/../../admin HTTP/1.1\r\nHost: s\r\n\r\n", "400"),
         ] {
             // An allowed request first: hyper gets it whole, and nothing of the refused one.
             let mut all = b"GET /ok HTTP/1.1\r\nHost: s\r\n\r\n".to_vec();

@@ -742,7 +742,11 @@ spec:
     fn desired_state_redirects_http_to_the_listener() {
         let v = starwars_view();
         let ds = &v.desired;
-        assert_eq!(ds.endpoints.len(), 3);
+        // Three pods and the host endpoint, which no host policy selects here.
+        assert_eq!(ds.endpoints.len(), 4);
+        let host = &ds.endpoints[3];
+        assert_eq!((host.endpoint_id, host.identity), (HOST_ENDPOINT_ID, 1));
+        assert!(!host.ingress_enforced && !host.egress_enforced);
         let deathstar = &ds.endpoints[0];
         assert!(deathstar.ingress_enforced && !deathstar.egress_enforced);
         let tie = v.endpoint_by_name("tiefighter").unwrap().peer.identity.0;

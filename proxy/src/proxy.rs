@@ -299,6 +299,9 @@ async fn serve_conn(proxy: Arc<Proxy>, stream: TcpStream, client: SocketAddr) {
     builder
         .http1()
         .auto_date_header(false)
+        // A client that shuts its write side after a request still gets its answer; so do
+        // the requests before a head the gate refuses (the gate ends the stream there).
+        .half_close(true)
         .preserve_header_case(true)
         .max_headers(MAX_HEADERS)
         .max_buf_size(MAX_HEAD_BYTES.max(8192))
@@ -725,7 +728,9 @@ fn judge_parts(
         },
         authority: uri.authority().map(|a| a.as_str()),
         headers: &fields,
-        require_host: version == Version::HTTP_11,
+        // HTTP/1.1 and HTTP/2 need an authority (`Host` or `:authority`), as in Envoy
+        // ("missing required header"); HTTP/1.0 may come without.
+        require_host: version != Version::HTTP_10,
     };
     let judged = match policy.judge_http(&raw) {
         JudgedRequest::Request(j) => j,
@@ -1200,10 +1205,9 @@ mod tests {
                         HeaderValue::from_str(v).unwrap(),
                     );
                 }
-                // HTTP/1.1 needs a Host; a case without one is an HTTP/2 request without
-                // `:authority`.
+                // HTTP/1.1 needs a Host; a case without one is an HTTP/1.0 request.
                 let version = if host.is_empty() {
-                    Version::HTTP_2
+                    Version::HTTP_10
                 } else {
                     Version::HTTP_11
                 };

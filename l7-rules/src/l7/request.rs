@@ -28,8 +28,8 @@ pub struct RawHttpRequest<'a> {
     pub authority: Option<&'a str>,
     /// Every header, names lower-case, values as received.
     pub headers: &'a [(&'a str, &'a [u8])],
-    /// HTTP/1.1 requires a `Host` (or an authority in the target); HTTP/1.0, HTTP/2 and
-    /// `ward-check` questions do not.
+    /// HTTP/1.1 and HTTP/2 require an authority (`Host`, the target's, or `:authority`), as
+    /// Envoy does; HTTP/1.0 and `ward-check` questions do not.
     pub require_host: bool,
 }
 
@@ -79,7 +79,7 @@ pub enum Rejection {
     MultipleHost,
     #[error("the request target's authority {authority:?} differs from Host {host:?}")]
     AuthorityMismatch { authority: String, host: String },
-    #[error("HTTP/1.1 request without Host")]
+    #[error("no Host (or :authority)")]
     MissingHost,
     #[error("no request path")]
     MissingPath,
