@@ -282,10 +282,6 @@ enum Expect {
     AnyRefusal,
     /// Served (200) or refused: the RFCs allow both; the backends' records decide.
     Tolerated,
-    /// For a request with both Content-Length and a valid chunked Transfer-Encoding: refused,
-    /// or answered once (read by its Transfer-Encoding alone) with the connection closed right
-    /// after, the two ways RFC 9112 §6.1 allows; what follows the body is never answered.
-    TeThenClose,
     /// These statuses in order, and nothing more on the connection.
     Seq(&'static [u16]),
     /// 200 to a CONNECT, then bytes echo through the tunnel.
@@ -1388,10 +1384,6 @@ fn judge(expect: Expect, seen: &Seen) -> Result<(), String> {
         }
         AnyRefusal => refused(seen),
         Tolerated => status == Some(200) || refused(seen),
-        TeThenClose => {
-            refused(seen)
-                || (seen.responses.len() == 1 && status == Some(200) && seen.end == End::Closed)
-        }
         Seq(codes) => seen
             .responses
             .iter()
