@@ -256,21 +256,28 @@ pub fn unescape_slashes(path_and_query: &str) -> Option<Result<String, PathError
         Some(q) => path_and_query.split_at(q),
         None => (path_and_query, ""),
     };
-    let lower = path.to_ascii_lowercase();
-    if !lower.contains("%2f") && !lower.contains("%5c") {
+    let bytes = path.as_bytes();
+    let escaped_slash = |i: usize| {
+        bytes[i] == b'%'
+            && matches!(
+                (
+                    bytes.get(i + 1),
+                    bytes.get(i + 2).map(u8::to_ascii_lowercase)
+                ),
+                (Some(b'2'), Some(b'f')) | (Some(b'5'), Some(b'c'))
+            )
+    };
+    // The common case allocates nothing.
+    if !(0..bytes.len()).any(escaped_slash) {
         return None;
     }
     let mut out = String::with_capacity(path_and_query.len());
-    let bytes = path.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let code = &lower[i + 1..i + 3];
-            if code == "2f" || code == "5c" {
-                out.push('/');
-                i += 3;
-                continue;
-            }
+        if escaped_slash(i) {
+            out.push('/');
+            i += 3;
+            continue;
         }
         out.push(bytes[i] as char);
         i += 1;

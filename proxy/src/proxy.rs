@@ -757,7 +757,11 @@ fn judge_parts(
         reason: format!("refused before any rule: {what}"),
         location: None,
     };
-    let host = HeaderValue::from_str(judged.host).map_err(|_| bad("invalid authority"))?;
+    let host = match headers.get(HOST) {
+        // The judged authority is the Host header itself (its value, shared).
+        Some(h) if !judged.host_missing => h.clone(),
+        _ => HeaderValue::from_str(judged.host).map_err(|_| bad("invalid authority"))?,
+    };
     let target = if connect {
         Uri::try_from(judged.host).map_err(|_| ())
     } else if version == Version::HTTP_2 && !judged.host.is_empty() {

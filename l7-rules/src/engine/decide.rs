@@ -204,26 +204,26 @@ impl Decision {
     /// that no policy governs are left out when another side is; several relevant sides are
     /// joined as `[ingress] … | [egress] …`.
     pub fn explain(&self, request: Option<&L7Request<'_>>) -> String {
-        let mut out = String::new();
-        let present: Vec<&SideOutcome> = self.sides.iter().flatten().collect();
-        let relevant: Vec<&SideOutcome> =
-            present.iter().copied().filter(|s| s.relevant()).collect();
+        let mut out = String::with_capacity(128);
+        let relevant = || self.sides.iter().flatten().filter(|s| s.relevant());
         let write_side = |out: &mut String, s: &SideOutcome| {
             if s.audit {
                 out.push_str("AUDIT (would be denied): ");
             }
             s.reason.write(out, request);
         };
-        match (relevant.as_slice(), self.deciding()) {
-            ([], Some(d)) => write_side(&mut out, d),
-            ([], None) => out.push_str("no side of this flow is an endpoint Ward enforces on"),
-            ([one], _) => write_side(&mut out, one),
-            (many, _) => {
-                for (i, s) in many.iter().enumerate() {
+        match (relevant().count(), self.deciding()) {
+            (0, Some(d)) => write_side(&mut out, d),
+            (0, None) => out.push_str("no side of this flow is an endpoint Ward enforces on"),
+            (1, _) => relevant().for_each(|s| write_side(&mut out, s)),
+            _ => {
+                for (i, s) in relevant().enumerate() {
                     if i > 0 {
                         out.push_str(" | ");
                     }
-                    out.push_str(&format!("[{}] ", s.direction));
+                    out.push('[');
+                    out.push_str(s.direction.as_str());
+                    out.push_str("] ");
                     write_side(&mut out, s);
                 }
             }
