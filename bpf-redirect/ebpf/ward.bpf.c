@@ -358,6 +358,11 @@ static __always_inline __u16 assign_to_proxy(struct __sk_buff *skb, const struct
 				__u32 port = proxy_port;
 
 				bpf_sk_release(sk);
+				/* Only with a listener to take it (a sockhash lookup holds a reference). */
+				sk = bpf_map_lookup_elem(&ward_listeners, &port);
+				if (!sk)
+					return WARD_DROP_NO_PROXY_SOCKET;
+				bpf_sk_release(sk);
 				if (bpf_map_update_elem(&ward_tw_redirect, &k, &port, BPF_ANY))
 					return WARD_DROP_NO_PROXY_SOCKET;
 				/* Local delivery (fwmark route), no assignment: see
@@ -422,7 +427,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f, __u8 *fr
 	if (eth.h_proto != bpf_htons(ETH_P_IP)) {
 		if (eth.h_proto == bpf_htons(ETH_P_ARP))
 			return -1;
-		return f->hook >= WARD_HOOK_FROM_NETDEV ? -1 : WARD_DROP_UNSUPPORTED_L3;
+		/* At the uplink: not Ward's, unless a host policy must hold (see handle). */
+		return f->hook >= WARD_HOOK_FROM_NETDEV ? -2 : WARD_DROP_UNSUPPORTED_L3;
 	}
 	if (bpf_skb_load_bytes(skb, sizeof(eth), &ip, sizeof(ip)))
 		return WARD_DROP_INVALID_PACKET;
@@ -535,6 +541,13 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 						 : WARD_CNT_TO_NETDEV);
 
 	ret = parse(skb, &f, &frag_later);
+	/*
+	 * IPv6 and other L3 at the uplink: the host firewall is IPv4-only, so
+	 * while a host policy selects the node it fails closed there rather
+	 * than let the node's IPv6 bypass it.
+	 */
+	if (ret == -2 && host_firewall_on())
+		return drop(&f, &d, WARD_DROP_UNSUPPORTED_L3);
 	if (ret < 0)
 		return TC_ACT_OK;
 	resolve(f.key.saddr, &d.src_identity, &d.src_endpoint);
@@ -573,10 +586,13 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 		}
 	} else {
 		/*
-		 * Uplink egress judges the host's own traffic only (a pod's was
-		 * judged at the pod's hook), and only under a host policy.
+		 * Uplink egress judges the host's own traffic only, and only under
+		 * a host policy: a packet with a node address but no local socket
+		 * was forwarded and masqueraded (a pod's, judged at the pod's hook),
+		 * and the proxy's upstream legs were decided at the redirect.
 		 */
-		if (d.src_endpoint != WARD_HOST_ENDPOINT_ID || !host_firewall_on()) {
+		if (d.src_endpoint != WARD_HOST_ENDPOINT_ID || !host_firewall_on() ||
+		    !bpf_get_socket_cookie(skb) || is_proxy_upstream(skb)) {
 			count(WARD_CNT_UNTRACKED_PASS);
 			return TC_ACT_OK;
 		}
@@ -649,8 +665,14 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 		if ((ct->flags & WARD_CT_F_PROXY_UPSTREAM) && upstream)
 			return TC_ACT_OK;
 	} else {
-		/* TCP state is only ever created by the initiator's SYN. */
-		if (f.key.proto == IPPROTO_TCP && !pure_syn)
+		/*
+		 * TCP state is only ever created by the initiator's SYN, except
+		 * for the host's flows at the uplink: connections the node had
+		 * before a host policy selected it (an SSH session) have no entry,
+		 * so their packets go through policy (and audit mode) and, if
+		 * allowed, create one.
+		 */
+		if (f.key.proto == IPPROTO_TCP && !pure_syn && hook < WARD_HOOK_FROM_NETDEV)
 			return drop(&f, &d, WARD_DROP_CT_NO_ENTRY);
 		if (upstream) {
 			/* The proxy's upstream leg: decided when the client's flow was redirected. */
@@ -776,10 +798,17 @@ int ward_sk_lookup(struct bpf_sk_lookup *ctx)
 		return SK_PASS;
 	p = *port;
 	bpf_map_delete_elem(&ward_tw_redirect, &k);
+	/*
+	 * A redirected flow never falls back to the kernel's own lookup (a host
+	 * socket on the pod's port must not get it): no listener, no connection.
+	 */
 	sk = bpf_map_lookup_elem(&ward_listeners, &p);
 	if (!sk)
-		return SK_PASS;
-	bpf_sk_assign(ctx, sk, 0);
+		return SK_DROP;
+	if (bpf_sk_assign(ctx, sk, 0)) {
+		bpf_sk_release(sk);
+		return SK_DROP;
+	}
 	bpf_sk_release(sk);
 	return SK_PASS;
 }

@@ -311,9 +311,30 @@ fn trim_ows(mut v: &[u8]) -> &[u8] {
     v
 }
 
+/// Whether `values` (every `Upgrade` field of a request) offer nothing but WebSocket: the only
+/// protocol switch a proxy tunnels, as Cilium's Envoy (`upgrade_configs: websocket`). Any other
+/// offer (h2c above all, which would let a client speak HTTP/2 to the backend past the rules)
+/// makes the request a plain HTTP/1.1 one.
+pub fn websocket_only<'v>(values: impl IntoIterator<Item = &'v [u8]>) -> bool {
+    let mut any = false;
+    for value in values {
+        for token in value.split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.is_empty() {
+                continue;
+            }
+            if !token.eq_ignore_ascii_case(b"websocket") {
+                return false;
+            }
+            any = true;
+        }
+    }
+    any
+}
+
 /// `a` and `b` name the same authority: ASCII case-insensitive, a missing port being `:80`
 /// (an `http` URI's default, RFC 9110 §4.2.3).
-fn same_authority(a: &[u8], b: &[u8]) -> bool {
+pub fn same_authority(a: &[u8], b: &[u8]) -> bool {
     fn split(s: &[u8]) -> (&[u8], &[u8]) {
         match s.iter().rposition(|&c| c == b':') {
             Some(i) if !s[i..].contains(&b']') => (&s[..i], &s[i + 1..]),
@@ -321,6 +342,7 @@ fn same_authority(a: &[u8], b: &[u8]) -> bool {
         }
     }
     let ((ha, pa), (hb, pb)) = (split(a), split(b));
+    // Leading zeros of a port do not change it.
     let port = |p: &[u8]| {
         let first = p.iter().position(|&c| c != b'0').unwrap_or(p.len());
         p[first..].to_vec()

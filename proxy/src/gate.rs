@@ -28,7 +28,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use parsers::http1::{error_status, parse_request_head, Http1Error, MAX_HEAD_LEN};
+use parsers::http1::{error_status, parse_request_head, websocket_only, Http1Error, MAX_HEAD_LEN};
 use parsers::Status;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::info;
@@ -74,6 +74,10 @@ pub struct Gated<S> {
     at_start: bool,
     /// The answer to a refused head, and how much of it is written.
     refusal: Option<(Vec<u8>, usize)>,
+    /// How much of a pending head has been searched for its end.
+    head_scanned: usize,
+    /// The pending head's request line was whole and parsed.
+    line_checked: bool,
 }
 
 impl<S> Gated<S> {
@@ -87,6 +91,8 @@ impl<S> Gated<S> {
             eof: false,
             at_start: true,
             refusal: None,
+            head_scanned: 0,
+            line_checked: false,
         }
     }
 
@@ -128,65 +134,35 @@ impl<S> Gated<S> {
                 self.state = State::Pass;
                 Step::Keep(data.len())
             }
-            State::Head => match parse_request_head(data) {
-                // A fragment is never sent by a client (RFC 9112 §3.2); Envoy refuses it
-                // (`http_reject_path_with_fragment`) where the `http` crate would drop it.
-                Ok(Status::Complete(head, _)) if head.target.contains('#') => {
-                    Step::Refuse(Http1Error::InvalidTarget)
+            // Parse when the request line is whole (a malformed one, HTTP/0.9 among them, is
+            // refused at once) and when the head's end has arrived, not at every byte: a
+            // client trickling a head must not make each byte cost a parse of all before it.
+            State::Head
+                if !self.eof && data.len() < MAX_HEAD_LEN && {
+                    // The end spans at most 3 bytes: look again from 2 before where the last
+                    // look stopped.
+                    let from = self.head_scanned.saturating_sub(2).min(data.len());
+                    let tail = &data[from..];
+                    let line_now = !self.line_checked && tail.contains(&b'\n');
+                    let ended = has_head_end(tail);
+                    self.head_scanned = data.len();
+                    !(line_now || ended)
+                } =>
+            {
+                Step::NeedMore
+            }
+            State::Head => {
+                let parsed = parse_request_head(data);
+                if matches!(parsed, Ok(Status::NeedMore)) && data.len() < MAX_HEAD_LEN && !self.eof
+                {
+                    self.line_checked = true;
+                    return Step::NeedMore;
                 }
-                Ok(Status::Complete(head, n)) => {
-                    self.at_start = false;
-                    // A tunnel the proxy may open (not h2c, which it never forwards).
-                    let h2c = head.upgrade.is_some_and(|u| {
-                        u.split(|&b| b == b',').any(|t| {
-                            let t = t.trim_ascii();
-                            let proto = t.split(|&b| b == b'/').next().unwrap_or(t);
-                            proto.trim_ascii().eq_ignore_ascii_case(b"h2c")
-                        })
-                    });
-                    let passes = (head.upgrade.is_some() && !h2c) || head.method == "CONNECT";
-                    self.state = if passes {
-                        State::Pass
-                    } else if head.chunked {
-                        State::ChunkSize
-                    } else {
-                        match head.content_length {
-                            Some(0) | None => State::Head,
-                            Some(len) => State::Body(len),
-                        }
-                    };
-                    let target = head.target;
-                    if !target.bytes().any(needs_escape) {
-                        return Step::Keep(n);
-                    }
-                    let start = target.as_ptr() as usize - data.as_ptr() as usize;
-                    let end = start + target.len();
-                    let mut head_bytes = Vec::with_capacity(n + 16);
-                    head_bytes.extend_from_slice(&data[..start]);
-                    for &b in &data[start..end] {
-                        if needs_escape(b) {
-                            const HEX: &[u8; 16] = b"0123456789ABCDEF";
-                            head_bytes.extend_from_slice(&[
-                                b'%',
-                                HEX[usize::from(b >> 4)],
-                                HEX[usize::from(b & 0xf)],
-                            ]);
-                        } else {
-                            head_bytes.push(b);
-                        }
-                    }
-                    head_bytes.extend_from_slice(&data[end..n]);
-                    Step::Rewrite(head_bytes, n)
-                }
-                Ok(Status::NeedMore) if data.len() < MAX_HEAD_LEN && !self.eof => Step::NeedMore,
-                // Cut short by the end of the stream: hyper reports it.
-                Ok(Status::NeedMore) if self.eof => {
-                    self.state = State::Pass;
-                    Step::Keep(data.len())
-                }
-                Ok(Status::NeedMore) => Step::Refuse(Http1Error::HeadTooLarge),
-                Err(e) => Step::Refuse(e),
-            },
+                self.head_scanned = 0;
+                self.line_checked = false;
+                self.head_step(data, parsed)
+            }
+
             State::Body(left) | State::ChunkData(left) => {
                 let n = usize::try_from(left).unwrap_or(usize::MAX).min(data.len());
                 let left = left - n as u64;
@@ -206,7 +182,11 @@ impl<S> Gated<S> {
                     }
                     return Step::NeedMore;
                 };
-                let line = data[..lf].strip_suffix(b"\r").unwrap_or(&data[..lf]);
+                // hyper ends chunk-size and trailer lines at CRLF only: a bare LF would put
+                // the gate and hyper at different places, so the rest is not followed.
+                let Some(line) = data[..lf].strip_suffix(b"\r") else {
+                    return Step::Refuse(Http1Error::BareLineEnding(lf));
+                };
                 self.state = if self.state == State::Trailers {
                     if line.is_empty() {
                         State::Head
@@ -223,6 +203,68 @@ impl<S> Gated<S> {
                 };
                 Step::Keep(lf + 1)
             }
+        }
+    }
+
+    /// The step for a head the strict parser has read (`parsed`), or refused.
+    fn head_step(
+        &mut self,
+        data: &[u8],
+        parsed: Result<Status<parsers::http1::RequestHead<'_>>, Http1Error>,
+    ) -> Step {
+        match parsed {
+            // A fragment is never sent by a client (RFC 9112 §3.2); Envoy refuses it
+            // (`http_reject_path_with_fragment`) where the `http` crate would drop it.
+            Ok(Status::Complete(head, _)) if head.target.contains('#') => {
+                Step::Refuse(Http1Error::InvalidTarget)
+            }
+            Ok(Status::Complete(head, n)) => {
+                self.at_start = false;
+                // A tunnel the proxy may open (the proxy's own test, `websocket_only`); if
+                // it does not open, the proxy closes the connection after its answer.
+                let passes = (head.upgrade.is_some()
+                    && websocket_only(head.header_values("upgrade")))
+                    || head.method == "CONNECT";
+                self.state = if passes {
+                    State::Pass
+                } else if head.chunked {
+                    State::ChunkSize
+                } else {
+                    match head.content_length {
+                        Some(0) | None => State::Head,
+                        Some(len) => State::Body(len),
+                    }
+                };
+                let target = head.target;
+                if !target.bytes().any(needs_escape) {
+                    return Step::Keep(n);
+                }
+                let start = target.as_ptr() as usize - data.as_ptr() as usize;
+                let end = start + target.len();
+                let mut head_bytes = Vec::with_capacity(n + 16);
+                head_bytes.extend_from_slice(&data[..start]);
+                for &b in &data[start..end] {
+                    if needs_escape(b) {
+                        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                        head_bytes.extend_from_slice(&[
+                            b'%',
+                            HEX[usize::from(b >> 4)],
+                            HEX[usize::from(b & 0xf)],
+                        ]);
+                    } else {
+                        head_bytes.push(b);
+                    }
+                }
+                head_bytes.extend_from_slice(&data[end..n]);
+                Step::Rewrite(head_bytes, n)
+            }
+            // Cut short by the end of the stream: hyper reports it.
+            Ok(Status::NeedMore) if self.eof => {
+                self.state = State::Pass;
+                Step::Keep(data.len())
+            }
+            Ok(Status::NeedMore) => Step::Refuse(Http1Error::HeadTooLarge),
+            Err(e) => Step::Refuse(e),
         }
     }
 
@@ -266,6 +308,11 @@ enum Step {
     NeedMore,
     /// Refuse the head.
     Refuse(Http1Error),
+}
+
+/// The empty line that ends a head (CRLF CRLF, or a bare LF the strict parser refuses).
+fn has_head_end(data: &[u8]) -> bool {
+    data.windows(2).any(|w| w == b"\n\n") || data.windows(3).any(|w| w == b"\n\r\n")
 }
 
 /// Bytes of a request target the `http` crate refuses and Envoy accepts.
@@ -422,6 +469,8 @@ mod tests {
             (b"GET / HTTP/1.1\r\nHost: s\r\n folded\r\n\r\n", "400"),
             (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "400"),
             (b"GET /public/x#/../../admin HTTP/1.1\r\nHost: s\r\n\r\n", "400"),
+            // HTTP/0.9: refused as soon as its line is whole, not left waiting for a head end.
+            (b"GET /admin\r\n", "400"),
         ] {
             // An allowed request first: hyper gets it whole, and nothing of the refused one.
             let mut all = b"GET /ok HTTP/1.1\r\nHost: s\r\n\r\n".to_vec();

@@ -403,8 +403,8 @@ fn metrics_allow(host_entries: &[PolicyEntry], port: u16) -> Option<PolicyEntry>
                         || (p.port ^ port) >> (16 - u32::from(p.port_prefix_len)) == 0)))
     };
     let mut covering = host_entries.iter().filter(covers);
-    let said =
-        covering.any(|p| p.deny || (p.identity == 0 && p.proto == 6 && p.port_prefix_len == 16));
+    // A rule names the port (for any peer), or a deny covers it.
+    let said = covering.any(|p| p.deny || (p.proto == 6 && p.port_prefix_len == 16));
     (!said).then(|| PolicyEntry {
         endpoint_id: HOST_ENDPOINT_ID,
         identity: 0,
@@ -527,6 +527,8 @@ spec:
         // A rule on that port, or a deny covering it, decides instead.
         assert!(metrics_allow(&[entry(0, 6, 9962, 16, false)], 9962).is_none());
         assert!(metrics_allow(&[entry(42, 6, 9962, 16, true)], 9962).is_none());
+        // "9962 from prometheus only" is a rule that says so.
+        assert!(metrics_allow(&[entry(42, 6, 9962, 16, false)], 9962).is_none());
         assert!(metrics_allow(&[entry(0, 0, 0, 0, true)], 9962).is_none());
         assert!(metrics_allow(&[entry(0, 6, 8192, 3, true)], 9962).is_none());
         assert!(metrics_allow(&[entry(0, 6, 8192, 3, true)], 80).is_some());

@@ -33,10 +33,11 @@ use crate::flows::{FlowPeer, FlowWriter, HttpEvent, SharedPeer, Why};
 use crate::metrics::Metrics;
 use crate::node::NodeView;
 
-/// Largest request head (request line + headers) accepted on HTTP/1.1; larger gets 431.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// Most request headers accepted on HTTP/1.1; more gets 431.
-pub const MAX_HEADERS: usize = 100;
+/// Largest request head (request line + headers) accepted on HTTP/1.1; larger gets 431 (the
+/// gate's limit, which it enforces first).
+pub const MAX_HEAD_BYTES: usize = parsers::http1::MAX_HEAD_LEN;
+/// Most request headers accepted on HTTP/1.1; more gets 431 (the gate's limit).
+pub const MAX_HEADERS: usize = parsers::http1::MAX_HEADERS;
 /// HTTP/2 header list limit (SETTINGS_MAX_HEADER_LIST_SIZE).
 pub const MAX_H2_HEADER_LIST: u32 = 64 * 1024;
 /// A client must send its request head within this time.
@@ -421,19 +422,15 @@ fn tokens<'h>(
         .filter(|t| !t.is_empty())
 }
 
-/// An HTTP/1.1 protocol switch the proxy can tunnel: `Upgrade` named in `Connection`, and no
-/// `h2c` among the protocols offered, in any spelling. An h2c upgrade would let the client
-/// speak HTTP/2 with the backend past every rule (h2c smuggling), so its `Upgrade` is dropped
-/// and the request goes on as plain HTTP/1.1, as Envoy does (`http1/codec_impl.cc`,
-/// "Ignore h2c upgrade requests").
+/// An HTTP/1.1 protocol switch the proxy can tunnel: `Upgrade` named in `Connection`, offering
+/// WebSocket only (`parsers::http1::websocket_only`, the gate's test too), as Cilium's Envoy
+/// tunnels WebSocket alone. Any other offer is dropped and the request goes on as plain
+/// HTTP/1.1: above all `h2c`, which would let the client speak HTTP/2 with the backend past
+/// every rule (h2c smuggling; Envoy's `http1/codec_impl.cc`, "Ignore h2c upgrade requests").
 fn is_upgrade(headers: &http::HeaderMap) -> bool {
     use http::header::{CONNECTION, UPGRADE};
     tokens(headers, &CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"))
-        && headers.contains_key(UPGRADE)
-        && !tokens(headers, &UPGRADE).any(|t| {
-            let protocol = t.split('/').next().unwrap_or(t).trim();
-            protocol.eq_ignore_ascii_case("h2c")
-        })
+        && parsers::http1::websocket_only(headers.get_all(UPGRADE).iter().map(|v| v.as_bytes()))
 }
 
 /// Removes the hop-by-hop headers (RFC 9110 §7.6.1) before a message crosses the proxy:
@@ -540,8 +537,20 @@ async fn handle(
     // checked nor sent), then the one request builder (`l7_rules::l7::request`) makes the
     // request that is both judged and forwarded.
     let upgrade = version != Version::HTTP_2 && is_upgrade(req.headers());
-    strip_hop_by_hop(req.headers_mut(), upgrade);
     let connect = req.method() == Method::CONNECT;
+    // A client that asked to switch protocols (or to tunnel) and did not get it may not read
+    // our answer as the end of that exchange, and the gate no longer follows its bytes:
+    // the connection closes after the answer.
+    let close_unless_switched = version != Version::HTTP_2
+        && (connect || req.headers().contains_key(http::header::UPGRADE));
+    strip_hop_by_hop(req.headers_mut(), upgrade);
+    let close = |mut r: Response<Body>| {
+        if close_unless_switched {
+            r.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        r
+    };
     let judged = match judge(&cp.policy, &req, version) {
         Ok(j) => j,
         Err(refusal) => {
@@ -594,7 +603,7 @@ async fn handle(
             .metrics
             .request(proto_label, "DROPPED", started.elapsed());
         proxy.flows.send_http(event);
-        return resp;
+        return close(resp);
     }
     let verdict = match decision.verdict {
         L7Verdict::Audit => "AUDIT",
@@ -614,7 +623,7 @@ async fn handle(
             },
         );
         proxy.flows.send_http(event);
-        return refuse(StatusCode::NOT_IMPLEMENTED, grpc, None);
+        return close(refuse(StatusCode::NOT_IMPLEMENTED, grpc, None));
     }
     apply_actions(req.headers_mut(), &decision.header_actions);
     // The forwarded request is the judged one: its normalised target, and its authority.
@@ -668,11 +677,18 @@ async fn handle(
                     }
                 });
             }
-            (resp.map(|b| b.map_err(Into::into).boxed()), code)
+            let resp = resp.map(|b| b.map_err(Into::into).boxed());
+            (if switched { resp } else { close(resp) }, code)
+        }
+        // The client's request body failed (cut short, or refused by the gate mid-body): the
+        // client's fault, not the upstream's.
+        Err(UpstreamError::Http(e)) if e.is_user() => {
+            debug!(error = %e, client = %ctx.client, "the client's request body failed");
+            (close(refuse(StatusCode::BAD_REQUEST, grpc, None)), 400)
         }
         Err(e) => {
             warn!(error = %e, client = %ctx.client, upstream = %ctx.orig_dst, "upstream request failed");
-            (bad_gateway(), 502)
+            (close(bad_gateway()), 502)
         }
     };
     proxy

@@ -171,11 +171,21 @@ spec:
           host: "tunnel\\.example:443"
         - method: "GET"
           path: "/ws"
+        - host: "open\\.example(:[0-9]+)?"
 "#;
 
 /// May `method path` pass with this Host (and, when known, these `X-Token` values joined with
 /// `,`; `Some("")` when there is none)? `path` is what the rules see: normalised, query included.
 fn policy_allows(method: &str, path: &str, host: &str, token: Option<&str>) -> bool {
+    // The host-only rule: any method and path, but no CONNECT (a tunnel needs a rule that
+    // names the method).
+    let open = host == "open.example"
+        || host
+            .strip_prefix("open.example:")
+            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    if open && method != "CONNECT" {
+        return true;
+    }
     let books = path
         .strip_prefix("/books/")
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
@@ -605,10 +615,15 @@ fn cases() -> Vec<Case> {
     let ws = |path: &str| {
         head(&format!("GET {path} HTTP/1.1"), &["Host: server", "Connection: Upgrade", "Upgrade: websocket", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13"])
     };
+    // A switch asked for and not made ends the connection after the answer (`Connection:
+    // close`): the bytes that follow are never read as a request, nor tunnelled.
     for port in [NGINX, RAW] {
-        t.steps("WebSocket upgrade to /ws answered without 101, then GET /admin on that connection", port, vec![ws("/ws"), get("/admin")], Seq(&[200, 403]));
+        t.steps("WebSocket upgrade to /ws answered without 101, then GET /admin on that connection", port, vec![ws("/ws"), get("/admin")], Seq(&[200]));
     }
-    t.both("WebSocket upgrade to /ws with GET /admin in the same write", cat(&[&ws("/ws"), &get("/admin")]), Seq(&[200, 403]));
+    t.both("WebSocket upgrade to /ws with GET /admin in the same write", cat(&[&ws("/ws"), &get("/admin")]), Seq(&[200]));
+    let ws_h2c = head("GET /public/x HTTP/1.1", &["Host: server", "Connection: Upgrade", "Upgrade: websocket", "Upgrade: h2c"]);
+    t.both("Upgrade: websocket and Upgrade: h2c in two fields, then a bare-LF request", cat(&[&ws_h2c, b"GET /public/x HTTP/1.1\nHost: server\n\n"]), Seq(&[200]));
+    t.both("Upgrade: TLS/1.0 (only WebSocket is tunnelled), then GET /admin", cat(&[&head("GET /public/x HTTP/1.1", &["Host: server", "Connection: Upgrade", "Upgrade: TLS/1.0"]), &get("/admin")]), Seq(&[200]));
     t.add("WebSocket upgrade to a denied path", NGINX, ws("/admin"), Status(403));
 
     // CONNECT.
@@ -618,6 +633,15 @@ fn cases() -> Vec<Case> {
     t.add("CONNECT tunnel.example:443 to nginx, which does not tunnel", NGINX, head("CONNECT tunnel.example:443 HTTP/1.1", &["Host: tunnel.example:443"]), AnyRefusal);
     t.add("CONNECT server:80 to nginx", NGINX, head("CONNECT server:80 HTTP/1.1", &["Host: server:80"]), Status(403));
     t.add("CONNECT with an origin-form target", RAW, head("CONNECT /public/x HTTP/1.1", &["Host: server"]), AnyRefusal);
+    t.add("CONNECT open.example:443 (its rule names no method: no tunnel)", RAW, head("CONNECT open.example:443 HTTP/1.1", &["Host: open.example:443"]), Status(403));
+    t.add("GET /anything with Host: open.example (the host-only rule)", NGINX, get_host("/anything", "open.example"), Status(404));
+    // A chunked body whose trailer ends in a bare LF: hyper and a lenient reader would find the
+    // next head in different places.
+    t.both(
+        "chunked trailer ended by a bare LF, hiding a head behind it",
+        submit(&["X-Token: ok", "Transfer-Encoding: chunked"], "0\r\nX-T: a\n\nPOST /p\"x HTTP/1.1\r\nHost: server\r\nContent-Length: 50\r\n\r\n"),
+        AnyRefusal,
+    );
     t.add("`connect` in lower case", RAW, head("connect tunnel.example:443 HTTP/1.1", &["Host: tunnel.example:443"]), AnyRefusal);
 
     // Versions and sizes.

@@ -311,7 +311,8 @@ fn upstream_connections_follow_client_keepalive() {
     );
 }
 
-/// An origin that switches to an upper-casing echo protocol on `Upgrade: echo`.
+/// An origin that accepts a WebSocket upgrade with 101, then upper-cases what it receives (a
+/// stand-in for a WebSocket server: the proxy only tunnels bytes).
 const UPGRADE_SERVER: &str = r#"
 import socket, sys
 s = socket.socket()
@@ -327,8 +328,8 @@ while True:
             break
         data += d
     head = data.split(b"\r\n\r\n")[0].decode().lower()
-    if "upgrade: echo" in head and "connection: upgrade" in head:
-        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+    if "upgrade: websocket" in head and "connection: upgrade" in head:
+        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
         while True:
             d = c.recv(4096)
             if not d:
@@ -344,7 +345,7 @@ const UPGRADE_CLIENT: &str = r#"
 import socket, sys
 c = socket.create_connection(("deathstar", 80), timeout=3)
 c.sendall(("%s %s HTTP/1.1\r\nHost: deathstar\r\nContent-Length: 0\r\n"
-           "Connection: Upgrade\r\nUpgrade: echo\r\n\r\n" % (sys.argv[1], sys.argv[2])).encode())
+           "Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n" % (sys.argv[1], sys.argv[2])).encode())
 data = b""
 while b"\r\n\r\n" not in data:
     data += c.recv(4096)

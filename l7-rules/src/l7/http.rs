@@ -251,8 +251,10 @@ impl HttpRule {
     fn matches_basic(&self, req: &HttpRequest<'_>) -> bool {
         self.method.as_ref().is_none_or(|m| m.is_match(req.method))
             // A CONNECT request has no path (empty here): a path pattern never matches it, as
-            // Envoy's `:path` header matcher fails on an absent header.
+            // Envoy's `:path` header matcher fails on an absent header. And since an allowed
+            // CONNECT opens a raw tunnel, it only matches a rule that names a method.
             && self.path.as_ref().is_none_or(|p| !req.path.is_empty() && p.is_match(req.path))
+            && (!req.path.is_empty() || self.method.is_some())
             && self.host.as_ref().is_none_or(|h| h.is_match(req.host))
             && self.headers.iter().all(|h| match req.header(&h.name) {
                 None => false,
@@ -513,6 +515,24 @@ mod tests {
             origin: origin(),
             summary: String::new(),
         })
+    }
+
+    #[test]
+    fn connect_matches_only_rules_that_name_a_method_and_have_no_path() {
+        let connect = HttpRequest {
+            method: "CONNECT",
+            path: "",
+            host: "tunnel.example:443",
+            headers: &[],
+        };
+        let allows = |r: Arc<HttpRule>| HttpRuleSet::new(vec![r]).check(&connect).allowed_by;
+        assert_eq!(allows(rule(Some("CONNECT"), None)), Some(0));
+        assert_eq!(allows(rule(Some(".*"), None)), Some(0));
+        // A tunnel is raw bytes past every later rule: a rule that names no method (a host-only
+        // rule, an empty rule) does not open one, nor does a path rule (no `:path`).
+        assert_eq!(allows(rule(None, None)), None);
+        assert_eq!(allows(rule(Some("CONNECT"), Some(".*"))), None);
+        assert_eq!(allows(rule(None, Some("/.*"))), None);
     }
 
     fn req<'a>(

@@ -14,6 +14,7 @@
 //! - a header value that a rule reads must be visible ASCII: a control character or obs-text
 //!   byte is rejected, so a rule never skips a value that the backend then reads.
 
+use parsers::http1::same_authority;
 use parsers::path::{normalize, unescape_slashes, PathError};
 use std::borrow::Cow;
 
@@ -98,20 +99,6 @@ fn is_plain(value: &[u8]) -> bool {
         .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
 }
 
-/// `a` and `b` name the same authority: case-insensitive, and a missing port is port 80 (an
-/// `http` URI's default, RFC 9110 §4.2.3).
-pub fn same_authority(a: &str, b: &str) -> bool {
-    fn split(s: &str) -> (&str, &str) {
-        // An IPv6 literal keeps its colons inside the brackets.
-        match s.rfind(':') {
-            Some(i) if !s[i..].contains(']') => (&s[..i], &s[i + 1..]),
-            _ => (s, "80"),
-        }
-    }
-    let ((ha, pa), (hb, pb)) = (split(a), split(b));
-    ha.eq_ignore_ascii_case(hb) && pa.trim_start_matches('0') == pb.trim_start_matches('0')
-}
-
 /// Turns `raw` into the request to judge and forward (see the module docs). `reads_header`
 /// says whether some rule reads a header (by lower-case name).
 pub fn judge_request<'a>(
@@ -145,7 +132,7 @@ pub fn judge_request<'a>(
         headers.push((name, value));
     }
     let (host, host_missing) = match (host_header, raw.authority) {
-        (Some(h), Some(a)) if !same_authority(h, a) => {
+        (Some(h), Some(a)) if !same_authority(h.as_bytes(), a.as_bytes()) => {
             return Judged::Reject(Rejection::AuthorityMismatch {
                 authority: a.into(),
                 host: h.into(),
@@ -272,9 +259,9 @@ mod tests {
         // An absolute-form target without Host: its authority is forwarded as Host.
         let j = judged(&raw("GET", Some("/x"), Some("server"), &[]));
         assert_eq!((j.host, j.host_missing), ("server", true));
-        assert!(same_authority("[::1]:80", "[::1]"));
-        assert!(!same_authority("a:8080", "a"));
-        assert!(!same_authority("a", "a.evil"));
+        assert!(same_authority(b"[::1]:80", b"[::1]"));
+        assert!(!same_authority(b"a:8080", b"a"));
+        assert!(!same_authority(b"a", b"a.evil"));
     }
 
     #[test]
