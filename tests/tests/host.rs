@@ -54,6 +54,55 @@ fn eventually(what: &str, f: impl Fn() -> bool) {
     panic!("{what} did not happen within 10 s");
 }
 
+/// A client in the outside network that connects to `ip:port` at once, waits until the file
+/// `go` appears, then sends a request on that same connection and writes the status line to
+/// `status`: a connection that was open before a host policy came.
+const LONG_LIVED_CLIENT: &str = r#"
+import os, socket, sys, time
+ip, port, go, status = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+c = socket.create_connection((ip, port), timeout=5)
+while not os.path.exists(go):
+    time.sleep(0.05)
+c.settimeout(5)
+try:
+    c.sendall(b"GET / HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")
+    line = c.recv(4096).split(b"\r\n")[0].decode()
+except OSError as e:
+    line = "error: %s" % e
+open(status, "w").write(line)
+"#;
+
+/// Starts [`LONG_LIVED_CLIENT`] in the outside network; returns (go file, status file).
+fn long_lived(s: &mut Scene, port: u16) -> (std::path::PathBuf, std::path::PathBuf) {
+    let go = s.dir.join(format!("go-{port}"));
+    let status = s.dir.join(format!("status-{port}"));
+    let args = [
+        "python3".to_string(),
+        "-c".into(),
+        LONG_LIVED_CLIENT.into(),
+        NODE_UPLINK_IP.to_string(),
+        port.to_string(),
+        go.to_string_lossy().into_owned(),
+        status.to_string_lossy().into_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    s.spawn_in("outside", &args, &format!("long-lived-{port}.log"));
+    (go, status)
+}
+
+/// Lets a [`long_lived`] client send its request, and returns the status line it got.
+fn long_lived_status(go: &std::path::Path, status: &std::path::Path) -> String {
+    std::fs::write(go, "").expect("go file");
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < deadline {
+        if let Ok(line) = std::fs::read_to_string(status) {
+            return line;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    "no answer".into()
+}
+
 /// The node's address on `pod`'s veth (the pod's default gateway).
 fn node_side(s: &Scene, pod: &str) -> String {
     let [a, b, c, _] = s.pod(pod).ip.octets();
@@ -99,7 +148,12 @@ fn host_policy_is_enforced_on_the_node_and_lifted_when_removed() {
     if !privileged("host_policy_is_enforced_on_the_node_and_lifted_when_removed") {
         return;
     }
-    let s = host_scene("hf", false);
+    let mut s = host_scene("hf", false);
+    // Connections the node had before any host policy: one the policy allows (8080), one it
+    // does not (9090).
+    let (go_allowed, status_allowed) = long_lived(&mut s, 8080);
+    let (go_denied, status_denied) = long_lived(&mut s, 9090);
+    std::thread::sleep(Duration::from_millis(500));
     // The node's address on each pod's veth, and on the uplink.
     let (client_side, intruder_side) = (node_side(&s, "client"), node_side(&s, "intruder"));
     let uplink = NODE_UPLINK_IP.to_string();
@@ -146,6 +200,17 @@ fn host_policy_is_enforced_on_the_node_and_lifted_when_removed() {
     assert!(!reaches(&s, "node", &intruder, 80), "node → intruder:80");
     assert!(reaches(&s, "node", &outside, 8081), "node → outside:8081");
     assert!(!reaches(&s, "node", &outside, 8082), "node → outside:8082");
+    // Connections open before the policy: the allowed one goes on, the other is cut.
+    let allowed = long_lived_status(&go_allowed, &status_allowed);
+    assert!(
+        allowed.starts_with("HTTP/1.0 200") || allowed.starts_with("HTTP/1.1 200"),
+        "{allowed}"
+    );
+    let denied = long_lived_status(&go_denied, &status_denied);
+    assert!(
+        !denied.contains(" 200"),
+        "a connection the policy denies went on: {denied}"
+    );
     // Pod-to-pod traffic through the node is not the host's: unaffected.
     assert!(reaches(&s, "intruder", &server, 80), "intruder → server:80");
 
@@ -187,7 +252,9 @@ fn host_audit_mode_logs_and_drops_nothing() {
     if !privileged("host_audit_mode_logs_and_drops_nothing") {
         return;
     }
-    let s = host_scene("ha", true);
+    let mut s = host_scene("ha", true);
+    let (go, status) = long_lived(&mut s, 9090);
+    std::thread::sleep(Duration::from_millis(500));
     let intruder_side = node_side(&s, "intruder");
     let intruder = s.pod("intruder").ip.to_string();
     s.write_policy("host-fw.yaml", &scene_policy("host-firewall"));
@@ -200,6 +267,9 @@ fn host_audit_mode_logs_and_drops_nothing() {
     assert!(pings(&s, "intruder", &intruder_side));
     assert!(reaches(&s, "node", &intruder, 80));
     assert!(reaches(&s, "outside", &NODE_UPLINK_IP.to_string(), 9090));
+    // A connection open before the policy, which the policy would deny, goes on in audit.
+    let line = long_lived_status(&go, &status);
+    assert!(line.contains(" 200"), "{line}");
     let audit = s.wait_flow(Duration::from_secs(3), |f| {
         f["verdict"] == "AUDIT" && f["destination"]["name"] == "host"
     });
