@@ -227,27 +227,13 @@ impl Datapath {
         let mut ebpf = loader.load(OBJECT)?;
         for hook in Hook::ALL {
             let name = hook.program();
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(Error::Program {
-                    name,
-                    source: aya::programs::ProgramError::NotLoaded,
-                })?
-                .try_into()
-                .map_err(|source| Error::Program { name, source })?;
-            prog.load()
+            typed_program::<SchedClassifier>(&mut ebpf, name)?
+                .load()
                 .map_err(|source| Error::Program { name, source })?;
         }
         let name = program_names::SK_LOOKUP;
-        let prog: &mut SkLookup = ebpf
-            .program_mut(name)
-            .ok_or(Error::Program {
-                name,
-                source: aya::programs::ProgramError::NotLoaded,
-            })?
-            .try_into()
-            .map_err(|source| Error::Program { name, source })?;
-        prog.load()
+        typed_program::<SkLookup>(&mut ebpf, name)?
+            .load()
             .map_err(|source| Error::Program { name, source })?;
         Ok(Self { ebpf, pin_root })
     }
@@ -262,15 +248,7 @@ impl Datapath {
         let netns = fs::File::open("/proc/thread-self/ns/net")
             .map_err(io_err("opening this thread's network namespace"))?;
         let name = program_names::SK_LOOKUP;
-        let prog: &mut SkLookup = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(Error::Program {
-                name,
-                source: aya::programs::ProgramError::NotLoaded,
-            })?
-            .try_into()
-            .map_err(|source| Error::Program { name, source })?;
+        let prog = typed_program::<SkLookup>(&mut self.ebpf, name)?;
         let id = prog
             .attach(&netns)
             .map_err(|source| Error::Program { name, source })?;
@@ -297,15 +275,7 @@ impl Datapath {
     }
 
     fn program(&mut self, hook: Hook) -> Result<&mut SchedClassifier> {
-        let name = hook.program();
-        self.ebpf
-            .program_mut(name)
-            .ok_or(Error::Program {
-                name,
-                source: aya::programs::ProgramError::NotLoaded,
-            })?
-            .try_into()
-            .map_err(|source| Error::Program { name, source })
+        typed_program(&mut self.ebpf, hook.program())
     }
 
     /// Attaches `hook`'s program to `iface` (in the calling thread's network
@@ -657,6 +627,20 @@ impl Datapath {
 }
 
 /// `(key_size, value_size, max_entries)` each map must have.
+/// The program `name` of the loaded object, as its program type.
+fn typed_program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T>
+where
+    &'a mut aya::programs::Program: TryInto<&'a mut T, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(Error::Program {
+            name,
+            source: aya::programs::ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(|source| Error::Program { name, source })
+}
+
 /// The link pin of the namespace's `sk_lookup` program, under `links/`.
 const SK_LOOKUP_LINK: &str = "netns-sk_lookup";
 

@@ -384,6 +384,33 @@ impl Scene {
         );
     }
 
+    /// Starts nginx in `pod`: one foreground process whose files live in the scene directory,
+    /// serving `http_block` (the inside of nginx's `http {}`; the temp paths are set here,
+    /// `DIR` stands for the scene directory).
+    pub fn start_nginx(&mut self, pod: &str, http_block: &str) {
+        let dir = self.dir.to_string_lossy().into_owned();
+        let mut conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx-{pod}.pid;\n\
+             error_log {dir}/nginx-{pod}-error.log info;\nevents {{ worker_connections 1024; }}\n\
+             http {{\n"
+        );
+        for (kind, sub) in [
+            ("client_body", "body"),
+            ("proxy", "proxy"),
+            ("fastcgi", "fcgi"),
+            ("uwsgi", "uwsgi"),
+            ("scgi", "scgi"),
+        ] {
+            let _ = writeln!(conf, "    {kind}_temp_path {dir}/nginx-{pod}-{sub};");
+        }
+        conf.push_str(&http_block.replace("DIR", &dir));
+        conf.push_str("\n}\n");
+        let path = self.dir.join(format!("nginx-{pod}.conf"));
+        std::fs::write(&path, conf).expect("nginx.conf");
+        let path = path.to_string_lossy().into_owned();
+        self.spawn_in(pod, &["nginx", "-c", &path], &format!("nginx-{pod}.log"));
+    }
+
     /// Starts the Star Wars deathstar HTTP server (Python, HTTP/1.1 keep-alive) in a pod.
     pub fn start_deathstar(&mut self, pod: &str, port: u16) {
         let script = self.dir.join("deathstar.py");

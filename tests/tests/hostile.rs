@@ -27,20 +27,10 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 /// How long to keep listening after the expected answers, for answers nobody asked for.
 const GRACE: Duration = Duration::from_millis(200);
 
-const NGINX_CONF: &str = r#"daemon off;
-master_process off;
-worker_processes 1;
-pid DIR/nginx.pid;
-error_log DIR/nginx-error.log info;
-events { worker_connections 1024; }
-http {
+/// nginx's `http {}`: every request logged with what nginx made of it.
+const NGINX_HTTP: &str = r#"
     log_format hostile '$server_port\t$status\t$request_method\t$uri\t$host\t$http_host\t$http_upgrade\t$http_http2_settings\t$request';
     access_log DIR/access.log hostile;
-    client_body_temp_path DIR/nginx-body;
-    proxy_temp_path DIR/nginx-proxy;
-    fastcgi_temp_path DIR/nginx-fcgi;
-    uwsgi_temp_path DIR/nginx-uwsgi;
-    scgi_temp_path DIR/nginx-scgi;
     server {
         listen 80;
         listen 81 http2;
@@ -53,7 +43,6 @@ http {
         location /ws { return 200 "ws\n"; }
         location / { return 404 "nowhere $uri\n"; }
     }
-}
 "#;
 
 /// Keeps every byte of each connection in `OUT/conn-N.bin`; answers each complete request (head,
@@ -218,13 +207,7 @@ fn hostile_scene(tag: &str) -> Hostile {
     let server = s.add_pod("server", "default", &[("app", "server")]).ip;
     let client_netns = s.add_pod("client", "default", &[("app", "client")]).netns;
     let dir = s.dir.to_string_lossy().into_owned();
-    let conf = s.dir.join("nginx.conf");
-    std::fs::write(&conf, NGINX_CONF.replace("DIR", &dir)).expect("nginx.conf");
-    s.spawn_in(
-        "server",
-        &["nginx", "-c", &conf.to_string_lossy()],
-        "nginx.log",
-    );
+    s.start_nginx("server", NGINX_HTTP);
     let recorder = s.dir.join("recorder.py");
     std::fs::write(&recorder, RECORDER_PY).expect("recorder.py");
     let raw_dir = format!("{dir}/raw");

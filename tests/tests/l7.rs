@@ -103,6 +103,17 @@ fn seed001_path_regex_and_header_rule() {
     assert_eq!(body, "GET /path1 from yes\n");
 }
 
+/// Waits until the Star Wars L7 rule holds: tiefighter's `PUT /v1/exhaust-port` gets 403.
+fn wait_for_exhaust_port_denied(s: &Scene) {
+    eventually("the L7 rule", || {
+        status(
+            s,
+            "tiefighter",
+            &["-XPUT", "http://deathstar/v1/exhaust-port"],
+        ) == "403"
+    });
+}
+
 /// A scene with the two Empire pods of the Star Wars story, nothing started.
 fn empire_pair(tag: &str) -> Scene {
     let mut s = Scene::new(tag);
@@ -119,33 +130,14 @@ fn empire_pair(tag: &str) -> Scene {
     s
 }
 
-/// Starts nginx in `pod` with `conf` (its `DIR` is the scene directory).
-fn start_nginx(s: &mut Scene, pod: &str, conf: &str) {
-    let path = s.dir.join("nginx.conf");
-    std::fs::write(&path, conf.replace("DIR", &s.dir.to_string_lossy())).expect("nginx.conf");
-    let path = path.to_string_lossy().into_owned();
-    s.spawn_in(pod, &["nginx", "-c", &path], "nginx.log");
-}
-
-const NGINX_CONF: &str = r#"daemon off;
-master_process off;
-worker_processes 1;
-pid DIR/nginx.pid;
-error_log DIR/nginx-error.log warn;
-events { worker_connections 256; }
-http {
+/// nginx's `http {}`: h2c on 80 (the landing answers, everything else 404).
+const NGINX_H2: &str = r#"
     access_log off;
-    client_body_temp_path DIR/nginx-body;
-    proxy_temp_path DIR/nginx-proxy;
-    fastcgi_temp_path DIR/nginx-fcgi;
-    uwsgi_temp_path DIR/nginx-uwsgi;
-    scgi_temp_path DIR/nginx-scgi;
     server {
         listen 80 http2;
         location = /v1/request-landing { return 200 "Ship landed\n"; }
         location / { return 404 "Not found\n"; }
     }
-}
 "#;
 
 #[test]
@@ -154,7 +146,7 @@ fn http2_prior_knowledge_allowed_and_denied() {
         return;
     }
     let mut s = empire_pair("h2");
-    start_nginx(&mut s, "deathstar", NGINX_CONF);
+    s.start_nginx("deathstar", NGINX_H2);
     s.wait_port("deathstar", 80);
     s.start_ward();
     s.write_policy("rule1.yaml", &scene_policy("starwars-l7"));
@@ -189,20 +181,10 @@ fn http2_prior_knowledge_allowed_and_denied() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
 }
 
-const KEEPALIVE_NGINX_CONF: &str = r#"daemon off;
-master_process off;
-worker_processes 1;
-pid DIR/nginx.pid;
-error_log DIR/nginx-error.log warn;
-events { worker_connections 256; }
-http {
+/// nginx's `http {}`: two ports with different upstream keep-alive limits, connections logged.
+const KEEPALIVE_NGINX: &str = r#"
     log_format conn '$server_port $connection $request_uri';
     access_log DIR/access.log conn;
-    client_body_temp_path DIR/nginx-body;
-    proxy_temp_path DIR/nginx-proxy;
-    fastcgi_temp_path DIR/nginx-fcgi;
-    uwsgi_temp_path DIR/nginx-uwsgi;
-    scgi_temp_path DIR/nginx-scgi;
     server {
         listen 80;
         keepalive_requests 1000;
@@ -213,7 +195,6 @@ http {
         keepalive_requests 2;
         location / { return 200 "Ship landed\n"; }
     }
-}
 "#;
 
 const BOTH_PORTS_L7: &str = r#"apiVersion: "cilium.io/v2"
@@ -249,18 +230,12 @@ fn upstream_connections_follow_client_keepalive() {
         return;
     }
     let mut s = empire_pair("ka");
-    start_nginx(&mut s, "deathstar", KEEPALIVE_NGINX_CONF);
+    s.start_nginx("deathstar", KEEPALIVE_NGINX);
     s.wait_port("deathstar", 80);
     s.wait_port("deathstar", 8080);
     s.start_ward();
     s.write_policy("landing.yaml", BOTH_PORTS_L7);
-    eventually("the L7 rule", || {
-        status(
-            &s,
-            "tiefighter",
-            &["-XPUT", "http://deathstar/v1/exhaust-port"],
-        ) == "403"
-    });
+    wait_for_exhaust_port_denied(&s);
     // Five requests on one client connection per port (curl reuses it for every URL).
     let five = |port: u16| {
         let urls: Vec<String> = (1..=5)
@@ -568,13 +543,7 @@ fn a_reused_client_port_is_not_swallowed_by_time_wait() {
     s.start_deathstar("deathstar", 80);
     s.start_ward();
     s.write_policy("rule1.yaml", &scene_policy("starwars-l7"));
-    eventually("the L7 rule", || {
-        status(
-            &s,
-            "tiefighter",
-            &["-XPUT", "http://deathstar/v1/exhaust-port"],
-        ) == "403"
-    });
+    wait_for_exhaust_port_denied(&s);
     let dst = s.pod("deathstar").ip;
     let netns = s.pod("tiefighter").netns.clone();
     // HTTP/1.0 without keep-alive: Ward closes each connection first, so its side of the
