@@ -97,6 +97,19 @@ pub fn ensure_bpffs() {
     must(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]));
 }
 
+/// Waits up to `within` until `f` holds (policy changes and servers come up asynchronously);
+/// panics naming `what` otherwise.
+pub fn eventually(what: &str, within: Duration, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what} did not happen within {within:?}");
+}
+
 /// One pod: its namespace, address and labels.
 #[derive(Clone, Debug)]
 pub struct Pod {

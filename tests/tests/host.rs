@@ -43,15 +43,9 @@ fn pings(s: &Scene, who: &str, ip: &str) -> bool {
         .success()
 }
 
+/// Policy changes apply asynchronously: waits up to 10 s for `f`.
 fn eventually(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("{what} did not happen within 10 s");
+    ward_tests::eventually(what, Duration::from_secs(10), f);
 }
 
 /// A client in the outside network that connects to `ip:port` at once, waits until the file

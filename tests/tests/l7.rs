@@ -5,15 +5,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use ward_tests::{privileged, scene_policy, target_dir, Scene};
 
+/// Policy changes apply asynchronously: waits up to 3 s for `f`.
 fn eventually(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what} did not happen within 3 s");
+    ward_tests::eventually(what, Duration::from_secs(3), f);
 }
 
 fn status(s: &Scene, pod: &str, args: &[&str]) -> String {

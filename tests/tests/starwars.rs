@@ -8,16 +8,9 @@ use ward_tests::{privileged, scene_policy as policy, starwars};
 const LAND: &[&str] = &["-XPOST", "http://deathstar/v1/request-landing"];
 const EXHAUST: &[&str] = &["-XPUT", "http://deathstar/v1/exhaust-port"];
 
-/// Waits (≤ 2 s) until `f` holds: policy changes apply asynchronously.
+/// Policy changes apply asynchronously: waits up to 2 s for `f`.
 fn eventually(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what} did not happen within 2 s");
+    ward_tests::eventually(what, Duration::from_secs(2), f);
 }
 
 #[test]
