@@ -576,7 +576,7 @@ async fn handle(
                 .metrics
                 .request(proto_label, "DROPPED", started.elapsed());
             proxy.flows.send_http(event);
-            return refuse(refusal.status, grpc, refusal.location.as_deref());
+            return close(refuse(refusal.status, grpc, refusal.location.as_deref()));
         }
     };
     let Judged {
@@ -622,6 +622,9 @@ async fn handle(
                 reason: Arc::from("CONNECT over HTTP/2 is not supported by the proxy"),
             },
         );
+        proxy
+            .metrics
+            .request(proto_label, "DROPPED", started.elapsed());
         proxy.flows.send_http(event);
         return close(refuse(StatusCode::NOT_IMPLEMENTED, grpc, None));
     }
