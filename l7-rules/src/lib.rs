@@ -6,6 +6,8 @@
 //! This crate is pure: no sockets, no tokio, no BPF maps. The proxy turns its output into map
 //! writes and listeners; the datapath crate never sees L7 rules.
 
+#![forbid(unsafe_code)]
+
 pub mod check;
 pub mod compile;
 pub mod diag;

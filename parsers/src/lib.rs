@@ -9,6 +9,8 @@
 //! tokio, hyper or aya, never know about policy rules, and never trust a length or count from the
 //! wire before checking it against a named `pub const` limit declared at the top of its module.
 
+#![forbid(unsafe_code)]
+
 pub mod dns;
 pub mod grpc;
 pub mod http1;
