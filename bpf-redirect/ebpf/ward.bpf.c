@@ -217,7 +217,7 @@ static __always_inline void resolve(__be32 addr, __u32 *identity, __u16 *endpoin
 }
 
 /*
- * POLICY-SEMANTICS 6.2 (__policy_can_access): L3 lookup with the peer
+ * docs/policy-semantics.md §6.2 (__policy_can_access): L3 lookup with the peer
  * identity, then the L4-only lookup with identity 0; take the L4-only entry
  * when there is no L3 entry, when it has higher precedence, or equal
  * precedence and a longer proto/port prefix. No entry = default deny.
@@ -324,7 +324,7 @@ static __always_inline __u16 evaluate(struct decision *d, const struct flow *f)
 }
 
 /*
- * DATAPATH-NOTES A: original tuple first (bpf_skc_lookup_tcp returns the
+ * docs/datapath.md §A: original tuple first (bpf_skc_lookup_tcp returns the
  * request sock during the handshake and the accepted socket afterwards), then
  * the listener at 127.0.0.1:proxy_port. UDP likewise: first a socket bound
  * exactly to the original destination address and port (the proxy's
@@ -638,7 +638,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 				ct = 0;
 		}
 		if (ct) {
-			/* Reply direction: no policy (POLICY-SEMANTICS 6.3). */
+			/* Reply direction: no policy (docs/policy-semantics.md §6.3). */
 			ct->last_seen_ns = now;
 			ct->packets_rev += 1;
 			if (f.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))

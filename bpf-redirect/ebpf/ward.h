@@ -155,7 +155,7 @@ struct ward_policy_value {
 	__u16 proxy_port;       /* host order, 0 = no redirect */
 	__u8 deny;              /* 1 = deny */
 	__u8 lpm_prefix_length; /* proto+port prefix bits of this key, 0..=24 */
-	__u32 precedence;       /* higher wins (POLICY-SEMANTICS 6.2) */
+	__u32 precedence;       /* higher wins (docs/policy-semantics.md §6.2) */
 	__u32 cookie;           /* opaque rule id, copied to events */
 };
 

@@ -1,5 +1,5 @@
 //! The policy-routing pair that makes `bpf_sk_assign` deliver locally
-//! (DATAPATH-NOTES A, pitfall 1): `ip rule fwmark 0x200/0xf00 lookup <table>`
+//! (docs/datapath.md §A, pitfall 1): `ip rule fwmark 0x200/0xf00 lookup <table>`
 //! and `local 0.0.0.0/0 dev lo table <table>`. Implemented with the `ip`
 //! command (iproute2) in the calling thread's network namespace.
 

@@ -1,7 +1,7 @@
 //! Numeric security identities and the peers they stand for.
 //!
-//! Reserved identities keep Cilium's numbers (POLICY-SEMANTICS §6.4). Pod identities are derived
-//! from their security labels: the same labels give the same number (≥ 256), on every run.
+//! Reserved identities keep Cilium's numbers (docs/policy-semantics.md §6.4). Pod identities are
+//! derived from their security labels: the same labels give the same number (≥ 256), on every run.
 //! CIDR and FQDN identities are node-local and carry the local-scope bit (1 << 24).
 
 use crate::labels::{Label, LabelSet, SOURCE_CIDR, SOURCE_FQDN, SOURCE_RESERVED};
@@ -145,7 +145,7 @@ impl Entity {
         })
     }
 
-    /// Whether the entity selects the peer (POLICY-SEMANTICS §6.4).
+    /// Whether the entity selects the peer (docs/policy-semantics.md §6.4).
     pub fn selects(self, peer: &Peer) -> bool {
         match self {
             Entity::All => true,

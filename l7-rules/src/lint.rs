@@ -1,4 +1,5 @@
-//! Warnings that need more than one rule in view: the known traps of POLICY-SEMANTICS §2.2.
+//! Warnings that need more than one rule in view: the known traps of
+//! docs/policy-semantics.md §2.2.
 
 use crate::diag::{Diagnostic, Severity};
 use crate::model::*;

@@ -1,5 +1,5 @@
-//! One test per behaviour stated in POLICY-SEMANTICS.md §1, §2, §4, §5.1 and §6, driven through
-//! the same path `ward-check` uses: YAML → load → engine → answer.
+//! One test per behaviour stated in docs/policy-semantics.md §1, §2, §4, §5.1 and §6, driven
+//! through the same path `ward-check` uses: YAML → load → engine → answer.
 
 use l7_rules::check::{answer, parse_peer, Answer, L7Question, Question};
 use l7_rules::diag::Severity;

@@ -1,5 +1,6 @@
 //! DNS: name normalisation for policy matching, TCP framing, query parsing, deny responses and
-//! the answer facts that feed FQDN learning (POLICY-SEMANTICS §5), on top of `hickory-proto`.
+//! the answer facts that feed FQDN learning (docs/policy-semantics.md §5), on top of
+//! `hickory-proto`.
 //!
 //! Names are compared lower-cased with a trailing dot (Cilium's dnsproxy does
 //! `strings.ToLower(dns.Fqdn(name))`); the original case is kept in what is forwarded. Before any
@@ -124,7 +125,7 @@ pub struct DnsQuery {
     pub question_count: u16,
 }
 
-/// The facts of a response that FQDN learning needs (POLICY-SEMANTICS §5.3).
+/// The facts of a response that FQDN learning needs (docs/policy-semantics.md §5.3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnswerInfo {
     /// Message id.

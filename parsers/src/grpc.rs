@@ -2,8 +2,8 @@
 //! a request as gRPC, and the 5-byte length-prefixed message header.
 //!
 //! A gRPC call is an HTTP/2 `POST` whose `:path` names the service and method
-//! (POLICY-SEMANTICS §3); policy rules are written either as HTTP rules on that path or as Ward's
-//! native service/method form, which [`parse_path`] feeds.
+//! (docs/policy-semantics.md §3); policy rules are written either as HTTP rules on that path or
+//! as Ward's native service/method form, which [`parse_path`] feeds.
 
 use crate::Status;
 

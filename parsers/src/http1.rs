@@ -1,5 +1,5 @@
 //! A strict HTTP/1.1 request-head parser (RFC 9112) for a proxy that must see exactly what the
-//! upstream will see (DESIGN §6).
+//! upstream will see (docs/design.md §6).
 //!
 //! [`parse_request_head`] reads the request line and header fields from the front of a buffer and
 //! returns a [`RequestHead`] whose strings are slices of that buffer: no allocation per header.

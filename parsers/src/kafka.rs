@@ -1,6 +1,6 @@
 //! Kafka: the API-key names Cilium policies use, the topic/role key sets of Cilium's Kafka
-//! matcher (POLICY-SEMANTICS §4), request framing and parsing, and the deny responses a proxy
-//! injects (§4.3), for every API version `kafka-protocol` knows, flexible versions included.
+//! matcher (docs/policy-semantics.md §4), request framing and parsing, and the deny responses a
+//! proxy injects (§4.3), for every API version `kafka-protocol` knows, flexible versions included.
 //!
 //! Request headers are decoded and deny responses encoded with `kafka-protocol`. Request *bodies*
 //! are walked by this module instead: `kafka-protocol` 0.15 sizes each `Vec` from the array length
@@ -338,11 +338,11 @@ fn parse_header(frame: &[u8]) -> Result<(i16, i16, RequestHeader, usize), KafkaE
     Ok((api_key, version, header, frame.len() - rest.len()))
 }
 
-/// Builds the response a denied request gets (POLICY-SEMANTICS §4.3): the request's own response
-/// type, same correlation id, `TOPIC_AUTHORIZATION_FAILED` on every topic/partition (Produce,
-/// Fetch, ListOffsets, OffsetCommit, OffsetFetch), on every requested topic with no brokers
-/// (Metadata), or at the top level / per coordinator key (FindCoordinator). Returns the whole
-/// frame including the size prefix; `None` for other keys, for Produce with `acks = 0` (the
+/// Builds the response a denied request gets (docs/policy-semantics.md §4.3): the request's own
+/// response type, same correlation id, `TOPIC_AUTHORIZATION_FAILED` on every topic/partition
+/// (Produce, Fetch, ListOffsets, OffsetCommit, OffsetFetch), on every requested topic with no
+/// brokers (Metadata), or at the top level / per coordinator key (FindCoordinator). Returns the
+/// whole frame including the size prefix; `None` for other keys, for Produce with `acks = 0` (the
 /// client expects no response), or if `frame` does not parse.
 pub fn deny_response(req: &KafkaRequest, frame: &[u8]) -> Option<Vec<u8>> {
     let key = ApiKey::try_from(req.api_key).ok()?;
@@ -1306,7 +1306,7 @@ mod tests {
 
     #[test]
     fn produce_deny_matches_cilium_wire_example() {
-        // POLICY-SEMANTICS §4.3: Produce v3, topics EF and GH with no partitions.
+        // docs/policy-semantics.md §4.3: Produce v3, topics EF and GH with no partitions.
         let body = ProduceRequest::default().with_acks(1).with_topic_data(vec![
             TopicProduceData::default().with_name(name("EF")),
             TopicProduceData::default().with_name(name("GH")),

@@ -195,7 +195,7 @@ pub const POLICY_STATIC_PREFIX: u32 = 72;
 /// Full policy key prefix (static + proto 8 + port 16).
 pub const POLICY_FULL_PREFIX: u32 = 96;
 
-/// Precedence helpers (POLICY-SEMANTICS 6.2): upper 24 bits are the inverted rule
+/// Precedence helpers (docs/policy-semantics.md §6.2): upper 24 bits are the inverted rule
 /// priority (0 = highest), the low byte orders deny (255) > proxy redirect
 /// (129..=254, or 2 without listener priority) > allow (1) > pass (0).
 pub mod precedence {
@@ -218,7 +218,7 @@ pub mod precedence {
     pub const fn deny(priority: u32) -> u32 {
         compose(priority, DENY)
     }
-    /// Lowest and highest valid listener priorities (POLICY-SEMANTICS 6.2:
+    /// Lowest and highest valid listener priorities (docs/policy-semantics.md §6.2:
     /// explicit 1..=100, built-in parsers 101..=126).
     pub const LISTENER_PRIORITY_MIN: u8 = 1;
     pub const LISTENER_PRIORITY_MAX: u8 = 126;

@@ -2,7 +2,7 @@
 //! verdict for a connection and (when redirected) for each of its L7 requests; the kernel map entries come from the same code path
 //! ([`Engine::map_entries`]), so `ward-check` says exactly what the datapath will do.
 //!
-//! Decision order (POLICY-SEMANTICS §2, §6.2), written once here:
+//! Decision order (docs/policy-semantics.md §2, §6.2), written once here:
 //! 1. enforcement: an endpoint is unrestricted in a direction until a selecting policy has a
 //!    non-empty section for it (`default` mode);
 //! 2. L3/L4: per peer identity, the map entries of every filter that selects the peer (identity

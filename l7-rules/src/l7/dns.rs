@@ -1,4 +1,4 @@
-//! DNS name patterns (POLICY-SEMANTICS §5.1), shared by `rules.dns` and `toFQDNs`.
+//! DNS name patterns (docs/policy-semantics.md §5.1), shared by `rules.dns` and `toFQDNs`.
 //!
 //! Names are compared lower-cased with a trailing dot. `matchName` is exact; `matchPattern`
 //! turns `*` into one label's characters, a leading `**.` into one or more whole labels, and a

@@ -1,4 +1,4 @@
-//! Compiled HTTP rules (POLICY-SEMANTICS §1) and the rule-set matcher used per request.
+//! Compiled HTTP rules (docs/policy-semantics.md §1) and the rule-set matcher used per request.
 //!
 //! Every pattern is RE2-style and must match the *whole* value. Patterns that are plain
 //! literals (the common case: `/v1/request-landing`, `GET`) are compared as strings, and the

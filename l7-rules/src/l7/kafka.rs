@@ -1,6 +1,6 @@
-//! Compiled Kafka rules and matching (POLICY-SEMANTICS §4.2): every topic of a request must be
-//! covered, possibly by different rules; rules without a topic (or keys that carry no topic)
-//! match outright.
+//! Compiled Kafka rules and matching (docs/policy-semantics.md §4.2): every topic of a request
+//! must be covered, possibly by different rules; rules without a topic (or keys that carry no
+//! topic) match outright.
 
 use crate::RuleRef;
 
