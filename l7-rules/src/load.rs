@@ -408,25 +408,20 @@ fn load_document(
             Some(PolicyKind::CiliumClusterwideNetworkPolicy)
         }
         ("networking.k8s.io/v1", "NetworkPolicy") => Some(PolicyKind::NetworkPolicy),
-        ("v1", "Namespace") => {
-            if let Some(nsobj) = typed::<raw::Namespace>(value, cx) {
-                match nsobj.metadata.name {
+        // Only their names and labels matter: what namespaceSelector and a host policy's
+        // nodeSelector select.
+        ("v1", kind @ ("Namespace" | "Node")) => {
+            if let Some(obj) = typed::<raw::Namespace>(value, cx) {
+                let into = if kind == "Node" {
+                    &mut catalog.nodes
+                } else {
+                    &mut catalog.namespaces
+                };
+                match obj.metadata.name {
                     Some(n) => {
-                        catalog.namespaces.insert(n, nsobj.metadata.labels);
+                        into.insert(n, obj.metadata.labels);
                     }
-                    None => cx.error("metadata.name", "a Namespace needs a name"),
-                }
-            }
-            return;
-        }
-        ("v1", "Node") => {
-            // Only its labels matter: what a host policy's `nodeSelector` selects.
-            if let Some(node) = typed::<raw::Namespace>(value, cx) {
-                match node.metadata.name {
-                    Some(n) => {
-                        catalog.nodes.insert(n, node.metadata.labels);
-                    }
-                    None => cx.error("metadata.name", "a Node needs a name"),
+                    None => cx.error("metadata.name", format!("a {kind} needs a name")),
                 }
             }
             return;
