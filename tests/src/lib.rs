@@ -186,6 +186,47 @@ impl Scene {
         )
     }
 
+    /// Creates namespace `netns` joined to the node by a veth (`node_if` in the node namespace,
+    /// `eth0` inside, created as `peer_if`): `addr/24` inside routing `route` via the node's
+    /// `node_addr/24`, with forwarding on the node side.
+    fn wire(
+        &self,
+        netns: &str,
+        node_if: &str,
+        peer_if: &str,
+        addr: Ipv4Addr,
+        node_addr: Ipv4Addr,
+        route: &str,
+    ) {
+        ip(&["netns", "add", netns]);
+        ip(&[
+            "link", "add", node_if, "type", "veth", "peer", "name", peer_if,
+        ]);
+        ip(&["link", "set", node_if, "netns", &self.node_ns]);
+        ip(&["link", "set", peer_if, "netns", netns]);
+        let inside =
+            |args: &[&str]| must(Command::new("ip").args(["netns", "exec", netns]).args(args));
+        inside(&["ip", "link", "set", "lo", "up"]);
+        inside(&["ip", "link", "set", peer_if, "name", "eth0"]);
+        inside(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+        inside(&["ip", "link", "set", "eth0", "up"]);
+        inside(&["ip", "route", "add", route, "via", &node_addr.to_string()]);
+        self.node(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{node_addr}/24"),
+            "dev",
+            node_if,
+        ]);
+        self.node(&["ip", "link", "set", node_if, "up"]);
+        self.node(&[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.conf.{node_if}.forwarding=1"),
+        ]);
+    }
+
     /// Adds a pod with a veth to the node: pod `10.200.N.2/24`, host side `10.200.N.1/24`.
     pub fn add_pod(&mut self, name: &str, namespace: &str, labels: &[(&str, &str)]) -> Pod {
         let idx = self.pods.len() + 1;
@@ -195,38 +236,7 @@ impl Scene {
         assert!(host_if.len() <= 15, "interface name {host_if} too long");
         let pod_ip = Ipv4Addr::new(10, 200, idx as u8, 2);
         let host_ip = Ipv4Addr::new(10, 200, idx as u8, 1);
-        ip(&["netns", "add", &netns]);
-        ip(&[
-            "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
-        ]);
-        ip(&["link", "set", &host_if, "netns", &self.node_ns]);
-        ip(&["link", "set", &peer_if, "netns", &netns]);
-        let in_pod = |args: &[&str]| {
-            must(
-                Command::new("ip")
-                    .args(["netns", "exec", &netns])
-                    .args(args),
-            )
-        };
-        in_pod(&["ip", "link", "set", "lo", "up"]);
-        in_pod(&["ip", "link", "set", &peer_if, "name", "eth0"]);
-        in_pod(&["ip", "addr", "add", &format!("{pod_ip}/24"), "dev", "eth0"]);
-        in_pod(&["ip", "link", "set", "eth0", "up"]);
-        in_pod(&["ip", "route", "add", "default", "via", &host_ip.to_string()]);
-        self.node(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{host_ip}/24"),
-            "dev",
-            &host_if,
-        ]);
-        self.node(&["ip", "link", "set", &host_if, "up"]);
-        self.node(&[
-            "sysctl",
-            "-qw",
-            &format!("net.ipv4.conf.{host_if}.forwarding=1"),
-        ]);
+        self.wire(&netns, &host_if, &peer_if, pod_ip, host_ip, "default");
         let pod = Pod {
             name: name.to_string(),
             namespace: namespace.to_string(),
@@ -251,46 +261,14 @@ impl Scene {
         let netns = format!("{}-out", self.id);
         let up = format!("{}up", self.id);
         let peer = format!("{}ou", self.id);
-        ip(&["netns", "add", &netns]);
-        ip(&["link", "add", &up, "type", "veth", "peer", "name", &peer]);
-        ip(&["link", "set", &up, "netns", &self.node_ns]);
-        ip(&["link", "set", &peer, "netns", &netns]);
-        let in_out = |args: &[&str]| {
-            must(
-                Command::new("ip")
-                    .args(["netns", "exec", &netns])
-                    .args(args),
-            )
-        };
-        in_out(&["ip", "link", "set", "lo", "up"]);
-        in_out(&["ip", "link", "set", &peer, "name", "eth0"]);
-        in_out(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{OUTSIDE_IP}/24"),
-            "dev",
-            "eth0",
-        ]);
-        in_out(&["ip", "link", "set", "eth0", "up"]);
-        in_out(&[
-            "ip",
-            "route",
-            "add",
-            "10.200.0.0/16",
-            "via",
-            &NODE_UPLINK_IP.to_string(),
-        ]);
-        self.node(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{NODE_UPLINK_IP}/24"),
-            "dev",
+        self.wire(
+            &netns,
             &up,
-        ]);
-        self.node(&["ip", "link", "set", &up, "up"]);
-        self.node(&["sysctl", "-qw", &format!("net.ipv4.conf.{up}.forwarding=1")]);
+            &peer,
+            OUTSIDE_IP,
+            NODE_UPLINK_IP,
+            "10.200.0.0/16",
+        );
         self.uplink = Some(up);
         self.outside = Some(netns);
     }
