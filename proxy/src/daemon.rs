@@ -404,12 +404,13 @@ pub fn run(cfg: Config, set: PolicySet) -> anyhow::Result<()> {
         .worker_threads(1)
         .build()?;
     // 1. The listener first: redirected flows fail closed until it exists.
-    let std_listener = crate::proxy::bind_transparent(cfg.listeners.http).with_context(|| {
-        format!(
-            "binding the transparent listener on port {} (needs CAP_NET_ADMIN)",
-            cfg.listeners.http
-        )
-    })?;
+    let std_listener =
+        crate::proxy::transport::bind_transparent(cfg.listeners.http).with_context(|| {
+            format!(
+                "binding the transparent listener on port {} (needs CAP_NET_ADMIN)",
+                cfg.listeners.http
+            )
+        })?;
     // 2. Datapath: maps, desired state, hooks, routing.
     let metrics = Arc::new(Metrics::new());
     let mut dp = Datapath::open(&cfg.pin_root)

@@ -14,7 +14,7 @@ mod admin;
 mod config;
 mod daemon;
 mod flows;
-mod gate;
+
 mod metrics;
 mod mntns;
 mod node;

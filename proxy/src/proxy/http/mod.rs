@@ -1,0 +1,121 @@
+//! The HTTP handler: HTTP/1.1 (keep-alive, WebSocket upgrades, CONNECT) and HTTP/2 prior
+//! knowledge on one listener (hyper-util's auto builder), behind the [`gate`] that refuses
+//! ambiguous HTTP/1 framing before hyper reads it. Every request is judged against the
+//! source's egress and the destination's ingress L7 rules of the current snapshot; allowed
+//! requests go upstream over pooled connections speaking the same HTTP version.
+
+mod gate;
+mod handle;
+mod headers;
+mod pool;
+mod respond;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use http::header::CONTENT_TYPE;
+use http::{Request, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::http1 as client1;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use crate::proxy::conn::ConnState;
+use crate::proxy::Proxy;
+
+/// Largest request head (request line + headers) accepted on HTTP/1.1; larger gets 431 (the
+/// gate's limit, which it enforces first).
+pub const MAX_HEAD_BYTES: usize = parsers::http1::MAX_HEAD_LEN;
+/// Most request headers accepted on HTTP/1.1; more gets 431 (the gate's limit).
+pub const MAX_HEADERS: usize = parsers::http1::MAX_HEADERS;
+/// HTTP/2 header list limit (SETTINGS_MAX_HEADER_LIST_SIZE).
+pub const MAX_H2_HEADER_LIST: u32 = 64 * 1024;
+/// A client must send its request head within this time.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// An HTTP client connection: its policy, and the upstream HTTP/1.1 connection it last used.
+struct ConnCtx {
+    conn: ConnState,
+    /// The upstream HTTP/1.1 connection this client connection last used. An HTTP/1.1 client
+    /// sends its next request only after the previous response is complete, so the same
+    /// upstream connection is normally ready for it: no pool lookup, no hand-back task.
+    upstream_h1: Mutex<Option<client1::SendRequest<Incoming>>>,
+}
+
+impl Drop for ConnCtx {
+    fn drop(&mut self) {
+        let slot = self
+            .upstream_h1
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(sender) = slot.take() {
+            if sender.is_ready() {
+                pool::park_idle(self.conn.orig_dst, sender);
+            }
+        }
+    }
+}
+
+pub async fn serve_conn(proxy: Arc<Proxy>, stream: TcpStream, client: SocketAddr) {
+    let orig_dst = match stream.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, "getsockname failed");
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    debug!("accepted");
+    let ctx = Arc::new(ConnCtx {
+        conn: ConnState::new(client, orig_dst),
+        upstream_h1: Mutex::new(None),
+    });
+    let svc = hyper::service::service_fn(move |req| {
+        let proxy = proxy.clone();
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(handle::handle(proxy, ctx, req).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .auto_date_header(false)
+        // A client that shuts its write side after a request still gets its answer; so do
+        // the requests before a head the gate refuses (the gate ends the stream there).
+        .half_close(true)
+        .preserve_header_case(true)
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(MAX_HEAD_BYTES.max(8192))
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .auto_date_header(false)
+        .max_header_list_size(MAX_H2_HEADER_LIST)
+        .timer(TokioTimer::new());
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(gate::Gated::new(stream)), svc)
+        .await
+    {
+        // The client's fault (malformed request, reset) or a stuck peer: this connection only.
+        info!(error = %e, %client, %orig_dst, "connection closed with an error");
+    }
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP",
+    }
+}
+
+fn is_grpc(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| parsers::grpc::is_grpc_content_type(v.as_bytes()))
+}
