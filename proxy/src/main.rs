@@ -11,6 +11,7 @@
 //! `bpf_redirect::DesiredState`).
 
 mod admin;
+mod cli;
 mod config;
 mod daemon;
 mod flows;
@@ -260,7 +261,7 @@ fn ask(
 }
 
 fn parse_kv(text: &str, what: &str) -> anyhow::Result<Vec<(String, String)>> {
-    flows::parse_label_filter(text).map_err(|e| anyhow::anyhow!("--{what}: {e}"))
+    cli::observe::parse_label_filter(text).map_err(|e| anyhow::anyhow!("--{what}: {e}"))
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -334,7 +335,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .clone()
                 .or_else(|| cfg.as_ref().map(|c| c.flow_log.clone()))
                 .unwrap_or_else(|| config::DEFAULT_FLOW_LOG.into());
-            let mut filter = flows::Filter {
+            let mut filter = cli::observe::Filter {
                 verdict: a.verdict.clone(),
                 protocol: a.protocol.clone(),
                 ..Default::default()
@@ -354,7 +355,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let json = a.output.as_deref() == Some("json");
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
-            flows::observe(&path, &filter, json, a.follow, &mut out)
+            cli::observe::observe(&path, &filter, json, a.follow, &mut out)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             Ok(ExitCode::SUCCESS)
         }
