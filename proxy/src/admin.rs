@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use crate::config::EndpointConfig;
 use crate::daemon::Daemon;
-use crate::node::NodeView;
+use crate::state::NodeState;
 
 /// Longest admin request line accepted.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -116,7 +116,7 @@ fn handle(d: &Daemon, req: Request) -> Result<Value, String> {
     }
 }
 
-fn status(d: &Daemon, view: &NodeView) -> Value {
+fn status(d: &Daemon, view: &NodeState) -> Value {
     let (cfg, last_apply, last_error, links) = d.with(|c| {
         (
             c.cfg.clone(),
@@ -168,7 +168,7 @@ fn enabled(b: bool) -> &'static str {
     }
 }
 
-fn endpoint_list(view: &NodeView) -> Value {
+fn endpoint_list(view: &NodeState) -> Value {
     let h = &view.host_endpoint;
     let mut host_labels = vec!["reserved:host".to_string()];
     host_labels.extend(
@@ -178,7 +178,7 @@ fn endpoint_list(view: &NodeView) -> Value {
             .map(|(k, v)| format!("k8s:{k}={v}")),
     );
     let host = json!({
-        "id": crate::node::HOST_ENDPOINT_ID,
+        "id": crate::state::HOST_ENDPOINT_ID,
         "name": "host",
         "namespace": null,
         "interface": null,
@@ -211,7 +211,7 @@ fn endpoint_list(view: &NodeView) -> Value {
     )
 }
 
-fn policy_get(view: &NodeView) -> Value {
+fn policy_get(view: &NodeState) -> Value {
     let mut documents = Vec::new();
     for f in &view.engine.set.files {
         let Ok(text) = std::fs::read_to_string(f) else {
@@ -264,9 +264,9 @@ fn port_proto(proto: u8, port: u16, plen: u8) -> String {
     }
 }
 
-fn bpf_policy_get(view: &NodeView, name: &str) -> Result<Value, String> {
-    let id = if name == "host" || name == crate::node::HOST_ENDPOINT_ID.to_string() {
-        crate::node::HOST_ENDPOINT_ID
+fn bpf_policy_get(view: &NodeState, name: &str) -> Result<Value, String> {
+    let id = if name == "host" || name == crate::state::HOST_ENDPOINT_ID.to_string() {
+        crate::state::HOST_ENDPOINT_ID
     } else {
         view.endpoint_by_name(name)
             .or_else(|| {

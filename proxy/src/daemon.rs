@@ -24,7 +24,8 @@ use tracing::{error, info, warn};
 use crate::config::{Config, EndpointConfig};
 use crate::flows::{Flow, FlowLogConfig, FlowWriter};
 use crate::metrics::Metrics;
-use crate::node::{local_ipv4_addresses, NodeView, Settings};
+use crate::state::{NodeState, Settings};
+use crate::sys::local_ipv4_addresses;
 
 /// How often the policy directories are polled.
 pub const POLICY_POLL: Duration = Duration::from_millis(200);
@@ -112,7 +113,7 @@ pub struct Controller {
     engine: Arc<Engine>,
     fingerprint: u64,
     generation: u64,
-    pub view: Arc<ArcSwap<NodeView>>,
+    pub view: Arc<ArcSwap<NodeState>>,
     metrics: Arc<Metrics>,
     pub last_apply: Option<(SystemTime, ApplyStats, Duration)>,
     pub last_error: Option<String>,
@@ -141,7 +142,7 @@ impl Controller {
             .collect();
         let fingerprint = policy_fingerprint(&cfg);
         let engine = make_engine(set, &settings);
-        let view = NodeView::build(
+        let view = NodeState::build(
             1,
             engine.clone(),
             settings.clone(),
@@ -165,7 +166,7 @@ impl Controller {
         Ok(c)
     }
 
-    fn apply_view(&mut self, view: Arc<NodeView>) -> anyhow::Result<()> {
+    fn apply_view(&mut self, view: Arc<NodeState>) -> anyhow::Result<()> {
         let t = Instant::now();
         let stats = self.dp.apply(&view.desired).context("applying the maps")?;
         let took = t.elapsed();
@@ -194,7 +195,7 @@ impl Controller {
         endpoints: Vec<(u16, EndpointConfig)>,
     ) -> anyhow::Result<()> {
         let generation = self.generation + 1;
-        let view = NodeView::build(
+        let view = NodeState::build(
             generation,
             engine.clone(),
             self.settings.clone(),
@@ -320,7 +321,7 @@ impl Controller {
                 anyhow::bail!("{ip} belongs to endpoint {:?}", o.name);
             }
         }
-        let id = (1..crate::node::HOST_ENDPOINT_ID)
+        let id = (1..crate::state::HOST_ENDPOINT_ID)
             .find(|id| !self.endpoints.iter().any(|(i, _)| i == id))
             .context("no endpoint id left")?;
         let mut eps = self.endpoints.clone();
@@ -380,7 +381,7 @@ impl Controller {
 /// Shared by the admin server.
 pub struct Daemon {
     pub controller: Mutex<Controller>,
-    pub view: Arc<ArcSwap<NodeView>>,
+    pub view: Arc<ArcSwap<NodeState>>,
     pub started: SystemTime,
     pub routing: ProxyRouting,
 }

@@ -17,9 +17,9 @@ mod daemon;
 mod flows;
 
 mod metrics;
-mod mntns;
-mod node;
 mod proxy;
+mod state;
+mod sys;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -223,7 +223,7 @@ fn main() -> ExitCode {
         if let Ok(abs) = std::path::absolute(&a.config) {
             a.config = abs;
         }
-        match mntns::join_host_bpffs() {
+        match sys::mntns::join_host_bpffs() {
             Ok(true) => eprintln!("ward: joined the host mount namespace to pin under its /sys/fs/bpf"),
             Ok(false) => {}
             Err(e) => eprintln!("ward: warning: cannot join the host mount namespace ({e}); pins may not outlive this process"),

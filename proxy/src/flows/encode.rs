@@ -95,7 +95,7 @@ mod tests {
         e.host = http::HeaderValue::from_static("");
         assert_eq!(e.url(), "http://10.200.1.2:80/v1/exhaust-port");
         // An allowed request: the engine's decision, explained on the flow-log thread.
-        let view = crate::node::tests::starwars_view();
+        let view = crate::state::tests::starwars_view();
         let tie = view.resolve("10.200.3.2".parse().unwrap());
         let ds = view.resolve("10.200.1.2".parse().unwrap());
         let policy = view.engine.connection_policy(

@@ -3,14 +3,14 @@
 //! flow-log thread.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bpf_redirect::{Event, EventKind, Hook, PolicyDirection};
 use l7_rules::engine::{Decision, L7Request};
 use l7_rules::l7::http::HttpRequest;
 
 use super::model::{Flow, FlowPeer, POLICY_DENIED};
-use crate::node::NodeView;
+use crate::state::NodeState;
 
 fn tcp_flag_names(flags: u8) -> Option<String> {
     const NAMES: [(u8, &str); 5] = [
@@ -38,26 +38,9 @@ fn proto_name(p: u8) -> String {
     }
 }
 
-/// Converts `CLOCK_MONOTONIC` nanoseconds to wall-clock time.
-fn mono_to_system(ts_ns: u64) -> SystemTime {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let now_mono = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
-    let now = SystemTime::now();
-    if ts_ns <= now_mono {
-        now - Duration::from_nanos(now_mono - ts_ns)
-    } else {
-        now
-    }
-}
-
 impl Flow {
     /// A kernel event, resolved against the current view.
-    pub fn from_event(e: &Event, view: &NodeView) -> Flow {
+    pub fn from_event(e: &Event, view: &NodeState) -> Flow {
         let src_info = view.resolve((*e.src.ip()).into());
         let dst_info = view.resolve((*e.dst.ip()).into());
         let mut source = FlowPeer::new(&src_info, (*e.src.ip()).into(), e.src.port());
@@ -117,7 +100,8 @@ impl Flow {
             destination.identity
         );
         Flow {
-            time: humantime::format_rfc3339_micros(mono_to_system(e.ts_ns)).to_string(),
+            time: humantime::format_rfc3339_micros(crate::sys::monotonic_to_system(e.ts_ns))
+                .to_string(),
             verdict: verdict.into(),
             kind: "l3l4".into(),
             drop_reason,
@@ -250,7 +234,7 @@ mod tests {
             tcp_flags: 0x02,
             cookie: 0,
         };
-        let view = crate::node::tests::starwars_view();
+        let view = crate::state::tests::starwars_view();
         let f = Flow::from_event(&e, &view);
         assert_eq!(f.verdict, "DROPPED");
         assert_eq!(f.drop_reason.as_deref(), Some(POLICY_DENIED));

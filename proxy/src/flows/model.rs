@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::node::PeerInfo;
+use crate::state::PeerInfo;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct FlowPeer {

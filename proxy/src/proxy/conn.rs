@@ -10,7 +10,7 @@ use l7_rules::engine::{ConnectionPolicy, Flow as PolicyFlow};
 use l7_rules::model::{Direction, Protocol};
 
 use crate::flows::{FlowPeer, SharedPeer};
-use crate::node::NodeView;
+use crate::state::NodeState;
 
 /// What one connection enforces, computed from one view generation.
 pub struct ConnPolicy {
@@ -25,7 +25,7 @@ pub struct ConnPolicy {
     pub default_direction: Direction,
 }
 
-pub fn conn_policy(view: &NodeView, client: SocketAddr, orig_dst: SocketAddr) -> ConnPolicy {
+pub fn conn_policy(view: &NodeState, client: SocketAddr, orig_dst: SocketAddr) -> ConnPolicy {
     let src = view.resolve(client.ip());
     let dst = view.resolve(orig_dst.ip());
     let mut audit = view.settings.audit;
@@ -91,7 +91,7 @@ impl ConnState {
 
     /// The connection's policy for the current view (recomputed after a policy change, so
     /// live connections see new rules on their next request).
-    pub fn policy(&self, view: &NodeView) -> Arc<ConnPolicy> {
+    pub fn policy(&self, view: &NodeState) -> Arc<ConnPolicy> {
         let mut g = self.policy.lock().unwrap_or_else(|p| p.into_inner());
         match &*g {
             Some(p) if p.generation == view.generation => p.clone(),

@@ -16,20 +16,20 @@ use tracing::{warn, Instrument};
 
 use crate::flows::FlowWriter;
 use crate::metrics::Metrics;
-use crate::node::NodeView;
+use crate::state::NodeState;
 use transport::Upstreams;
 
 /// What every handler reads: the node snapshot, the flow writer, the metrics, and the
 /// upstream socket factory. Handlers never write node state.
 pub struct Proxy {
-    pub view: Arc<ArcSwap<NodeView>>,
+    pub view: Arc<ArcSwap<NodeState>>,
     pub flows: FlowWriter,
     pub metrics: Arc<Metrics>,
     pub upstreams: Upstreams,
 }
 
 impl Proxy {
-    pub fn new(view: Arc<ArcSwap<NodeView>>, flows: FlowWriter, metrics: Arc<Metrics>) -> Proxy {
+    pub fn new(view: Arc<ArcSwap<NodeState>>, flows: FlowWriter, metrics: Arc<Metrics>) -> Proxy {
         Proxy {
             view,
             flows,

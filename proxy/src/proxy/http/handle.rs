@@ -359,7 +359,7 @@ mod tests {
 
     #[test]
     fn ingress_l7_rules_decide_per_request() {
-        let view = crate::node::tests::starwars_view();
+        let view = crate::state::tests::starwars_view();
         let tie: SocketAddr = "10.200.3.2:40000".parse().unwrap();
         let ds: SocketAddr = "10.200.1.2:80".parse().unwrap();
         let cp = conn_policy(&view, tie, ds);

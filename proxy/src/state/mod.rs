@@ -1,5 +1,5 @@
 //! The node model: endpoints + the loaded policy set → identities, the ipcache view the proxy
-//! resolves peers with, and the [`DesiredState`] for the kernel maps. A [`NodeView`] is an
+//! resolves peers with, and the [`DesiredState`] for the kernel maps. A [`NodeState`] is an
 //! immutable snapshot; the daemon swaps it atomically on every change.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -93,7 +93,7 @@ pub struct PeerInfo {
     /// Endpoint name, `host`, `world`, or the address.
     pub name: String,
     pub namespace: Option<String>,
-    /// Index into [`NodeView::endpoints`] when a local endpoint.
+    /// Index into [`NodeState::endpoints`] when a local endpoint.
     pub endpoint: Option<usize>,
 }
 
@@ -104,7 +104,7 @@ impl PeerInfo {
 }
 
 /// An immutable snapshot of everything the proxy and the admin API read.
-pub struct NodeView {
+pub struct NodeState {
     pub generation: u64,
     pub engine: Arc<Engine>,
     pub settings: Settings,
@@ -140,14 +140,14 @@ pub enum ViewError {
     Identity(#[from] l7_rules::identity::IdentityCollision),
 }
 
-impl NodeView {
+impl NodeState {
     pub fn build(
         generation: u64,
         engine: Arc<Engine>,
         settings: Settings,
         endpoints: &[(u16, EndpointConfig)],
         host_ips: &[Ipv4Addr],
-    ) -> Result<NodeView, ViewError> {
+    ) -> Result<NodeState, ViewError> {
         let mut identities = IdentityTable::with_reserved();
         let mut infos = Vec::new();
         let mut by_ip = HashMap::new();
@@ -271,7 +271,7 @@ impl NodeView {
         unproxied.sort();
         unproxied.dedup();
         cidrs.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
-        Ok(NodeView {
+        Ok(NodeState {
             generation,
             engine,
             settings,
@@ -419,39 +419,6 @@ fn metrics_allow(host_entries: &[PolicyEntry], port: u16) -> Option<PolicyEntry>
     })
 }
 
-/// IPv4 addresses configured on interfaces of this network namespace (host identity).
-pub fn local_ipv4_addresses() -> Vec<Ipv4Addr> {
-    let mut out = Vec::new();
-    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills a list we free with freeifaddrs below.
-    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
-        return out;
-    }
-    let mut cur = ifap;
-    while !cur.is_null() {
-        // SAFETY: cur is a valid node of the list returned by getifaddrs.
-        let ifa = unsafe { &*cur };
-        if !ifa.ifa_addr.is_null() {
-            // SAFETY: ifa_addr points to a sockaddr whose family we check before casting.
-            let family = unsafe { (*ifa.ifa_addr).sa_family };
-            if i32::from(family) == libc::AF_INET {
-                // SAFETY: AF_INET addresses are sockaddr_in.
-                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-                if !ip.is_loopback() {
-                    out.push(ip);
-                }
-            }
-        }
-        cur = ifa.ifa_next;
-    }
-    // SAFETY: ifap came from getifaddrs.
-    unsafe { libc::freeifaddrs(ifap) };
-    out.sort();
-    out.dedup();
-    out
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -537,7 +504,7 @@ spec:
     /// What the datapath's `policy_can_access` answers from the view's policy entries (the
     /// C program's lookup, replayed on the entries `ward run` writes).
     fn kernel_allows(
-        view: &NodeView,
+        view: &NodeState,
         endpoint_id: u16,
         egress: bool,
         identity: u32,
@@ -661,7 +628,7 @@ spec:
                     endpoints.push((u16::from(n), cfg));
                 }
             }
-            let view = NodeView::build(
+            let view = NodeState::build(
                 1,
                 engine.clone(),
                 settings,
@@ -692,7 +659,7 @@ spec:
     }
 
     /// deathstar-1 (10.200.1.2), tiefighter (10.200.3.2), xwing (10.200.4.2); host 10.200.1.1.
-    pub(crate) fn starwars_view() -> NodeView {
+    pub(crate) fn starwars_view() -> NodeState {
         let set = l7_rules::load::load_sources(&[("rule1.yaml".into(), L7.into())]).unwrap();
         let engine = Arc::new(Engine::new(set));
         let eps = vec![
@@ -724,7 +691,7 @@ spec:
                 ),
             ),
         ];
-        NodeView::build(7, engine, settings(), &eps, &[Ipv4Addr::new(10, 200, 1, 1)]).unwrap()
+        NodeState::build(7, engine, settings(), &eps, &[Ipv4Addr::new(10, 200, 1, 1)]).unwrap()
     }
 
     #[test]

@@ -7,21 +7,13 @@
 //! The host namespace is taken from the parent process (`ip netns exec` execs us, so the parent
 //! is whoever ran `ip`), else PID 1.
 
-use std::ffi::CString;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+use nix::sched::{setns, CloneFlags};
+use nix::sys::statfs::{statfs, BPF_FS_MAGIC};
 
 fn is_bpffs(path: &Path) -> bool {
-    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: zeroed statfs is a valid out-buffer; c is a valid C string.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    r == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    statfs(path).is_ok_and(|st| st.filesystem_type() == BPF_FS_MAGIC)
 }
 
 fn same_ns(a: &str, b: &str) -> bool {
@@ -40,8 +32,7 @@ pub fn join_host_bpffs() -> std::io::Result<bool> {
     if is_bpffs(Path::new("/sys/fs/bpf")) {
         return Ok(false);
     }
-    // SAFETY: getppid has no preconditions.
-    let ppid = unsafe { libc::getppid() };
+    let ppid = nix::unistd::getppid().as_raw();
     let Some(pid) = [ppid, 1].into_iter().find(|pid| {
         !same_ns("/proc/self/ns/mnt", &format!("/proc/{pid}/ns/mnt"))
             && is_bpffs(Path::new(&format!("/proc/{pid}/root/sys/fs/bpf")))
@@ -49,9 +40,7 @@ pub fn join_host_bpffs() -> std::io::Result<bool> {
         return Ok(false);
     };
     let f = std::fs::File::open(format!("/proc/{pid}/ns/mnt"))?;
-    // SAFETY: a valid mount-namespace fd; the process is single-threaded (caller's contract).
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    // The caller guarantees a single-threaded process, which setns of a mount namespace needs.
+    setns(&f, CloneFlags::CLONE_NEWNS)?;
     Ok(true)
 }
