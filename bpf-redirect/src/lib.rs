@@ -10,6 +10,7 @@
 //!
 //! Everything here needs root (CAP_BPF + CAP_NET_ADMIN) and a bpffs.
 
+mod counters;
 mod events;
 mod proxy_sockets;
 mod routing;
@@ -34,6 +35,7 @@ use aya::{
 pub use bpf_redirect_common as common;
 use common::{map_names, program_names};
 
+pub use counters::CounterReader;
 pub use events::{DropReason, Event, EventKind, EventReader, PolicyDirection};
 pub use proxy_sockets::{register_listener, socket_cookie, ProxySockets};
 pub use routing::ProxyRouting;

@@ -11,13 +11,16 @@
 //! `bpf_redirect::DesiredState`).
 
 mod admin;
+mod app;
 mod cli;
 mod config;
-mod daemon;
+mod controller;
+mod datapath;
 mod flows;
 
 mod metrics;
 mod proxy;
+mod sources;
 mod state;
 mod sys;
 
@@ -26,7 +29,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::admin::Request;
+use crate::admin::api::Request;
 
 /// mimalloc: per-thread free lists, so a flow freed on the flow-log thread or a buffer freed on
 /// another worker does not contend on glibc's arena locks (measured in benches/README.md).
@@ -243,15 +246,15 @@ fn target_socket(t: &Target) -> anyhow::Result<PathBuf> {
         Some(p) => Some(Config::load(p).map_err(|e| anyhow::anyhow!("{e}"))?),
         None => None,
     };
-    Ok(daemon::admin_path(t.admin_socket.clone(), cfg.as_ref()))
+    Ok(app::admin_path(t.admin_socket.clone(), cfg.as_ref()))
 }
 
-fn ask(
+fn ask<T: serde::Serialize + serde::de::DeserializeOwned>(
     t: &Target,
     req: Request,
-    render: fn(&serde_json::Value) -> String,
+    render: fn(&T) -> String,
 ) -> anyhow::Result<ExitCode> {
-    let v = admin::call(&target_socket(t)?, &req)?;
+    let v: T = cli::call(&target_socket(t)?, &req)?;
     if t.output.as_deref() == Some("json") {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -272,17 +275,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            let set = match daemon::load_policies(&cfg) {
-                Ok(s) => s,
+            let policy = match initial_policy(&cfg) {
+                Ok(p) => p,
                 Err(e) => {
-                    daemon::log_load_error(&e);
+                    controller::log_load_error(&e);
                     return Ok(ExitCode::from(2));
                 }
             };
-            for w in &set.warnings {
+            for w in &policy.set.warnings {
                 tracing::warn!("{w}");
             }
-            daemon::run(cfg, set)?;
+            app::run(cfg, policy)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::CheckConfig(a) => {
@@ -290,7 +293,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            match daemon::load_policies(&cfg) {
+            match initial_policy(&cfg).map(|p| p.set) {
                 Ok(set) => {
                     for w in &set.warnings {
                         eprintln!("{w}");
@@ -318,7 +321,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            daemon::uninstall(&cfg)?;
+            app::uninstall(&cfg)?;
             println!("uninstalled {}", cfg.pin_root.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -347,10 +350,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 filter.to_labels.extend(parse_kv(l, "to-label")?);
             }
             if a.since_start {
-                let sock = daemon::admin_path(a.admin_socket.clone(), cfg.as_ref());
-                let v = admin::call(&sock, &Request::Status)?;
-                let started = v["started"].as_str().unwrap_or_default();
-                filter.since = Some(humantime::parse_rfc3339_weak(started)?);
+                let sock = app::admin_path(a.admin_socket.clone(), cfg.as_ref());
+                let status: admin::api::Status = cli::call(&sock, &Request::Status)?;
+                filter.since = Some(humantime::parse_rfc3339_weak(&status.started)?);
             }
             let json = a.output.as_deref() == Some("json");
             let stdout = std::io::stdout();
@@ -359,9 +361,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Status(t) => ask(&t, Request::Status, admin::render_status),
+        Cmd::Status(t) => ask(&t, Request::Status, cli::render::status),
         Cmd::Endpoint { cmd } => match cmd {
-            EndpointCmd::List(t) => ask(&t, Request::EndpointList, admin::render_endpoints),
+            EndpointCmd::List(t) => ask(&t, Request::EndpointList, |v: &Vec<_>| {
+                cli::render::endpoints(v)
+            }),
             EndpointCmd::Add {
                 name,
                 namespace,
@@ -392,23 +396,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     named_ports,
                     audit,
                 };
-                ask(&target, Request::EndpointAdd { endpoint }, |v| {
-                    format!("endpoint {} added\n", v["id"])
-                })
+                ask(
+                    &target,
+                    Request::EndpointAdd { endpoint },
+                    |v: &admin::api::EndpointAdded| format!("endpoint {} added\n", v.id),
+                )
             }
-            EndpointCmd::Remove { name, target } => {
-                ask(&target, Request::EndpointRemove { name }, |v| {
-                    format!("endpoint {} removed\n", v["removed"].as_str().unwrap_or(""))
-                })
-            }
+            EndpointCmd::Remove { name, target } => ask(
+                &target,
+                Request::EndpointRemove { name },
+                |v: &admin::api::EndpointRemoved| format!("endpoint {} removed\n", v.removed),
+            ),
         },
         Cmd::Identity {
             cmd: ListCmd::List(t),
-        } => ask(&t, Request::IdentityList, admin::render_identities),
+        } => ask(&t, Request::IdentityList, |v: &Vec<_>| {
+            cli::render::identities(v)
+        }),
         Cmd::Policy {
             cmd: GetCmd::Get(t),
         } => {
-            let v = admin::call(&target_socket(&t)?, &Request::PolicyGet)?;
+            let v: admin::api::PolicyDocuments =
+                cli::call(&target_socket(&t)?, &Request::PolicyGet)?;
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -420,7 +429,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => ask(
             &target,
             Request::BpfPolicyGet { endpoint },
-            admin::render_bpf_policy,
+            cli::render::bpf_policy,
         ),
     }
+}
+
+/// The policy files `ward run` starts from, read and checked for this node.
+fn initial_policy(cfg: &Config) -> Result<app::InitialPolicy, l7_rules::load::LoadError> {
+    let (stamps, texts) = sources::files::read_all(&cfg.policy_dirs)?;
+    let set = controller::policy_set(&texts, cfg)?;
+    Ok(app::InitialPolicy { stamps, texts, set })
 }

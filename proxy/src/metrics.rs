@@ -1,12 +1,15 @@
 //! Prometheus metrics (prometheus-client): proxy requests by protocol and verdict, L7 latency,
-//! policy apply duration and results; kernel drops by reason are read from the datapath's
-//! counters at scrape time.
+//! policy apply duration, the time from a policy file change to the maps, and reload results;
+//! kernel drops by reason are read from the datapath's counters at scrape time by a
+//! [`Collector`].
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use prometheus_client::encoding::{text::encode, EncodeLabelSet};
-use prometheus_client::metrics::{counter::Counter, family::Family, histogram::Histogram};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{text::encode, DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::{family::Family, histogram::Histogram};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -25,8 +28,42 @@ pub struct ResultLabels {
 const PROTOCOLS: [&str; 2] = ["http", "grpc"];
 const VERDICTS: [&str; 3] = ["FORWARDED", "DROPPED", "AUDIT"];
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// `ward_datapath_drops_total{reason}`, read from the kernel's counters at each scrape.
+#[derive(Debug, Default)]
+struct KernelDrops {
+    reader: Arc<OnceLock<bpf_redirect::CounterReader>>,
+}
+
+impl Collector for KernelDrops {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(counters) = self.reader.get().and_then(|r| r.read().ok()) else {
+            return Ok(());
+        };
+        let mut family = encoder.encode_descriptor(
+            "datapath_drops",
+            "Packets dropped by the datapath, by reason",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for r in 1u16..=bpf_redirect::common::drop_reason::CT_NO_ENTRY {
+            let labels = ReasonLabels {
+                reason: bpf_redirect::common::drop_reason::name(r),
+            };
+            ConstCounter::new(counters.drops(r)).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    kernel: Arc<OnceLock<bpf_redirect::CounterReader>>,
+    change_to_maps: Histogram,
     requests: Family<RequestLabels, Counter>,
     /// `requests` for each (PROTOCOLS, VERDICTS) pair.
     request_counters: [[Counter; 3]; 2],
@@ -74,6 +111,16 @@ impl Metrics {
             "Time to compute and apply a policy or endpoint change to the maps, seconds",
             apply.clone(),
         );
+        let change_to_maps =
+            Histogram::new([0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0].into_iter());
+        registry.register(
+            "policy_change_to_maps_seconds",
+            "Time from a policy file's modification to the maps written, seconds",
+            change_to_maps.clone(),
+        );
+        let kernel = KernelDrops::default();
+        let reader = kernel.reader.clone();
+        registry.register_collector(Box::new(kernel));
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "policy_reloads",
@@ -98,6 +145,8 @@ impl Metrics {
         });
         Metrics {
             registry,
+            kernel: reader,
+            change_to_maps,
             requests,
             request_counters,
             flows_lost,
@@ -131,8 +180,18 @@ impl Metrics {
         self.flows_lost.clone()
     }
 
-    pub fn applied(&self, elapsed: Duration) {
+    /// A change written to the maps: how long it took, and how long after the policy file's
+    /// modification (file changes only).
+    pub fn applied(&self, elapsed: Duration, change_to_maps: Option<Duration>) {
         self.apply.observe(elapsed.as_secs_f64());
+        if let Some(d) = change_to_maps {
+            self.change_to_maps.observe(d.as_secs_f64());
+        }
+    }
+
+    /// Exports the kernel's drop counters from now on.
+    pub fn read_kernel_drops(&self, reader: bpf_redirect::CounterReader) {
+        let _ = self.kernel.set(reader);
     }
 
     pub fn reload(&self, result: &str) {
@@ -143,22 +202,10 @@ impl Metrics {
             .inc();
     }
 
-    /// The exposition text; `drops` are `(reason, count)` from the kernel counters.
-    pub fn render(&self, drops: &[(String, u64)]) -> String {
+    /// The exposition text.
+    pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
-        let mut extra = String::from(
-            "# HELP ward_datapath_drops Packets dropped by the datapath, by reason.\n# TYPE ward_datapath_drops counter\n",
-        );
-        for (reason, n) in drops {
-            extra.push_str(&format!(
-                "ward_datapath_drops_total{{reason=\"{reason}\"}} {n}\n"
-            ));
-        }
-        match out.rfind("# EOF") {
-            Some(i) => out.insert_str(i, &extra),
-            None => out.push_str(&extra),
-        }
         out
     }
 }
@@ -167,7 +214,6 @@ impl Metrics {
 pub async fn serve(
     addr: std::net::SocketAddr,
     metrics: Arc<Metrics>,
-    drops: Arc<dyn Fn() -> Vec<(String, u64)> + Send + Sync>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     use http_body_util::Full;
@@ -180,20 +226,17 @@ pub async fn serve(
             _ = shutdown.changed() => return Ok(()),
         };
         let metrics = metrics.clone();
-        let drops = drops.clone();
         tokio::spawn(async move {
             let svc =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let metrics = metrics.clone();
-                    let drops = drops.clone();
                     async move {
                         let resp = if req.uri().path() == "/metrics" {
-                            let d = tokio::task::spawn_blocking(move || drops())
+                            // The kernel counters are read by syscalls: off the runtime.
+                            let text = tokio::task::spawn_blocking(move || metrics.render())
                                 .await
                                 .unwrap_or_default();
-                            let mut r = hyper::Response::new(Full::new(bytes::Bytes::from(
-                                metrics.render(&d),
-                            )));
+                            let mut r = hyper::Response::new(Full::new(bytes::Bytes::from(text)));
                             r.headers_mut().insert(
                                 http::header::CONTENT_TYPE,
                                 http::HeaderValue::from_static(
@@ -230,9 +273,10 @@ mod tests {
         m.request("grpc", "FORWARDED", Duration::from_micros(300));
         m.request("kafka", "DROPPED", Duration::from_micros(300));
         m.flows_lost().inc();
-        m.applied(Duration::from_millis(3));
+        m.applied(Duration::from_millis(3), Some(Duration::from_millis(120)));
+        m.applied(Duration::from_millis(3), None);
         m.reload("applied");
-        let text = m.render(&[("POLICY".into(), 4)]);
+        let text = m.render();
         for want in [
             "ward_proxy_requests_total{protocol=\"http\",verdict=\"DROPPED\"} 1",
             "ward_proxy_requests_total{protocol=\"grpc\",verdict=\"FORWARDED\"} 2",
@@ -241,12 +285,14 @@ mod tests {
             "ward_proxy_request_duration_seconds_count 4",
             "ward_flows_lost_total 1",
             "ward_proxy_request_duration_seconds_bucket",
-            "ward_policy_apply_duration_seconds_count 1",
+            "ward_policy_apply_duration_seconds_count 2",
+            "ward_policy_change_to_maps_seconds_count 1",
             "ward_policy_reloads_total{result=\"applied\"} 1",
-            "ward_datapath_drops_total{reason=\"POLICY\"} 4",
         ] {
             assert!(text.contains(want), "{want} missing in\n{text}");
         }
+        // Without the kernel's counters (no datapath here) the family is left out.
+        assert!(!text.contains("ward_datapath_drops"));
         assert!(text.trim_end().ends_with("# EOF"));
     }
 }

@@ -6,14 +6,18 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use bpf_redirect::{DesiredState, Endpoint, Interface, IpcacheEntry, PolicyEntry};
+use bpf_redirect::{DesiredState, Endpoint, Interface, IpcacheEntry};
 use ipnet::IpNet;
-use l7_rules::check::PeerSpec;
-use l7_rules::engine::{Engine, MapEntry};
+use l7_rules::engine::Engine;
 use l7_rules::identity::{IdentityTable, Peer, Reserved};
-use l7_rules::model::{Direction, L7Parser};
+use l7_rules::model::L7Parser;
 
 use crate::config::{Config, EndpointConfig, Enforcement};
+
+mod desired;
+mod entries;
+
+pub use desired::{Desired, Recompute, Update};
 
 /// Settings that shape the view (from the node config).
 #[derive(Clone, Debug)]
@@ -67,7 +71,7 @@ impl Settings {
         )
     }
 
-    fn proxy_port(&self, parser: L7Parser) -> Option<u16> {
+    pub(super) fn proxy_port(&self, parser: L7Parser) -> Option<u16> {
         match parser {
             L7Parser::Http => Some(self.http_port),
             L7Parser::Dns => self.dns_port,
@@ -141,6 +145,8 @@ pub enum ViewError {
 }
 
 impl NodeState {
+    /// A snapshot of everything built whole (tests; `ward run` keeps a [`Desired`]).
+    #[cfg(test)]
     pub fn build(
         generation: u64,
         engine: Arc<Engine>,
@@ -148,55 +154,59 @@ impl NodeState {
         endpoints: &[(u16, EndpointConfig)],
         host_ips: &[Ipv4Addr],
     ) -> Result<NodeState, ViewError> {
-        let mut identities = IdentityTable::with_reserved();
+        let (desired, _) = Desired::new(engine, settings, endpoints, host_ips)?;
+        Ok(NodeState::from_desired(generation, &desired))
+    }
+
+    /// The snapshot of `desired`: its computed entries assembled (nothing recomputed), the
+    /// ipcache, and the address lookups the proxy and flows use.
+    pub fn from_desired(generation: u64, desired: &Desired) -> NodeState {
+        let settings = desired.settings.clone();
         let mut infos = Vec::new();
         let mut by_ip = HashMap::new();
-        for (id, cfg) in endpoints {
-            let spec = PeerSpec {
-                labels: cfg.labels.clone(),
-                namespace: Some(cfg.namespace.clone()),
-                ip: cfg.ips.first().map(|i| IpAddr::V4(*i)),
-                fqdn: None,
-                named_ports: cfg.named_ports.clone(),
-                entity: None,
+        let mut eps = Vec::new();
+        let mut policy = Vec::new();
+        let mut unproxied = Vec::new();
+        let mut ipcache = Vec::new();
+        for (id, cfg) in &desired.configs {
+            let Some(c) = desired.computed.get(id) else {
+                continue;
             };
-            let mut peer = engine.peer(&spec);
-            peer.display = format!("{}/{}", cfg.namespace, cfg.name);
-            identities.insert(peer.clone())?;
-            let enforced = |d| {
-                matches!(
-                    engine.enforcement(&peer, d),
-                    l7_rules::engine::Enforcement::Enforced { .. }
-                )
-            };
-            let (ingress_enforced, egress_enforced) =
-                (enforced(Direction::Ingress), enforced(Direction::Egress));
             for ip in &cfg.ips {
                 by_ip.insert(*ip, infos.len());
             }
+            for (e, parser) in c.entries.iter() {
+                policy.push(e.clone());
+                unproxied.extend(parser);
+            }
+            eps.push(Endpoint {
+                endpoint_id: *id,
+                interface: Interface::Name(cfg.interface.clone()),
+                ips: cfg.ips.clone(),
+                identity: c.peer.identity.0,
+                ingress_enforced: c.ingress_enforced,
+                egress_enforced: c.egress_enforced,
+                audit: settings.audit || cfg.audit,
+            });
             infos.push(EndpointInfo {
                 id: *id,
                 config: cfg.clone(),
-                peer: Arc::new(peer),
-                ingress_enforced,
-                egress_enforced,
+                peer: c.peer.clone(),
+                ingress_enforced: c.ingress_enforced,
+                egress_enforced: c.egress_enforced,
             });
         }
-        let mut cidrs = Vec::new();
-        let mut ipcache = Vec::new();
-        for net in engine.policy_cidrs() {
+        for (net, peer) in &desired.cidrs {
             let IpNet::V4(v4) = net else { continue };
-            let peer = Peer::cidr(net.addr(), Some(net));
-            identities.insert(peer.clone())?;
             ipcache.push(IpcacheEntry {
                 addr: v4.network(),
                 prefix_len: v4.prefix_len(),
                 identity: peer.identity.0,
                 endpoint_id: 0,
             });
-            cidrs.push((net, Arc::new(peer)));
         }
-        let host_ips: HashSet<Ipv4Addr> = host_ips
+        let host_ips: HashSet<Ipv4Addr> = desired
+            .host_ips
             .iter()
             .copied()
             .filter(|ip| !by_ip.contains_key(ip))
@@ -211,52 +221,18 @@ impl NodeState {
                 endpoint_id: HOST_ENDPOINT_ID,
             });
         }
-        let mut policy = Vec::new();
-        let mut unproxied = Vec::new();
-        let mut eps = Vec::new();
-        for info in &infos {
-            for e in engine.map_entries(&info.peer, &identities) {
-                if let Some(p) = to_policy_entry(info.id, &e, &settings, &mut unproxied) {
-                    policy.push(p);
-                }
-            }
-            eps.push(Endpoint {
-                endpoint_id: info.id,
-                interface: Interface::Name(info.config.interface.clone()),
-                ips: info.config.ips.clone(),
-                identity: info.peer.identity.0,
-                ingress_enforced: info.ingress_enforced,
-                egress_enforced: info.egress_enforced,
-                audit: settings.audit || info.config.audit,
-            });
-        }
         // The host is an endpoint as in Cilium: host policies (CCNP `nodeSelector`, matched
         // against the node's labels) are resolved by the same engine into its own entries.
-        let host = Peer::reserved(Reserved::Host);
-        let enforced = |d| {
-            matches!(
-                engine.enforcement(&host, d),
-                l7_rules::engine::Enforcement::Enforced { .. }
-            )
-        };
+        let host = desired.host.as_ref();
         let host_endpoint = HostEndpoint {
-            ingress_enforced: enforced(Direction::Ingress),
-            egress_enforced: enforced(Direction::Egress),
+            ingress_enforced: host.is_some_and(|h| h.ingress_enforced),
+            egress_enforced: host.is_some_and(|h| h.egress_enforced),
             audit: settings.audit || settings.host_audit,
         };
-        let first_host_entry = policy.len();
-        for e in engine.map_entries(&host, &identities) {
-            if let Some(p) = to_policy_entry(HOST_ENDPOINT_ID, &e, &settings, &mut unproxied) {
-                policy.push(p);
-            }
+        if let Some(h) = host {
+            unproxied.extend(h.entries.iter().filter_map(|(_, p)| *p));
         }
-        if host_endpoint.ingress_enforced {
-            if let Some(port) = settings.metrics_port {
-                if let Some(p) = metrics_allow(&policy[first_host_entry..], port) {
-                    policy.push(p);
-                }
-            }
-        }
+        policy.extend(desired.host_entries());
         eps.push(Endpoint {
             endpoint_id: HOST_ENDPOINT_ID,
             // No veth: a packet with a host source on a pod's veth is spoofed.
@@ -270,18 +246,19 @@ impl NodeState {
         });
         unproxied.sort();
         unproxied.dedup();
-        cidrs.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
-        Ok(NodeState {
+        NodeState {
             generation,
-            engine,
+            engine: desired.engine.clone(),
             settings,
             endpoints: infos,
             by_ip,
             host_ips,
-            host: Arc::new(host),
+            host: host
+                .map(|h| h.peer.clone())
+                .unwrap_or_else(|| Arc::new(Peer::reserved(Reserved::Host))),
             world: Arc::new(Peer::reserved(Reserved::World)),
-            cidrs,
-            identities,
+            cidrs: desired.cidrs.clone(),
+            identities: desired.identities.clone(),
             desired: DesiredState {
                 endpoints: eps,
                 ipcache,
@@ -289,7 +266,7 @@ impl NodeState {
             },
             unproxied,
             host_endpoint,
-        })
+        }
     }
 
     /// Resolves an address as the ipcache does: endpoint, host, longest policy CIDR, world.
@@ -351,77 +328,11 @@ impl NodeState {
     }
 }
 
-/// One engine map entry → one kernel policy entry of endpoint `id`.
-fn to_policy_entry(
-    id: u16,
-    e: &MapEntry,
-    settings: &Settings,
-    unproxied: &mut Vec<L7Parser>,
-) -> Option<PolicyEntry> {
-    let k = &e.key;
-    let (proto, port, plen) = match k.prefix_len {
-        0 => (0, 0, 0),
-        n => (k.protocol, k.port, n - 8),
-    };
-    // A redirect to a protocol with no listener fails closed: the flow needs L7 checks that
-    // nothing can make, so the datapath drops it instead of letting it through unchecked.
-    let mut deny = e.value.deny;
-    let proxy_port = match e.value.redirect {
-        None => 0,
-        Some(parser) => match settings.proxy_port(parser) {
-            Some(p) => p,
-            None => {
-                unproxied.push(parser);
-                deny = true;
-                0
-            }
-        },
-    };
-    Some(PolicyEntry {
-        endpoint_id: id,
-        identity: k.identity.0,
-        egress: k.direction == Direction::Egress,
-        proto,
-        port,
-        port_prefix_len: plen,
-        deny,
-        proxy_port,
-        precedence: e.value.precedence,
-        cookie: 0,
-    })
-}
-
-/// Ward's own metrics endpoint stays reachable under a host ingress default deny: an allow of
-/// TCP `port` from any peer, unless a host rule says otherwise on that port (an entry for it,
-/// or a deny covering it). Like Cilium's implicit allows, it is the node's, not a policy's.
-fn metrics_allow(host_entries: &[PolicyEntry], port: u16) -> Option<PolicyEntry> {
-    let covers = |p: &&PolicyEntry| {
-        !p.egress
-            && (p.proto == 0
-                || (p.proto == 6
-                    && (p.port_prefix_len == 0
-                        || (p.port ^ port) >> (16 - u32::from(p.port_prefix_len)) == 0)))
-    };
-    let mut covering = host_entries.iter().filter(covers);
-    // A rule names the port (for any peer), or a deny covers it.
-    let said = covering.any(|p| p.deny || (p.proto == 6 && p.port_prefix_len == 16));
-    (!said).then(|| PolicyEntry {
-        endpoint_id: HOST_ENDPOINT_ID,
-        identity: 0,
-        egress: false,
-        proto: 6,
-        port,
-        port_prefix_len: 16,
-        deny: false,
-        proxy_port: 0,
-        precedence: u32::from(l7_rules::engine::PRECEDENCE_ALLOW),
-        cookie: 0,
-    })
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use bpf_redirect::PolicyEntry;
+    use l7_rules::model::Direction;
 
     const L7: &str = r#"
 apiVersion: "cilium.io/v2"
@@ -469,36 +380,6 @@ spec:
             host_audit: false,
             metrics_port: None,
         }
-    }
-
-    #[test]
-    fn a_host_policy_does_not_cut_the_metrics_port_unless_a_rule_says_so() {
-        let entry = |identity, proto, port, plen, deny| PolicyEntry {
-            endpoint_id: HOST_ENDPOINT_ID,
-            identity,
-            egress: false,
-            proto,
-            port,
-            port_prefix_len: plen,
-            deny,
-            proxy_port: 0,
-            precedence: 1,
-            cookie: 0,
-        };
-        // Default deny with an unrelated allow: the metrics port is allowed from anyone.
-        let allow = metrics_allow(&[entry(0, 6, 8080, 16, false)], 9962).unwrap();
-        assert_eq!(
-            (allow.identity, allow.proto, allow.port, allow.deny),
-            (0, 6, 9962, false)
-        );
-        // A rule on that port, or a deny covering it, decides instead.
-        assert!(metrics_allow(&[entry(0, 6, 9962, 16, false)], 9962).is_none());
-        assert!(metrics_allow(&[entry(42, 6, 9962, 16, true)], 9962).is_none());
-        // "9962 from prometheus only" is a rule that says so.
-        assert!(metrics_allow(&[entry(42, 6, 9962, 16, false)], 9962).is_none());
-        assert!(metrics_allow(&[entry(0, 0, 0, 0, true)], 9962).is_none());
-        assert!(metrics_allow(&[entry(0, 6, 8192, 3, true)], 9962).is_none());
-        assert!(metrics_allow(&[entry(0, 6, 8192, 3, true)], 80).is_some());
     }
 
     /// What the datapath's `policy_can_access` answers from the view's policy entries (the

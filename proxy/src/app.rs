@@ -1,0 +1,198 @@
+//! The composition root of `ward run`: binds the transparent listener first (so a restart has
+//! the socket back as early as possible), opens the pinned datapath, starts the controller on
+//! the initial policy files and the config's endpoints, attaches the hooks, installs the
+//! redirect routing, and then runs the sources, the proxy workers, the admin socket and the
+//! metrics endpoint. Nothing imports this module.
+//!
+//! On SIGTERM/SIGINT the listeners stop and the process exits 0, leaving the datapath attached:
+//! the kernel keeps enforcing L3/L4 (and fails redirected flows closed) until the next
+//! `ward run` re-attaches to the same pins.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use bpf_redirect::{Datapath, ProxyRouting};
+use l7_rules::load::PolicySet;
+use tracing::{error, info, warn};
+
+use crate::admin::server::AdminContext;
+use crate::config::Config;
+use crate::controller::Controller;
+use crate::flows::{FlowLogConfig, FlowWriter};
+use crate::metrics::Metrics;
+use crate::sources::admin::AdminSource;
+use crate::sources::files::Stamp;
+
+/// The policy files `ward run` starts from: their stamps, texts, and checked set.
+pub struct InitialPolicy {
+    pub stamps: BTreeMap<PathBuf, Stamp>,
+    pub texts: BTreeMap<PathBuf, String>,
+    pub set: PolicySet,
+}
+
+/// `ward run`.
+pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
+    info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "effective config");
+    let cfg = Arc::new(cfg);
+    // Accept, admin and metrics; client connections live on the proxy workers.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(1)
+        .build()?;
+    // 1. The listener first: redirected flows fail closed until it exists.
+    let std_listener =
+        crate::proxy::transport::bind_transparent(cfg.listeners.http).with_context(|| {
+            format!(
+                "binding the transparent listener on port {} (needs CAP_NET_ADMIN)",
+                cfg.listeners.http
+            )
+        })?;
+    // 2. Datapath: maps, desired state, hooks, routing.
+    let metrics = Arc::new(Metrics::new());
+    let mut dp = Datapath::open(&cfg.pin_root)
+        .with_context(|| format!("opening the datapath at {}", cfg.pin_root.display()))?;
+    // A SYN reusing the tuple of a proxy-side TIME_WAIT socket reaches the listener through
+    // the namespace's listener lookup, not `bpf_sk_assign` (see `ward_tw_redirect`).
+    dp.attach_sk_lookup()
+        .context("attaching the listener lookup to the node's network namespace")?;
+    bpf_redirect::register_listener(&cfg.pin_root, cfg.listeners.http, &std_listener)
+        .context("registering the transparent listener with the datapath")?;
+    match bpf_redirect::CounterReader::open(&cfg.pin_root) {
+        Ok(counters) => metrics.read_kernel_drops(counters),
+        Err(e) => warn!(error = %e, "cannot read the datapath counters; drops are not exported"),
+    }
+    let mut controller = Controller::start(
+        cfg.clone(),
+        policy.texts,
+        policy.set,
+        dp,
+        metrics.clone(),
+        crate::sys::local_ipv4_addresses,
+    )?;
+    controller.attach_all()?;
+    let routing = ProxyRouting::default();
+    routing
+        .install()
+        .context("installing the proxy routing rule")?;
+    info!(
+        table = routing.table,
+        pref = routing.priority,
+        "proxy routing installed"
+    );
+    let published = controller.published();
+    let (events, inbox) = mpsc::channel();
+    let controller = std::thread::Builder::new()
+        .name("controller".into())
+        .spawn(move || controller.run(inbox))?;
+    let flows = FlowWriter::start(
+        FlowLogConfig {
+            path: cfg.flow_log.clone(),
+            max_bytes: cfg.flow_log_max_mb.saturating_mul(1024 * 1024),
+            max_backups: cfg.flow_log_max_backups,
+        },
+        metrics.flows_lost(),
+    )
+    .with_context(|| format!("opening the flow log {}", cfg.flow_log.display()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let kernel_events = crate::datapath::spawn_events(
+        cfg.pin_root.clone(),
+        published.state.clone(),
+        flows.clone(),
+        stop.clone(),
+    )?;
+    let files = crate::sources::files::spawn(
+        cfg.policy_dirs.clone(),
+        policy.stamps,
+        events.clone(),
+        stop.clone(),
+    )?;
+    let admin = Arc::new(AdminContext {
+        published: published.clone(),
+        endpoints: AdminSource::new(events),
+        cfg: cfg.clone(),
+        started: SystemTime::now(),
+        routing,
+    });
+
+    let last_flows = flows.clone();
+    let code = rt.block_on(async move {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let listener = tokio::net::TcpListener::from_std(std_listener)?;
+        info!(port = cfg.listeners.http, "transparent HTTP listener ready");
+        let sockets = bpf_redirect::ProxySockets::open(&cfg.pin_root).with_context(|| {
+            format!(
+                "opening the proxy-socket map under {}",
+                cfg.pin_root.display()
+            )
+        })?;
+        let proxy = Arc::new(
+            crate::proxy::Proxy::new(published.state.clone(), flows.clone(), metrics.clone())
+                .with_proxy_sockets(sockets),
+        );
+        let threads = cfg.proxy_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+        });
+        let workers = crate::proxy::Workers::start(threads, proxy)
+            .context("starting the proxy worker threads")?;
+        info!(threads, "proxy workers started");
+        let proxy_task = tokio::spawn(crate::proxy::serve(workers, listener, rx.clone()));
+        let admin_task = {
+            let l = crate::admin::server::bind(&cfg.admin_socket)?;
+            info!(socket = %cfg.admin_socket.display(), "admin socket ready");
+            tokio::spawn(crate::admin::server::serve(l, admin, rx.clone()))
+        };
+        if let Some(addr) = cfg.metrics {
+            let m = metrics.clone();
+            let rx = rx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::metrics::serve(addr, m, rx).await {
+                    error!(error = %e, %addr, "metrics endpoint failed");
+                }
+            });
+        }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: stopping (the datapath stays attached)"),
+            _ = int.recv() => info!("SIGINT: stopping (the datapath stays attached)"),
+        }
+        let _ = tx.send(true);
+        let _ = proxy_task.await;
+        let _ = admin_task.await;
+        let _ = std::fs::remove_file(&cfg.admin_socket);
+        anyhow::Ok(0)
+    })?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = kernel_events.join();
+    let _ = files.join();
+    // The file source and the admin context held the inbox's senders: the controller ends.
+    let _ = controller.join();
+    if !last_flows.flush(Duration::from_secs(2)) {
+        warn!("the flow log did not flush within 2 s; its last flows may be lost");
+    }
+    rt.shutdown_timeout(Duration::from_secs(1));
+    info!("stopped");
+    std::process::exit(code);
+}
+
+/// `ward uninstall`: detach everything, remove pins and the routing rule.
+pub fn uninstall(cfg: &Config) -> anyhow::Result<()> {
+    ProxyRouting::default()
+        .remove()
+        .context("removing the proxy routing rule")?;
+    Datapath::uninstall(&cfg.pin_root)
+        .with_context(|| format!("removing {}", cfg.pin_root.display()))?;
+    let _ = std::fs::remove_file(&cfg.admin_socket);
+    Ok(())
+}
+
+/// The admin socket path from `--admin-socket` or the config.
+pub fn admin_path(admin: Option<PathBuf>, config: Option<&Config>) -> PathBuf {
+    admin
+        .or_else(|| config.map(|c| c.admin_socket.clone()))
+        .unwrap_or_else(|| crate::config::DEFAULT_ADMIN_SOCKET.into())
+}

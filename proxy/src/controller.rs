@@ -1,0 +1,799 @@
+//! The controller: the only writer of node state. It owns the datapath and the node's
+//! [`Desired`] state, takes typed [`SourceEvent`]s from one inbox (policy files, the admin
+//! socket's endpoint commands), recomputes what a change affects, writes the kernel maps (the
+//! datapath diffs them), and publishes an `Arc` snapshot that the proxies, the admin server
+//! and the flow writer read without locks. It never imports the proxies, the admin server or
+//! the composition root.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use bpf_redirect::{ApplyStats, Hook};
+use l7_rules::diag::{Diagnostic, Severity};
+use l7_rules::engine::Engine;
+use l7_rules::load::{LoadError, PolicySet};
+use tracing::{error, info, warn};
+
+use crate::config::{Config, EndpointConfig};
+use crate::datapath::Kernel;
+use crate::metrics::Metrics;
+use crate::sources::{FileChange, FileContent, SourceEvent};
+use crate::state::{Desired, NodeState, Recompute, Settings, Update, ViewError, HOST_ENDPOINT_ID};
+
+/// What the controller last did, for `ward status`.
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    pub last_apply: Option<Applied>,
+    /// Why the last policy change was rejected (cleared by the next accepted one).
+    pub last_error: Option<String>,
+    /// The hooks the datapath has attached.
+    pub links: Vec<(String, Hook)>,
+}
+
+/// One change written to the maps.
+#[derive(Clone, Copy, Debug)]
+pub struct Applied {
+    pub at: SystemTime,
+    pub stats: ApplyStats,
+    /// Recomputing and writing the maps.
+    pub took: Duration,
+    pub recompute: Recompute,
+    /// From the policy file's modification to the maps written (file changes only).
+    pub change_to_maps: Option<Duration>,
+}
+
+/// What readers hold: the published snapshot and status. Nothing here writes state.
+#[derive(Clone)]
+pub struct Published {
+    pub state: Arc<ArcSwap<NodeState>>,
+    pub status: Arc<ArcSwap<Status>>,
+}
+
+/// A change could not be applied; the previous state stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error(transparent)]
+    View(#[from] ViewError),
+    #[error("{what}: {source}")]
+    Kernel {
+        what: String,
+        source: Box<bpf_redirect::Error>,
+    },
+}
+
+fn kernel(what: impl Into<String>) -> impl FnOnce(bpf_redirect::Error) -> ControllerError {
+    let what = what.into();
+    move |source| ControllerError::Kernel {
+        what,
+        source: Box::new(source),
+    }
+}
+
+/// The policy set of `files` for this node: parsed, checked, and refused when this node would
+/// load a policy it cannot enforce.
+pub fn policy_set(files: &BTreeMap<PathBuf, String>, cfg: &Config) -> Result<PolicySet, LoadError> {
+    let sources: Vec<(String, String)> = files
+        .iter()
+        .map(|(p, t)| (p.display().to_string(), t.clone()))
+        .collect();
+    let mut set = l7_rules::load::load_sources(&sources)?;
+    set.files = files.keys().cloned().collect();
+    let unenforced = unenforced_fields(&set, files, cfg);
+    if unenforced.is_empty() {
+        return Ok(set);
+    }
+    Err(LoadError {
+        diagnostics: unenforced.into_iter().chain(set.warnings).collect(),
+    })
+}
+
+/// Policy fields this node would load and not enforce: never accepted silently. A host policy
+/// that selects the node needs the uplink hooks: without them, traffic between the node and
+/// the outside would pass unjudged while `ward-check` says it is judged.
+fn unenforced_fields(
+    set: &PolicySet,
+    files: &BTreeMap<PathBuf, String>,
+    cfg: &Config,
+) -> Vec<Diagnostic> {
+    use l7_rules::model::Subject;
+    if cfg.uplink.is_some() {
+        return Vec::new();
+    }
+    let node_labels = Settings::from_config(cfg).node_label_set();
+    let mut out = Vec::new();
+    for p in &set.policies {
+        let Subject::Nodes(sel) = &p.subject else {
+            continue;
+        };
+        if !sel.matches(&node_labels) || !(p.ingress.present || p.egress.present) {
+            continue;
+        }
+        let field = format!("{}.nodeSelector", p.spec_path);
+        let line = files.get(&PathBuf::from(&p.meta.file)).and_then(|text| {
+            l7_rules::load::LineIndex::build(text).line_of(p.meta.document, &field)
+        });
+        out.push(Diagnostic {
+            severity: Severity::Error,
+            file: p.meta.file.clone(),
+            line,
+            document: p.meta.document,
+            object: Some(format!("{} {}", p.meta.kind.as_str(), p.meta.id())),
+            field,
+            message: "this host policy selects the node, but the node config names no `uplink`: \
+                traffic between the node and the outside would not be enforced (only traffic \
+                with local pods would); set `uplink` to the node's external interface"
+                .into(),
+        });
+    }
+    out
+}
+
+/// Logs every diagnostic of a failed load at ERROR (errors) / WARN (warnings).
+pub fn log_load_error(e: &LoadError) {
+    for d in &e.diagnostics {
+        match d.severity {
+            Severity::Error => error!("{d}"),
+            Severity::Warning => warn!("{d}"),
+        }
+    }
+}
+
+pub fn make_engine(set: PolicySet, settings: &Settings) -> Arc<Engine> {
+    let mut e = Engine::new(set);
+    settings.apply_to(&mut e);
+    Arc::new(e)
+}
+
+/// The single writer of node state.
+pub struct Controller<K: Kernel> {
+    cfg: Arc<Config>,
+    settings: Settings,
+    kernel: K,
+    /// Every policy file as last seen (what the next policy set is built from).
+    seen: BTreeMap<PathBuf, FileContent>,
+    desired: Desired,
+    generation: u64,
+    published: Published,
+    metrics: Arc<Metrics>,
+    /// The node's own addresses (the host identity's), asked at every change.
+    host_addresses: fn() -> Vec<Ipv4Addr>,
+}
+
+impl<K: Kernel> Controller<K> {
+    /// Computes the first state from `files` (already checked into `set`) and the config's
+    /// endpoints, and writes it to the maps. Attaches nothing.
+    pub fn start(
+        cfg: Arc<Config>,
+        files: BTreeMap<PathBuf, String>,
+        set: PolicySet,
+        kernel: K,
+        metrics: Arc<Metrics>,
+        host_addresses: fn() -> Vec<Ipv4Addr>,
+    ) -> Result<Controller<K>, ControllerError> {
+        let settings = Settings::from_config(&cfg);
+        let endpoints: Vec<(u16, EndpointConfig)> = cfg
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| ((i + 1) as u16, e.clone()))
+            .collect();
+        let engine = make_engine(set, &settings);
+        let (desired, recompute) =
+            Desired::new(engine, settings.clone(), &endpoints, &host_addresses())?;
+        let state = NodeState::from_desired(1, &desired);
+        let mut c = Controller {
+            cfg,
+            settings,
+            kernel,
+            seen: files
+                .into_iter()
+                .map(|(p, t)| (p, FileContent::Text(t)))
+                .collect(),
+            desired,
+            generation: 0,
+            published: Published {
+                state: Arc::new(ArcSwap::from_pointee(state)),
+                status: Arc::new(ArcSwap::from_pointee(Status::default())),
+            },
+            metrics,
+            host_addresses,
+        };
+        let desired = c.desired.clone();
+        c.commit(desired, recompute, None)?;
+        Ok(c)
+    }
+
+    /// What readers hold.
+    pub fn published(&self) -> Published {
+        self.published.clone()
+    }
+
+    fn set_status(&self, f: impl FnOnce(&mut Status)) {
+        let mut s = Status::clone(&self.published.status.load());
+        f(&mut s);
+        self.published.status.store(Arc::new(s));
+    }
+
+    fn refresh_links(&self) {
+        let links = self.kernel.attached().unwrap_or_default();
+        self.set_status(|s| s.links = links);
+    }
+
+    /// Writes `desired` to the maps and publishes it. On error nothing is published and the
+    /// previous state stays the controller's.
+    fn commit(
+        &mut self,
+        desired: Desired,
+        recompute: Recompute,
+        modified: Option<SystemTime>,
+    ) -> Result<(), ControllerError> {
+        let started = Instant::now();
+        let generation = self.generation + 1;
+        let state = NodeState::from_desired(generation, &desired);
+        let stats = self
+            .kernel
+            .apply(&state.desired)
+            .map_err(kernel("applying the maps"))?;
+        let took = started.elapsed();
+        let change_to_maps = modified.and_then(|m| SystemTime::now().duration_since(m).ok());
+        self.metrics.applied(took, change_to_maps);
+        if !state.unproxied.is_empty() {
+            warn!(parsers = ?state.unproxied, "L7 rules of these protocols have no listener configured: their flows are DROPPED (fail closed) until a listener for them exists");
+        }
+        info!(
+            generation,
+            policies = state.policy_count(),
+            endpoints = state.endpoints.len(),
+            recomputed = recompute.whole,
+            patched = recompute.patched,
+            written = stats.written(),
+            deleted = stats.deleted(),
+            took_ms = took.as_secs_f64() * 1000.0,
+            change_to_maps_ms = change_to_maps.map(|d| d.as_secs_f64() * 1000.0),
+            "policy applied"
+        );
+        self.desired = desired;
+        self.generation = generation;
+        self.published.state.store(Arc::new(state));
+        self.set_status(|s| {
+            s.last_apply = Some(Applied {
+                at: SystemTime::now(),
+                stats,
+                took,
+                recompute,
+                change_to_maps,
+            })
+        });
+        Ok(())
+    }
+
+    fn update(&self, update: Update) -> Result<(Desired, Recompute), ControllerError> {
+        Ok(self.desired.update(Update {
+            host_ips: Some((self.host_addresses)()),
+            ..update
+        })?)
+    }
+
+    fn attach_endpoint(&mut self, iface: &str) -> Result<(), ControllerError> {
+        for hook in [Hook::FromEndpoint, Hook::ToEndpoint] {
+            let outcome = self
+                .kernel
+                .attach(iface, hook)
+                .map_err(kernel(format!("attaching {hook:?} to {iface}")))?;
+            info!(iface, ?hook, ?outcome, "attached");
+        }
+        Ok(())
+    }
+
+    /// Attaches every endpoint's hooks and the uplink's, and detaches the links of a previous
+    /// run's endpoints that are gone from the config.
+    pub fn attach_all(&mut self) -> Result<(), ControllerError> {
+        let wanted: Vec<String> = self
+            .desired
+            .endpoint_configs()
+            .map(|(_, e)| e.interface.clone())
+            .collect();
+        for i in &wanted {
+            self.attach_endpoint(i)?;
+        }
+        if let Some(u) = self.cfg.uplink.clone() {
+            for hook in [Hook::FromNetdev, Hook::ToNetdev] {
+                let outcome = self
+                    .kernel
+                    .attach(&u, hook)
+                    .map_err(kernel(format!("attaching {hook:?} to the uplink {u}")))?;
+                info!(iface = %u, ?hook, ?outcome, "attached uplink");
+            }
+        }
+        let attached = self
+            .kernel
+            .attached()
+            .map_err(kernel("listing the attached links"))?;
+        for (iface, hook) in attached {
+            let keep = match hook {
+                Hook::FromNetdev | Hook::ToNetdev => {
+                    self.cfg.uplink.as_deref() == Some(iface.as_str())
+                }
+                _ => wanted.contains(&iface),
+            };
+            if !keep {
+                self.kernel
+                    .detach(&iface, hook)
+                    .map_err(kernel(format!("detaching {hook:?} from {iface}")))?;
+                info!(%iface, ?hook, "detached stale link");
+            }
+        }
+        self.refresh_links();
+        Ok(())
+    }
+
+    /// Serves the inbox until every sender is gone. Events that arrive together are handled
+    /// together: consecutive policy-file changes become one policy set and one map write.
+    pub fn run(mut self, inbox: mpsc::Receiver<SourceEvent>) {
+        while let Ok(first) = inbox.recv() {
+            let mut batch = vec![first];
+            batch.extend(inbox.try_iter());
+            let mut files: Vec<FileChange> = Vec::new();
+            let mut modified = None;
+            for event in batch {
+                match event {
+                    SourceEvent::PolicyFiles {
+                        changes,
+                        modified: m,
+                    } => {
+                        files.extend(changes);
+                        modified = modified.max(m);
+                        continue;
+                    }
+                    other => {
+                        if !files.is_empty() {
+                            self.policy_files(std::mem::take(&mut files), modified.take());
+                        }
+                        self.handle(other);
+                    }
+                }
+            }
+            if !files.is_empty() {
+                self.policy_files(files, modified);
+            }
+        }
+    }
+
+    /// One event (policy-file events go through [`Controller::policy_files`]).
+    pub fn handle(&mut self, event: SourceEvent) {
+        match event {
+            SourceEvent::PolicyFiles { changes, modified } => self.policy_files(changes, modified),
+            SourceEvent::SourceError {
+                source,
+                diagnostics,
+            } => {
+                let e = LoadError { diagnostics };
+                error!("{source}: cannot be read; the previous policy stays in force");
+                self.reject(&e);
+            }
+            SourceEvent::EndpointAdd { endpoint, reply } => {
+                let _ = reply.try_send(self.add_endpoint(endpoint));
+            }
+            SourceEvent::EndpointRemove { name, reply } => {
+                let _ = reply.try_send(self.remove_endpoint(&name));
+            }
+        }
+    }
+
+    fn reject(&mut self, e: &LoadError) {
+        log_load_error(e);
+        self.metrics.reload("rejected");
+        let text = e
+            .errors()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        self.set_status(|s| s.last_error = Some(text));
+    }
+
+    /// Policy files changed: the set of every file as now seen is built and, when valid,
+    /// applied. An invalid set is logged and the previous policy stays in force; a later
+    /// change to any file tries again with every file as it then is.
+    pub fn policy_files(&mut self, changes: Vec<FileChange>, modified: Option<SystemTime>) {
+        for c in changes {
+            match c.content {
+                FileContent::Removed => {
+                    self.seen.remove(&c.path);
+                }
+                content => {
+                    self.seen.insert(c.path, content);
+                }
+            }
+        }
+        let mut texts = BTreeMap::new();
+        let mut unreadable = Vec::new();
+        for (path, content) in &self.seen {
+            match content {
+                FileContent::Text(t) => {
+                    texts.insert(path.clone(), t.clone());
+                }
+                FileContent::Unreadable(d) => unreadable.push(d.clone()),
+                FileContent::Removed => {}
+            }
+        }
+        let set = if unreadable.is_empty() {
+            policy_set(&texts, &self.cfg)
+        } else {
+            Err(LoadError {
+                diagnostics: unreadable,
+            })
+        };
+        let set = match set {
+            Ok(set) => set,
+            Err(e) => {
+                error!("policy change rejected; the previous policy stays in force");
+                self.reject(&e);
+                return;
+            }
+        };
+        for w in &set.warnings {
+            warn!("{w}");
+        }
+        let engine = make_engine(set, &self.settings);
+        let applied = self
+            .update(Update {
+                engine: Some(engine),
+                ..Update::default()
+            })
+            .and_then(|(desired, recompute)| self.commit(desired, recompute, modified));
+        match applied {
+            Ok(()) => {
+                self.metrics.reload("applied");
+                self.set_status(|s| s.last_error = None);
+            }
+            Err(e) => {
+                error!(error = %e, "policy change could not be applied; the previous policy stays in force");
+                self.metrics.reload("rejected");
+                self.set_status(|s| s.last_error = Some(e.to_string()));
+            }
+        }
+    }
+
+    fn add_endpoint(&mut self, e: EndpointConfig) -> Result<u16, String> {
+        let problems = crate::config::check_endpoint(&e);
+        if !problems.is_empty() {
+            return Err(problems
+                .iter()
+                .map(|(f, m)| format!("{f}: {m}"))
+                .collect::<Vec<_>>()
+                .join("; "));
+        }
+        for (_, o) in self.desired.endpoint_configs() {
+            if o.name == e.name {
+                return Err(format!("endpoint {:?} exists", e.name));
+            }
+            if o.interface == e.interface {
+                return Err(format!(
+                    "interface {} is endpoint {:?}'s",
+                    e.interface, o.name
+                ));
+            }
+            if let Some(ip) = e.ips.iter().find(|ip| o.ips.contains(ip)) {
+                return Err(format!("{ip} belongs to endpoint {:?}", o.name));
+            }
+        }
+        let id = (1..HOST_ENDPOINT_ID)
+            .find(|id| !self.desired.endpoint_configs().any(|(i, _)| i == *id))
+            .ok_or("no endpoint id left")?;
+        let (desired, recompute) = self
+            .update(Update {
+                upsert: vec![(id, e.clone())],
+                ..Update::default()
+            })
+            .map_err(|e| e.to_string())?;
+        self.commit(desired, recompute, None)
+            .map_err(|e| e.to_string())?;
+        if let Err(err) = self.attach_endpoint(&e.interface) {
+            let undone = self
+                .update(Update {
+                    remove: vec![id],
+                    ..Update::default()
+                })
+                .and_then(|(d, r)| self.commit(d, r, None));
+            if let Err(u) = undone {
+                error!(error = %u, "removing an endpoint whose hooks failed to attach");
+            }
+            self.refresh_links();
+            return Err(err.to_string());
+        }
+        self.refresh_links();
+        info!(name = %e.name, id, "endpoint added");
+        Ok(id)
+    }
+
+    fn remove_endpoint(&mut self, name: &str) -> Result<(), String> {
+        let Some((id, e)) = self
+            .desired
+            .endpoint_configs()
+            .find(|(_, e)| e.name == name)
+            .map(|(id, e)| (id, e.clone()))
+        else {
+            return Err(format!("no endpoint {name:?}"));
+        };
+        for hook in [Hook::FromEndpoint, Hook::ToEndpoint] {
+            self.kernel
+                .detach(&e.interface, hook)
+                .map_err(|err| format!("detaching {hook:?} from {}: {err}", e.interface))?;
+        }
+        self.refresh_links();
+        let (desired, recompute) = self
+            .update(Update {
+                remove: vec![id],
+                ..Update::default()
+            })
+            .map_err(|e| e.to_string())?;
+        self.commit(desired, recompute, None)
+            .map_err(|e| e.to_string())?;
+        info!(name, "endpoint removed");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A datapath that records what it is asked.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        applied: Arc<Mutex<Vec<bpf_redirect::DesiredState>>>,
+        links: Arc<Mutex<Vec<(String, Hook)>>>,
+        refuse_attach: Option<String>,
+    }
+
+    impl Kernel for Recorder {
+        fn apply(
+            &mut self,
+            desired: &bpf_redirect::DesiredState,
+        ) -> bpf_redirect::Result<ApplyStats> {
+            self.applied.lock().unwrap().push(desired.clone());
+            Ok(ApplyStats::default())
+        }
+        fn attach(
+            &mut self,
+            iface: &str,
+            hook: Hook,
+        ) -> bpf_redirect::Result<bpf_redirect::AttachOutcome> {
+            if self.refuse_attach.as_deref() == Some(iface) {
+                return Err(bpf_redirect::Error::MissingMap("refused by the test"));
+            }
+            let mut links = self.links.lock().unwrap();
+            if !links.contains(&(iface.to_string(), hook)) {
+                links.push((iface.to_string(), hook));
+            }
+            Ok(bpf_redirect::AttachOutcome::Created)
+        }
+        fn detach(&mut self, iface: &str, hook: Hook) -> bpf_redirect::Result<bool> {
+            let mut links = self.links.lock().unwrap();
+            let before = links.len();
+            links.retain(|l| l != &(iface.to_string(), hook));
+            Ok(links.len() != before)
+        }
+        fn attached(&self) -> bpf_redirect::Result<Vec<(String, Hook)>> {
+            Ok(self.links.lock().unwrap().clone())
+        }
+    }
+
+    const RULE: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: rule1, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {org: empire, class: deathstar}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {org: empire}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules: {http: [{method: POST, path: /v1/request-landing}]}
+"#;
+
+    fn endpoint(name: &str, class: &str, n: u8) -> EndpointConfig {
+        EndpointConfig {
+            name: name.into(),
+            namespace: "default".into(),
+            labels: [("org", "empire"), ("class", class)]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ips: vec![Ipv4Addr::new(10, 200, n, 2)],
+            interface: format!("lxc{n}"),
+            named_ports: BTreeMap::new(),
+            audit: false,
+        }
+    }
+
+    fn no_addresses() -> Vec<Ipv4Addr> {
+        vec![Ipv4Addr::new(10, 200, 0, 1)]
+    }
+
+    fn started(kernel: Recorder) -> Controller<Recorder> {
+        let cfg = Config::parse(
+            "node.yaml",
+            "policy_dirs: [/nonexistent]\nendpoints:\n- {name: deathstar-1, labels: {org: empire, class: deathstar}, ips: [10.200.1.2], interface: lxc1}\n",
+            std::path::Path::new("/"),
+        )
+        .unwrap();
+        let files: BTreeMap<PathBuf, String> =
+            [(PathBuf::from("/p/rule1.yaml"), RULE.to_string())].into();
+        let set = policy_set(&files, &cfg).unwrap();
+        let mut c = Controller::start(
+            Arc::new(cfg),
+            files,
+            set,
+            kernel,
+            Arc::new(Metrics::new()),
+            no_addresses,
+        )
+        .unwrap();
+        c.attach_all().unwrap();
+        c
+    }
+
+    fn redirects_to(state: &NodeState, from: &str) -> bool {
+        let id = state.endpoint_by_name("deathstar-1").unwrap().id;
+        let Some(peer) = state.endpoint_by_name(from) else {
+            return false;
+        };
+        state.desired.policy.iter().any(|p| {
+            p.endpoint_id == id
+                && p.identity == peer.peer.identity.0
+                && !p.egress
+                && p.proxy_port == 15001
+        })
+    }
+
+    fn file(path: &str, content: FileContent) -> Vec<FileChange> {
+        vec![FileChange {
+            path: path.into(),
+            content,
+        }]
+    }
+
+    /// The controller driven by synthetic source events, no files and no kernel: endpoints
+    /// come and go, a policy is edited, broken and fixed, and every published snapshot and
+    /// map write follows.
+    #[test]
+    fn the_controller_applies_source_events_and_publishes_each_state() {
+        let kernel = Recorder::default();
+        let mut c = started(kernel.clone());
+        let published = c.published();
+        assert_eq!(kernel.applied.lock().unwrap().len(), 1);
+        assert_eq!(
+            published.status.load().links.len(),
+            2,
+            "deathstar's two hooks"
+        );
+
+        // An endpoint from the admin socket: attached, its identity allowed through the
+        // proxy, and only the deathstar's entries patched for it.
+        let (reply, answer) = mpsc::sync_channel(1);
+        c.handle(SourceEvent::EndpointAdd {
+            endpoint: endpoint("tiefighter", "tiefighter", 3),
+            reply,
+        });
+        assert_eq!(answer.recv().unwrap(), Ok(2));
+        let state = published.state.load_full();
+        assert!(redirects_to(&state, "tiefighter"));
+        assert_eq!(published.status.load().links.len(), 4);
+        let applied = published.status.load().last_apply.unwrap();
+        assert_eq!((applied.recompute.whole, applied.recompute.patched), (1, 2));
+
+        // A duplicate name is refused and nothing is written.
+        let writes = kernel.applied.lock().unwrap().len();
+        let (reply, answer) = mpsc::sync_channel(1);
+        c.handle(SourceEvent::EndpointAdd {
+            endpoint: endpoint("tiefighter", "tiefighter", 4),
+            reply,
+        });
+        assert!(answer.recv().unwrap().unwrap_err().contains("exists"));
+        assert_eq!(kernel.applied.lock().unwrap().len(), writes);
+
+        // A broken policy file: rejected with its line, the previous policy stays.
+        let generation = published.state.load().generation;
+        c.policy_files(
+            file(
+                "/p/rule1.yaml",
+                FileContent::Text(RULE.replace("endpointSelector", "endpointSelectr")),
+            ),
+            None,
+        );
+        assert_eq!(published.state.load().generation, generation);
+        let error = published.status.load().last_error.clone().unwrap();
+        assert!(error.contains("/p/rule1.yaml:6"), "{error}");
+        assert!(redirects_to(&published.state.load(), "tiefighter"));
+
+        // Another file changes meanwhile: still rejected (the broken one is still there).
+        c.policy_files(
+            file("/p/other.yaml", FileContent::Text(String::new())),
+            Some(SystemTime::now()),
+        );
+        assert_eq!(published.state.load().generation, generation);
+
+        // Fixed, and the rule no longer covers tiefighters: the new policy is in force and
+        // the change-to-maps time is reported.
+        let modified = SystemTime::now() - Duration::from_millis(50);
+        c.policy_files(
+            file(
+                "/p/rule1.yaml",
+                FileContent::Text(RULE.replace("{org: empire}", "{class: mediabot}")),
+            ),
+            Some(modified),
+        );
+        let state = published.state.load_full();
+        assert!(state.generation > generation);
+        assert!(!redirects_to(&state, "tiefighter"));
+        let status = published.status.load();
+        assert!(status.last_error.is_none());
+        assert!(status.last_apply.unwrap().change_to_maps.unwrap() >= Duration::from_millis(50));
+        assert_eq!(state.engine.set.files.len(), 2);
+
+        // Removing the file removes its policy.
+        c.policy_files(file("/p/rule1.yaml", FileContent::Removed), None);
+        assert_eq!(published.state.load().policy_count(), 0);
+
+        // An endpoint whose hooks cannot attach is not kept.
+        let mut refusing = kernel.clone();
+        refusing.refuse_attach = Some("lxc9".into());
+        c.kernel = refusing;
+        let (reply, answer) = mpsc::sync_channel(1);
+        c.handle(SourceEvent::EndpointAdd {
+            endpoint: endpoint("xwing", "xwing", 9),
+            reply,
+        });
+        assert!(answer.recv().unwrap().is_err());
+        assert!(published.state.load().endpoint_by_name("xwing").is_none());
+
+        // Removal detaches and unpublishes.
+        let (reply, answer) = mpsc::sync_channel(1);
+        c.handle(SourceEvent::EndpointRemove {
+            name: "tiefighter".into(),
+            reply,
+        });
+        assert_eq!(answer.recv().unwrap(), Ok(()));
+        assert!(published
+            .state
+            .load()
+            .endpoint_by_name("tiefighter")
+            .is_none());
+        assert_eq!(published.status.load().links.len(), 2);
+    }
+
+    /// Events that arrive together are applied together: one map write for a burst of file
+    /// changes, and the run loop ends when every source is gone.
+    #[test]
+    fn a_burst_of_file_changes_is_one_write() {
+        let kernel = Recorder::default();
+        let c = started(kernel.clone());
+        let published = c.published();
+        let (events, inbox) = mpsc::channel();
+        for i in 0..5 {
+            events
+                .send(SourceEvent::PolicyFiles {
+                    changes: file(
+                        &format!("/p/extra-{i}.yaml"),
+                        FileContent::Text(RULE.replace("rule1", &format!("rule-{i}"))),
+                    ),
+                    modified: None,
+                })
+                .unwrap();
+        }
+        drop(events);
+        c.run(inbox);
+        assert_eq!(
+            kernel.applied.lock().unwrap().len(),
+            2,
+            "start, then one write"
+        );
+        assert_eq!(published.state.load().policy_count(), 6);
+    }
+}

@@ -1,0 +1,41 @@
+//! The admin socket as a source: `ward endpoint add/remove` become endpoint events, and the
+//! caller waits for the controller's answer.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::SourceEvent;
+use crate::config::EndpointConfig;
+
+/// How long an admin command waits for the controller.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub struct AdminSource {
+    events: mpsc::Sender<SourceEvent>,
+}
+
+impl AdminSource {
+    pub fn new(events: mpsc::Sender<SourceEvent>) -> AdminSource {
+        AdminSource { events }
+    }
+
+    fn ask<T>(&self, event: impl FnOnce(super::Reply<T>) -> SourceEvent) -> Result<T, String> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.events
+            .send(event(reply))
+            .map_err(|_| "the controller has stopped".to_string())?;
+        answer
+            .recv_timeout(ANSWER_TIMEOUT)
+            .map_err(|_| "the controller did not answer".to_string())?
+    }
+
+    /// Adds a local endpoint; answers its id.
+    pub fn add_endpoint(&self, endpoint: EndpointConfig) -> Result<u16, String> {
+        self.ask(|reply| SourceEvent::EndpointAdd { endpoint, reply })
+    }
+
+    pub fn remove_endpoint(&self, name: String) -> Result<(), String> {
+        self.ask(|reply| SourceEvent::EndpointRemove { name, reply })
+    }
+}

@@ -1,0 +1,566 @@
+//! The node's desired state, kept current one change at a time.
+//!
+//! A change (a new policy set, endpoints added or removed, the node's addresses) recomputes
+//! only the kernel policy entries it can affect:
+//! - an endpoint whose own identity changed, or whose set of selecting policies changed (a
+//!   policy that selects it was added, edited or removed), is recomputed whole;
+//! - every other endpoint keeps its entries, minus those of identities that left the node's
+//!   identity table, plus entries for identities that joined it (a new pod's labels, a new
+//!   CIDR of a policy), computed for those identities alone.
+//!
+//! An address whose identity is already known changes the ipcache only. Namespace and Service
+//! objects, the enforcement mode and node labels change what every selector sees: those
+//! recompute everything. Entries for one identity never depend on other identities (the
+//! precedence fix-up is per identity), except wildcard entries of egress named ports, which
+//! depend on every peer's named ports: an identity change involving named ports recomputes
+//! every endpoint. The test `incremental_updates_equal_a_full_build` holds this against a full
+//! build over a random sequence of changes.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use bpf_redirect::PolicyEntry;
+use ipnet::IpNet;
+use l7_rules::check::PeerSpec;
+use l7_rules::engine::{Enforcement, Engine};
+use l7_rules::identity::{Identity, IdentityTable, Peer, Reserved};
+use l7_rules::model::{Direction, L7Parser, Policy};
+
+use super::entries::{metrics_allow, to_policy_entry};
+use super::{Settings, ViewError, HOST_ENDPOINT_ID};
+use crate::config::EndpointConfig;
+
+/// One endpoint's computed part (a pod's, or the host's).
+#[derive(Clone, Debug)]
+pub(super) struct Computed {
+    pub peer: Arc<Peer>,
+    /// A fingerprint of the policies that select it.
+    selection: u64,
+    pub ingress_enforced: bool,
+    pub egress_enforced: bool,
+    /// Its kernel policy entries, each with the L7 parser it would redirect to when no
+    /// listener serves that parser (the entry then drops: fail closed).
+    pub entries: Arc<Vec<(PolicyEntry, Option<L7Parser>)>>,
+}
+
+/// What one update recomputed (for logs, metrics and tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Recompute {
+    /// Endpoints (the host counts) whose entries were computed whole.
+    pub whole: usize,
+    /// Endpoints whose entries were patched for changed identities only.
+    pub patched: usize,
+    /// Identities that joined, left or changed in the node's identity table.
+    pub identities: usize,
+}
+
+/// One change to the desired state.
+#[derive(Default)]
+pub struct Update {
+    pub engine: Option<Arc<Engine>>,
+    pub upsert: Vec<(u16, EndpointConfig)>,
+    pub remove: Vec<u16>,
+    pub host_ips: Option<Vec<Ipv4Addr>>,
+}
+
+/// The node's desired state: its inputs and every endpoint's computed entries.
+#[derive(Clone)]
+pub struct Desired {
+    pub(super) engine: Arc<Engine>,
+    pub(super) settings: Settings,
+    /// Per policy of the engine's set (by address), a fingerprint of its compiled form.
+    prints: Arc<HashMap<usize, u64>>,
+    world_print: u64,
+    pub(super) configs: BTreeMap<u16, EndpointConfig>,
+    pub(super) computed: BTreeMap<u16, Computed>,
+    pub(super) host: Option<Computed>,
+    pub(super) identities: IdentityTable,
+    pub(super) cidrs: Vec<(IpNet, Arc<Peer>)>,
+    pub(super) host_ips: Vec<Ipv4Addr>,
+}
+
+fn hash_of(v: &impl Hash) -> u64 {
+    let mut h = DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
+}
+
+/// Fingerprints of what every selector and every entry depends on beyond the policies: the
+/// catalog (namespace labels, services), the enforcement mode, node labels, and the settings.
+fn world_print(engine: &Engine, settings: &Settings) -> u64 {
+    hash_of(&format!(
+        "{:?}|{:?}|{}|{}|{settings:?}",
+        engine.set.catalog, engine.mode, engine.node_labels, engine.allow_localhost
+    ))
+}
+
+/// The address of a policy in its engine's set: stable while the engine lives.
+fn key(p: &Policy) -> usize {
+    std::ptr::from_ref(p) as usize
+}
+
+fn policy_prints(engine: &Engine) -> HashMap<usize, u64> {
+    engine
+        .set
+        .policies
+        .iter()
+        .map(|p| (key(p), hash_of(&format!("{p:?}"))))
+        .collect()
+}
+
+impl Desired {
+    /// The state of `endpoints` under `engine`, built whole.
+    pub fn new(
+        engine: Arc<Engine>,
+        settings: Settings,
+        endpoints: &[(u16, EndpointConfig)],
+        host_ips: &[Ipv4Addr],
+    ) -> Result<(Desired, Recompute), ViewError> {
+        let empty = Desired {
+            prints: Arc::new(policy_prints(&engine)),
+            world_print: world_print(&engine, &settings),
+            engine: engine.clone(),
+            settings,
+            configs: BTreeMap::new(),
+            computed: BTreeMap::new(),
+            host: None,
+            identities: IdentityTable::with_reserved(),
+            cidrs: Vec::new(),
+            host_ips: Vec::new(),
+        };
+        empty.update(Update {
+            engine: Some(engine),
+            upsert: endpoints.to_vec(),
+            remove: Vec::new(),
+            host_ips: Some(host_ips.to_vec()),
+        })
+    }
+
+    pub fn endpoint_configs(&self) -> impl Iterator<Item = (u16, &EndpointConfig)> {
+        self.configs.iter().map(|(id, c)| (*id, c))
+    }
+
+    /// The state after `update`, and what it recomputed. On error nothing changes.
+    pub fn update(&self, update: Update) -> Result<(Desired, Recompute), ViewError> {
+        let mut next = self.clone();
+        let mut whole_world = false;
+        if let Some(engine) = update.engine {
+            let world = world_print(&engine, &next.settings);
+            whole_world = world != next.world_print;
+            next.world_print = world;
+            next.prints = Arc::new(policy_prints(&engine));
+            next.engine = engine;
+        }
+        for id in &update.remove {
+            next.configs.remove(id);
+            next.computed.remove(id);
+        }
+        for (id, cfg) in update.upsert {
+            next.configs.insert(id, cfg);
+        }
+        if let Some(ips) = update.host_ips {
+            next.host_ips = ips;
+        }
+        let engine = next.engine.clone();
+
+        // Peers and the identity table, in a fixed order (endpoints by id, then policy CIDRs):
+        // the first peer of an identity is the one the table keeps.
+        let mut identities = IdentityTable::with_reserved();
+        let mut peers = BTreeMap::new();
+        for (id, cfg) in &next.configs {
+            let peer = endpoint_peer(&engine, cfg);
+            identities.insert(peer.clone())?;
+            peers.insert(*id, Arc::new(peer));
+        }
+        let mut cidrs = Vec::new();
+        for net in engine.policy_cidrs() {
+            if !matches!(net, IpNet::V4(_)) {
+                continue;
+            }
+            let peer = Peer::cidr(net.addr(), Some(net));
+            identities.insert(peer.clone())?;
+            cidrs.push((net, Arc::new(peer)));
+        }
+        cidrs.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
+
+        // Identities that joined, left, or now stand for another peer.
+        let mut changed: BTreeSet<Identity> = BTreeSet::new();
+        let mut named_ports = false;
+        for p in self.identities.iter() {
+            if identities.get(p.identity) != Some(p) {
+                changed.insert(p.identity);
+                named_ports |= !p.named_ports.is_empty();
+            }
+        }
+        for p in identities.iter() {
+            if self.identities.get(p.identity) != Some(p) {
+                changed.insert(p.identity);
+                named_ports |= !p.named_ports.is_empty();
+            }
+        }
+        let mut joined = IdentityTable::default();
+        for id in &changed {
+            if let Some(p) = identities.get(*id) {
+                joined.insert(p.clone())?;
+            }
+        }
+
+        let mut stats = Recompute {
+            identities: changed.len(),
+            ..Recompute::default()
+        };
+        let whole = whole_world || named_ports;
+        let step = |old: Option<&Computed>, peer: Arc<Peer>, id: u16, stats: &mut Recompute| {
+            let selection = selection_print(&engine, &next.prints, &peer);
+            match old {
+                Some(o) if !whole && o.peer == peer && o.selection == selection => {
+                    if changed.is_empty() {
+                        return o.clone();
+                    }
+                    stats.patched += 1;
+                    patch(&engine, &next.settings, id, o, &changed, &joined)
+                }
+                _ => {
+                    stats.whole += 1;
+                    compute(&engine, &next.settings, id, peer, selection, &identities)
+                }
+            }
+        };
+        let mut computed = BTreeMap::new();
+        for (id, peer) in peers {
+            let c = step(self.computed.get(&id), peer, id, &mut stats);
+            computed.insert(id, c);
+        }
+        let host = step(
+            self.host.as_ref(),
+            Arc::new(Peer::reserved(Reserved::Host)),
+            HOST_ENDPOINT_ID,
+            &mut stats,
+        );
+        next.computed = computed;
+        next.host = Some(host);
+        next.identities = identities;
+        next.cidrs = cidrs;
+        Ok((next, stats))
+    }
+}
+
+/// An endpoint's peer as policy sees it: its labels with its namespace's.
+pub(super) fn endpoint_peer(engine: &Engine, cfg: &EndpointConfig) -> Peer {
+    let spec = PeerSpec {
+        labels: cfg.labels.clone(),
+        namespace: Some(cfg.namespace.clone()),
+        ip: cfg.ips.first().map(|i| IpAddr::V4(*i)),
+        fqdn: None,
+        named_ports: cfg.named_ports.clone(),
+        entity: None,
+    };
+    let mut peer = engine.peer(&spec);
+    peer.display = format!("{}/{}", cfg.namespace, cfg.name);
+    peer
+}
+
+/// A fingerprint of the policies that select `subject`.
+fn selection_print(engine: &Engine, prints: &HashMap<usize, u64>, subject: &Peer) -> u64 {
+    let mut h = DefaultHasher::new();
+    for p in engine.selecting(subject) {
+        prints.get(&key(p)).hash(&mut h);
+    }
+    h.finish()
+}
+
+fn entries_for(
+    engine: &Engine,
+    settings: &Settings,
+    id: u16,
+    subject: &Peer,
+    identities: &IdentityTable,
+    keep: impl Fn(Identity) -> bool,
+) -> Vec<(PolicyEntry, Option<L7Parser>)> {
+    engine
+        .map_entries(subject, identities)
+        .iter()
+        .filter(|e| keep(e.key.identity))
+        .map(|e| to_policy_entry(id, e, settings))
+        .collect()
+}
+
+/// An endpoint's entries, computed whole.
+fn compute(
+    engine: &Engine,
+    settings: &Settings,
+    id: u16,
+    peer: Arc<Peer>,
+    selection: u64,
+    identities: &IdentityTable,
+) -> Computed {
+    let enforced = |d| matches!(engine.enforcement(&peer, d), Enforcement::Enforced { .. });
+    Computed {
+        ingress_enforced: enforced(Direction::Ingress),
+        egress_enforced: enforced(Direction::Egress),
+        entries: Arc::new(entries_for(engine, settings, id, &peer, identities, |_| {
+            true
+        })),
+        peer,
+        selection,
+    }
+}
+
+/// An endpoint's entries with those of `changed` identities replaced: dropped for identities
+/// that left, computed for the ones in `joined` (which holds only changed identities).
+fn patch(
+    engine: &Engine,
+    settings: &Settings,
+    id: u16,
+    old: &Computed,
+    changed: &BTreeSet<Identity>,
+    joined: &IdentityTable,
+) -> Computed {
+    let mut entries: Vec<(PolicyEntry, Option<L7Parser>)> = old
+        .entries
+        .iter()
+        .filter(|(e, _)| !changed.contains(&Identity(e.identity)))
+        .cloned()
+        .collect();
+    entries.extend(entries_for(engine, settings, id, &old.peer, joined, |i| {
+        changed.contains(&i)
+    }));
+    Computed {
+        entries: Arc::new(entries),
+        ..old.clone()
+    }
+}
+
+impl Desired {
+    /// The host's entries, with the implicit allow of Ward's own metrics port.
+    pub(super) fn host_entries(&self) -> Vec<PolicyEntry> {
+        let Some(host) = &self.host else {
+            return Vec::new();
+        };
+        let mut out: Vec<PolicyEntry> = host.entries.iter().map(|(e, _)| e.clone()).collect();
+        if host.ingress_enforced {
+            if let Some(port) = self.settings.metrics_port {
+                if let Some(p) = metrics_allow(&out, port) {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Enforcement;
+    use crate::state::NodeState;
+
+    fn settings() -> Settings {
+        Settings {
+            http_port: 15001,
+            dns_port: Some(15053),
+            kafka_port: None,
+            audit: false,
+            enforcement: Enforcement::Default,
+            node_labels: [("node-access".to_string(), "restricted".to_string())].into(),
+            host_audit: false,
+            metrics_port: Some(9962),
+        }
+    }
+
+    /// Every scene's policy set, and an empty one.
+    fn engines(settings: &Settings) -> Vec<Arc<Engine>> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/policies");
+        let mut dirs: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        dirs.sort();
+        // Egress to a named port: resolved per destination, also for the wildcard peer.
+        let named = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: named-port, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {org: empire}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: postgres}}]
+    toPorts: [{ports: [{port: http, protocol: TCP}]}]
+  - toPorts: [{ports: [{port: http, protocol: TCP}]}]
+"#;
+        let mut sets = vec![
+            l7_rules::load::load_sources(&[]).unwrap(),
+            l7_rules::load::load_sources(&[("named.yaml".into(), named.into())]).unwrap(),
+        ];
+        for d in dirs {
+            sets.push(l7_rules::load::load_paths(&[d]).unwrap());
+        }
+        sets.into_iter()
+            .map(|set| {
+                let mut e = Engine::new(set);
+                settings.apply_to(&mut e);
+                Arc::new(e)
+            })
+            .collect()
+    }
+
+    /// Pods the scenes' selectors pick (and some they do not), one with a named port.
+    fn template(n: u64, id: u16) -> EndpointConfig {
+        const LABELS: [&[(&str, &str)]; 9] = [
+            &[("org", "empire"), ("class", "deathstar")],
+            &[("org", "empire"), ("class", "tiefighter")],
+            &[("org", "alliance"), ("class", "xwing")],
+            &[("app", "myService"), ("env", "dev")],
+            &[("role", "backend")],
+            &[("app", "postgres")],
+            &[("app", "kafka-consumer")],
+            &[("app", "nginx")],
+            &[("app", "unselected")],
+        ];
+        let labels = LABELS[(n % LABELS.len() as u64) as usize];
+        EndpointConfig {
+            name: format!("pod{id}"),
+            namespace: if n % 5 == 4 { "prod" } else { "default" }.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ips: vec![Ipv4Addr::new(10, 200, id as u8, 2)],
+            interface: format!("lxc{id}"),
+            named_ports: if n % 4 == 3 {
+                [("http".to_string(), 8080)].into()
+            } else {
+                BTreeMap::new()
+            },
+            audit: false,
+        }
+    }
+
+    fn sorted(state: &NodeState) -> String {
+        let d = &state.desired;
+        let mut policy: Vec<String> = d.policy.iter().map(|p| format!("{p:?}")).collect();
+        let mut ipcache: Vec<String> = d.ipcache.iter().map(|p| format!("{p:?}")).collect();
+        let mut eps: Vec<String> = d.endpoints.iter().map(|p| format!("{p:?}")).collect();
+        policy.sort();
+        ipcache.sort();
+        eps.sort();
+        format!("{eps:#?}\n{ipcache:#?}\n{policy:#?}\n{:?}", state.unproxied)
+    }
+
+    /// A random walk of endpoint, policy and address changes: after every step the
+    /// incrementally kept state equals the state built whole from the same inputs, and the
+    /// changes that should not recompute everything did not.
+    #[test]
+    fn incremental_updates_equal_a_full_build() {
+        let settings = settings();
+        let engines = engines(&settings);
+        let mut seed: u64 = 0x5eed_1234_abcd_0001;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            seed >> 33
+        };
+        let host_ip_sets = [
+            vec![Ipv4Addr::new(10, 200, 0, 1)],
+            vec![Ipv4Addr::new(10, 200, 0, 1), Ipv4Addr::new(192, 0, 2, 1)],
+        ];
+        let (mut state, _) =
+            Desired::new(engines[0].clone(), settings.clone(), &[], &host_ip_sets[0]).unwrap();
+        let mut engine = engines[0].clone();
+        let mut host_ips = host_ip_sets[0].clone();
+        let (mut patched, mut untouched) = (0, 0);
+        for step in 0..400 {
+            let roll = next() % 100;
+            let mut update = Update::default();
+            let what;
+            if roll < 40 {
+                let id = (next() % 12 + 1) as u16;
+                update.upsert.push((id, template(next(), id)));
+                what = format!("upsert {id}");
+            } else if roll < 60 {
+                let ids: Vec<u16> = state.configs.keys().copied().collect();
+                if ids.is_empty() {
+                    continue;
+                }
+                let id = ids[(next() % ids.len() as u64) as usize];
+                update.remove.push(id);
+                what = format!("remove {id}");
+            } else if roll < 85 {
+                // The named-port set a third of the time: its wildcard entries depend on
+                // every peer.
+                let i = match next() % 3 {
+                    0 => 1,
+                    _ => (next() % engines.len() as u64) as usize,
+                };
+                engine = engines[i].clone();
+                update.engine = Some(engine.clone());
+                what = format!("policy set {i}");
+            } else {
+                host_ips = host_ip_sets[(next() % 2) as usize].clone();
+                update.host_ips = Some(host_ips.clone());
+                what = "host addresses".into();
+            }
+            let (after, stats) = state.update(update).unwrap();
+            state = after;
+            let endpoints: Vec<(u16, EndpointConfig)> = state
+                .configs
+                .iter()
+                .map(|(id, c)| (*id, c.clone()))
+                .collect();
+            let full = NodeState::build(1, engine.clone(), settings.clone(), &endpoints, &host_ips)
+                .unwrap();
+            let kept = NodeState::from_desired(1, &state);
+            assert_eq!(sorted(&kept), sorted(&full), "step {step}: {what}");
+            patched += stats.patched;
+            untouched += usize::from(stats.whole == 0 && stats.patched == 0);
+        }
+        assert!(patched > 100, "only {patched} endpoints patched");
+        assert!(untouched > 20, "only {untouched} steps recomputed nothing");
+    }
+
+    #[test]
+    fn a_pod_with_known_labels_or_an_address_change_recomputes_no_entry() {
+        let settings = settings();
+        let engine = engines(&settings)
+            .into_iter()
+            .find(|e| {
+                e.set
+                    .policies
+                    .iter()
+                    .any(|p| p.meta.file.contains("starwars-l7"))
+            })
+            .unwrap();
+        let eps = [(1, template(0, 1)), (2, template(1, 2))];
+        let (state, first) =
+            Desired::new(engine, settings, &eps, &[Ipv4Addr::new(10, 200, 0, 1)]).unwrap();
+        assert_eq!(first.whole, 3, "two pods and the host");
+        // A second tiefighter: its identity is known, so only its own entries are computed.
+        let (state, r) = state
+            .update(Update {
+                upsert: vec![(3, template(1, 3))],
+                ..Update::default()
+            })
+            .unwrap();
+        assert_eq!((r.whole, r.patched, r.identities), (1, 0, 0));
+        // An xwing: a new identity; deathstar's entries are patched for it, not recomputed.
+        let (state, r) = state
+            .update(Update {
+                upsert: vec![(4, template(2, 4))],
+                ..Update::default()
+            })
+            .unwrap();
+        assert_eq!((r.whole, r.patched, r.identities), (1, 4, 1));
+        // The node's addresses: the ipcache only.
+        let (_, r) = state
+            .update(Update {
+                host_ips: Some(vec![Ipv4Addr::new(10, 200, 0, 9)]),
+                ..Update::default()
+            })
+            .unwrap();
+        assert_eq!(r, Recompute::default());
+    }
+}
