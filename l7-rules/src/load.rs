@@ -3,7 +3,7 @@
 //! contributes nothing; all errors of all files are reported together.
 
 use crate::compile;
-use crate::diag::{Diagnostic, DocContext, Severity};
+use crate::diag::{Diagnostic, DocContext, Origin, Severity};
 use crate::model::*;
 use crate::raw;
 use std::collections::HashMap;
@@ -213,15 +213,7 @@ pub fn policy_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
 }
 
 fn collect(p: &Path, out: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic>) {
-    let io_error = |msg: String| Diagnostic {
-        severity: Severity::Error,
-        file: p.display().to_string(),
-        line: None,
-        document: 0,
-        object: None,
-        field: String::new(),
-        message: msg,
-    };
+    let io_error = |msg: String| Diagnostic::file_error(p.display().to_string(), msg);
     match std::fs::metadata(p) {
         Err(e) => diags.push(io_error(format!("cannot read: {e}"))),
         Ok(m) if m.is_dir() => match std::fs::read_dir(p) {
@@ -253,26 +245,13 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<PolicySet, LoadError> {
     for f in &files {
         let name = f.display().to_string();
         match std::fs::metadata(f) {
-            Ok(m) if m.len() > MAX_POLICY_FILE_BYTES => diags.push(Diagnostic {
-                severity: Severity::Error,
-                file: name,
-                line: None,
-                document: 0,
-                object: None,
-                field: String::new(),
-                message: format!("file is larger than {MAX_POLICY_FILE_BYTES} bytes"),
-            }),
+            Ok(m) if m.len() > MAX_POLICY_FILE_BYTES => diags.push(Diagnostic::file_error(
+                name,
+                format!("file is larger than {MAX_POLICY_FILE_BYTES} bytes"),
+            )),
             _ => match std::fs::read_to_string(f) {
                 Ok(text) => sources.push((name, text)),
-                Err(e) => diags.push(Diagnostic {
-                    severity: Severity::Error,
-                    file: name,
-                    line: None,
-                    document: 0,
-                    object: None,
-                    field: String::new(),
-                    message: format!("cannot read: {e}"),
-                }),
+                Err(e) => diags.push(Diagnostic::file_error(name, format!("cannot read: {e}"))),
             },
         }
     }
@@ -318,9 +297,11 @@ fn load_file(name: &str, text: &str, set: &mut PolicySet, diags: &mut Vec<Diagno
             Err(e) => {
                 file_diags.push(Diagnostic {
                     severity: Severity::Error,
-                    file: name.to_string(),
-                    line: e.location().map(|l| l.line()),
-                    document: doc,
+                    origin: Origin::File {
+                        path: name.to_string(),
+                        line: e.location().map(|l| l.line()),
+                        document: doc,
+                    },
                     object: None,
                     field: String::new(),
                     message: format!("invalid YAML: {e}"),
@@ -332,14 +313,7 @@ fn load_file(name: &str, text: &str, set: &mut PolicySet, diags: &mut Vec<Diagno
         if value.is_null() {
             continue;
         }
-        let mut cx = DocContext {
-            file: name,
-            document: doc,
-            object: None,
-            lines: &lines,
-            doc_line,
-            diags: Vec::new(),
-        };
+        let mut cx = DocContext::for_file(name, doc, Some(&lines), doc_line);
         load_document(
             value,
             name,

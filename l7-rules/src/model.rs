@@ -70,6 +70,15 @@ impl PolicyMeta {
             None => self.name.clone(),
         }
     }
+
+    /// Where the policy came from, for diagnostics about it as a whole (no line).
+    pub fn origin(&self) -> crate::diag::Origin {
+        crate::diag::Origin::File {
+            path: self.file.clone(),
+            line: None,
+            document: self.document,
+        }
+    }
 }
 
 /// A pointer to the rule (or the part of one) responsible for a decision.

@@ -64,9 +64,11 @@ fn unenforced_fields(set: &PolicySet, cfg: &Config) -> Vec<l7_rules::diag::Diagn
             .and_then(|text| load::LineIndex::build(&text).line_of(p.meta.document, &field));
         out.push(l7_rules::diag::Diagnostic {
             severity: l7_rules::diag::Severity::Error,
-            file: p.meta.file.clone(),
-            line,
-            document: p.meta.document,
+            origin: l7_rules::diag::Origin::File {
+                path: p.meta.file.clone(),
+                line,
+                document: p.meta.document,
+            },
             object: Some(format!("{} {}", p.meta.kind.as_str(), p.meta.id())),
             field,
             message: "this host policy selects the node, but the node config names no `uplink`: \
