@@ -1,7 +1,7 @@
 //! Diagnostics: every error or warning names where its object came from (a file's path, line
 //! and document, or a cluster object's kind, namespace and name), the object and the field path.
 
-use crate::load::LineIndex;
+use crate::source::LineIndex;
 use std::fmt;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -4,8 +4,8 @@
 use l7_rules::check::{answer, parse_peer, Answer, L7Question, Question};
 use l7_rules::diag::Severity;
 use l7_rules::engine::{Engine, L3L4Verdict, Stage};
-use l7_rules::load::{load_sources, LoadError};
 use l7_rules::model::{Direction, Protocol};
+use l7_rules::source::{load_sources, LoadError};
 
 fn engine(yaml: &str) -> Engine {
     match load_sources(&[("test.yaml".to_string(), yaml.to_string())]) {

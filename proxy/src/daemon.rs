@@ -18,7 +18,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use bpf_redirect::{ApplyStats, Datapath, Hook, ProxyRouting};
 use l7_rules::engine::Engine;
-use l7_rules::load::{self, LoadError, PolicySet};
+use l7_rules::source::{self as load, LoadError, PolicySet};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, EndpointConfig};

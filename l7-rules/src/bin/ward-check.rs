@@ -272,7 +272,7 @@ fn main() -> ExitCode {
     if args.policies.is_empty() {
         return usage_error("--policy is required");
     }
-    let set = match l7_rules::load::load_paths(&args.policies) {
+    let set = match l7_rules::source::load_paths(&args.policies) {
         Ok(set) => set,
         Err(e) => {
             for d in &e.diagnostics {
