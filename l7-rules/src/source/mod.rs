@@ -9,10 +9,12 @@
 
 pub mod files;
 pub mod object;
+pub mod store;
 pub mod yaml;
 
 pub use files::{load_paths, policy_files, read_policy_file, MAX_POLICY_FILE_BYTES};
 pub use object::{Content, Object};
+pub use store::{ObjectKey, PolicyStore, StoreChange};
 pub use yaml::LineIndex;
 
 use crate::diag::{Diagnostic, Severity};
