@@ -5,8 +5,8 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 use l7_rules::check::parse_peer;
 use l7_rules::engine::{Engine, Flow, L7Policy, L7Request};
 use l7_rules::l7::http::HttpRequest;
-use l7_rules::load::load_sources;
 use l7_rules::model::{Direction, Protocol};
+use l7_rules::source::load_sources;
 use ward_benches::http_policy;
 
 fn engine(yaml: String) -> Engine {

@@ -5,7 +5,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use l7_rules::check::parse_peer;
 use l7_rules::engine::Engine;
 use l7_rules::identity::IdentityTable;
-use l7_rules::load::load_sources;
+use l7_rules::source::load_sources;
 use ward_benches::many_rules;
 
 fn bench(c: &mut Criterion) {

@@ -1,6 +1,7 @@
-//! The logic behind `ward-check`: turning a question (two peers, a port, maybe an L7 request)
-//! into flows, asking the engine, and rendering the verdict as text or JSON. Case files
-//! (JSON lines) go through the same path.
+//! The questions `ward-check` (and the proxy's tests) ask: a question (two peers, a port, maybe
+//! an L7 request) becomes flows, the engine decides, and the answer carries the verdict and its
+//! reason (with its JSON shape). Case files (JSON lines) go through the same path. The command
+//! line itself lives in the binary (`src/bin/ward-check/`).
 
 use crate::engine::{ConnectionPolicy, Engine, Flow, L3L4Verdict, L7Request, Stage, Verdict};
 use crate::identity::{Peer, PeerKind, Reserved};
@@ -265,19 +266,6 @@ impl Answer {
             "policy": self.policy,
             "rule": self.rule,
         })
-    }
-
-    pub fn text(&self) -> String {
-        let head = match (self.allowed, self.audit) {
-            (true, true) => "AUDIT",
-            (true, false) => "ALLOWED",
-            (false, _) => "DENIED",
-        };
-        let stage = match self.stage {
-            Stage::L3L4 => "L3/L4",
-            Stage::L7 => "L7",
-        };
-        format!("{head} ({stage}): {}", self.reason)
     }
 }
 

@@ -61,9 +61,7 @@ pub fn fqdn_without_dns(policies: &[Policy], diags: &mut Vec<Diagnostic>) {
                 if terms.iter().any(|t| matches!(t, PeerTerm::Fqdn(_))) {
                     diags.push(Diagnostic {
                         severity: Severity::Warning,
-                        file: f.origin.policy.file.clone(),
-                        line: None,
-                        document: f.origin.policy.document,
+                        origin: f.origin.policy.origin(),
                         object: Some(format!("{} {}", f.origin.policy.kind.as_str(), f.origin.policy.id())),
                         field: f.origin.path.clone(),
                         message: "toFQDNs only allows addresses learned from DNS answers that pass a `rules.dns` port, and no policy has one: add an egress rule to your DNS server with `rules: {dns: [{matchPattern: \"*\"}]}`".into(),
@@ -100,9 +98,7 @@ pub fn cross_policy_warnings(policies: &[Policy], diags: &mut Vec<Diagnostic>) {
                 if let Some(b) = neutraliser {
                     diags.push(Diagnostic {
                         severity: Severity::Warning,
-                        file: a.origin.policy.file.clone(),
-                        line: None,
-                        document: a.origin.policy.document,
+                        origin: a.origin.policy.origin(),
                         object: Some(format!(
                             "{} {}",
                             a.origin.policy.kind.as_str(),

@@ -57,8 +57,9 @@ pub struct PolicyMeta {
     pub kind: PolicyKind,
     pub namespace: Option<String>,
     pub name: String,
+    /// The file the policy came from; empty for a cluster object (see [`PolicyMeta::origin`]).
     pub file: String,
-    /// 0-based index of the YAML document in the file.
+    /// 0-based index of the YAML document in the file (0 for a cluster object).
     pub document: usize,
 }
 
@@ -68,6 +69,22 @@ impl PolicyMeta {
         match &self.namespace {
             Some(ns) => format!("{ns}/{}", self.name),
             None => self.name.clone(),
+        }
+    }
+
+    /// Where the policy came from, for diagnostics about it as a whole (no line).
+    pub fn origin(&self) -> crate::diag::Origin {
+        if self.file.is_empty() {
+            return crate::diag::Origin::Object {
+                kind: self.kind.as_str().to_string(),
+                namespace: self.namespace.clone(),
+                name: self.name.clone(),
+            };
+        }
+        crate::diag::Origin::File {
+            path: self.file.clone(),
+            line: None,
+            document: self.document,
         }
     }
 }

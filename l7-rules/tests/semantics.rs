@@ -4,8 +4,8 @@
 use l7_rules::check::{answer, parse_peer, Answer, L7Question, Question};
 use l7_rules::diag::Severity;
 use l7_rules::engine::{Engine, L3L4Verdict, Stage};
-use l7_rules::load::{load_sources, LoadError};
 use l7_rules::model::{Direction, Protocol};
+use l7_rules::source::{load_sources, LoadError};
 
 fn engine(yaml: &str) -> Engine {
     match load_sources(&[("test.yaml".to_string(), yaml.to_string())]) {
@@ -1200,11 +1200,11 @@ spec:
     let errs: Vec<_> = e.errors().collect();
     assert_eq!(errs.len(), 2, "{errs:?}");
     let d = errs[0];
-    assert_eq!(d.file, "bad.yaml");
-    assert_eq!(d.document, 1);
+    assert_eq!(d.file(), Some("bad.yaml"));
+    assert_eq!(d.document(), Some(1));
     assert_eq!(d.object.as_deref(), Some("CiliumNetworkPolicy rule1"));
     assert_eq!(d.field, "spec.ingress[0].toPorts[0].rules.http[1].path");
-    assert_eq!(d.line, Some(20));
+    assert_eq!(d.line(), Some(20));
     assert!(d.message.starts_with("invalid path regex"), "{}", d.message);
     let text = d.to_string();
     assert!(text.starts_with("error: bad.yaml:20: document 1 (CiliumNetworkPolicy rule1): spec.ingress[0].toPorts[0].rules.http[1].path: invalid path regex"), "{text}");
@@ -1227,7 +1227,7 @@ spec:
     let e = load_err(yaml);
     let d = e.errors().next().unwrap();
     assert_eq!(d.field, "spec.ingress[0].fromEndpoint");
-    assert_eq!(d.line, Some(7));
+    assert_eq!(d.line(), Some(7));
     assert!(d.message.contains("unknown field `fromEndpoint`"));
 }
 
@@ -1235,7 +1235,7 @@ spec:
 fn a_bad_file_contributes_nothing_and_yaml_syntax_errors_have_a_line() {
     let e = load_err("apiVersion: cilium.io/v2\nkind: [unclosed\n");
     let d = e.errors().next().unwrap();
-    assert!(d.line.is_some());
+    assert!(d.line().is_some());
     assert!(d.message.contains("invalid YAML"));
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use bpf_redirect::{Datapath, ProxyRouting};
-use l7_rules::load::PolicySet;
+use l7_rules::source::{PolicySet, PolicyStore};
 use tracing::{error, info, warn};
 
 use crate::admin::server::AdminContext;
@@ -31,6 +31,7 @@ use crate::sources::files::Stamp;
 pub struct InitialPolicy {
     pub stamps: BTreeMap<PathBuf, Stamp>,
     pub texts: BTreeMap<PathBuf, String>,
+    pub store: PolicyStore,
     pub set: PolicySet,
 }
 
@@ -68,6 +69,7 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
     let mut controller = Controller::start(
         cfg.clone(),
         policy.texts,
+        policy.store,
         policy.set,
         dp,
         metrics.clone(),

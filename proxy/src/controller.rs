@@ -13,9 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bpf_redirect::{ApplyStats, Hook};
-use l7_rules::diag::{Diagnostic, Severity};
+use l7_rules::diag::{Diagnostic, Origin, Severity};
 use l7_rules::engine::Engine;
-use l7_rules::load::{LoadError, PolicySet};
+use l7_rules::source::{LineIndex, LoadError, PolicySet, PolicyStore};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, EndpointConfig};
@@ -73,15 +73,30 @@ fn kernel(what: impl Into<String>) -> impl FnOnce(bpf_redirect::Error) -> Contro
     }
 }
 
-/// The policy set of `files` for this node: parsed, checked, and refused when this node would
-/// load a policy it cannot enforce.
-pub fn policy_set(files: &BTreeMap<PathBuf, String>, cfg: &Config) -> Result<PolicySet, LoadError> {
-    let sources: Vec<(String, String)> = files
-        .iter()
-        .map(|(p, t)| (p.display().to_string(), t.clone()))
-        .collect();
-    let mut set = l7_rules::load::load_sources(&sources)?;
-    set.files = files.keys().cloned().collect();
+/// The policy files `ward run` starts from, in a store: every file must load.
+pub fn initial_store(files: &BTreeMap<PathBuf, String>) -> Result<PolicyStore, LoadError> {
+    let mut store = PolicyStore::default();
+    let mut diagnostics = Vec::new();
+    for (path, text) in files {
+        if let Err(mut e) = store.put_file(&path.display().to_string(), text) {
+            diagnostics.append(&mut e.diagnostics);
+        }
+    }
+    if diagnostics.is_empty() {
+        Ok(store)
+    } else {
+        Err(LoadError { diagnostics })
+    }
+}
+
+/// The policy set of `store` for this node: refused when this node would load a policy it
+/// cannot enforce.
+pub fn policy_set(
+    store: &PolicyStore,
+    files: &BTreeMap<PathBuf, String>,
+    cfg: &Config,
+) -> Result<PolicySet, LoadError> {
+    let set = store.snapshot();
     let unenforced = unenforced_fields(&set, files, cfg);
     if unenforced.is_empty() {
         return Ok(set);
@@ -113,14 +128,16 @@ fn unenforced_fields(
             continue;
         }
         let field = format!("{}.nodeSelector", p.spec_path);
-        let line = files.get(&PathBuf::from(&p.meta.file)).and_then(|text| {
-            l7_rules::load::LineIndex::build(text).line_of(p.meta.document, &field)
-        });
+        let line = files
+            .get(&PathBuf::from(&p.meta.file))
+            .and_then(|text| LineIndex::build(text).line_of(p.meta.document, &field));
         out.push(Diagnostic {
             severity: Severity::Error,
-            file: p.meta.file.clone(),
-            line,
-            document: p.meta.document,
+            origin: Origin::File {
+                path: p.meta.file.clone(),
+                line,
+                document: p.meta.document,
+            },
             object: Some(format!("{} {}", p.meta.kind.as_str(), p.meta.id())),
             field,
             message: "this host policy selects the node, but the node config names no `uplink`: \
@@ -153,8 +170,11 @@ pub struct Controller<K: Kernel> {
     cfg: Arc<Config>,
     settings: Settings,
     kernel: K,
-    /// Every policy file as last seen (what the next policy set is built from).
-    seen: BTreeMap<PathBuf, FileContent>,
+    /// The policy objects in force, and the texts of the files they came from.
+    store: PolicyStore,
+    texts: BTreeMap<PathBuf, String>,
+    /// Files whose current version was refused (their previous version stays in force).
+    rejected: BTreeMap<PathBuf, Vec<Diagnostic>>,
     desired: Desired,
     generation: u64,
     published: Published,
@@ -169,6 +189,7 @@ impl<K: Kernel> Controller<K> {
     pub fn start(
         cfg: Arc<Config>,
         files: BTreeMap<PathBuf, String>,
+        store: PolicyStore,
         set: PolicySet,
         kernel: K,
         metrics: Arc<Metrics>,
@@ -189,10 +210,9 @@ impl<K: Kernel> Controller<K> {
             cfg,
             settings,
             kernel,
-            seen: files
-                .into_iter()
-                .map(|(p, t)| (p, FileContent::Text(t)))
-                .collect(),
+            store,
+            texts: files,
+            rejected: BTreeMap::new(),
             desired,
             generation: 0,
             published: Published {
@@ -384,6 +404,20 @@ impl<K: Kernel> Controller<K> {
         }
     }
 
+    /// `ward status`'s policy error: every file whose current version is refused.
+    fn publish_rejections(&self, extra: Option<String>) {
+        let mut lines: Vec<String> = self
+            .rejected
+            .values()
+            .flatten()
+            .filter(|d| d.severity == Severity::Error)
+            .map(|d| d.to_string())
+            .collect();
+        lines.extend(extra);
+        let text = (!lines.is_empty()).then(|| lines.join("\n"));
+        self.set_status(|s| s.last_error = text);
+    }
+
     fn reject(&mut self, e: &LoadError) {
         log_load_error(e);
         self.metrics.reload("rejected");
@@ -392,42 +426,56 @@ impl<K: Kernel> Controller<K> {
             .map(|d| d.to_string())
             .collect::<Vec<_>>()
             .join("\n");
-        self.set_status(|s| s.last_error = Some(text));
+        self.publish_rejections(Some(text));
     }
 
-    /// Policy files changed: the set of every file as now seen is built and, when valid,
-    /// applied. An invalid set is logged and the previous policy stays in force; a later
-    /// change to any file tries again with every file as it then is.
+    /// Policy files changed. Each file is all or nothing: a file with an error is refused
+    /// (logged, and shown by `ward status` until it changes again) and its previous version
+    /// stays in force, while the other files' changes apply. The resulting set is refused
+    /// whole if this node cannot enforce it.
     pub fn policy_files(&mut self, changes: Vec<FileChange>, modified: Option<SystemTime>) {
+        let mut store = self.store.clone();
+        let mut texts = self.texts.clone();
+        let mut changed = false;
+        let mut refused = false;
         for c in changes {
+            let name = c.path.display().to_string();
             match c.content {
+                FileContent::Text(text) => match store.put_file(&name, &text) {
+                    Ok(change) => {
+                        changed |= !change.is_empty();
+                        self.rejected.remove(&c.path);
+                        texts.insert(c.path, text);
+                    }
+                    Err(e) => {
+                        error!("policy file {name} rejected; its previous version stays in force");
+                        log_load_error(&e);
+                        refused = true;
+                        self.rejected.insert(c.path, e.diagnostics);
+                    }
+                },
                 FileContent::Removed => {
-                    self.seen.remove(&c.path);
+                    changed |= !store.remove_file(&name).is_empty();
+                    self.rejected.remove(&c.path);
+                    texts.remove(&c.path);
                 }
-                content => {
-                    self.seen.insert(c.path, content);
+                FileContent::Unreadable(diagnostics) => {
+                    log_load_error(&LoadError {
+                        diagnostics: diagnostics.clone(),
+                    });
+                    refused = true;
+                    self.rejected.insert(c.path, diagnostics);
                 }
             }
         }
-        let mut texts = BTreeMap::new();
-        let mut unreadable = Vec::new();
-        for (path, content) in &self.seen {
-            match content {
-                FileContent::Text(t) => {
-                    texts.insert(path.clone(), t.clone());
-                }
-                FileContent::Unreadable(d) => unreadable.push(d.clone()),
-                FileContent::Removed => {}
-            }
+        if refused {
+            self.metrics.reload("rejected");
         }
-        let set = if unreadable.is_empty() {
-            policy_set(&texts, &self.cfg)
-        } else {
-            Err(LoadError {
-                diagnostics: unreadable,
-            })
-        };
-        let set = match set {
+        if !changed {
+            self.publish_rejections(None);
+            return;
+        }
+        let set = match policy_set(&store, &texts, &self.cfg) {
             Ok(set) => set,
             Err(e) => {
                 error!("policy change rejected; the previous policy stays in force");
@@ -447,13 +495,15 @@ impl<K: Kernel> Controller<K> {
             .and_then(|(desired, recompute)| self.commit(desired, recompute, modified));
         match applied {
             Ok(()) => {
+                self.store = store;
+                self.texts = texts;
                 self.metrics.reload("applied");
-                self.set_status(|s| s.last_error = None);
+                self.publish_rejections(None);
             }
             Err(e) => {
                 error!(error = %e, "policy change could not be applied; the previous policy stays in force");
                 self.metrics.reload("rejected");
-                self.set_status(|s| s.last_error = Some(e.to_string()));
+                self.publish_rejections(Some(e.to_string()));
             }
         }
     }
@@ -625,10 +675,12 @@ spec:
         .unwrap();
         let files: BTreeMap<PathBuf, String> =
             [(PathBuf::from("/p/rule1.yaml"), RULE.to_string())].into();
-        let set = policy_set(&files, &cfg).unwrap();
+        let store = initial_store(&files).unwrap();
+        let set = policy_set(&store, &files, &cfg).unwrap();
         let mut c = Controller::start(
             Arc::new(cfg),
             files,
+            store,
             set,
             kernel,
             Arc::new(Metrics::new()),
@@ -698,7 +750,7 @@ spec:
         assert!(answer.recv().unwrap().unwrap_err().contains("exists"));
         assert_eq!(kernel.applied.lock().unwrap().len(), writes);
 
-        // A broken policy file: rejected with its line, the previous policy stays.
+        // A broken policy file: rejected with its line, its previous version stays.
         let generation = published.state.load().generation;
         c.policy_files(
             file(
@@ -712,15 +764,39 @@ spec:
         assert!(error.contains("/p/rule1.yaml:6"), "{error}");
         assert!(redirects_to(&published.state.load(), "tiefighter"));
 
-        // Another file changes meanwhile: still rejected (the broken one is still there).
+        // Another file changes meanwhile: it applies; the broken one is still refused (its
+        // previous version still in force, its error still shown).
         c.policy_files(
-            file("/p/other.yaml", FileContent::Text(String::new())),
+            file(
+                "/p/other.yaml",
+                FileContent::Text(RULE.replace("rule1", "other").replace("deathstar", "x")),
+            ),
             Some(SystemTime::now()),
         );
-        assert_eq!(published.state.load().generation, generation);
+        let state = published.state.load_full();
+        assert!(state.generation > generation);
+        assert_eq!(state.policy_count(), 2);
+        assert!(redirects_to(&state, "tiefighter"));
+        let error = published.status.load().last_error.clone().unwrap();
+        assert!(error.contains("/p/rule1.yaml:6"), "{error}");
+
+        // A comment-only edit changes no object: nothing is written.
+        let writes = kernel.applied.lock().unwrap().len();
+        c.policy_files(
+            file(
+                "/p/other.yaml",
+                FileContent::Text(
+                    "# a comment\n".to_string()
+                        + &RULE.replace("rule1", "other").replace("deathstar", "x"),
+                ),
+            ),
+            None,
+        );
+        assert_eq!(kernel.applied.lock().unwrap().len(), writes);
 
         // Fixed, and the rule no longer covers tiefighters: the new policy is in force and
         // the change-to-maps time is reported.
+        let generation = published.state.load().generation;
         let modified = SystemTime::now() - Duration::from_millis(50);
         c.policy_files(
             file(
@@ -739,7 +815,7 @@ spec:
 
         // Removing the file removes its policy.
         c.policy_files(file("/p/rule1.yaml", FileContent::Removed), None);
-        assert_eq!(published.state.load().policy_count(), 0);
+        assert_eq!(published.state.load().policy_count(), 1);
 
         // An endpoint whose hooks cannot attach is not kept.
         let mut refusing = kernel.clone();

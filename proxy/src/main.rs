@@ -435,8 +435,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// The policy files `ward run` starts from, read and checked for this node.
-fn initial_policy(cfg: &Config) -> Result<app::InitialPolicy, l7_rules::load::LoadError> {
+fn initial_policy(cfg: &Config) -> Result<app::InitialPolicy, l7_rules::source::LoadError> {
     let (stamps, texts) = sources::files::read_all(&cfg.policy_dirs)?;
-    let set = controller::policy_set(&texts, cfg)?;
-    Ok(app::InitialPolicy { stamps, texts, set })
+    let store = controller::initial_store(&texts)?;
+    let set = controller::policy_set(&store, &texts, cfg)?;
+    Ok(app::InitialPolicy {
+        stamps,
+        texts,
+        store,
+        set,
+    })
 }

@@ -17,8 +17,8 @@ use crate::identity::{Identity, IdentityTable, Peer, PeerKind, Reserved, WILDCAR
 use crate::l7::dns::DnsMatcher;
 use crate::l7::http::{HttpRequest, HttpRule, HttpRuleSet};
 use crate::l7::kafka::{KafkaRequest, KafkaRule};
-use crate::load::PolicySet;
 use crate::model::*;
+use crate::source::PolicySet;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, RwLock};

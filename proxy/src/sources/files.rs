@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime};
 
-use l7_rules::diag::{Diagnostic, Severity};
-use l7_rules::load::{self, LoadError, MAX_POLICY_FILE_BYTES};
+use l7_rules::source::{policy_files, read_policy_file, LoadError};
 use tracing::debug;
 
 use super::{FileChange, FileContent, SourceEvent};
@@ -40,34 +39,10 @@ fn stamp(path: &Path) -> Option<Stamp> {
 
 /// The policy files under `dirs` and their stamps.
 pub fn scan(dirs: &[PathBuf]) -> Result<BTreeMap<PathBuf, Stamp>, LoadError> {
-    Ok(load::policy_files(dirs)?
+    Ok(policy_files(dirs)?
         .into_iter()
         .filter_map(|p| Some((p.clone(), stamp(&p)?)))
         .collect())
-}
-
-fn unreadable(path: &Path, message: String) -> Diagnostic {
-    Diagnostic {
-        severity: Severity::Error,
-        file: path.display().to_string(),
-        line: None,
-        document: 0,
-        object: None,
-        field: String::new(),
-        message,
-    }
-}
-
-/// One policy file's text, within the size limit.
-pub fn read(path: &Path) -> Result<String, Box<Diagnostic>> {
-    match std::fs::metadata(path) {
-        Ok(m) if m.len() > MAX_POLICY_FILE_BYTES => Err(Box::new(unreadable(
-            path,
-            format!("file is larger than {MAX_POLICY_FILE_BYTES} bytes"),
-        ))),
-        _ => std::fs::read_to_string(path)
-            .map_err(|e| Box::new(unreadable(path, format!("cannot read: {e}")))),
-    }
 }
 
 /// Every policy file's text (start-up and `ward check-config`), with the stamps they had.
@@ -78,11 +53,11 @@ pub fn read_all(dirs: &[PathBuf]) -> Result<Initial, LoadError> {
     let mut texts = BTreeMap::new();
     let mut errors = Vec::new();
     for path in stamps.keys() {
-        match read(path) {
+        match read_policy_file(path) {
             Ok(t) => {
                 texts.insert(path.clone(), t);
             }
-            Err(d) => errors.push(*d),
+            Err(mut e) => errors.append(&mut e.diagnostics),
         }
     }
     if errors.is_empty() {
@@ -106,9 +81,9 @@ fn changes(
             continue;
         }
         newest = newest.max(Some(s.modified));
-        let content = match read(path) {
+        let content = match read_policy_file(path) {
             Ok(t) => FileContent::Text(t),
-            Err(d) => FileContent::Unreadable(*d),
+            Err(e) => FileContent::Unreadable(e.diagnostics),
         };
         out.push(FileChange {
             path: path.clone(),
@@ -200,7 +175,7 @@ mod tests {
                 let what = match &c.content {
                     FileContent::Text(t) => t.clone(),
                     FileContent::Removed => "removed".into(),
-                    FileContent::Unreadable(d) => d.to_string(),
+                    FileContent::Unreadable(d) => format!("{d:?}"),
                 };
                 (name, what)
             })

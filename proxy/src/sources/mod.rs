@@ -50,6 +50,6 @@ pub struct FileChange {
 pub enum FileContent {
     Text(String),
     Removed,
-    /// Unreadable or too large: the change that includes it is rejected.
-    Unreadable(Diagnostic),
+    /// Unreadable or too large: rejected, its previous version stays in force.
+    Unreadable(Vec<Diagnostic>),
 }

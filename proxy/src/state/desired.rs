@@ -392,11 +392,11 @@ spec:
   - toPorts: [{ports: [{port: http, protocol: TCP}]}]
 "#;
         let mut sets = vec![
-            l7_rules::load::load_sources(&[]).unwrap(),
-            l7_rules::load::load_sources(&[("named.yaml".into(), named.into())]).unwrap(),
+            l7_rules::source::load_sources(&[]).unwrap(),
+            l7_rules::source::load_sources(&[("named.yaml".into(), named.into())]).unwrap(),
         ];
         for d in dirs {
-            sets.push(l7_rules::load::load_paths(&[d]).unwrap());
+            sets.push(l7_rules::source::load_paths(&[d]).unwrap());
         }
         sets.into_iter()
             .map(|set| {

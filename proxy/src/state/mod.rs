@@ -474,7 +474,7 @@ spec:
                 continue;
             }
             let set =
-                l7_rules::load::load_paths(&[root.join("config/policies").join(&scene)]).unwrap();
+                l7_rules::source::load_paths(&[root.join("config/policies").join(&scene)]).unwrap();
             // The node: the scene's `v1 Node` (as ward-check reads it) gives the labels.
             let node_labels = set
                 .catalog
@@ -541,7 +541,7 @@ spec:
 
     /// deathstar-1 (10.200.1.2), tiefighter (10.200.3.2), xwing (10.200.4.2); host 10.200.1.1.
     pub(crate) fn starwars_view() -> NodeState {
-        let set = l7_rules::load::load_sources(&[("rule1.yaml".into(), L7.into())]).unwrap();
+        let set = l7_rules::source::load_sources(&[("rule1.yaml".into(), L7.into())]).unwrap();
         let engine = Arc::new(Engine::new(set));
         let eps = vec![
             (

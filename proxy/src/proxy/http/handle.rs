@@ -418,7 +418,7 @@ mod tests {
         for entry in std::fs::read_dir(root.join("config/cases")).unwrap() {
             let path = entry.unwrap().path();
             let scene = path.file_stem().unwrap().to_string_lossy().into_owned();
-            let set = l7_rules::load::load_paths(&[root.join("config/policies").join(&scene)])
+            let set = l7_rules::source::load_paths(&[root.join("config/policies").join(&scene)])
                 .unwrap_or_else(|e| panic!("{scene}: {e:?}"));
             let engine = l7_rules::engine::Engine::new(set);
             for line in std::fs::read_to_string(&path).unwrap().lines() {
