@@ -3,24 +3,17 @@
 
 use std::{
     ffi::CString,
-    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::Path,
 };
-
-use aya::programs::ProgramFd;
 
 use crate::{Error, Hook, Result};
 
 const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_TCX_INGRESS: u32 = 46;
 const BPF_TCX_EGRESS: u32 = 47;
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-/// Bytes of `struct __sk_buff` we pass as test-run context (kernel checks the tail is zero).
-const SKB_CTX_LEN: usize = 192;
-const SKB_MARK_OFF: usize = 8;
-const SKB_IFINDEX_OFF: usize = 40;
 
 /// `bpf(2)` with a zeroed 128-byte attr buffer.
 fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<libc::c_long> {
@@ -41,53 +34,6 @@ fn put_u64(b: &mut [u8], off: usize, v: u64) {
 }
 fn get_u32(b: &[u8], off: usize) -> u32 {
     u32::from_ne_bytes(b[off..off + 4].try_into().expect("4 bytes"))
-}
-
-/// Result of one BPF_PROG_TEST_RUN.
-#[derive(Clone, Debug)]
-pub struct TestRunOutput {
-    /// The program's return value (`TC_ACT_OK` = 0, `TC_ACT_SHOT` = 2).
-    pub retval: u32,
-    /// `skb->mark` after the run.
-    pub mark: u32,
-    /// Packet after the run.
-    pub data: Vec<u8>,
-}
-
-pub(crate) fn prog_test_run(
-    fd: &ProgramFd,
-    packet: &[u8],
-    ifindex: u32,
-    mark: u32,
-) -> Result<TestRunOutput> {
-    let mut data_out = vec![0u8; packet.len() + 256];
-    let mut ctx_in = [0u8; SKB_CTX_LEN];
-    let mut ctx_out = [0u8; SKB_CTX_LEN];
-    put_u32(&mut ctx_in, SKB_MARK_OFF, mark);
-    put_u32(&mut ctx_in, SKB_IFINDEX_OFF, ifindex);
-    let mut attr = [0u8; 128];
-    put_u32(&mut attr, 0, fd.as_fd().as_raw_fd() as u32);
-    put_u32(&mut attr, 8, packet.len() as u32);
-    put_u32(&mut attr, 12, data_out.len() as u32);
-    put_u64(&mut attr, 16, packet.as_ptr() as u64);
-    put_u64(&mut attr, 24, data_out.as_mut_ptr() as u64);
-    put_u32(&mut attr, 32, 1);
-    put_u32(&mut attr, 40, ctx_in.len() as u32);
-    put_u32(&mut attr, 44, ctx_out.len() as u32);
-    put_u64(&mut attr, 48, ctx_in.as_ptr() as u64);
-    put_u64(&mut attr, 56, ctx_out.as_mut_ptr() as u64);
-    bpf(BPF_PROG_TEST_RUN, &mut attr).map_err(|source| Error::Io {
-        what: "BPF_PROG_TEST_RUN".into(),
-        source,
-    })?;
-    let retval = get_u32(&attr, 4);
-    let out_len = (get_u32(&attr, 12) as usize).min(data_out.len());
-    data_out.truncate(out_len);
-    Ok(TestRunOutput {
-        retval,
-        mark: get_u32(&ctx_out, SKB_MARK_OFF),
-        data: data_out,
-    })
 }
 
 pub(crate) struct LinkInfo {
@@ -244,3 +190,71 @@ pub(crate) fn ensure_bpffs(pin_root: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// BPF_PROG_TEST_RUN on a TC program (feature `test-util`).
+#[cfg(feature = "test-util")]
+mod test_run {
+    use std::os::fd::{AsFd, AsRawFd};
+
+    use aya::programs::ProgramFd;
+
+    use super::{bpf, get_u32, put_u32, put_u64};
+    use crate::{Error, Result};
+
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    /// Bytes of `struct __sk_buff` we pass as test-run context (kernel checks the tail is zero).
+    const SKB_CTX_LEN: usize = 192;
+    const SKB_MARK_OFF: usize = 8;
+    const SKB_IFINDEX_OFF: usize = 40;
+
+    /// Result of one BPF_PROG_TEST_RUN.
+    #[derive(Clone, Debug)]
+    pub struct TestRunOutput {
+        /// The program's return value (`TC_ACT_OK` = 0, `TC_ACT_SHOT` = 2).
+        pub retval: u32,
+        /// `skb->mark` after the run.
+        pub mark: u32,
+        /// Packet after the run.
+        pub data: Vec<u8>,
+    }
+
+    pub(crate) fn prog_test_run(
+        fd: &ProgramFd,
+        packet: &[u8],
+        ifindex: u32,
+        mark: u32,
+    ) -> Result<TestRunOutput> {
+        let mut data_out = vec![0u8; packet.len() + 256];
+        let mut ctx_in = [0u8; SKB_CTX_LEN];
+        let mut ctx_out = [0u8; SKB_CTX_LEN];
+        put_u32(&mut ctx_in, SKB_MARK_OFF, mark);
+        put_u32(&mut ctx_in, SKB_IFINDEX_OFF, ifindex);
+        let mut attr = [0u8; 128];
+        put_u32(&mut attr, 0, fd.as_fd().as_raw_fd() as u32);
+        put_u32(&mut attr, 8, packet.len() as u32);
+        put_u32(&mut attr, 12, data_out.len() as u32);
+        put_u64(&mut attr, 16, packet.as_ptr() as u64);
+        put_u64(&mut attr, 24, data_out.as_mut_ptr() as u64);
+        put_u32(&mut attr, 32, 1);
+        put_u32(&mut attr, 40, ctx_in.len() as u32);
+        put_u32(&mut attr, 44, ctx_out.len() as u32);
+        put_u64(&mut attr, 48, ctx_in.as_ptr() as u64);
+        put_u64(&mut attr, 56, ctx_out.as_mut_ptr() as u64);
+        bpf(BPF_PROG_TEST_RUN, &mut attr).map_err(|source| Error::Io {
+            what: "BPF_PROG_TEST_RUN".into(),
+            source,
+        })?;
+        let retval = get_u32(&attr, 4);
+        let out_len = (get_u32(&attr, 12) as usize).min(data_out.len());
+        data_out.truncate(out_len);
+        Ok(TestRunOutput {
+            retval,
+            mark: get_u32(&ctx_out, SKB_MARK_OFF),
+            data: data_out,
+        })
+    }
+}
+#[cfg(feature = "test-util")]
+pub(crate) use test_run::prog_test_run;
+#[cfg(feature = "test-util")]
+pub use test_run::TestRunOutput;
