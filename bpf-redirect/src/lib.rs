@@ -20,6 +20,8 @@ mod proxy_sockets;
 mod routing;
 mod state;
 mod sys;
+#[cfg(feature = "test-util")]
+mod test_run;
 
 use std::{
     collections::BTreeMap,
@@ -47,7 +49,7 @@ pub use state::{
     PolicyEntry,
 };
 #[cfg(feature = "test-util")]
-pub use sys::TestRunOutput;
+pub use test_run::TestRunOutput;
 
 /// The default pin root.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/ward";
@@ -608,7 +610,7 @@ impl Datapath {
     }
 
     /// Runs `hook`'s program once on `packet` (an Ethernet frame) with
-    /// BPF_PROG_TEST_RUN. `ifindex`/`mark` set `skb->ifindex`/`skb->mark`
+    /// BPF_PROG_TEST_RUN (aya's `TestRun`). `ifindex`/`mark` set `skb->ifindex`/`skb->mark`
     /// (the interface must exist in the calling thread's network namespace).
     /// Note: the kernel's test run is not "at TC ingress", so `bpf_sk_assign`
     /// fails there; redirects are exercised by the namespace tests.
@@ -621,11 +623,7 @@ impl Datapath {
         mark: u32,
     ) -> Result<TestRunOutput> {
         let name = hook.program();
-        let prog = self.program(hook)?;
-        let fd = prog
-            .fd()
-            .map_err(|source| Error::Program { name, source })?;
-        sys::prog_test_run(fd, packet, ifindex, mark)
+        test_run::run(self.program(hook)?, name, packet, ifindex, mark)
     }
 
     /// Kernel run-time statistics `(run_time_ns, run_cnt)` of `hook`'s program as

@@ -1,5 +1,8 @@
-//! Raw syscalls aya 0.14 does not expose: BPF_PROG_TEST_RUN, TCX link info
-//! (ifindex / attach type), bpffs mounting, if_nametoindex.
+//! Raw `bpf()` calls aya 0.14 does not expose: the TCX link info of a pinned link
+//! (ifindex / attach type): `aya::programs::links::LinkInfo` only has `id()`,
+//! `program_id()` and `link_type()`, not the `tcx` member of `struct
+//! bpf_link_info`, and `FdLink` hands out no fd to read it with (so
+//! BPF_OBJ_GET is ours too). Also bpffs mounting and if_nametoindex.
 
 use std::{
     ffi::CString,
@@ -190,71 +193,3 @@ pub(crate) fn ensure_bpffs(pin_root: &Path) -> Result<()> {
     }
     Ok(())
 }
-
-/// BPF_PROG_TEST_RUN on a TC program (feature `test-util`).
-#[cfg(feature = "test-util")]
-mod test_run {
-    use std::os::fd::{AsFd, AsRawFd};
-
-    use aya::programs::ProgramFd;
-
-    use super::{bpf, get_u32, put_u32, put_u64};
-    use crate::{Error, Result};
-
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    /// Bytes of `struct __sk_buff` we pass as test-run context (kernel checks the tail is zero).
-    const SKB_CTX_LEN: usize = 192;
-    const SKB_MARK_OFF: usize = 8;
-    const SKB_IFINDEX_OFF: usize = 40;
-
-    /// Result of one BPF_PROG_TEST_RUN.
-    #[derive(Clone, Debug)]
-    pub struct TestRunOutput {
-        /// The program's return value (`TC_ACT_OK` = 0, `TC_ACT_SHOT` = 2).
-        pub retval: u32,
-        /// `skb->mark` after the run.
-        pub mark: u32,
-        /// Packet after the run.
-        pub data: Vec<u8>,
-    }
-
-    pub(crate) fn prog_test_run(
-        fd: &ProgramFd,
-        packet: &[u8],
-        ifindex: u32,
-        mark: u32,
-    ) -> Result<TestRunOutput> {
-        let mut data_out = vec![0u8; packet.len() + 256];
-        let mut ctx_in = [0u8; SKB_CTX_LEN];
-        let mut ctx_out = [0u8; SKB_CTX_LEN];
-        put_u32(&mut ctx_in, SKB_MARK_OFF, mark);
-        put_u32(&mut ctx_in, SKB_IFINDEX_OFF, ifindex);
-        let mut attr = [0u8; 128];
-        put_u32(&mut attr, 0, fd.as_fd().as_raw_fd() as u32);
-        put_u32(&mut attr, 8, packet.len() as u32);
-        put_u32(&mut attr, 12, data_out.len() as u32);
-        put_u64(&mut attr, 16, packet.as_ptr() as u64);
-        put_u64(&mut attr, 24, data_out.as_mut_ptr() as u64);
-        put_u32(&mut attr, 32, 1);
-        put_u32(&mut attr, 40, ctx_in.len() as u32);
-        put_u32(&mut attr, 44, ctx_out.len() as u32);
-        put_u64(&mut attr, 48, ctx_in.as_ptr() as u64);
-        put_u64(&mut attr, 56, ctx_out.as_mut_ptr() as u64);
-        bpf(BPF_PROG_TEST_RUN, &mut attr).map_err(|source| Error::Io {
-            what: "BPF_PROG_TEST_RUN".into(),
-            source,
-        })?;
-        let retval = get_u32(&attr, 4);
-        let out_len = (get_u32(&attr, 12) as usize).min(data_out.len());
-        data_out.truncate(out_len);
-        Ok(TestRunOutput {
-            retval,
-            mark: get_u32(&ctx_out, SKB_MARK_OFF),
-            data: data_out,
-        })
-    }
-}
-#[cfg(feature = "test-util")]
-pub(crate) use test_run::prog_test_run;
-#[cfg(feature = "test-util")]
-pub use test_run::TestRunOutput;
