@@ -812,7 +812,9 @@ fn tolerate_missing(
 pub(crate) fn is_not_found(e: &aya::maps::MapError) -> bool {
     match e {
         aya::maps::MapError::KeyNotFound => true,
-        aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        aya::maps::MapError::SyscallError(s) => {
+            s.io_error.raw_os_error() == Some(nix::errno::Errno::ENOENT as i32)
+        }
         _ => false,
     }
 }

@@ -14,7 +14,8 @@ use aya::maps::{HashMap as BpfHashMap, Map, MapData, SockHash};
 
 use crate::{common::map_names, Error, Result};
 
-/// `SO_COOKIE` (asm-generic/socket.h); not exported by every libc version.
+/// `SO_COOKIE` (asm-generic/socket.h); not exported by every libc version, and nix 0.30 has
+/// no `sockopt` for it, so `socket_cookie` calls getsockopt itself.
 const SO_COOKIE: libc::c_int = 57;
 
 /// The kernel's socket cookie of `fd` (`getsockopt(SOL_SOCKET, SO_COOKIE)`):

@@ -2,7 +2,8 @@
 //! (ifindex / attach type): `aya::programs::links::LinkInfo` only has `id()`,
 //! `program_id()` and `link_type()`, not the `tcx` member of `struct
 //! bpf_link_info`, and `FdLink` hands out no fd to read it with (so
-//! BPF_OBJ_GET is ours too). Also bpffs mounting and if_nametoindex.
+//! BPF_OBJ_GET is ours too). Plus the bpffs check and mount and
+//! if_nametoindex, through nix.
 
 use std::{
     ffi::CString,
@@ -16,7 +17,6 @@ const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_TCX_INGRESS: u32 = 46;
 const BPF_TCX_EGRESS: u32 = 47;
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// `bpf(2)` with a zeroed 128-byte attr buffer.
 fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<libc::c_long> {
@@ -133,25 +133,12 @@ pub(crate) fn same_program(attached: u32, ours: u32, pin_root: &Path) -> Result<
 }
 
 pub(crate) fn ifindex(iface: &str) -> Result<u32> {
-    let c = CString::new(iface).map_err(|_| Error::NoSuchInterface(iface.into()))?;
-    // SAFETY: c is a valid NUL-terminated string.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if idx == 0 {
-        Err(Error::NoSuchInterface(iface.into()))
-    } else {
-        Ok(idx)
-    }
+    nix::net::if_::if_nametoindex(iface).map_err(|_| Error::NoSuchInterface(iface.into()))
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs writes into a zeroed struct we own.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    r == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|st| st.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
 }
 
 /// Mounts bpffs on /sys/fs/bpf when the pin root is below it and nothing is
@@ -160,24 +147,17 @@ fn is_bpffs(path: &Path) -> bool {
 pub(crate) fn ensure_bpffs(pin_root: &Path) -> Result<()> {
     let base = Path::new("/sys/fs/bpf");
     if pin_root.starts_with(base) && !is_bpffs(base) {
-        let src = CString::new("bpf").expect("static");
-        let dst = CString::new("/sys/fs/bpf").expect("static");
-        // SAFETY: valid C strings; no data argument.
-        let r = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                dst.as_ptr(),
-                src.as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if r != 0 {
-            return Err(Error::Io {
-                what: "mounting bpffs on /sys/fs/bpf".into(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        nix::mount::mount(
+            Some("bpf"),
+            base,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|errno| Error::Io {
+            what: "mounting bpffs on /sys/fs/bpf".into(),
+            source: errno.into(),
+        })?;
     }
     let mut probe = pin_root.to_path_buf();
     while !probe.exists() {

@@ -27,6 +27,9 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
 pub(crate) static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// Transparent HTTP listener port of the scenes' `ward run`.
@@ -36,16 +39,14 @@ pub const HTTP_LISTENER: u16 = 15001;
 /// when not root; panics instead when `WARD_REQUIRE_PRIVILEGED=1` (CI, and `cargo xtask test`
 /// as root).
 pub fn privileged(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if nix::unistd::geteuid().is_root() {
         return true;
     }
     if std::env::var("WARD_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
         panic!("{test}: needs root but WARD_REQUIRE_PRIVILEGED=1");
     }
     let line = format!("SKIPPED (needs root): {test}\n");
-    // SAFETY: writing a valid buffer to stderr.
-    unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+    let _ = nix::unistd::write(std::io::stderr(), line.as_bytes());
     false
 }
 
@@ -502,8 +503,7 @@ impl Scene {
     pub fn terminate_ward(&mut self) -> Option<ExitStatus> {
         let mut c = self.ward.take()?;
         // `ip netns exec` execs ward, so the child pid is ward's.
-        // SAFETY: sending a signal to our own child.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = c.try_wait() {
@@ -610,8 +610,7 @@ impl Drop for Scene {
             if let Ok(o) = Command::new("ip").args(["netns", "pids", ns]).output() {
                 for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
                     if let Ok(pid) = pid.parse::<i32>() {
-                        // SAFETY: kill(2) has no memory effects.
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                     }
                 }
             }

@@ -5,9 +5,14 @@
 use std::{
     fs::File,
     net::Ipv4Addr,
-    os::fd::AsRawFd,
+    os::fd::AsFd,
     process::{Command, Output},
     sync::atomic::Ordering,
+};
+
+use nix::{
+    poll::{poll, PollFd, PollFlags},
+    sched::{setns, unshare, CloneFlags},
 };
 
 use crate::SEQ;
@@ -32,9 +37,8 @@ pub fn must(cmd: &str, args: &[&str]) {
 pub fn enter_netns(name: &str) {
     let path = format!("/var/run/netns/{name}");
     let f = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    // SAFETY: valid fd of a netns file; affects only this thread.
-    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(r, 0, "setns {name}: {}", std::io::Error::last_os_error());
+    // Affects only the calling thread.
+    setns(f, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {name}: {e}"));
 }
 
 /// Runs `f` on a new thread inside the named network namespace (for in-process clients and
@@ -54,9 +58,8 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
 /// disappears with the thread.
 pub fn in_private_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     std::thread::spawn(move || {
-        // SAFETY: unshare of the net namespace affects only this thread.
-        let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "unshare: {}", std::io::Error::last_os_error());
+        // Affects only this thread.
+        unshare(CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("unshare: {e}"));
         must("ip", &["link", "set", "lo", "up"]);
         f()
     })
@@ -216,18 +219,12 @@ impl HttpServer {
                 })
                 .collect();
             tx.send(()).unwrap();
-            let mut pfds: Vec<libc::pollfd> = listeners
+            let mut pfds: Vec<PollFd<'_>> = listeners
                 .iter()
-                .map(|l| libc::pollfd {
-                    fd: l.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                })
+                .map(|l| PollFd::new(l.as_fd(), PollFlags::POLLIN))
                 .collect();
             while !stop2.load(Ordering::Relaxed) {
-                // SAFETY: pfds is a valid array of pollfd.
-                let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 20) };
-                if n <= 0 {
+                if !matches!(poll(&mut pfds, 20u8), Ok(n) if n > 0) {
                     continue;
                 }
                 for l in &listeners {
