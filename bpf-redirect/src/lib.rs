@@ -12,7 +12,8 @@
 //!
 //! Feature `test-util`: hooks only tests and benches use (BPF_PROG_TEST_RUN on
 //! a synthetic packet, attaching another hook's program, program ids and
-//! run-time stats, conntrack and event readers off a [`Datapath`]). The
+//! run-time stats, conntrack, event and proxy-socket readers off a
+//! [`Datapath`], `ProxySockets::{register, contains}`, `ifindex`). The
 //! product (`ward`) never enables it; `ward-tests` does.
 
 mod events;

@@ -87,6 +87,7 @@ impl ProxySockets {
     }
 
     /// Whether `cookie` is registered.
+    #[cfg(feature = "test-util")]
     pub fn contains(&self, cookie: u64) -> Result<bool> {
         match self.map.get(&cookie, 0) {
             Ok(_) => Ok(true),
@@ -99,6 +100,7 @@ impl ProxySockets {
     }
 
     /// Registers the socket `fd` and returns its cookie.
+    #[cfg(feature = "test-util")]
     pub fn register(&mut self, fd: BorrowedFd<'_>) -> Result<u64> {
         let cookie = socket_cookie(fd).map_err(|source| Error::Io {
             what: "getsockopt(SO_COOKIE)".into(),
