@@ -2,12 +2,16 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
-    os::fd::AsRawFd,
+    os::fd::AsFd,
     path::Path,
     time::{Duration, Instant},
 };
 
 use aya::maps::{Map, MapData, RingBuf};
+use nix::{
+    errno::Errno,
+    poll::{poll, PollFd, PollFlags, PollTimeout},
+};
 
 use crate::{
     common::{self, drop_reason, map_names, RawEvent},
@@ -202,21 +206,16 @@ impl EventReader {
             if left.is_zero() {
                 return Ok(None);
             }
-            let mut pfd = libc::pollfd {
-                fd: self.ring.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
-            // SAFETY: one valid pollfd.
-            let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-            if r < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
+            let timeout = PollTimeout::try_from(left.max(Duration::from_millis(1)))
+                .unwrap_or(PollTimeout::MAX);
+            let mut fds = [PollFd::new(self.ring.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(errno) => {
                     return Err(Error::Io {
                         what: "polling the event ring buffer".into(),
-                        source: e,
-                    });
+                        source: errno.into(),
+                    })
                 }
             }
         }

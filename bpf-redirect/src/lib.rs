@@ -9,6 +9,12 @@
 //! about L7 or policy files — the proxy turns policy into [`DesiredState`].
 //!
 //! Everything here needs root (CAP_BPF + CAP_NET_ADMIN) and a bpffs.
+//!
+//! Feature `test-util`: hooks only tests and benches use (BPF_PROG_TEST_RUN on
+//! a synthetic packet, attaching another hook's program, program ids and
+//! run-time stats, conntrack, event and proxy-socket readers off a
+//! [`Datapath`], `ProxySockets::{register, contains}`, `ifindex`). The
+//! product (`ward`) never enables it; `ward-tests` does.
 
 mod counters;
 mod events;
@@ -16,6 +22,8 @@ mod proxy_sockets;
 mod routing;
 mod state;
 mod sys;
+#[cfg(feature = "test-util")]
+mod test_run;
 
 use std::{
     collections::BTreeMap,
@@ -43,7 +51,8 @@ pub use state::{
     port_range_prefixes, ApplyStats, DesiredState, Endpoint, Interface, IpcacheEntry, MapDiff,
     PolicyEntry,
 };
-pub use sys::TestRunOutput;
+#[cfg(feature = "test-util")]
+pub use test_run::TestRunOutput;
 
 /// The default pin root.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/ward";
@@ -291,7 +300,7 @@ impl Datapath {
 
     /// Test hook: attaches `program`'s code at `hook`'s place (to exercise the
     /// atomic replacement path). Not for production use.
-    #[doc(hidden)]
+    #[cfg(feature = "test-util")]
     pub fn attach_program_for_test(
         &mut self,
         iface: &str,
@@ -302,6 +311,7 @@ impl Datapath {
     }
 
     /// Kernel id of the program attached at `iface`/`hook` (from its link pin).
+    #[cfg(feature = "test-util")]
     pub fn attached_program_id(&self, iface: &str, hook: Hook) -> Result<Option<u32>> {
         let path = self.link_path(iface, hook);
         if !path.exists() {
@@ -313,6 +323,7 @@ impl Datapath {
     /// Kernel run-time statistics `(run_time_ns, run_cnt)` of the program that
     /// is actually attached at `iface`/`hook` (after a restart that is usually
     /// the previous process's program). Needs `kernel.bpf_stats_enabled=1`.
+    #[cfg(feature = "test-util")]
     pub fn attached_program_stats(&self, iface: &str, hook: Hook) -> Result<Option<(u64, u64)>> {
         let Some(id) = self.attached_program_id(iface, hook)? else {
             return Ok(None);
@@ -324,6 +335,7 @@ impl Datapath {
     }
 
     /// Kernel id of `hook`'s program as loaded by this process.
+    #[cfg(feature = "test-util")]
     pub fn program_id(&mut self, hook: Hook) -> Result<u32> {
         let name = hook.program();
         Ok(self
@@ -554,6 +566,7 @@ impl Datapath {
     }
 
     /// Conntrack entries (for introspection and tests).
+    #[cfg(feature = "test-util")]
     pub fn conntrack(&self) -> Result<Vec<(common::CtKey, common::CtValue)>> {
         let name = map_names::CT;
         let map = self.ebpf.map(name).ok_or(Error::MissingMap(name))?;
@@ -572,6 +585,7 @@ impl Datapath {
     }
 
     /// Removes all conntrack entries.
+    #[cfg(feature = "test-util")]
     pub fn flush_conntrack(&mut self) -> Result<usize> {
         let keys: Vec<common::CtKey> = self.conntrack()?.into_iter().map(|(k, _)| k).collect();
         let name = map_names::CT;
@@ -586,21 +600,24 @@ impl Datapath {
     }
 
     /// The registry of the proxy's upstream socket cookies (opened from its pin).
+    #[cfg(feature = "test-util")]
     pub fn proxy_sockets(&self) -> Result<ProxySockets> {
         ProxySockets::open(&self.pin_root)
     }
 
     /// A blocking reader of the event ring buffer (opened from its pin, so it can
     /// live on another thread).
+    #[cfg(feature = "test-util")]
     pub fn events(&self) -> Result<EventReader> {
         EventReader::open(&self.pin_root)
     }
 
     /// Runs `hook`'s program once on `packet` (an Ethernet frame) with
-    /// BPF_PROG_TEST_RUN. `ifindex`/`mark` set `skb->ifindex`/`skb->mark`
+    /// BPF_PROG_TEST_RUN (aya's `TestRun`). `ifindex`/`mark` set `skb->ifindex`/`skb->mark`
     /// (the interface must exist in the calling thread's network namespace).
     /// Note: the kernel's test run is not "at TC ingress", so `bpf_sk_assign`
     /// fails there; redirects are exercised by the namespace tests.
+    #[cfg(feature = "test-util")]
     pub fn test_run(
         &mut self,
         hook: Hook,
@@ -609,15 +626,12 @@ impl Datapath {
         mark: u32,
     ) -> Result<TestRunOutput> {
         let name = hook.program();
-        let prog = self.program(hook)?;
-        let fd = prog
-            .fd()
-            .map_err(|source| Error::Program { name, source })?;
-        sys::prog_test_run(fd, packet, ifindex, mark)
+        test_run::run(self.program(hook)?, name, packet, ifindex, mark)
     }
 
     /// Kernel run-time statistics `(run_time_ns, run_cnt)` of `hook`'s program as
     /// loaded by this process (needs `kernel.bpf_stats_enabled=1`).
+    #[cfg(feature = "test-util")]
     pub fn program_stats(&mut self, hook: Hook) -> Result<(u64, u64)> {
         let name = hook.program();
         let info = self
@@ -801,12 +815,15 @@ fn tolerate_missing(
 pub(crate) fn is_not_found(e: &aya::maps::MapError) -> bool {
     match e {
         aya::maps::MapError::KeyNotFound => true,
-        aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        aya::maps::MapError::SyscallError(s) => {
+            s.io_error.raw_os_error() == Some(nix::errno::Errno::ENOENT as i32)
+        }
         _ => false,
     }
 }
 
 /// Resolves an interface name in the calling thread's network namespace.
+#[cfg(feature = "test-util")]
 pub fn ifindex(iface: &str) -> Result<u32> {
     sys::ifindex(iface)
 }

@@ -14,7 +14,8 @@ use aya::maps::{HashMap as BpfHashMap, Map, MapData, SockHash};
 
 use crate::{common::map_names, Error, Result};
 
-/// `SO_COOKIE` (asm-generic/socket.h); not exported by every libc version.
+/// `SO_COOKIE` (asm-generic/socket.h); not exported by every libc version, and nix 0.30 has
+/// no `sockopt` for it, so `socket_cookie` calls getsockopt itself.
 const SO_COOKIE: libc::c_int = 57;
 
 /// The kernel's socket cookie of `fd` (`getsockopt(SOL_SOCKET, SO_COOKIE)`):
@@ -86,6 +87,7 @@ impl ProxySockets {
     }
 
     /// Whether `cookie` is registered.
+    #[cfg(feature = "test-util")]
     pub fn contains(&self, cookie: u64) -> Result<bool> {
         match self.map.get(&cookie, 0) {
             Ok(_) => Ok(true),
@@ -98,6 +100,7 @@ impl ProxySockets {
     }
 
     /// Registers the socket `fd` and returns its cookie.
+    #[cfg(feature = "test-util")]
     pub fn register(&mut self, fd: BorrowedFd<'_>) -> Result<u64> {
         let cookie = socket_cookie(fd).map_err(|source| Error::Io {
             what: "getsockopt(SO_COOKIE)".into(),

@@ -1,26 +1,22 @@
-//! Raw syscalls aya 0.14 does not expose: BPF_PROG_TEST_RUN, TCX link info
-//! (ifindex / attach type), bpffs mounting, if_nametoindex.
+//! Raw `bpf()` calls aya 0.14 does not expose: the TCX link info of a pinned link
+//! (ifindex / attach type): `aya::programs::links::LinkInfo` only has `id()`,
+//! `program_id()` and `link_type()`, not the `tcx` member of `struct
+//! bpf_link_info`, and `FdLink` hands out no fd to read it with (so
+//! BPF_OBJ_GET is ours too). Plus the bpffs check and mount and
+//! if_nametoindex, through nix.
 
 use std::{
     ffi::CString,
-    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::Path,
 };
-
-use aya::programs::ProgramFd;
 
 use crate::{Error, Hook, Result};
 
 const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_TCX_INGRESS: u32 = 46;
 const BPF_TCX_EGRESS: u32 = 47;
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-/// Bytes of `struct __sk_buff` we pass as test-run context (kernel checks the tail is zero).
-const SKB_CTX_LEN: usize = 192;
-const SKB_MARK_OFF: usize = 8;
-const SKB_IFINDEX_OFF: usize = 40;
 
 /// `bpf(2)` with a zeroed 128-byte attr buffer.
 fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<libc::c_long> {
@@ -41,53 +37,6 @@ fn put_u64(b: &mut [u8], off: usize, v: u64) {
 }
 fn get_u32(b: &[u8], off: usize) -> u32 {
     u32::from_ne_bytes(b[off..off + 4].try_into().expect("4 bytes"))
-}
-
-/// Result of one BPF_PROG_TEST_RUN.
-#[derive(Clone, Debug)]
-pub struct TestRunOutput {
-    /// The program's return value (`TC_ACT_OK` = 0, `TC_ACT_SHOT` = 2).
-    pub retval: u32,
-    /// `skb->mark` after the run.
-    pub mark: u32,
-    /// Packet after the run.
-    pub data: Vec<u8>,
-}
-
-pub(crate) fn prog_test_run(
-    fd: &ProgramFd,
-    packet: &[u8],
-    ifindex: u32,
-    mark: u32,
-) -> Result<TestRunOutput> {
-    let mut data_out = vec![0u8; packet.len() + 256];
-    let mut ctx_in = [0u8; SKB_CTX_LEN];
-    let mut ctx_out = [0u8; SKB_CTX_LEN];
-    put_u32(&mut ctx_in, SKB_MARK_OFF, mark);
-    put_u32(&mut ctx_in, SKB_IFINDEX_OFF, ifindex);
-    let mut attr = [0u8; 128];
-    put_u32(&mut attr, 0, fd.as_fd().as_raw_fd() as u32);
-    put_u32(&mut attr, 8, packet.len() as u32);
-    put_u32(&mut attr, 12, data_out.len() as u32);
-    put_u64(&mut attr, 16, packet.as_ptr() as u64);
-    put_u64(&mut attr, 24, data_out.as_mut_ptr() as u64);
-    put_u32(&mut attr, 32, 1);
-    put_u32(&mut attr, 40, ctx_in.len() as u32);
-    put_u32(&mut attr, 44, ctx_out.len() as u32);
-    put_u64(&mut attr, 48, ctx_in.as_ptr() as u64);
-    put_u64(&mut attr, 56, ctx_out.as_mut_ptr() as u64);
-    bpf(BPF_PROG_TEST_RUN, &mut attr).map_err(|source| Error::Io {
-        what: "BPF_PROG_TEST_RUN".into(),
-        source,
-    })?;
-    let retval = get_u32(&attr, 4);
-    let out_len = (get_u32(&attr, 12) as usize).min(data_out.len());
-    data_out.truncate(out_len);
-    Ok(TestRunOutput {
-        retval,
-        mark: get_u32(&ctx_out, SKB_MARK_OFF),
-        data: data_out,
-    })
 }
 
 pub(crate) struct LinkInfo {
@@ -184,25 +133,12 @@ pub(crate) fn same_program(attached: u32, ours: u32, pin_root: &Path) -> Result<
 }
 
 pub(crate) fn ifindex(iface: &str) -> Result<u32> {
-    let c = CString::new(iface).map_err(|_| Error::NoSuchInterface(iface.into()))?;
-    // SAFETY: c is a valid NUL-terminated string.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if idx == 0 {
-        Err(Error::NoSuchInterface(iface.into()))
-    } else {
-        Ok(idx)
-    }
+    nix::net::if_::if_nametoindex(iface).map_err(|_| Error::NoSuchInterface(iface.into()))
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs writes into a zeroed struct we own.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    r == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|st| st.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
 }
 
 /// Mounts bpffs on /sys/fs/bpf when the pin root is below it and nothing is
@@ -211,24 +147,17 @@ fn is_bpffs(path: &Path) -> bool {
 pub(crate) fn ensure_bpffs(pin_root: &Path) -> Result<()> {
     let base = Path::new("/sys/fs/bpf");
     if pin_root.starts_with(base) && !is_bpffs(base) {
-        let src = CString::new("bpf").expect("static");
-        let dst = CString::new("/sys/fs/bpf").expect("static");
-        // SAFETY: valid C strings; no data argument.
-        let r = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                dst.as_ptr(),
-                src.as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if r != 0 {
-            return Err(Error::Io {
-                what: "mounting bpffs on /sys/fs/bpf".into(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        nix::mount::mount(
+            Some("bpf"),
+            base,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|errno| Error::Io {
+            what: "mounting bpffs on /sys/fs/bpf".into(),
+            source: errno.into(),
+        })?;
     }
     let mut probe = pin_root.to_path_buf();
     while !probe.exists() {

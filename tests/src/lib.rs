@@ -5,16 +5,32 @@
 //! Everything a scene creates (namespaces, `/etc/netns/*` files, processes, the private bpffs
 //! pin root, the routing rule inside the node namespace) is removed when the [`Scene`] drops,
 //! also when a test panics. Nothing touches the machine's root namespace or `/sys/fs/bpf/ward`.
+//!
+//! Below the scenes: [`netns`] (a thread in a named or private namespace, veth wiring, the
+//! client/node/server [`netns::Topology`]), [`packet`] (synthetic frames) and, with feature
+//! `datapath` (default; it builds the eBPF programs, so it needs clang), [`datapath`] (the
+//! loader's test hooks: BPF_PROG_TEST_RUN verdicts, private pin roots). `xtask` uses this crate
+//! without default features: it must build before it has installed clang.
+
+#[cfg(feature = "datapath")]
+pub mod datapath;
+pub mod netns;
+pub mod packet;
+
+pub use netns::in_netns;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+pub(crate) static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// Transparent HTTP listener port of the scenes' `ward run`.
 pub const HTTP_LISTENER: u16 = 15001;
@@ -23,16 +39,14 @@ pub const HTTP_LISTENER: u16 = 15001;
 /// when not root; panics instead when `WARD_REQUIRE_PRIVILEGED=1` (CI, and `cargo xtask test`
 /// as root).
 pub fn privileged(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if nix::unistd::geteuid().is_root() {
         return true;
     }
     if std::env::var("WARD_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
         panic!("{test}: needs root but WARD_REQUIRE_PRIVILEGED=1");
     }
     let line = format!("SKIPPED (needs root): {test}\n");
-    // SAFETY: writing a valid buffer to stderr.
-    unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+    let _ = nix::unistd::write(std::io::stderr(), line.as_bytes());
     false
 }
 
@@ -64,12 +78,12 @@ pub fn ward_bin() -> PathBuf {
     p
 }
 
-fn run(cmd: &mut Command) -> Output {
+pub(crate) fn run(cmd: &mut Command) -> Output {
     cmd.output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
-fn must(cmd: &mut Command) -> Output {
+pub(crate) fn must(cmd: &mut Command) -> Output {
     let out = run(cmd);
     assert!(
         out.status.success(),
@@ -186,47 +200,6 @@ impl Scene {
         )
     }
 
-    /// Creates namespace `netns` joined to the node by a veth (`node_if` in the node namespace,
-    /// `eth0` inside, created as `peer_if`): `addr/24` inside routing `route` via the node's
-    /// `node_addr/24`, with forwarding on the node side.
-    fn wire(
-        &self,
-        netns: &str,
-        node_if: &str,
-        peer_if: &str,
-        addr: Ipv4Addr,
-        node_addr: Ipv4Addr,
-        route: &str,
-    ) {
-        ip(&["netns", "add", netns]);
-        ip(&[
-            "link", "add", node_if, "type", "veth", "peer", "name", peer_if,
-        ]);
-        ip(&["link", "set", node_if, "netns", &self.node_ns]);
-        ip(&["link", "set", peer_if, "netns", netns]);
-        let inside =
-            |args: &[&str]| must(Command::new("ip").args(["netns", "exec", netns]).args(args));
-        inside(&["ip", "link", "set", "lo", "up"]);
-        inside(&["ip", "link", "set", peer_if, "name", "eth0"]);
-        inside(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
-        inside(&["ip", "link", "set", "eth0", "up"]);
-        inside(&["ip", "route", "add", route, "via", &node_addr.to_string()]);
-        self.node(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{node_addr}/24"),
-            "dev",
-            node_if,
-        ]);
-        self.node(&["ip", "link", "set", node_if, "up"]);
-        self.node(&[
-            "sysctl",
-            "-qw",
-            &format!("net.ipv4.conf.{node_if}.forwarding=1"),
-        ]);
-    }
-
     /// Adds a pod with a veth to the node: pod `10.200.N.2/24`, host side `10.200.N.1/24`.
     pub fn add_pod(&mut self, name: &str, namespace: &str, labels: &[(&str, &str)]) -> Pod {
         let idx = self.pods.len() + 1;
@@ -236,7 +209,15 @@ impl Scene {
         assert!(host_if.len() <= 15, "interface name {host_if} too long");
         let pod_ip = Ipv4Addr::new(10, 200, idx as u8, 2);
         let host_ip = Ipv4Addr::new(10, 200, idx as u8, 1);
-        self.wire(&netns, &host_if, &peer_if, pod_ip, host_ip, "default");
+        netns::wire(
+            &self.node_ns,
+            &netns,
+            &host_if,
+            &peer_if,
+            pod_ip,
+            host_ip,
+            "default",
+        );
         let pod = Pod {
             name: name.to_string(),
             namespace: namespace.to_string(),
@@ -261,7 +242,8 @@ impl Scene {
         let netns = format!("{}-out", self.id);
         let up = format!("{}up", self.id);
         let peer = format!("{}ou", self.id);
-        self.wire(
+        netns::wire(
+            &self.node_ns,
             &netns,
             &up,
             &peer,
@@ -513,20 +495,25 @@ impl Scene {
 
     /// Stops `ward run` with SIGTERM (the datapath stays attached).
     pub fn stop_ward(&mut self) {
-        if let Some(mut c) = self.ward.take() {
-            // `ip netns exec` execs ward, so the child pid is ward's.
-            // SAFETY: sending a signal to our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+        let _ = self.terminate_ward();
+    }
+
+    /// Stops `ward run` with SIGTERM and returns its exit status; `None` when it was not
+    /// running, or did not exit within 10 s and was killed.
+    pub fn terminate_ward(&mut self) -> Option<ExitStatus> {
+        let mut c = self.ward.take()?;
+        // `ip netns exec` execs ward, so the child pid is ward's.
+        let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(status);
             }
-            let _ = c.kill();
-            let _ = c.wait();
+            std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
     }
 
     /// Kills `ward run` hard (SIGKILL), as a crash would.
@@ -623,8 +610,7 @@ impl Drop for Scene {
             if let Ok(o) = Command::new("ip").args(["netns", "pids", ns]).output() {
                 for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
                     if let Ok(pid) = pid.parse::<i32>() {
-                        // SAFETY: kill(2) has no memory effects.
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                     }
                 }
             }
@@ -769,22 +755,6 @@ class Deathstar(http.server.BaseHTTPRequestHandler):
 
 http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), Deathstar).serve_forever()
 "#;
-
-/// Runs `f` on a new thread inside the named network namespace (for in-process clients, e.g.
-/// an open-loop load driver). The thread's namespace switch does not affect the caller.
-pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    use std::os::fd::AsRawFd;
-    let path = format!("/var/run/netns/{netns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        // SAFETY: a valid netns fd; setns only affects the calling thread.
-        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .unwrap_or_else(|p| std::panic::resume_unwind(p))
-}
 
 /// The process id of the running `ward run`, if any (for CPU and memory figures).
 impl Scene {

@@ -177,6 +177,17 @@ fn test(args: &[String]) -> Result<()> {
             "-D",
             "warnings",
         ]))?;
+        // The workspace build enables bpf-redirect's `test-util` (ward-tests does); the
+        // product builds it without, so lint that configuration too.
+        run(cargo().args([
+            "clippy",
+            "-p",
+            "bpf-redirect",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
     }
     // The namespace scenes drive the real `ward` binary.
     run(cargo().args(["build", "-p", "ward", "--bin", "ward"]))?;

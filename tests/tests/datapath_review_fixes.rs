@@ -1,8 +1,6 @@
 //! The reviewer's fail-open repros (H1, H2, M1, M2 and the TCP/ICMP conntrack
 //! rules), each asserting the correct verdict with BPF_PROG_TEST_RUN.
 
-mod common;
-
 use std::net::Ipv4Addr;
 
 use bpf_redirect::{
@@ -10,8 +8,9 @@ use bpf_redirect::{
     Datapath, DesiredState, DropReason, Endpoint, EventKind, Hook, Interface, IpcacheEntry,
     PolicyDirection,
 };
-use common::prog::{allow, events, run, with_datapath, LO};
-use common::*;
+use ward_tests::datapath::{allow, events, run, with_datapath, LO};
+use ward_tests::netns::must;
+use ward_tests::packet::*;
 
 const OK: u32 = 0;
 const SHOT: u32 = 2;

@@ -2,8 +2,6 @@
 //! TC programs without any interface. Each test uses its own pin root and runs
 //! inside a private network namespace (so socket lookups see nothing real).
 
-mod common;
-
 use std::net::Ipv4Addr;
 
 use bpf_redirect::{
@@ -11,8 +9,8 @@ use bpf_redirect::{
     port_range_prefixes, Datapath, DesiredState, DropReason, Endpoint, EventKind, Hook, Interface,
     IpcacheEntry, PolicyDirection, PolicyEntry,
 };
-use common::prog::{allow, events, run, with_datapath, LO};
-use common::*;
+use ward_tests::datapath::{allow, events, run, with_datapath, LO};
+use ward_tests::packet::*;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;

@@ -7,10 +7,7 @@
 //! and the programs' per-packet cost from `kernel.bpf_stats_enabled`
 //! (run_time_ns / run_cnt). Restores the sysctl.
 //!
-//! `cargo bench --bench datapath` (env WARD_BENCH_CONNS, default 300 per round).
-
-#[path = "../tests/common/mod.rs"]
-mod common;
+//! `cargo bench -p ward-tests --bench datapath` (env WARD_BENCH_CONNS, default 300 per round).
 
 use std::{
     io::{Read, Write},
@@ -21,7 +18,9 @@ use std::{
 use bpf_redirect::{
     common::precedence, Datapath, DesiredState, Endpoint, Hook, Interface, PolicyEntry,
 };
-use common::*;
+use ward_tests::datapath::PinRoot;
+use ward_tests::netns::*;
+use ward_tests::privileged;
 
 const ROUNDS: usize = 12;
 

@@ -3,8 +3,6 @@
 //! (original destination visible), fail-closed without a listener, enforcement
 //! surviving the loader process, and detach restoring free traffic.
 
-mod common;
-
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
@@ -22,8 +20,10 @@ use bpf_redirect::{
     AttachOutcome, Datapath, DesiredState, DropReason, Endpoint, Event, EventKind, EventReader,
     Hook, Interface, PolicyDirection, PolicyEntry, ProxyRouting, ProxySockets,
 };
-use common::*;
 use socket2::{Domain, Socket, Type};
+use ward_tests::datapath::PinRoot;
+use ward_tests::netns::*;
+use ward_tests::privileged;
 
 const ID_CLIENT: u32 = 1001;
 const ID_SERVER: u32 = 1002;

@@ -1,14 +1,50 @@
-//! Helpers of the BPF_PROG_TEST_RUN tests: a private datapath per test, one verdict per
-//! synthetic packet, the events it produced, allow entries.
+//! The datapath under test without `ward run` (feature `datapath`): a private bpffs pin root
+//! per test, a [`Datapath`] opened in a private network namespace, one BPF_PROG_TEST_RUN
+//! verdict per synthetic packet ([`crate::packet`]), the events it produced, allow entries.
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    sync::atomic::Ordering,
+    time::Duration,
+};
 
 use bpf_redirect::{common::precedence, Datapath, Event, Hook, PolicyEntry};
 
-use super::{in_private_netns, privileged, PinRoot};
+use crate::{netns::in_private_netns, privileged, SEQ};
 
 /// Interface index the synthetic packets claim to arrive on.
 pub const LO: u32 = 1;
+
+/// A per-test pin root under /sys/fs/bpf, removed (links detached, maps
+/// unpinned) on drop.
+pub struct PinRoot(pub PathBuf);
+
+impl PinRoot {
+    pub fn new() -> Self {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        PinRoot(PathBuf::from(format!(
+            "/sys/fs/bpf/ward-test-{}-{n}",
+            std::process::id()
+        )))
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Default for PinRoot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for PinRoot {
+    fn drop(&mut self) {
+        if let Err(e) = Datapath::uninstall(&self.0) {
+            eprintln!("cleanup of {}: {e}", self.0.display());
+        }
+    }
+}
 
 /// A plain allow entry (exact port, or any port/protocol when `proto`/`port` is 0).
 pub fn allow(ep: u16, identity: u32, egress: bool, proto: u8, port: u16) -> PolicyEntry {
