@@ -1,7 +1,6 @@
 //! Diagnostics: every error or warning names where its object came from (a file's path, line
 //! and document, or a cluster object's kind, namespace and name), the object and the field path.
 
-use crate::source::LineIndex;
 use std::fmt;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -134,13 +133,20 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// Where a field of a document is written: the source format knows (the YAML source's
+/// `LineIndex`); a diagnostic only asks.
+pub trait FieldLines {
+    /// The 1-based line of `field` (`spec.ingress[0]…`) in document `document`, if known.
+    fn line_of(&self, document: usize, field: &str) -> Option<usize>;
+}
+
 /// Collects diagnostics for one document (or one cluster object), resolving field paths to
 /// lines when the text they came from is known.
 pub struct DocContext<'a> {
     /// Where every diagnostic points; a file origin's line is filled in per field.
     origin: Origin,
     /// Field path → line for a file's documents; `None` for a cluster object.
-    lines: Option<&'a LineIndex>,
+    lines: Option<&'a dyn FieldLines>,
     pub object: Option<String>,
     pub diags: Vec<Diagnostic>,
 }
@@ -151,7 +157,7 @@ impl<'a> DocContext<'a> {
     pub fn for_file(
         path: &str,
         document: usize,
-        lines: Option<&'a LineIndex>,
+        lines: Option<&'a dyn FieldLines>,
         doc_line: usize,
     ) -> DocContext<'a> {
         DocContext {

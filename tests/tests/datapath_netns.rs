@@ -501,8 +501,13 @@ fn redirects_land_on_transparent_listeners_and_fail_closed_without_one() {
         "forged proxy mark must not bypass the server's ingress policy"
     );
     assert!(registered_ok, "registered upstream socket is admitted");
+    // The forged connection's drop (not, say, an IPv6 neighbour solicitation the hook also
+    // drops now and then).
     let e = wait_event(&mut events, |e| {
-        matches!(e.kind, EventKind::Drop(_)) && e.hook == Some(Hook::ToEndpoint)
+        matches!(e.kind, EventKind::Drop(_))
+            && e.hook == Some(Hook::ToEndpoint)
+            && *e.dst.ip() == SERVER_IP
+            && e.dst.port() == 80
     })
     .expect("drop event for the forged mark");
     assert_eq!(e.kind, EventKind::Drop(DropReason::POLICY));

@@ -2,7 +2,7 @@
 //! index from field paths to lines that locates them.
 
 use super::object::{compile_object, Object};
-use crate::diag::{Diagnostic, DocContext, Origin, Severity};
+use crate::diag::{Diagnostic, DocContext, FieldLines, Origin, Severity};
 use serde::Deserialize;
 use std::collections::HashMap;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
@@ -63,6 +63,12 @@ pub struct LineIndex {
     lines: HashMap<(usize, String), usize>,
     /// 1-based line where each document starts.
     pub doc_starts: Vec<usize>,
+}
+
+impl FieldLines for LineIndex {
+    fn line_of(&self, document: usize, field: &str) -> Option<usize> {
+        LineIndex::line_of(self, document, field)
+    }
 }
 
 impl LineIndex {
