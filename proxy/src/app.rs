@@ -109,6 +109,7 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
     let files = crate::sources::files::spawn(
         cfg.policy_dirs.clone(),
         policy.stamps,
+        cfg.policy_watch,
         events.clone(),
         stop.clone(),
     )?;

@@ -95,6 +95,18 @@ fn default_namespace() -> String {
     "default".into()
 }
 
+/// How the policy-file source notices changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyWatch {
+    /// inotify on the policy directories, with a slow metadata poll behind it (a change
+    /// inotify cannot see, such as one on a network filesystem, is still found).
+    #[default]
+    Inotify,
+    /// A metadata poll only, every 200 ms.
+    Poll,
+}
+
 /// The node config as written.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -111,6 +123,9 @@ pub struct Config {
     pub audit: bool,
     #[serde(default = "default_policy_dirs")]
     pub policy_dirs: Vec<PathBuf>,
+    /// How policy changes are noticed.
+    #[serde(default)]
+    pub policy_watch: PolicyWatch,
     #[serde(default)]
     pub listeners: Listeners,
     /// Threads that own client connections (like nginx's `worker_processes`); default: one
@@ -470,6 +485,12 @@ endpoints:
     #[test]
     fn defaults_apply_to_an_empty_file() {
         let c = parse("{}").unwrap();
+        assert_eq!(c.policy_watch, PolicyWatch::Inotify);
+        assert_eq!(
+            parse("policy_watch: poll").unwrap().policy_watch,
+            PolicyWatch::Poll
+        );
+        assert!(parse("policy_watch: fanotify").is_err());
         assert_eq!(c.pin_root, PathBuf::from(DEFAULT_PIN_ROOT));
         assert_eq!(c.listeners.http, DEFAULT_HTTP_PORT);
         assert_eq!(c.enforcement, Enforcement::Default);

@@ -354,6 +354,87 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Runs the end-to-end bench and writes `target/bench/report.json`.
+/// Extra policy files present while the watching is measured (a node with many policies).
+const POLICY_FILES: usize = 100;
+
+/// For each way of watching: restarts Ward with it, changes a policy file `changes` times and
+/// reads, from `ward status`, the time from each file's modification to the maps written;
+/// then Ward's CPU while nothing changes.
+fn policy_watch_figures(
+    s: &mut Scene,
+    changes: usize,
+    idle: Duration,
+) -> Result<serde_json::Value> {
+    for i in 0..POLICY_FILES {
+        s.write_policy(
+            &format!("filler-{i:03}.yaml"),
+            &format!(
+                "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: filler-{i}, namespace: default}}\nspec:\n  endpointSelector: {{matchLabels: {{app: nothing-{i}}}}}\n  ingress: [{{fromEndpoints: [{{}}]}}]\n"
+            ),
+        );
+    }
+    let config = std::fs::read_to_string(s.config_path())?;
+    let mut out = serde_json::Map::new();
+    for mode in ["inotify", "poll"] {
+        std::fs::write(s.config_path(), format!("{config}policy_watch: {mode}\n"))?;
+        s.stop_ward();
+        s.start_ward();
+        std::thread::sleep(Duration::from_millis(500));
+        let last_apply = |s: &Scene| -> Result<serde_json::Value> {
+            let o = s.ward_cli(&["status", "-o", "json"]);
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+                .with_context(|| format!("ward status: {}", String::from_utf8_lossy(&o.stderr)))?;
+            Ok(v["last_apply"].clone())
+        };
+        let mut took = Vec::new();
+        for i in 0..changes {
+            let before = last_apply(s)?["time"].clone();
+            s.write_policy(
+                "watch.yaml",
+                &format!(
+                    "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: watch, namespace: default}}\nspec:\n  endpointSelector: {{matchLabels: {{app: bench-server}}}}\n  ingress:\n  - fromEndpoints: [{{matchLabels: {{role: bench-client}}}}]\n    toPorts: [{{ports: [{{port: \"{}\", protocol: TCP}}]}}]\n",
+                    9000 + i
+                ),
+            );
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let a = last_apply(s)?;
+                if a["time"] != before {
+                    if let Some(ms) = a["change_to_maps_ms"].as_f64() {
+                        took.push(ms);
+                        break;
+                    }
+                }
+                if std::time::Instant::now() > deadline {
+                    bail!("{mode}: policy change {i} not applied within 10 s");
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // Changes a human makes are seconds apart; let this one settle.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let pid = s.ward_pid().context("ward pid")?;
+        let c0 = cpu_seconds(pid);
+        std::thread::sleep(idle);
+        let cpu = (cpu_seconds(pid) - c0) * 1000.0 / idle.as_secs_f64();
+        let max = took.iter().copied().fold(0.0, f64::max);
+        out.insert(
+            mode.into(),
+            serde_json::json!({
+                "change_to_maps_ms_median": median(took.clone()),
+                "change_to_maps_ms_max": max,
+                "idle_cpu_ms_per_s": cpu,
+                "changes": took,
+            }),
+        );
+    }
+    std::fs::write(s.config_path(), config)?;
+    s.stop_ward();
+    s.start_ward();
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(serde_json::Value::Object(out))
+}
+
 pub fn run(
     opts: &Options,
     peers_python: &std::path::Path,
@@ -591,6 +672,14 @@ pub fn run(
     )?;
     let added = |p: f64| (pct(&lat_ward, p) - pct(&lat_direct, p)).max(0.0);
 
+    // From a policy file change to the maps written, and the idle CPU of noticing it, for
+    // each way of watching (the node reports both in `ward status`).
+    let watch = if opts.smoke {
+        policy_watch_figures(&mut s, 2, Duration::from_secs(1))?
+    } else {
+        policy_watch_figures(&mut s, 10, Duration::from_secs(10))?
+    };
+    ward_pid = s.ward_pid().context("ward pid")?;
     let rss = rss_mb(ward_pid);
     // Flows the flow log dropped under this load (its queue full): the CPU figure is only
     // honest if Ward wrote a flow for every request.
@@ -637,6 +726,7 @@ pub fn run(
             "ward_rps": median(h2_ward.clone()),
             "ward_over_direct": median(h2_ward) / median(h2_direct).max(1.0),
         },
+        "policy_watch": watch,
         "grpc": {
             "direct_rps": median(grpc_direct.clone()),
             "ward_rps": median(grpc_ward.clone()),
@@ -688,6 +778,27 @@ pub fn run(
                 p["direct_rps"].as_f64().unwrap_or(0.0)
             ),
             p["ward_over_direct"].as_f64().unwrap_or(0.0)
+        );
+    }
+    for mode in ["inotify", "poll"] {
+        let m = &json["policy_watch"][mode];
+        let _ = writeln!(
+            table,
+            "{:<44} {:>12.1}",
+            format!("policy change → maps, {mode}: median ms"),
+            m["change_to_maps_ms_median"].as_f64().unwrap_or(0.0)
+        );
+        let _ = writeln!(
+            table,
+            "{:<44} {:>12.1}",
+            format!("policy change → maps, {mode}: max ms"),
+            m["change_to_maps_ms_max"].as_f64().unwrap_or(0.0)
+        );
+        let _ = writeln!(
+            table,
+            "{:<44} {:>12.3}",
+            format!("idle CPU watching {} files, {mode}: ms/s", POLICY_FILES),
+            m["idle_cpu_ms_per_s"].as_f64().unwrap_or(0.0)
         );
     }
     std::fs::create_dir_all(out_dir)?;

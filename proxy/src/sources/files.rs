@@ -1,20 +1,27 @@
-//! The policy-file source: watches the configured files and directories by polling their
-//! metadata (no file is read unless its metadata changed) and sends the changed files, read
-//! once, to the controller in one event per poll.
+//! The policy-file source: notices changes to the configured files and directories (inotify,
+//! with a slow metadata poll behind it; or a metadata poll alone), finds what changed by
+//! comparing file metadata (no file is read unless its metadata changed), and sends the
+//! changed files, read once, to the controller in one event per look.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use l7_rules::source::{policy_files, read_policy_file, LoadError};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{FileChange, FileContent, SourceEvent};
+use crate::config::PolicyWatch;
 
-/// How often the policy files are looked at.
+/// How often the policy files are looked at when polling alone.
 pub const POLICY_POLL: Duration = Duration::from_millis(200);
+/// How often they are looked at anyway behind inotify.
+pub const INOTIFY_FALLBACK_POLL: Duration = Duration::from_secs(2);
+/// After a notification, how long to wait for the rest of a burst (an editor's write, rename
+/// and chmod) before looking.
+pub const SETTLE: Duration = Duration::from_millis(10);
 
 /// What tells a file's versions apart without reading it: a write changes its ctime (and
 /// size or mtime), a replacement its inode.
@@ -99,51 +106,134 @@ fn changes(
     (out, newest)
 }
 
-/// Polls `dirs` until `stop`, starting from `stamps` (what the controller started with).
+/// Watches `dirs` until `stop`, starting from `stamps` (what the controller started with).
 pub fn spawn(
     dirs: Vec<PathBuf>,
-    mut stamps: BTreeMap<PathBuf, Stamp>,
+    stamps: BTreeMap<PathBuf, Stamp>,
+    watch: PolicyWatch,
     events: mpsc::Sender<SourceEvent>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("policy-files".into())
         .spawn(move || {
-            let mut failing = false;
+            let mut looker = Looker {
+                dirs,
+                stamps,
+                events,
+                failing: false,
+            };
+            let (tx, notified) = mpsc::channel();
+            // The watcher lives as long as this thread; without it, polling alone.
+            let watcher = match watch {
+                PolicyWatch::Poll => None,
+                PolicyWatch::Inotify => watch_dirs(&looker.dirs, tx),
+            };
+            let every = if watcher.is_some() {
+                INOTIFY_FALLBACK_POLL
+            } else {
+                POLICY_POLL
+            };
+            let mut last = Instant::now();
             while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(POLICY_POLL);
-                let now = match scan(&dirs) {
-                    Ok(now) => now,
-                    Err(e) => {
-                        // Said once per failure, not every poll.
-                        if !failing {
-                            failing = true;
-                            let _ = events.send(SourceEvent::SourceError {
-                                source: "policy files",
-                                diagnostics: e.diagnostics,
-                            });
-                        }
-                        continue;
+                // Wake at least every 250 ms to see `stop`.
+                let wait = every
+                    .saturating_sub(last.elapsed())
+                    .min(Duration::from_millis(250));
+                let look = match notified.recv_timeout(wait) {
+                    Ok(()) => {
+                        std::thread::sleep(SETTLE);
+                        while notified.try_recv().is_ok() {}
+                        true
                     }
+                    Err(_) => last.elapsed() >= every,
                 };
-                failing = false;
-                let (changed, modified) = changes(&stamps, &now);
-                if changed.is_empty() {
-                    continue;
-                }
-                debug!(files = changed.len(), "policy files changed");
-                stamps = now;
-                if events
-                    .send(SourceEvent::PolicyFiles {
-                        changes: changed,
-                        modified,
-                    })
-                    .is_err()
-                {
-                    return;
+                if look {
+                    last = Instant::now();
+                    if !looker.look() {
+                        return;
+                    }
                 }
             }
+            drop(watcher);
         })
+}
+
+/// inotify on every policy directory (and on the directory of every policy file named
+/// directly, so a file replaced by a rename is seen). Only events that can change a policy
+/// file wake the source: its own reads do not.
+fn watch_dirs(dirs: &[PathBuf], tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::event::EventKind;
+    use notify::{RecursiveMode, Watcher};
+    let handler = move |e: notify::Result<notify::Event>| {
+        if e.is_ok_and(|e| !matches!(e.kind, EventKind::Access(_))) {
+            let _ = tx.send(());
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            warn!(error = %e, "cannot watch the policy files with inotify; polling them");
+            return None;
+        }
+    };
+    for d in dirs {
+        let (target, mode) = if d.is_dir() {
+            (d.as_path(), RecursiveMode::Recursive)
+        } else {
+            (
+                d.parent().unwrap_or_else(|| Path::new(".")),
+                RecursiveMode::NonRecursive,
+            )
+        };
+        if let Err(e) = watcher.watch(target, mode) {
+            warn!(error = %e, path = %target.display(), "cannot watch a policy path with inotify; polling them");
+            return None;
+        }
+    }
+    Some(watcher)
+}
+
+/// Compares the policy files with what was last seen and sends what changed.
+struct Looker {
+    dirs: Vec<PathBuf>,
+    stamps: BTreeMap<PathBuf, Stamp>,
+    events: mpsc::Sender<SourceEvent>,
+    failing: bool,
+}
+
+impl Looker {
+    /// One look. False when the controller is gone.
+    fn look(&mut self) -> bool {
+        let now = match scan(&self.dirs) {
+            Ok(now) => now,
+            Err(e) => {
+                // Said once per failure, not at every look.
+                if !self.failing {
+                    self.failing = true;
+                    let sent = self.events.send(SourceEvent::SourceError {
+                        source: "policy files",
+                        diagnostics: e.diagnostics,
+                    });
+                    return sent.is_ok();
+                }
+                return true;
+            }
+        };
+        self.failing = false;
+        let (changed, modified) = changes(&self.stamps, &now);
+        if changed.is_empty() {
+            return true;
+        }
+        debug!(files = changed.len(), "policy files changed");
+        self.stamps = now;
+        self.events
+            .send(SourceEvent::PolicyFiles {
+                changes: changed,
+                modified,
+            })
+            .is_ok()
+    }
 }
 
 #[cfg(test)]
@@ -188,5 +278,53 @@ mod tests {
             ]
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Both ways of watching see a write in place, a file renamed into place (how editors
+    /// and Kubernetes ConfigMap volumes replace files) and a removal.
+    #[test]
+    fn every_way_of_watching_sees_writes_renames_and_removals() {
+        for watch in [PolicyWatch::Inotify, PolicyWatch::Poll] {
+            let dir =
+                std::env::temp_dir().join(format!("ward-watch-{watch:?}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("a.yaml"), "a: 1\n").unwrap();
+            let dirs = vec![dir.clone()];
+            let (events, inbox) = mpsc::channel();
+            let stop = Arc::new(AtomicBool::new(false));
+            let thread = spawn(
+                dirs.clone(),
+                scan(&dirs).unwrap(),
+                watch,
+                events,
+                stop.clone(),
+            )
+            .unwrap();
+            let next = || match inbox.recv_timeout(Duration::from_secs(10)) {
+                Ok(SourceEvent::PolicyFiles { changes, .. }) => changes
+                    .into_iter()
+                    .map(|c| {
+                        let name = c.path.file_name().unwrap().to_string_lossy().into_owned();
+                        match c.content {
+                            FileContent::Text(t) => format!("{name}={}", t.trim()),
+                            FileContent::Removed => format!("{name} removed"),
+                            FileContent::Unreadable(_) => format!("{name} unreadable"),
+                        }
+                    })
+                    .collect::<Vec<_>>(),
+                _ => panic!("{watch:?}: no change seen"),
+            };
+            std::fs::write(dir.join("a.yaml"), "a: 2\n").unwrap();
+            assert_eq!(next(), ["a.yaml=a: 2"], "{watch:?}");
+            std::fs::write(dir.join(".b.tmp"), "b: 1\n").unwrap();
+            std::fs::rename(dir.join(".b.tmp"), dir.join("b.yaml")).unwrap();
+            assert_eq!(next(), ["b.yaml=b: 1"], "{watch:?}");
+            std::fs::remove_file(dir.join("a.yaml")).unwrap();
+            assert_eq!(next(), ["a.yaml removed"], "{watch:?}");
+            stop.store(true, Ordering::Relaxed);
+            thread.join().unwrap();
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 }
