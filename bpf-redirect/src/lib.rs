@@ -190,6 +190,10 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Counters from their values by index (as summed over CPUs).
+    pub fn from_values(values: Vec<u64>) -> Counters {
+        Counters { values }
+    }
     /// Raw counter by index (`common::counter::*`).
     pub fn get(&self, index: u32) -> u64 {
         self.values.get(index as usize).copied().unwrap_or(0)

@@ -40,24 +40,38 @@ struct KernelDrops {
 }
 
 impl Collector for KernelDrops {
-    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let Some(counters) = self.reader.get().and_then(|r| r.read().ok()) else {
+    fn encode(&self, encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(reader) = self.reader.get() else {
             return Ok(());
         };
-        let mut family = encoder.encode_descriptor(
-            "datapath_drops",
-            "Packets dropped by the datapath, by reason",
-            None,
-            prometheus_client::metrics::MetricType::Counter,
-        )?;
-        for r in 1u16..=bpf_redirect::common::drop_reason::CT_NO_ENTRY {
-            let labels = ReasonLabels {
-                reason: bpf_redirect::common::drop_reason::name(r),
-            };
-            ConstCounter::new(counters.drops(r)).encode(family.encode_family(&labels)?)?;
+        match reader.read() {
+            Ok(counters) => encode_drops(encoder, &counters),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the datapath counters; drops not exported");
+                Ok(())
+            }
         }
-        Ok(())
     }
+}
+
+/// `ward_datapath_drops_total{reason}` of `counters`.
+fn encode_drops(
+    mut encoder: DescriptorEncoder<'_>,
+    counters: &bpf_redirect::Counters,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        "datapath_drops",
+        "Packets dropped by the datapath, by reason",
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for r in 1u16..=bpf_redirect::common::drop_reason::CT_NO_ENTRY {
+        let labels = ReasonLabels {
+            reason: bpf_redirect::common::drop_reason::name(r),
+        };
+        ConstCounter::new(counters.drops(r)).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 pub struct Metrics {
@@ -293,6 +307,33 @@ mod tests {
         }
         // Without the kernel's counters (no datapath here) the family is left out.
         assert!(!text.contains("ward_datapath_drops"));
+        assert!(text.trim_end().ends_with("# EOF"));
+    }
+
+    /// The kernel's drop counters as the Collector writes them.
+    #[test]
+    fn kernel_drops_are_one_counter_family_by_reason() {
+        #[derive(Debug)]
+        struct Fixed;
+        impl Collector for Fixed {
+            fn encode(&self, encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+                let mut values = vec![0u64; 128];
+                values[(bpf_redirect::common::counter::DROP_BASE + 1) as usize] = 4;
+                encode_drops(encoder, &bpf_redirect::Counters::from_values(values))
+            }
+        }
+        let mut registry = Registry::with_prefix("ward");
+        registry.register_collector(Box::new(Fixed));
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("# TYPE ward_datapath_drops counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ward_datapath_drops_total{reason=\"Policy denied\"} 4"),
+            "{text}"
+        );
         assert!(text.trim_end().ends_with("# EOF"));
     }
 }

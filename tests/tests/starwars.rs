@@ -147,6 +147,30 @@ fn starwars_story() {
         "{text}"
     );
 
+    // 5. Metrics: the kernel's drops by reason (read from its counters at scrape time) and
+    // the proxy's verdicts.
+    let out = s.node(&[
+        "curl",
+        "-s",
+        "--max-time",
+        "3",
+        "http://127.0.0.1:9962/metrics",
+    ]);
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing in\n{metrics}"))
+    };
+    assert!(value("ward_datapath_drops_total{reason=\"Policy denied\"}") >= 1.0);
+    assert!(value("ward_proxy_requests_total{protocol=\"http\",verdict=\"DROPPED\"}") >= 1.0);
+    assert!(
+        metrics.contains("# TYPE ward_datapath_drops counter"),
+        "{metrics}"
+    );
+
     let id = s.id.clone();
     drop(s);
     assert_eq!(ward_tests::leftovers(&id), Vec::<String>::new());
