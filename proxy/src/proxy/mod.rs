@@ -4,48 +4,19 @@
 //! worker threads.
 
 pub mod conn;
+pub mod context;
 pub mod http;
 pub mod transport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{warn, Instrument};
 
-use crate::flows::FlowWriter;
-use crate::metrics::Metrics;
-use crate::state::NodeState;
-use transport::Upstreams;
+pub use context::Proxy;
 
-/// What every handler reads: the node snapshot, the flow writer, the metrics, and the
-/// upstream socket factory. Handlers never write node state.
-pub struct Proxy {
-    pub view: Arc<ArcSwap<NodeState>>,
-    pub flows: FlowWriter,
-    pub metrics: Arc<Metrics>,
-    pub upstreams: Upstreams,
-}
-
-impl Proxy {
-    pub fn new(view: Arc<ArcSwap<NodeState>>, flows: FlowWriter, metrics: Arc<Metrics>) -> Proxy {
-        Proxy {
-            view,
-            flows,
-            metrics,
-            upstreams: Upstreams::default(),
-        }
-    }
-
-    /// Registers every upstream socket in the datapath's proxy-socket map: the kernel honours
-    /// the proxy mark only for registered sockets (a forged mark gets ordinary policy).
-    pub fn with_proxy_sockets(mut self, sockets: bpf_redirect::ProxySockets) -> Proxy {
-        self.upstreams = Upstreams::registered(sockets);
-        self
-    }
-}
-
+/// The threads that own client connections: one current-thread runtime each, like nginx's
 /// worker processes. A connection, its requests and its upstream connections stay on one
 /// thread: no work stealing, no cross-thread wake-ups on the request path. The accept loop
 /// hands connections out in turn.

@@ -18,9 +18,9 @@ use tracing::{debug, warn};
 use super::headers::{apply_actions, is_upgrade, strip_hop_by_hop};
 use super::pool::{self, UpstreamError};
 use super::respond::{bad_gateway, deny_grpc, deny_http, refuse, Body};
-use super::{is_grpc, version_str, ConnCtx};
+use super::session::{is_grpc, version_str, ConnCtx};
 use crate::flows::{HttpEvent, Why};
-use crate::proxy::Proxy;
+use crate::proxy::context::Proxy;
 
 /// How a request ended before it could be forwarded, for its flow and its answer.
 pub(super) struct Refusal {
@@ -181,7 +181,7 @@ pub(super) async fn handle(
     let result = if version == Version::HTTP_2 {
         pool::send_h2(&proxy.upstreams, ctx.conn.orig_dst, req).await
     } else {
-        pool::send_h1(&proxy.upstreams, &ctx, req).await
+        pool::send_h1(&proxy.upstreams, ctx.conn.orig_dst, &ctx.upstream_h1, req).await
     };
     let (resp, code) = match result {
         Ok(mut resp) => {

@@ -9,21 +9,19 @@ mod handle;
 mod headers;
 mod pool;
 mod respond;
+mod session;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use http::header::CONTENT_TYPE;
-use http::{Request, Version};
-use hyper::body::Incoming;
-use hyper::client::conn::http1 as client1;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::proxy::conn::ConnState;
-use crate::proxy::Proxy;
+use crate::proxy::context::Proxy;
+use session::ConnCtx;
 
 /// Largest request head (request line + headers) accepted on HTTP/1.1; larger gets 431 (the
 /// gate's limit, which it enforces first).
@@ -35,29 +33,6 @@ pub const MAX_H2_HEADER_LIST: u32 = 64 * 1024;
 /// A client must send its request head within this time.
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// An HTTP client connection: its policy, and the upstream HTTP/1.1 connection it last used.
-struct ConnCtx {
-    conn: ConnState,
-    /// The upstream HTTP/1.1 connection this client connection last used. An HTTP/1.1 client
-    /// sends its next request only after the previous response is complete, so the same
-    /// upstream connection is normally ready for it: no pool lookup, no hand-back task.
-    upstream_h1: Mutex<Option<client1::SendRequest<Incoming>>>,
-}
-
-impl Drop for ConnCtx {
-    fn drop(&mut self) {
-        let slot = self
-            .upstream_h1
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(sender) = slot.take() {
-            if sender.is_ready() {
-                pool::park_idle(self.conn.orig_dst, sender);
-            }
-        }
-    }
-}
-
 pub async fn serve_conn(proxy: Arc<Proxy>, stream: TcpStream, client: SocketAddr) {
     let orig_dst = match stream.local_addr() {
         Ok(a) => a,
@@ -68,10 +43,7 @@ pub async fn serve_conn(proxy: Arc<Proxy>, stream: TcpStream, client: SocketAddr
     };
     let _ = stream.set_nodelay(true);
     debug!("accepted");
-    let ctx = Arc::new(ConnCtx {
-        conn: ConnState::new(client, orig_dst),
-        upstream_h1: Mutex::new(None),
-    });
+    let ctx = Arc::new(ConnCtx::new(ConnState::new(client, orig_dst)));
     let svc = hyper::service::service_fn(move |req| {
         let proxy = proxy.clone();
         let ctx = ctx.clone();
@@ -101,21 +73,4 @@ pub async fn serve_conn(proxy: Arc<Proxy>, stream: TcpStream, client: SocketAddr
         // The client's fault (malformed request, reset) or a stuck peer: this connection only.
         info!(error = %e, %client, %orig_dst, "connection closed with an error");
     }
-}
-
-fn version_str(v: Version) -> &'static str {
-    match v {
-        Version::HTTP_09 => "HTTP/0.9",
-        Version::HTTP_10 => "HTTP/1.0",
-        Version::HTTP_11 => "HTTP/1.1",
-        Version::HTTP_2 => "HTTP/2",
-        Version::HTTP_3 => "HTTP/3",
-        _ => "HTTP",
-    }
-}
-
-fn is_grpc(req: &Request<Incoming>) -> bool {
-    req.headers()
-        .get(CONTENT_TYPE)
-        .is_some_and(|v| parsers::grpc::is_grpc_content_type(v.as_bytes()))
 }

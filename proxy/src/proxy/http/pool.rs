@@ -12,8 +12,8 @@ use hyper::client::conn::{http1 as client1, http2 as client2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::debug;
 
-use super::ConnCtx;
 use crate::proxy::transport::{ConnectError, Upstreams};
+use std::sync::Mutex;
 
 /// Idle upstream HTTP/1.1 connections kept per original destination.
 pub const MAX_IDLE_PER_UPSTREAM: usize = 64;
@@ -76,20 +76,19 @@ pub async fn send_h2(
     Ok(sender.send_request(req).await?)
 }
 
-/// An HTTP/1.1 request of the client connection `ctx`: on the upstream connection its
-/// previous request used when that one is ready, else an idle one from the pool, else a new
-/// one. The sender stays with the client connection afterwards.
+/// The upstream HTTP/1.1 connection a client connection last used.
+pub type LastUpstream = Mutex<Option<client1::SendRequest<Incoming>>>;
+
+/// An HTTP/1.1 request to `addr` of the client connection whose last upstream is `last`: on
+/// that upstream connection when it is ready, else an idle one from the pool, else a new one.
+/// The sender stays in `last` afterwards.
 pub async fn send_h1(
     upstreams: &Upstreams,
-    ctx: &ConnCtx,
+    addr: SocketAddr,
+    last: &LastUpstream,
     req: Request<Incoming>,
 ) -> Result<Response<Incoming>, UpstreamError> {
-    let addr = ctx.conn.orig_dst;
-    let previous = ctx
-        .upstream_h1
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
+    let previous = last.lock().unwrap_or_else(|p| p.into_inner()).take();
     let own = match previous {
         Some(s) if s.is_ready() => Some(s),
         Some(s) => {
@@ -134,6 +133,6 @@ pub async fn send_h1(
     };
     sender.ready().await?;
     let resp = sender.send_request(req).await?;
-    *ctx.upstream_h1.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender);
+    *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender);
     Ok(resp)
 }
