@@ -208,7 +208,14 @@ impl Counters {
 pub struct Datapath {
     ebpf: Ebpf,
     pin_root: PathBuf,
+    /// What the last successful [`Datapath::apply`] left in the maps, and when the maps were
+    /// last read back: the next apply diffs against it instead of reading every map.
+    applied: Option<(state::Compiled, std::time::Instant)>,
 }
+
+/// How long [`Datapath::apply`] trusts what it last wrote before it reads the maps back from
+/// the kernel (an entry someone else changed is corrected within this time).
+pub const RESYNC_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl std::fmt::Debug for Datapath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -250,7 +257,11 @@ impl Datapath {
         typed_program::<SkLookup>(&mut ebpf, name)?
             .load()
             .map_err(|source| Error::Program { name, source })?;
-        Ok(Self { ebpf, pin_root })
+        Ok(Self {
+            ebpf,
+            pin_root,
+            applied: None,
+        })
     }
 
     /// Attaches `ward_sk_lookup` to the calling thread's network namespace (the node's), in
@@ -476,8 +487,28 @@ impl Datapath {
     /// Across maps the update is not atomic: between two writes a packet may see
     /// the new ipcache with the old policy (each lookup sees one consistent
     /// entry, and missing entries mean deny, never "not enforced").
+    ///
+    /// The diff is against what the last successful apply wrote, so a small change costs
+    /// its own writes, not a read of every map; the maps are read back from the kernel on
+    /// the first apply, after a failed one, and every [`RESYNC_AFTER`].
     pub fn apply(&mut self, desired: &DesiredState) -> Result<ApplyStats> {
         let compiled = desired.compile()?;
+        let (current, read_at) = match self.applied.take() {
+            Some((c, at)) if at.elapsed() < RESYNC_AFTER => (c, at),
+            _ => (self.read_maps()?, std::time::Instant::now()),
+        };
+        let stats = self.write_diff(&current, &compiled)?;
+        self.applied = Some((compiled, read_at));
+        Ok(stats)
+    }
+
+    /// Forgets what the last apply wrote: the next one reads the maps back from the kernel.
+    pub fn resync(&mut self) {
+        self.applied = None;
+    }
+
+    /// The endpoint, ipcache and policy maps as the kernel has them.
+    fn read_maps(&mut self) -> Result<state::Compiled> {
         let cur_endpoints: BTreeMap<u32, common::EndpointValue> = {
             let name = map_names::ENDPOINTS;
             let m = self.hash::<u32, common::EndpointValue>(name)?;
@@ -499,9 +530,22 @@ impl Datapath {
                 .map(|(k, v)| ((k.prefix_len(), k.data()), v))
                 .collect()
         };
-        let ep_plan = Plan::new(&cur_endpoints, &compiled.endpoints);
-        let ip_plan = Plan::new(&cur_ipcache, &compiled.ipcache);
-        let pol_plan = Plan::new(&cur_policy, &compiled.policy);
+        Ok(state::Compiled {
+            endpoints: cur_endpoints,
+            ipcache: cur_ipcache,
+            policy: cur_policy,
+        })
+    }
+
+    /// Writes what differs between `current` (the maps) and `compiled`.
+    fn write_diff(
+        &mut self,
+        current: &state::Compiled,
+        compiled: &state::Compiled,
+    ) -> Result<ApplyStats> {
+        let ep_plan = Plan::new(&current.endpoints, &compiled.endpoints);
+        let ip_plan = Plan::new(&current.ipcache, &compiled.ipcache);
+        let pol_plan = Plan::new(&current.policy, &compiled.policy);
 
         // Writes: endpoints, ipcache, policy.
         {

@@ -531,3 +531,56 @@ fn attach_replaces_a_program_bound_to_stale_maps() {
         );
     });
 }
+
+/// `apply` diffs against what it last wrote, so an unchanged state writes nothing without
+/// reading the maps; `resync` (as every `RESYNC_AFTER`) reads them back from the kernel, so
+/// an entry removed behind its back is written again.
+#[test]
+fn apply_diffs_against_what_it_wrote_and_resync_reads_the_kernel() {
+    with_datapath(
+        "apply_diffs_against_what_it_wrote_and_resync_reads_the_kernel",
+        |dp| {
+            let state = DesiredState {
+                endpoints: vec![ep(1, A, IDA, true, false, LO)],
+                ipcache: vec![
+                    IpcacheEntry {
+                        addr: B,
+                        prefix_len: 32,
+                        identity: IDB,
+                        endpoint_id: 0,
+                    },
+                    IpcacheEntry {
+                        addr: OUTSIDE,
+                        prefix_len: 32,
+                        identity: ID_CIDR,
+                        endpoint_id: 0,
+                    },
+                ],
+                policy: vec![allow(1, IDB, false, 6, 80)],
+            };
+            let first = dp.apply(&state).unwrap();
+            assert_eq!(first.ipcache.written, 3, "A's own entry and two peers");
+            let again = dp.apply(&state).unwrap();
+            assert_eq!((again.written(), again.deleted()), (0, 0));
+            // Someone removes B's entry behind the datapath's back.
+            let data =
+                aya::maps::MapData::from_pin(dp.pin_root().join(map_names::IPCACHE)).unwrap();
+            let map = aya::maps::Map::from_map_data(data).unwrap();
+            let mut lpm: aya::maps::LpmTrie<_, IpcacheKey, IpcacheValue> =
+                aya::maps::LpmTrie::try_from(map).unwrap();
+            let key = aya::maps::lpm_trie::Key::new(32, IpcacheKey { addr: B.octets() });
+            lpm.remove(&key).unwrap();
+            // Until it reads the maps back, the datapath trusts what it wrote.
+            assert_eq!(dp.apply(&state).unwrap().written(), 0);
+            dp.resync();
+            let fixed = dp.apply(&state).unwrap();
+            assert_eq!((fixed.ipcache.written, fixed.written()), (1, 1));
+            assert_eq!(lpm.get(&key, 0).unwrap().identity, IDB);
+            // A change after that is one write.
+            let mut moved = state.clone();
+            moved.ipcache[1].identity = ID_CIDR + 1;
+            let one = dp.apply(&moved).unwrap();
+            assert_eq!((one.written(), one.deleted()), (1, 0));
+        },
+    );
+}
