@@ -51,6 +51,16 @@ pub struct Applied {
 pub struct Published {
     pub state: Arc<ArcSwap<NodeState>>,
     pub status: Arc<ArcSwap<Status>>,
+    /// The policy objects in force, as written (`ward policy get`).
+    pub documents: Arc<ArcSwap<Vec<serde_json::Value>>>,
+}
+
+/// The objects of `store` as written, in key order.
+fn documents(store: &PolicyStore) -> Vec<serde_json::Value> {
+    store
+        .objects()
+        .filter_map(|(_, o)| serde_json::to_value(o.value()).ok())
+        .collect()
 }
 
 /// A change could not be applied; the previous state stays in force.
@@ -206,6 +216,7 @@ impl<K: Kernel> Controller<K> {
         let (desired, recompute) =
             Desired::new(engine, settings.clone(), &endpoints, &host_addresses())?;
         let state = NodeState::from_desired(1, &desired);
+        let in_force = documents(&store);
         let mut c = Controller {
             cfg,
             settings,
@@ -218,6 +229,7 @@ impl<K: Kernel> Controller<K> {
             published: Published {
                 state: Arc::new(ArcSwap::from_pointee(state)),
                 status: Arc::new(ArcSwap::from_pointee(Status::default())),
+                documents: Arc::new(ArcSwap::from_pointee(in_force)),
             },
             metrics,
             host_addresses,
@@ -495,6 +507,7 @@ impl<K: Kernel> Controller<K> {
             .and_then(|(desired, recompute)| self.commit(desired, recompute, modified));
         match applied {
             Ok(()) => {
+                self.published.documents.store(Arc::new(documents(&store)));
                 self.store = store;
                 self.texts = texts;
                 self.metrics.reload("applied");
@@ -763,6 +776,10 @@ spec:
         let error = published.status.load().last_error.clone().unwrap();
         assert!(error.contains("/p/rule1.yaml:6"), "{error}");
         assert!(redirects_to(&published.state.load(), "tiefighter"));
+        // `ward policy get` shows the version in force, not the refused one.
+        let documents = published.documents.load();
+        assert_eq!(documents.len(), 1);
+        assert!(documents[0]["spec"].get("endpointSelector").is_some());
 
         // Another file changes meanwhile: it applies; the broken one is still refused (its
         // previous version still in force, its error still shown).
@@ -776,6 +793,7 @@ spec:
         let state = published.state.load_full();
         assert!(state.generation > generation);
         assert_eq!(state.policy_count(), 2);
+        assert_eq!(published.documents.load().len(), 2);
         assert!(redirects_to(&state, "tiefighter"));
         let error = published.status.load().last_error.clone().unwrap();
         assert!(error.contains("/p/rule1.yaml:6"), "{error}");

@@ -18,6 +18,13 @@ pub struct Object {
     pub warnings: Vec<Diagnostic>,
 }
 
+impl Object {
+    /// The object as written (for showing the policies in force).
+    pub fn value(&self) -> &serde_yaml::Value {
+        &self.value
+    }
+}
+
 /// What an object contributes to the policy set.
 #[derive(Clone, Debug)]
 pub enum Content {

@@ -236,6 +236,11 @@ impl PolicyStore {
         self.objects.get(key)
     }
 
+    /// Every object, in key order.
+    pub fn objects(&self) -> impl Iterator<Item = (&ObjectKey, &Object)> {
+        self.objects.iter()
+    }
+
     /// Every key, in order.
     pub fn keys(&self) -> impl Iterator<Item = &ObjectKey> {
         self.objects.keys()

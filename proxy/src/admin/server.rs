@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bpf_redirect::ProxyRouting;
-use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use super::api::{
@@ -114,7 +113,7 @@ fn handle(ctx: &AdminContext, req: Request) -> Result<serde_json::Value, String>
                 })
                 .collect::<Vec<_>>(),
         ),
-        Request::PolicyGet => json(policy_get(&view)),
+        Request::PolicyGet => json(policy_get(&view, &ctx.published.documents.load())),
         Request::BpfPolicyGet { endpoint } => json(bpf_policy_get(&view, &endpoint)?),
         Request::EndpointAdd { endpoint } => json(EndpointAdded {
             id: ctx.endpoints.add_endpoint(endpoint)?,
@@ -223,20 +222,7 @@ fn endpoint_list(view: &NodeState) -> Vec<EndpointRow> {
         .collect()
 }
 
-fn policy_get(view: &NodeState) -> PolicyDocuments {
-    let mut documents = Vec::new();
-    for f in &view.engine.set.files {
-        let Ok(text) = std::fs::read_to_string(f) else {
-            continue;
-        };
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            if let Ok(v) = serde_json::Value::deserialize(doc) {
-                if !v.is_null() {
-                    documents.push(v);
-                }
-            }
-        }
-    }
+fn policy_get(view: &NodeState, documents: &[serde_json::Value]) -> PolicyDocuments {
     let policies = view
         .engine
         .set
@@ -255,7 +241,7 @@ fn policy_get(view: &NodeState) -> PolicyDocuments {
     PolicyDocuments {
         revision: view.generation,
         policies,
-        documents,
+        documents: documents.to_vec(),
     }
 }
 
