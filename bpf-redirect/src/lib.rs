@@ -16,28 +16,29 @@
 //! [`Datapath`], `ProxySockets::{register, contains}`, `ifindex`). The
 //! product (`ward`) never enables it; `ward-tests` does.
 
+mod apply;
+mod attach;
 mod counters;
 mod events;
 mod proxy_sockets;
 mod routing;
 mod state;
 mod sys;
+
+use attach::detach_pin;
 #[cfg(feature = "test-util")]
 mod test_run;
 
 use std::{
-    collections::BTreeMap,
     fs, io,
     path::{Path, PathBuf},
 };
 
+#[cfg(feature = "test-util")]
+use aya::maps::HashMap as BpfHashMap;
 use aya::{
-    maps::{HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray},
-    programs::{
-        links::{FdLink, PinnedLink},
-        tc::{self, SchedClassifierLink, TcAttachOptions},
-        LinkOrder, SchedClassifier, SkLookup, TcAttachType,
-    },
+    maps::{MapData, PerCpuArray},
+    programs::{SchedClassifier, SkLookup, TcAttachType},
     Ebpf, EbpfLoader,
 };
 pub use bpf_redirect_common as common;
@@ -264,176 +265,9 @@ impl Datapath {
         })
     }
 
-    /// Attaches `ward_sk_lookup` to the calling thread's network namespace (the node's), in
-    /// place of an earlier one; the link is pinned at `links/netns-sk_lookup`, so it stays while
-    /// `ward run` restarts. It hands the proxy's listener to SYNs that reuse the tuple of a
-    /// proxy-side TIME_WAIT socket (see `ward_tw_redirect` in `ebpf/ward.bpf.c`).
-    pub fn attach_sk_lookup(&mut self) -> Result<()> {
-        let path = self.pin_root.join("links").join(SK_LOOKUP_LINK);
-        detach_pin(&path)?;
-        let netns = fs::File::open("/proc/thread-self/ns/net")
-            .map_err(io_err("opening this thread's network namespace"))?;
-        let name = program_names::SK_LOOKUP;
-        let prog = typed_program::<SkLookup>(&mut self.ebpf, name)?;
-        let id = prog
-            .attach(&netns)
-            .map_err(|source| Error::Program { name, source })?;
-        let link: FdLink = prog
-            .take_link(id)
-            .map_err(|source| Error::Program { name, source })?
-            .into();
-        link.pin(&path).map_err(|source| Error::Pin {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(())
-    }
-
     /// The pin root this datapath uses.
     pub fn pin_root(&self) -> &Path {
         &self.pin_root
-    }
-
-    fn link_path(&self, iface: &str, hook: Hook) -> PathBuf {
-        self.pin_root
-            .join("links")
-            .join(format!("{iface}-{}", hook.pin_suffix()))
-    }
-
-    fn program(&mut self, hook: Hook) -> Result<&mut SchedClassifier> {
-        typed_program(&mut self.ebpf, hook.program())
-    }
-
-    /// Attaches `hook`'s program to `iface` (in the calling thread's network
-    /// namespace) through a TCX link pinned at `<pin root>/links/<iface>-<hook>`.
-    /// Idempotent: an existing pinned link running the same program is kept (no
-    /// gap on restart); one running another program is updated atomically; a
-    /// stale pin (interface recreated) is replaced.
-    pub fn attach(&mut self, iface: &str, hook: Hook) -> Result<AttachOutcome> {
-        self.attach_program(iface, hook, hook)
-    }
-
-    /// Test hook: attaches `program`'s code at `hook`'s place (to exercise the
-    /// atomic replacement path). Not for production use.
-    #[cfg(feature = "test-util")]
-    pub fn attach_program_for_test(
-        &mut self,
-        iface: &str,
-        hook: Hook,
-        program: Hook,
-    ) -> Result<AttachOutcome> {
-        self.attach_program(iface, hook, program)
-    }
-
-    /// Kernel id of the program attached at `iface`/`hook` (from its link pin).
-    #[cfg(feature = "test-util")]
-    pub fn attached_program_id(&self, iface: &str, hook: Hook) -> Result<Option<u32>> {
-        let path = self.link_path(iface, hook);
-        if !path.exists() {
-            return Ok(None);
-        }
-        Ok(Some(sys::link_info_from_pin(&path)?.prog_id))
-    }
-
-    /// Kernel run-time statistics `(run_time_ns, run_cnt)` of the program that
-    /// is actually attached at `iface`/`hook` (after a restart that is usually
-    /// the previous process's program). Needs `kernel.bpf_stats_enabled=1`.
-    #[cfg(feature = "test-util")]
-    pub fn attached_program_stats(&self, iface: &str, hook: Hook) -> Result<Option<(u64, u64)>> {
-        let Some(id) = self.attached_program_id(iface, hook)? else {
-            return Ok(None);
-        };
-        Ok(aya::programs::loaded_programs()
-            .flatten()
-            .find(|p| p.id() == id)
-            .map(|p| (p.run_time().as_nanos() as u64, p.run_count())))
-    }
-
-    /// Kernel id of `hook`'s program as loaded by this process.
-    #[cfg(feature = "test-util")]
-    pub fn program_id(&mut self, hook: Hook) -> Result<u32> {
-        let name = hook.program();
-        Ok(self
-            .program(hook)?
-            .info()
-            .map_err(|source| Error::Program { name, source })?
-            .id())
-    }
-
-    fn attach_program(&mut self, iface: &str, hook: Hook, program: Hook) -> Result<AttachOutcome> {
-        let ifindex = sys::ifindex(iface)?;
-        // clsact is only needed by the legacy netlink attach; with TCX it is
-        // harmless, so "already there" and any other failure are not ours to report.
-        let _ = tc::qdisc_add_clsact(iface);
-        let path = self.link_path(iface, hook);
-        let name = program.program();
-        let prog_id = self
-            .program(program)?
-            .info()
-            .map_err(|source| Error::Program { name, source })?
-            .id();
-        if path.exists() {
-            let info = sys::link_info_from_pin(&path)?;
-            let pinned = PinnedLink::from_pin(&path).map_err(|source| Error::Link {
-                path: path.clone(),
-                source,
-            })?;
-            let fd_link: FdLink = pinned.into();
-            if info.ifindex == ifindex && info.attach_type == sys::tcx_attach_type(hook) {
-                if sys::same_program(info.prog_id, prog_id, &self.pin_root)? {
-                    return Ok(AttachOutcome::Kept);
-                }
-                let link =
-                    SchedClassifierLink::try_from(fd_link).map_err(|source| Error::Link {
-                        path: path.clone(),
-                        source,
-                    })?;
-                let prog = self.program(program)?;
-                let id = prog
-                    .attach_to_link(link)
-                    .map_err(|source| Error::Program { name, source })?;
-                // The pin keeps the (updated) link; our fd can go.
-                drop(
-                    prog.take_link(id)
-                        .map_err(|source| Error::Program { name, source })?,
-                );
-                return Ok(AttachOutcome::Replaced);
-            }
-            // Stale: the interface it was made for is gone.
-            drop(fd_link);
-            fs::remove_file(&path).map_err(io_err(format!("removing {}", path.display())))?;
-        }
-        let prog = self.program(program)?;
-        let id = prog
-            .attach_with_options(
-                iface,
-                hook.attach_type(),
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .map_err(|source| Error::Program { name, source })?;
-        let link = prog
-            .take_link(id)
-            .map_err(|source| Error::Program { name, source })?;
-        let fd_link = FdLink::try_from(link).map_err(|source| Error::Link {
-            path: path.clone(),
-            source,
-        })?;
-        fd_link.pin(&path).map_err(|source| Error::Pin {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(AttachOutcome::Created)
-    }
-
-    /// Detaches `hook` from `iface` by removing its link pin. Returns whether
-    /// anything was attached.
-    pub fn detach(&mut self, iface: &str, hook: Hook) -> Result<bool> {
-        detach_pin(&self.link_path(iface, hook))
-    }
-
-    /// Pinned links as `(iface, hook)`.
-    pub fn attached(&self) -> Result<Vec<(String, Hook)>> {
-        list_links(&self.pin_root)
     }
 
     /// Detaches everything and removes every pin under `pin_root` (the maps go
@@ -460,141 +294,6 @@ impl Datapath {
             }
         }
         fs::remove_dir(root).map_err(io_err(format!("removing {}", root.display())))
-    }
-
-    fn lpm<K: aya::Pod, V: aya::Pod>(
-        &mut self,
-        name: &'static str,
-    ) -> Result<LpmTrie<&mut MapData, K, V>> {
-        let map = self.ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
-        LpmTrie::try_from(map).map_err(|source| Error::Map { name, source })
-    }
-
-    fn hash<K: aya::Pod, V: aya::Pod>(
-        &mut self,
-        name: &'static str,
-    ) -> Result<BpfHashMap<&mut MapData, K, V>> {
-        let map = self.ebpf.map_mut(name).ok_or(Error::MissingMap(name))?;
-        BpfHashMap::try_from(map).map_err(|source| Error::Map { name, source })
-    }
-
-    /// Makes the maps equal to `desired`, writing only new or changed entries and
-    /// deleting stale ones. Validates everything before touching a map. All
-    /// writes happen first (endpoints, ipcache, policy), then all deletes in
-    /// reverse order (policy, ipcache, endpoints): an ipcache entry never names
-    /// an endpoint whose config is not there yet or already gone, and within
-    /// each map a replaced key is written before the stale one is deleted.
-    /// Across maps the update is not atomic: between two writes a packet may see
-    /// the new ipcache with the old policy (each lookup sees one consistent
-    /// entry, and missing entries mean deny, never "not enforced").
-    ///
-    /// The diff is against what the last successful apply wrote, so a small change costs
-    /// its own writes, not a read of every map; the maps are read back from the kernel on
-    /// the first apply, after a failed one, and every [`RESYNC_AFTER`].
-    pub fn apply(&mut self, desired: &DesiredState) -> Result<ApplyStats> {
-        let compiled = desired.compile()?;
-        let (current, read_at) = match self.applied.take() {
-            Some((c, at)) if at.elapsed() < RESYNC_AFTER => (c, at),
-            _ => (self.read_maps()?, std::time::Instant::now()),
-        };
-        let stats = self.write_diff(&current, &compiled)?;
-        self.applied = Some((compiled, read_at));
-        Ok(stats)
-    }
-
-    /// Forgets what the last apply wrote: the next one reads the maps back from the kernel.
-    pub fn resync(&mut self) {
-        self.applied = None;
-    }
-
-    /// The endpoint, ipcache and policy maps as the kernel has them.
-    fn read_maps(&mut self) -> Result<state::Compiled> {
-        let cur_endpoints: BTreeMap<u32, common::EndpointValue> = {
-            let name = map_names::ENDPOINTS;
-            let m = self.hash::<u32, common::EndpointValue>(name)?;
-            collect(m.iter(), name)?.into_iter().collect()
-        };
-        let cur_ipcache: BTreeMap<(u32, common::IpcacheKey), common::IpcacheValue> = {
-            let name = map_names::IPCACHE;
-            let m = self.lpm::<common::IpcacheKey, common::IpcacheValue>(name)?;
-            collect(m.iter(), name)?
-                .into_iter()
-                .map(|(k, v)| ((k.prefix_len(), k.data()), v))
-                .collect()
-        };
-        let cur_policy: BTreeMap<(u32, common::PolicyKey), common::PolicyValue> = {
-            let name = map_names::POLICY;
-            let m = self.lpm::<common::PolicyKey, common::PolicyValue>(name)?;
-            collect(m.iter(), name)?
-                .into_iter()
-                .map(|(k, v)| ((k.prefix_len(), k.data()), v))
-                .collect()
-        };
-        Ok(state::Compiled {
-            endpoints: cur_endpoints,
-            ipcache: cur_ipcache,
-            policy: cur_policy,
-        })
-    }
-
-    /// Writes what differs between `current` (the maps) and `compiled`.
-    fn write_diff(
-        &mut self,
-        current: &state::Compiled,
-        compiled: &state::Compiled,
-    ) -> Result<ApplyStats> {
-        let ep_plan = Plan::new(&current.endpoints, &compiled.endpoints);
-        let ip_plan = Plan::new(&current.ipcache, &compiled.ipcache);
-        let pol_plan = Plan::new(&current.policy, &compiled.policy);
-
-        // Writes: endpoints, ipcache, policy.
-        {
-            let name = map_names::ENDPOINTS;
-            let mut m = self.hash::<u32, common::EndpointValue>(name)?;
-            for (k, v) in &ep_plan.writes {
-                m.insert(*k, *v, 0)
-                    .map_err(|source| Error::Map { name, source })?;
-            }
-        }
-        {
-            let name = map_names::IPCACHE;
-            let mut m = self.lpm::<common::IpcacheKey, common::IpcacheValue>(name)?;
-            for (k, v) in &ip_plan.writes {
-                m.insert(&lpm_key(**k), *v, 0)
-                    .map_err(|source| Error::Map { name, source })?;
-            }
-        }
-        {
-            let name = map_names::POLICY;
-            let mut m = self.lpm::<common::PolicyKey, common::PolicyValue>(name)?;
-            for (k, v) in &pol_plan.writes {
-                m.insert(&lpm_key(**k), *v, 0)
-                    .map_err(|source| Error::Map { name, source })?;
-            }
-            // Deletes: policy, ipcache, endpoints.
-            for k in &pol_plan.deletes {
-                tolerate_missing(m.remove(&lpm_key(**k)), name)?;
-            }
-        }
-        {
-            let name = map_names::IPCACHE;
-            let mut m = self.lpm::<common::IpcacheKey, common::IpcacheValue>(name)?;
-            for k in &ip_plan.deletes {
-                tolerate_missing(m.remove(&lpm_key(**k)), name)?;
-            }
-        }
-        {
-            let name = map_names::ENDPOINTS;
-            let mut m = self.hash::<u32, common::EndpointValue>(name)?;
-            for k in &ep_plan.deletes {
-                tolerate_missing(m.remove(k), name)?;
-            }
-        }
-        Ok(ApplyStats {
-            endpoints: ep_plan.stats(),
-            ipcache: ip_plan.stats(),
-            policy: pol_plan.stats(),
-        })
     }
 
     /// Reads and sums the per-CPU counters.
@@ -705,9 +404,6 @@ where
         .map_err(|source| Error::Program { name, source })
 }
 
-/// The link pin of the namespace's `sk_lookup` program, under `links/`.
-const SK_LOOKUP_LINK: &str = "netns-sk_lookup";
-
 fn expected_map_shape(name: &str) -> Option<(u32, u32, u32)> {
     use std::mem::size_of;
     let s = |n: usize| n as u32;
@@ -761,102 +457,6 @@ fn check_pinned_map(name: &str, path: &Path) -> Result<()> {
         });
     }
     Ok(())
-}
-
-fn detach_pin(path: &Path) -> Result<bool> {
-    if !path.exists() {
-        return Ok(false);
-    }
-    let pinned = PinnedLink::from_pin(path).map_err(|source| Error::Link {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let fd_link = pinned
-        .unpin()
-        .map_err(io_err(format!("unpinning {}", path.display())))?;
-    drop(fd_link);
-    Ok(true)
-}
-
-fn list_links(root: &Path) -> Result<Vec<(String, Hook)>> {
-    let dir = root.join("links");
-    let mut out = Vec::new();
-    let rd = match fs::read_dir(&dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(io_err(format!("reading {}", dir.display()))(e)),
-    };
-    for entry in rd {
-        let entry = entry.map_err(io_err("reading link dir"))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        for hook in Hook::ALL {
-            if let Some(iface) = name.strip_suffix(&format!("-{}", hook.pin_suffix())) {
-                out.push((iface.to_string(), hook));
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-fn collect<K, V, I>(iter: I, name: &'static str) -> Result<Vec<(K, V)>>
-where
-    I: Iterator<Item = std::result::Result<(K, V), aya::maps::MapError>>,
-{
-    iter.map(|r| r.map_err(|source| Error::Map { name, source }))
-        .collect()
-}
-
-fn lpm_key<K: aya::Pod>(k: (u32, K)) -> aya::maps::lpm_trie::Key<K> {
-    aya::maps::lpm_trie::Key::new(k.0, k.1)
-}
-
-/// What a diff of one map does: keys to write (new or changed), stale keys to delete.
-struct Plan<'a, K, V> {
-    writes: Vec<(&'a K, &'a V)>,
-    deletes: Vec<&'a K>,
-    unchanged: usize,
-}
-
-impl<'a, K: Ord, V: PartialEq> Plan<'a, K, V> {
-    fn new(current: &'a BTreeMap<K, V>, desired: &'a BTreeMap<K, V>) -> Self {
-        let mut p = Plan {
-            writes: Vec::new(),
-            deletes: Vec::new(),
-            unchanged: 0,
-        };
-        for (k, v) in desired {
-            if current.get(k) == Some(v) {
-                p.unchanged += 1;
-            } else {
-                p.writes.push((k, v));
-            }
-        }
-        p.deletes = current
-            .keys()
-            .filter(|k| !desired.contains_key(*k))
-            .collect();
-        p
-    }
-
-    fn stats(&self) -> MapDiff {
-        MapDiff {
-            written: self.writes.len(),
-            deleted: self.deletes.len(),
-            unchanged: self.unchanged,
-        }
-    }
-}
-
-fn tolerate_missing(
-    r: std::result::Result<(), aya::maps::MapError>,
-    name: &'static str,
-) -> Result<()> {
-    match r {
-        Ok(()) => Ok(()),
-        Err(e) if is_not_found(&e) => Ok(()),
-        Err(source) => Err(Error::Map { name, source }),
-    }
 }
 
 /// aya 0.14 reports a missing key on delete as `SyscallError(ENOENT)`.
