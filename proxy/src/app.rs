@@ -172,12 +172,13 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
     let _ = kernel_events.join();
     let _ = files.join();
-    // The file source and the admin context held the inbox's senders: the controller ends.
+    // Admin connections still open hold the inbox's last senders: the runtime goes first,
+    // then the controller sees its inbox closed and ends.
+    rt.shutdown_timeout(Duration::from_secs(1));
     let _ = controller.join();
     if !last_flows.flush(Duration::from_secs(2)) {
         warn!("the flow log did not flush within 2 s; its last flows may be lost");
     }
-    rt.shutdown_timeout(Duration::from_secs(1));
     info!("stopped");
     std::process::exit(code);
 }

@@ -24,6 +24,9 @@ use crate::metrics::Metrics;
 use crate::sources::{FileChange, FileContent, SourceEvent};
 use crate::state::{Desired, NodeState, Recompute, Settings, Update, ViewError, HOST_ENDPOINT_ID};
 
+/// How often a policy change whose write failed is tried again.
+pub const RETRY: Duration = Duration::from_secs(1);
+
 /// What the controller last did, for `ward status`.
 #[derive(Clone, Debug, Default)]
 pub struct Status {
@@ -185,6 +188,18 @@ pub struct Controller<K: Kernel> {
     texts: BTreeMap<PathBuf, String>,
     /// Files whose current version was refused (their previous version stays in force).
     rejected: BTreeMap<PathBuf, Vec<Diagnostic>>,
+    /// File changes seen but not yet in force because the set they make was refused or could
+    /// not be written: tried again with every later change (and, after a write error, every
+    /// [`RETRY`]), never dropped.
+    pending: BTreeMap<PathBuf, FileContent>,
+    /// The newest modification among the pending changes.
+    pending_modified: Option<SystemTime>,
+    /// Why the pending changes are not in force.
+    pending_error: Option<String>,
+    /// The last write failed (not the policy): retry on a timer.
+    retry: bool,
+    /// A source that cannot read its input, and why.
+    source_errors: BTreeMap<&'static str, String>,
     desired: Desired,
     generation: u64,
     published: Published,
@@ -224,6 +239,11 @@ impl<K: Kernel> Controller<K> {
             store,
             texts: files,
             rejected: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            pending_modified: None,
+            pending_error: None,
+            retry: false,
+            source_errors: BTreeMap::new(),
             desired,
             generation: 0,
             published: Published {
@@ -366,7 +386,22 @@ impl<K: Kernel> Controller<K> {
     /// Serves the inbox until every sender is gone. Events that arrive together are handled
     /// together: consecutive policy-file changes become one policy set and one map write.
     pub fn run(mut self, inbox: mpsc::Receiver<SourceEvent>) {
-        while let Ok(first) = inbox.recv() {
+        loop {
+            let first = if self.retry {
+                match inbox.recv_timeout(RETRY) {
+                    Ok(e) => e,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.apply_pending();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            } else {
+                match inbox.recv() {
+                    Ok(e) => e,
+                    Err(_) => return,
+                }
+            };
             let mut batch = vec![first];
             batch.extend(inbox.try_iter());
             let mut files: Vec<FileChange> = Vec::new();
@@ -405,19 +440,37 @@ impl<K: Kernel> Controller<K> {
             } => {
                 let e = LoadError { diagnostics };
                 error!("{source}: cannot be read; the previous policy stays in force");
-                self.reject(&e);
+                log_load_error(&e);
+                self.metrics.reload("rejected");
+                let text = e
+                    .errors()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                self.source_errors.insert(source, text);
+                self.publish_rejections();
+            }
+            SourceEvent::SourceRecovered { source } => {
+                if self.source_errors.remove(source).is_some() {
+                    info!("{source}: readable again");
+                    self.publish_rejections();
+                }
             }
             SourceEvent::EndpointAdd { endpoint, reply } => {
                 let _ = reply.try_send(self.add_endpoint(endpoint));
+                self.apply_pending();
             }
             SourceEvent::EndpointRemove { name, reply } => {
                 let _ = reply.try_send(self.remove_endpoint(&name));
+                // A pending change may have failed on this endpoint's vanished interface.
+                self.apply_pending();
             }
         }
     }
 
-    /// `ward status`'s policy error: every file whose current version is refused.
-    fn publish_rejections(&self, extra: Option<String>) {
+    /// `ward status`'s policy error: every file whose current version is refused, why the
+    /// pending changes are not in force, and every source that cannot read its input.
+    fn publish_rejections(&self) {
         let mut lines: Vec<String> = self
             .rejected
             .values()
@@ -425,73 +478,92 @@ impl<K: Kernel> Controller<K> {
             .filter(|d| d.severity == Severity::Error)
             .map(|d| d.to_string())
             .collect();
-        lines.extend(extra);
+        lines.extend(self.pending_error.clone());
+        lines.extend(self.source_errors.values().cloned());
         let text = (!lines.is_empty()).then(|| lines.join("\n"));
         self.set_status(|s| s.last_error = text);
     }
 
-    fn reject(&mut self, e: &LoadError) {
-        log_load_error(e);
-        self.metrics.reload("rejected");
-        let text = e
-            .errors()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join("\n");
-        self.publish_rejections(Some(text));
-    }
-
     /// Policy files changed. Each file is all or nothing: a file with an error is refused
     /// (logged, and shown by `ward status` until it changes again) and its previous version
-    /// stays in force, while the other files' changes apply. The resulting set is refused
-    /// whole if this node cannot enforce it.
+    /// stays in force, while the other files' changes apply. When the set they make is refused
+    /// (this node cannot enforce it) or cannot be written, the changes stay pending and are
+    /// tried again with every later change.
     pub fn policy_files(&mut self, changes: Vec<FileChange>, modified: Option<SystemTime>) {
+        for c in changes {
+            self.pending.insert(c.path, c.content);
+        }
+        self.pending_modified = self.pending_modified.max(modified);
+        self.apply_pending();
+    }
+
+    /// Tries to put the pending file changes in force.
+    fn apply_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
         let mut store = self.store.clone();
         let mut texts = self.texts.clone();
         let mut changed = false;
         let mut refused = false;
-        for c in changes {
-            let name = c.path.display().to_string();
-            match c.content {
-                FileContent::Text(text) => match store.put_file(&name, &text) {
+        let mut kept = BTreeMap::new();
+        for (path, content) in std::mem::take(&mut self.pending) {
+            let name = path.display().to_string();
+            match &content {
+                FileContent::Text(text) => match store.put_file(&name, text) {
                     Ok(change) => {
                         changed |= !change.is_empty();
-                        self.rejected.remove(&c.path);
-                        texts.insert(c.path, text);
+                        self.rejected.remove(&path);
+                        texts.insert(path.clone(), text.clone());
+                        kept.insert(path, content);
                     }
                     Err(e) => {
+                        // Refused for good, until the file changes again.
                         error!("policy file {name} rejected; its previous version stays in force");
                         log_load_error(&e);
                         refused = true;
-                        self.rejected.insert(c.path, e.diagnostics);
+                        self.rejected.insert(path, e.diagnostics);
                     }
                 },
                 FileContent::Removed => {
                     changed |= !store.remove_file(&name).is_empty();
-                    self.rejected.remove(&c.path);
-                    texts.remove(&c.path);
+                    self.rejected.remove(&path);
+                    texts.remove(&path);
+                    kept.insert(path, content);
                 }
                 FileContent::Unreadable(diagnostics) => {
                     log_load_error(&LoadError {
                         diagnostics: diagnostics.clone(),
                     });
                     refused = true;
-                    self.rejected.insert(c.path, diagnostics);
+                    self.rejected.insert(path, diagnostics.clone());
                 }
             }
         }
         if refused {
             self.metrics.reload("rejected");
         }
+        self.retry = false;
         if !changed {
-            self.publish_rejections(None);
+            self.pending_modified = None;
+            self.pending_error = None;
+            self.publish_rejections();
             return;
         }
         let set = match policy_set(&store, &texts, &self.cfg) {
             Ok(set) => set,
             Err(e) => {
-                error!("policy change rejected; the previous policy stays in force");
-                self.reject(&e);
+                error!("policy change rejected; the previous policy stays in force until the files change");
+                log_load_error(&e);
+                self.metrics.reload("rejected");
+                self.pending = kept;
+                self.pending_error = Some(
+                    e.errors()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                );
+                self.publish_rejections();
                 return;
             }
         };
@@ -504,19 +576,26 @@ impl<K: Kernel> Controller<K> {
                 engine: Some(engine),
                 ..Update::default()
             })
-            .and_then(|(desired, recompute)| self.commit(desired, recompute, modified));
+            .and_then(|(desired, recompute)| {
+                self.commit(desired, recompute, self.pending_modified)
+            });
         match applied {
             Ok(()) => {
                 self.published.documents.store(Arc::new(documents(&store)));
                 self.store = store;
                 self.texts = texts;
+                self.pending_modified = None;
+                self.pending_error = None;
                 self.metrics.reload("applied");
-                self.publish_rejections(None);
+                self.publish_rejections();
             }
             Err(e) => {
-                error!(error = %e, "policy change could not be applied; the previous policy stays in force");
+                error!(error = %e, "policy change could not be applied; the previous policy stays in force, retrying");
                 self.metrics.reload("rejected");
-                self.publish_rejections(Some(e.to_string()));
+                self.pending = kept;
+                self.pending_error = Some(format!("not applied yet: {e}"));
+                self.retry = true;
+                self.publish_rejections();
             }
         }
     }
@@ -556,6 +635,12 @@ impl<K: Kernel> Controller<K> {
         self.commit(desired, recompute, None)
             .map_err(|e| e.to_string())?;
         if let Err(err) = self.attach_endpoint(&e.interface) {
+            // A hook that did attach would drop the pod's traffic once its entries are gone.
+            for hook in [Hook::FromEndpoint, Hook::ToEndpoint] {
+                if let Err(d) = self.kernel.detach(&e.interface, hook) {
+                    error!(error = %d, iface = %e.interface, ?hook, "detaching after a failed attach");
+                }
+            }
             let undone = self
                 .update(Update {
                     remove: vec![id],
@@ -582,12 +667,7 @@ impl<K: Kernel> Controller<K> {
         else {
             return Err(format!("no endpoint {name:?}"));
         };
-        for hook in [Hook::FromEndpoint, Hook::ToEndpoint] {
-            self.kernel
-                .detach(&e.interface, hook)
-                .map_err(|err| format!("detaching {hook:?} from {}: {err}", e.interface))?;
-        }
-        self.refresh_links();
+        // Its entries go first: an endpoint still published as enforced never lacks hooks.
         let (desired, recompute) = self
             .update(Update {
                 remove: vec![id],
@@ -596,6 +676,12 @@ impl<K: Kernel> Controller<K> {
             .map_err(|e| e.to_string())?;
         self.commit(desired, recompute, None)
             .map_err(|e| e.to_string())?;
+        for hook in [Hook::FromEndpoint, Hook::ToEndpoint] {
+            self.kernel
+                .detach(&e.interface, hook)
+                .map_err(|err| format!("detaching {hook:?} from {}: {err}", e.interface))?;
+        }
+        self.refresh_links();
         info!(name, "endpoint removed");
         Ok(())
     }
@@ -612,6 +698,8 @@ mod tests {
         applied: Arc<Mutex<Vec<bpf_redirect::DesiredState>>>,
         links: Arc<Mutex<Vec<(String, Hook)>>>,
         refuse_attach: Option<String>,
+        /// Applies to fail before the next one succeeds.
+        fail_applies: Arc<Mutex<usize>>,
     }
 
     impl Kernel for Recorder {
@@ -619,6 +707,11 @@ mod tests {
             &mut self,
             desired: &bpf_redirect::DesiredState,
         ) -> bpf_redirect::Result<ApplyStats> {
+            let mut fail = self.fail_applies.lock().unwrap();
+            if *fail > 0 {
+                *fail -= 1;
+                return Err(bpf_redirect::Error::MissingMap("failed by the test"));
+            }
             self.applied.lock().unwrap().push(desired.clone());
             Ok(ApplyStats::default())
         }
@@ -627,7 +720,8 @@ mod tests {
             iface: &str,
             hook: Hook,
         ) -> bpf_redirect::Result<bpf_redirect::AttachOutcome> {
-            if self.refuse_attach.as_deref() == Some(iface) {
+            // The second hook fails: the first one is attached by then.
+            if self.refuse_attach.as_deref() == Some(iface) && hook == Hook::ToEndpoint {
                 return Err(bpf_redirect::Error::MissingMap("refused by the test"));
             }
             let mut links = self.links.lock().unwrap();
@@ -846,6 +940,15 @@ spec:
         });
         assert!(answer.recv().unwrap().is_err());
         assert!(published.state.load().endpoint_by_name("xwing").is_none());
+        assert!(
+            !published
+                .status
+                .load()
+                .links
+                .iter()
+                .any(|(i, _)| i == "lxc9"),
+            "the hook that did attach is detached again"
+        );
 
         // Removal detaches and unpublishes.
         let (reply, answer) = mpsc::sync_channel(1);
@@ -889,5 +992,91 @@ spec:
             "start, then one write"
         );
         assert_eq!(published.state.load().policy_count(), 6);
+    }
+
+    const HOST_POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: host}
+spec:
+  nodeSelector: {}
+  ingress: [{fromEntities: [cluster]}]
+"#;
+
+    /// Changes that cannot be put in force yet are kept, shown, and tried again: a set this
+    /// node cannot enforce waits for the files to change, a failed write is retried, and
+    /// neither loses the other files' changes made meanwhile.
+    #[test]
+    fn changes_not_yet_in_force_are_kept_and_tried_again() {
+        let kernel = Recorder::default();
+        let mut c = started(kernel.clone());
+        let published = c.published();
+        // A host policy on a node without an uplink, and an edit of rule1 in the same batch:
+        // the set is refused whole; neither is in force, and the reason is shown.
+        let generation = published.state.load().generation;
+        let edited = RULE.replace("{org: empire}", "{class: mediabot}");
+        c.policy_files(
+            vec![
+                FileChange {
+                    path: "/p/host.yaml".into(),
+                    content: FileContent::Text(HOST_POLICY.into()),
+                },
+                FileChange {
+                    path: "/p/rule1.yaml".into(),
+                    content: FileContent::Text(edited.clone()),
+                },
+            ],
+            None,
+        );
+        assert_eq!(published.state.load().generation, generation);
+        let error = published.status.load().last_error.clone().unwrap();
+        assert!(error.contains("uplink"), "{error}");
+        // An unrelated change does not clear it: the refused set is still what the files say.
+        c.policy_files(
+            file("/p/empty.yaml", FileContent::Text(String::new())),
+            None,
+        );
+        assert_eq!(published.state.load().generation, generation);
+        assert!(published.status.load().last_error.is_some());
+        // The host policy goes: rule1's edit, kept all along, is now in force.
+        c.policy_files(file("/p/host.yaml", FileContent::Removed), None);
+        let state = published.state.load_full();
+        assert!(state.generation > generation);
+        assert_eq!(state.policy_count(), 1);
+        assert!(
+            published.documents.load()[0]["spec"]["ingress"][0]["fromEndpoints"][0]["matchLabels"]
+                .get("class")
+                .is_some()
+        );
+        assert!(published.status.load().last_error.is_none());
+
+        // A write that fails is retried (here by the next event; `run` retries every RETRY).
+        *kernel.fail_applies.lock().unwrap() = 1;
+        let generation = published.state.load().generation;
+        c.policy_files(file("/p/rule1.yaml", FileContent::Text(RULE.into())), None);
+        assert_eq!(published.state.load().generation, generation);
+        let error = published.status.load().last_error.clone().unwrap();
+        assert!(error.contains("not applied yet"), "{error}");
+        assert!(c.retry);
+        c.apply_pending();
+        assert!(published.state.load().generation > generation);
+        assert!(
+            published.documents.load()[0]["spec"]["ingress"][0]["fromEndpoints"][0]["matchLabels"]
+                .get("org")
+                .is_some()
+        );
+        assert!(published.status.load().last_error.is_none());
+        assert!(!c.retry);
+
+        // A source that cannot read its input, and reads it again.
+        c.handle(SourceEvent::SourceError {
+            source: "policy files",
+            diagnostics: vec![Diagnostic::file_error("/p", "cannot list directory")],
+        });
+        assert!(published.status.load().last_error.is_some());
+        c.handle(SourceEvent::SourceRecovered {
+            source: "policy files",
+        });
+        assert!(published.status.load().last_error.is_none());
     }
 }

@@ -167,8 +167,11 @@ fn smoke_l7_deny_h2c_flows_admin_restart_uninstall() {
             .into_owned();
     assert!(bpf.contains("80/TCP") && bpf.contains("15001"), "{bpf}");
 
-    // SIGTERM: exit 0, datapath stays; a restart re-attaches and enforces again.
+    // SIGTERM: exit 0, datapath stays; a restart re-attaches and enforces again. An admin
+    // client that stays connected does not hold the shutdown up.
+    let idle_admin = std::os::unix::net::UnixStream::connect(node.admin_socket()).unwrap();
     let st = node.terminate_ward();
+    drop(idle_admin);
     assert!(
         st.is_some_and(|s| s.success()),
         "exit status {st:?}:\n{}",

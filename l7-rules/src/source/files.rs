@@ -13,7 +13,7 @@ pub fn policy_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
     let mut out = Vec::new();
     let mut diags = Vec::new();
     for p in paths {
-        collect(p, &mut out, &mut diags);
+        collect(p, true, &mut out, &mut diags);
     }
     if diags.is_empty() {
         Ok(out)
@@ -22,9 +22,12 @@ pub fn policy_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
     }
 }
 
-fn collect(p: &Path, out: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic>) {
+/// `root`: a path as configured (it must exist); otherwise found in a directory, and one
+/// removed between the listing and the look (an editor's temporary file) is simply gone.
+fn collect(p: &Path, root: bool, out: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic>) {
     let io_error = |msg: String| Diagnostic::file_error(p.display().to_string(), msg);
     match std::fs::metadata(p) {
+        Err(e) if !root && e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => diags.push(io_error(format!("cannot read: {e}"))),
         Ok(m) if m.is_dir() => match std::fs::read_dir(p) {
             Err(e) => diags.push(io_error(format!("cannot list directory: {e}"))),
@@ -38,7 +41,7 @@ fn collect(p: &Path, out: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic>) {
                         continue;
                     }
                     if c.is_dir() || name.ends_with(".yaml") || name.ends_with(".yml") {
-                        collect(&c, out, diags);
+                        collect(&c, false, out, diags);
                     }
                 }
             }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bpf_redirect::ProxyRouting;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use super::api::{
     BpfPolicy, BpfPolicyEntry, EndpointAdded, EndpointRemoved, EndpointRow, HostEndpointStatus,
@@ -59,10 +59,16 @@ pub async fn serve(
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
-            let mut lines = tokio::io::BufReader::new(r).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.len() > MAX_REQUEST_BYTES {
-                    break;
+            let mut reader = tokio::io::BufReader::new(r);
+            let mut line = String::new();
+            loop {
+                // A line longer than the limit ends the connection without being buffered.
+                line.clear();
+                let mut limited = (&mut reader).take(MAX_REQUEST_BYTES as u64 + 1);
+                match limited.read_line(&mut line).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if line.len() > MAX_REQUEST_BYTES && !line.ends_with('\n') => break,
+                    Ok(_) => {}
                 }
                 let resp = match serde_json::from_str::<Request>(&line) {
                     Ok(req) => {

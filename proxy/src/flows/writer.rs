@@ -126,13 +126,19 @@ impl FlowWriter {
         }
         let mut log = LogFile::open(cfg)?;
         let (tx, rx) = mpsc::sync_channel::<Record>(FLOW_QUEUE);
+        let lost_in_thread = lost.clone();
         std::thread::Builder::new()
             .name("flow-log".into())
             .spawn(move || {
                 let mut line = Vec::with_capacity(2048);
+                let lost = lost_in_thread;
                 let mut write = |log: &mut LogFile, r: Record| {
+                    let is_flow = !matches!(r, Record::Flush(_));
                     if let Err(e) = log.write(&r, &mut line) {
                         tracing::warn!(error = %e, "writing the flow log");
+                        if is_flow {
+                            lost.inc();
+                        }
                     }
                 };
                 while let Ok(r) = rx.recv() {

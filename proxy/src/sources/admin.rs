@@ -7,8 +7,9 @@ use std::time::Duration;
 use super::SourceEvent;
 use crate::config::EndpointConfig;
 
-/// How long an admin command waits for the controller.
-pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an admin command waits for the controller: less than the CLI waits for its
+/// answer, so a slow command is reported as such rather than as a lost connection.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Clone)]
 pub struct AdminSource {

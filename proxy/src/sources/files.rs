@@ -76,34 +76,91 @@ pub fn read_all(dirs: &[PathBuf]) -> Result<Initial, LoadError> {
     }
 }
 
-/// The changes between two scans, each changed file read once.
+/// A file found changed is read only once its writer is done, so that a file written in place
+/// (`kubectl get cnp -o yaml > x.yaml` truncates first and writes later) is never enforced
+/// empty or cut short. "Done" is any of:
+/// - inotify saw the writer close it, or never saw a writer (a file renamed into place);
+/// - without inotify, its metadata has not changed for [`QUIET`];
+/// - and, always, its metadata is the same after reading it as before.
+///
+/// A file that became empty must stay empty for [`EMPTY_QUIET`]: truncation is how most
+/// in-place writes begin.
+pub const QUIET: Duration = Duration::from_millis(250);
+pub const EMPTY_QUIET: Duration = Duration::from_secs(2);
+/// A writer that keeps a file open longer than this is no longer waited for.
+pub const BUSY_LIMIT: Duration = Duration::from_secs(5);
+/// When a changed file was not ready, the next look comes this soon.
+pub const LOOK_AGAIN: Duration = Duration::from_millis(100);
+
+/// What a look found: the changes ready to send, their newest modification, and whether a
+/// changed file was not ready (its old stamp is kept, so the next look sees it again).
+struct Found {
+    changes: Vec<FileChange>,
+    newest: Option<SystemTime>,
+    not_ready: bool,
+}
+
+/// Files inotify saw opened for writing and not yet closed, since when.
+type Busy = std::collections::HashMap<PathBuf, Instant>;
+
+fn age(t: SystemTime) -> Duration {
+    SystemTime::now().duration_since(t).unwrap_or_default()
+}
+
+/// The changes between two scans, each ready file read once. `now` gets the old stamp of a
+/// file that is not ready.
 fn changes(
     before: &BTreeMap<PathBuf, Stamp>,
-    now: &BTreeMap<PathBuf, Stamp>,
-) -> (Vec<FileChange>, Option<SystemTime>) {
-    let mut out = Vec::new();
-    let mut newest = None;
-    for (path, s) in now {
+    now: &mut BTreeMap<PathBuf, Stamp>,
+    busy: &Busy,
+    quiet: Duration,
+) -> Found {
+    let mut found = Found {
+        changes: Vec::new(),
+        newest: None,
+        not_ready: false,
+    };
+    let mut wait = Vec::new();
+    for (path, s) in now.iter() {
         if before.get(path) == Some(s) {
             continue;
         }
-        newest = newest.max(Some(s.modified));
+        let writing = busy.get(path).is_some_and(|t| t.elapsed() < BUSY_LIMIT);
+        let settled = age(s.modified) >= quiet
+            && (s.len > 0 || age(s.modified) >= EMPTY_QUIET || !before.contains_key(path));
+        if writing || !settled {
+            wait.push(path.clone());
+            continue;
+        }
         let content = match read_policy_file(path) {
             Ok(t) => FileContent::Text(t),
             Err(e) => FileContent::Unreadable(e.diagnostics),
         };
-        out.push(FileChange {
+        if stamp(path).as_ref() != Some(s) {
+            // Written while read.
+            wait.push(path.clone());
+            continue;
+        }
+        found.newest = found.newest.max(Some(s.modified));
+        found.changes.push(FileChange {
             path: path.clone(),
             content,
         });
     }
+    for path in wait {
+        found.not_ready = true;
+        match before.get(&path) {
+            Some(old) => now.insert(path, *old),
+            None => now.remove(&path),
+        };
+    }
     for path in before.keys().filter(|p| !now.contains_key(*p)) {
-        out.push(FileChange {
+        found.changes.push(FileChange {
             path: path.clone(),
             content: FileContent::Removed,
         });
     }
-    (out, newest)
+    found
 }
 
 /// Watches `dirs` until `stop`, starting from `stamps` (what the controller started with).
@@ -123,7 +180,7 @@ pub fn spawn(
                 events,
                 failing: false,
             };
-            let (tx, notified) = mpsc::channel();
+            let (tx, notices) = mpsc::channel();
             // The watcher lives as long as this thread; without it, polling alone.
             let watcher = match watch {
                 PolicyWatch::Poll => None,
@@ -134,24 +191,44 @@ pub fn spawn(
             } else {
                 POLICY_POLL
             };
+            let mut busy = Busy::new();
             let mut last = Instant::now();
+            let mut again: Option<Instant> = None;
             while !stop.load(Ordering::Relaxed) {
+                let due = again.unwrap_or(last + every);
                 // Wake at least every 250 ms to see `stop`.
-                let wait = every
-                    .saturating_sub(last.elapsed())
+                let wait = due
+                    .saturating_duration_since(Instant::now())
                     .min(Duration::from_millis(250));
-                let look = match notified.recv_timeout(wait) {
-                    Ok(()) => {
+                let (look, quiet) = match notices.recv_timeout(wait) {
+                    Ok(n) => {
                         std::thread::sleep(SETTLE);
-                        while notified.try_recv().is_ok() {}
-                        true
+                        for n in std::iter::once(n).chain(notices.try_iter()) {
+                            n.apply(&mut busy);
+                        }
+                        (true, Duration::ZERO)
                     }
-                    Err(_) => last.elapsed() >= every,
+                    Err(_) if Instant::now() >= due => {
+                        // A timed look: without a writer's close to go by, wait for quiet.
+                        (
+                            true,
+                            if again.is_some() && watcher.is_some() {
+                                Duration::ZERO
+                            } else {
+                                QUIET
+                            },
+                        )
+                    }
+                    Err(_) => (false, QUIET),
                 };
                 if look {
                     last = Instant::now();
-                    if !looker.look() {
-                        return;
+                    busy.retain(|_, t| t.elapsed() < BUSY_LIMIT);
+                    match looker.look(&busy, quiet) {
+                        None => return,
+                        Some(not_ready) => {
+                            again = not_ready.then(|| Instant::now() + LOOK_AGAIN);
+                        }
                     }
                 }
             }
@@ -159,16 +236,51 @@ pub fn spawn(
         })
 }
 
+/// What inotify said about the policy paths.
+enum Notice {
+    /// Opened for writing or written.
+    Writing(Vec<PathBuf>),
+    /// A writer closed it.
+    Closed(Vec<PathBuf>),
+    /// Created, renamed, removed, or its metadata changed.
+    Changed,
+}
+
+impl Notice {
+    fn apply(self, busy: &mut Busy) {
+        match self {
+            Notice::Writing(paths) => {
+                for p in paths {
+                    busy.entry(p).or_insert_with(Instant::now);
+                }
+            }
+            Notice::Closed(paths) => {
+                for p in paths {
+                    busy.remove(&p);
+                }
+            }
+            Notice::Changed => {}
+        }
+    }
+}
+
 /// inotify on every policy directory (and on the directory of every policy file named
 /// directly, so a file replaced by a rename is seen). Only events that can change a policy
 /// file wake the source: its own reads do not.
-fn watch_dirs(dirs: &[PathBuf], tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-    use notify::event::EventKind;
+fn watch_dirs(dirs: &[PathBuf], tx: mpsc::Sender<Notice>) -> Option<notify::RecommendedWatcher> {
+    use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
     use notify::{RecursiveMode, Watcher};
     let handler = move |e: notify::Result<notify::Event>| {
-        if e.is_ok_and(|e| !matches!(e.kind, EventKind::Access(_))) {
-            let _ = tx.send(());
-        }
+        let Ok(e) = e else { return };
+        let notice = match e.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => Notice::Closed(e.paths),
+            EventKind::Access(_) => return,
+            EventKind::Modify(ModifyKind::Data(_)) | EventKind::Create(CreateKind::File) => {
+                Notice::Writing(e.paths)
+            }
+            _ => Notice::Changed,
+        };
+        let _ = tx.send(notice);
     };
     let mut watcher = match notify::recommended_watcher(handler) {
         Ok(w) => w,
@@ -203,38 +315,46 @@ struct Looker {
 }
 
 impl Looker {
-    /// One look. False when the controller is gone.
-    fn look(&mut self) -> bool {
-        let now = match scan(&self.dirs) {
+    /// One look: `Some(a changed file was not ready)`, or `None` when the controller is gone.
+    fn look(&mut self, busy: &Busy, quiet: Duration) -> Option<bool> {
+        let mut now = match scan(&self.dirs) {
             Ok(now) => now,
             Err(e) => {
                 // Said once per failure, not at every look.
                 if !self.failing {
                     self.failing = true;
                     let sent = self.events.send(SourceEvent::SourceError {
-                        source: "policy files",
+                        source: SOURCE,
                         diagnostics: e.diagnostics,
                     });
-                    return sent.is_ok();
+                    sent.ok()?;
                 }
-                return true;
+                return Some(false);
             }
         };
-        self.failing = false;
-        let (changed, modified) = changes(&self.stamps, &now);
-        if changed.is_empty() {
-            return true;
+        if self.failing {
+            self.failing = false;
+            self.events
+                .send(SourceEvent::SourceRecovered { source: SOURCE })
+                .ok()?;
         }
-        debug!(files = changed.len(), "policy files changed");
+        let found = changes(&self.stamps, &mut now, busy, quiet);
         self.stamps = now;
-        self.events
-            .send(SourceEvent::PolicyFiles {
-                changes: changed,
-                modified,
-            })
-            .is_ok()
+        if !found.changes.is_empty() {
+            debug!(files = found.changes.len(), "policy files changed");
+            self.events
+                .send(SourceEvent::PolicyFiles {
+                    changes: found.changes,
+                    modified: found.newest,
+                })
+                .ok()?;
+        }
+        Some(found.not_ready)
     }
 }
+
+/// The name this source gives its errors.
+const SOURCE: &str = "policy files";
 
 #[cfg(test)]
 mod tests {
@@ -251,14 +371,18 @@ mod tests {
         let dirs = vec![dir.clone()];
         let first = scan(&dirs).unwrap();
         assert_eq!(first.len(), 2);
-        assert!(changes(&first, &first).0.is_empty());
+        let none = Busy::new();
+        assert!(changes(&first, &mut first.clone(), &none, Duration::ZERO)
+            .changes
+            .is_empty());
         // Same size, new content: still a change.
         std::fs::write(dir.join("a.yaml"), "a: 2\n").unwrap();
         std::fs::remove_file(dir.join("b.yaml")).unwrap();
-        let now = scan(&dirs).unwrap();
-        let (changed, modified) = changes(&first, &now);
-        assert!(modified.is_some());
-        let got: Vec<(String, String)> = changed
+        let mut now = scan(&dirs).unwrap();
+        let found = changes(&first, &mut now, &none, Duration::ZERO);
+        assert!(found.newest.is_some());
+        let got: Vec<(String, String)> = found
+            .changes
             .iter()
             .map(|c| {
                 let name = c.path.file_name().unwrap().to_string_lossy().into_owned();
@@ -322,6 +446,62 @@ mod tests {
             assert_eq!(next(), ["b.yaml=b: 1"], "{watch:?}");
             std::fs::remove_file(dir.join("a.yaml")).unwrap();
             assert_eq!(next(), ["a.yaml removed"], "{watch:?}");
+            stop.store(true, Ordering::Relaxed);
+            thread.join().unwrap();
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    /// A file written in place (truncated, then written slowly, as a shell redirection of a
+    /// slow command does) is never sent empty, in either way of watching; with inotify it is
+    /// not sent cut short either, however long the writer pauses (polling alone can only wait
+    /// for the file to be quiet for [`QUIET`]).
+    #[test]
+    fn a_file_written_in_place_is_sent_only_when_whole() {
+        use std::io::Write;
+        const RULE: &str = "kind: Namespace\nmetadata: {name: a}\n";
+        for watch in [PolicyWatch::Inotify, PolicyWatch::Poll] {
+            let dir =
+                std::env::temp_dir().join(format!("ward-inplace-{watch:?}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let file = dir.join("a.yaml");
+            std::fs::write(&file, RULE).unwrap();
+            let dirs = vec![dir.clone()];
+            let (events, inbox) = mpsc::channel();
+            let stop = Arc::new(AtomicBool::new(false));
+            let thread = spawn(
+                dirs.clone(),
+                scan(&dirs).unwrap(),
+                watch,
+                events,
+                stop.clone(),
+            )
+            .unwrap();
+            // Let the watch start, then truncate and keep writing for longer than a poll and
+            // the quiet time.
+            std::thread::sleep(Duration::from_millis(300));
+            let mut w = std::fs::File::create(&file).unwrap();
+            std::thread::sleep(Duration::from_millis(700));
+            w.write_all(b"kind: Namespace\n").unwrap();
+            w.flush().unwrap();
+            std::thread::sleep(match watch {
+                PolicyWatch::Inotify => Duration::from_millis(400),
+                PolicyWatch::Poll => Duration::from_millis(20),
+            });
+            w.write_all(b"metadata: {name: b}\n").unwrap();
+            drop(w);
+            let first = inbox.recv_timeout(Duration::from_secs(10));
+            let Ok(SourceEvent::PolicyFiles { changes, .. }) = first else {
+                panic!("{watch:?}: nothing sent");
+            };
+            match &changes[..] {
+                [FileChange {
+                    content: FileContent::Text(t),
+                    ..
+                }] => assert_eq!(t, "kind: Namespace\nmetadata: {name: b}\n", "{watch:?}"),
+                other => panic!("{watch:?}: {other:?}"),
+            }
             stop.store(true, Ordering::Relaxed);
             thread.join().unwrap();
             std::fs::remove_dir_all(&dir).unwrap();

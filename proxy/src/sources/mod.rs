@@ -30,6 +30,8 @@ pub enum SourceEvent {
         source: &'static str,
         diagnostics: Vec<Diagnostic>,
     },
+    /// The source reads its input again (its error is cleared).
+    SourceRecovered { source: &'static str },
     /// A local endpoint to add (its id is answered).
     EndpointAdd {
         endpoint: EndpointConfig,
