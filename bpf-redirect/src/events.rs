@@ -122,7 +122,8 @@ impl From<&RawEvent> for Event {
     }
 }
 
-fn tcp_flags(flags: u8) -> String {
+/// The names of the TCP flags set in `flags` (`SYN, ACK`), as Hubble writes them.
+pub fn tcp_flag_names(flags: u8) -> String {
     const NAMES: [(u8, &str); 5] = [
         (0x02, "SYN"),
         (0x10, "ACK"),
@@ -155,7 +156,7 @@ impl std::fmt::Display for Event {
             EventKind::Unknown(k) => write!(f, "unknown event kind {k}")?,
         }
         match self.proto {
-            6 => write!(f, " (TCP Flags: {})", tcp_flags(self.tcp_flags)),
+            6 => write!(f, " (TCP Flags: {})", tcp_flag_names(self.tcp_flags)),
             17 => write!(f, " (UDP)"),
             1 => write!(f, " (ICMPv4 type {})", self.dst.port()),
             p => write!(f, " (proto {p})"),

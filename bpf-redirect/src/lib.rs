@@ -45,7 +45,7 @@ pub use bpf_redirect_common as common;
 use common::{map_names, program_names};
 
 pub use counters::CounterReader;
-pub use events::{DropReason, Event, EventKind, EventReader, PolicyDirection};
+pub use events::{tcp_flag_names, DropReason, Event, EventKind, EventReader, PolicyDirection};
 pub use proxy_sockets::{register_listener, socket_cookie, ProxySockets};
 pub use routing::ProxyRouting;
 pub use state::{

@@ -12,22 +12,6 @@ use l7_rules::l7::http::HttpRequest;
 use super::model::{Flow, FlowPeer, POLICY_DENIED};
 use crate::state::NodeState;
 
-fn tcp_flag_names(flags: u8) -> Option<String> {
-    const NAMES: [(u8, &str); 5] = [
-        (0x02, "SYN"),
-        (0x10, "ACK"),
-        (0x01, "FIN"),
-        (0x04, "RST"),
-        (0x08, "PSH"),
-    ];
-    let v: Vec<&str> = NAMES
-        .iter()
-        .filter(|(bit, _)| flags & bit != 0)
-        .map(|(_, n)| *n)
-        .collect();
-    (!v.is_empty()).then(|| v.join(", "))
-}
-
 fn proto_name(p: u8) -> String {
     match p {
         6 => "TCP".into(),
@@ -82,7 +66,7 @@ impl Flow {
         };
         let protocol = proto_name(e.proto);
         let tcp_flags = if e.proto == 6 {
-            tcp_flag_names(e.tcp_flags)
+            Some(bpf_redirect::tcp_flag_names(e.tcp_flags)).filter(|f| !f.is_empty())
         } else {
             None
         };

@@ -404,16 +404,22 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// Both ways of watching see a write in place, a file renamed into place (how editors
-    /// and Kubernetes ConfigMap volumes replace files) and a removal.
-    #[test]
-    fn every_way_of_watching_sees_writes_renames_and_removals() {
-        for watch in [PolicyWatch::Inotify, PolicyWatch::Poll] {
+    /// A directory holding `a.yaml` (with `text`) watched by the source; stop and join it,
+    /// then remove the directory, with [`Watched::finish`].
+    struct Watched {
+        dir: PathBuf,
+        inbox: mpsc::Receiver<SourceEvent>,
+        stop: Arc<AtomicBool>,
+        thread: std::thread::JoinHandle<()>,
+    }
+
+    impl Watched {
+        fn start(tag: &str, watch: PolicyWatch, text: &str) -> Watched {
             let dir =
-                std::env::temp_dir().join(format!("ward-watch-{watch:?}-{}", std::process::id()));
+                std::env::temp_dir().join(format!("ward-{tag}-{watch:?}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("a.yaml"), "a: 1\n").unwrap();
+            std::fs::write(dir.join("a.yaml"), text).unwrap();
             let dirs = vec![dir.clone()];
             let (events, inbox) = mpsc::channel();
             let stop = Arc::new(AtomicBool::new(false));
@@ -425,6 +431,28 @@ mod tests {
                 stop.clone(),
             )
             .unwrap();
+            Watched {
+                dir,
+                inbox,
+                stop,
+                thread,
+            }
+        }
+
+        fn finish(self) {
+            self.stop.store(true, Ordering::Relaxed);
+            self.thread.join().unwrap();
+            std::fs::remove_dir_all(&self.dir).unwrap();
+        }
+    }
+
+    /// Both ways of watching see a write in place, a file renamed into place (how editors
+    /// and Kubernetes ConfigMap volumes replace files) and a removal.
+    #[test]
+    fn every_way_of_watching_sees_writes_renames_and_removals() {
+        for watch in [PolicyWatch::Inotify, PolicyWatch::Poll] {
+            let w = Watched::start("watch", watch, "a: 1\n");
+            let (dir, inbox) = (&w.dir, &w.inbox);
             let next = || match inbox.recv_timeout(Duration::from_secs(10)) {
                 Ok(SourceEvent::PolicyFiles { changes, .. }) => changes
                     .into_iter()
@@ -446,9 +474,7 @@ mod tests {
             assert_eq!(next(), ["b.yaml=b: 1"], "{watch:?}");
             std::fs::remove_file(dir.join("a.yaml")).unwrap();
             assert_eq!(next(), ["a.yaml removed"], "{watch:?}");
-            stop.store(true, Ordering::Relaxed);
-            thread.join().unwrap();
-            std::fs::remove_dir_all(&dir).unwrap();
+            w.finish();
         }
     }
 
@@ -461,37 +487,22 @@ mod tests {
         use std::io::Write;
         const RULE: &str = "kind: Namespace\nmetadata: {name: a}\n";
         for watch in [PolicyWatch::Inotify, PolicyWatch::Poll] {
-            let dir =
-                std::env::temp_dir().join(format!("ward-inplace-{watch:?}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            let file = dir.join("a.yaml");
-            std::fs::write(&file, RULE).unwrap();
-            let dirs = vec![dir.clone()];
-            let (events, inbox) = mpsc::channel();
-            let stop = Arc::new(AtomicBool::new(false));
-            let thread = spawn(
-                dirs.clone(),
-                scan(&dirs).unwrap(),
-                watch,
-                events,
-                stop.clone(),
-            )
-            .unwrap();
+            let w = Watched::start("inplace", watch, RULE);
+            let file = w.dir.join("a.yaml");
             // Let the watch start, then truncate and keep writing for longer than a poll and
             // the quiet time.
             std::thread::sleep(Duration::from_millis(300));
-            let mut w = std::fs::File::create(&file).unwrap();
+            let mut writer = std::fs::File::create(&file).unwrap();
             std::thread::sleep(Duration::from_millis(700));
-            w.write_all(b"kind: Namespace\n").unwrap();
-            w.flush().unwrap();
+            writer.write_all(b"kind: Namespace\n").unwrap();
+            writer.flush().unwrap();
             std::thread::sleep(match watch {
                 PolicyWatch::Inotify => Duration::from_millis(400),
                 PolicyWatch::Poll => Duration::from_millis(20),
             });
-            w.write_all(b"metadata: {name: b}\n").unwrap();
-            drop(w);
-            let first = inbox.recv_timeout(Duration::from_secs(10));
+            writer.write_all(b"metadata: {name: b}\n").unwrap();
+            drop(writer);
+            let first = w.inbox.recv_timeout(Duration::from_secs(10));
             let Ok(SourceEvent::PolicyFiles { changes, .. }) = first else {
                 panic!("{watch:?}: nothing sent");
             };
@@ -502,9 +513,7 @@ mod tests {
                 }] => assert_eq!(t, "kind: Namespace\nmetadata: {name: b}\n", "{watch:?}"),
                 other => panic!("{watch:?}: {other:?}"),
             }
-            stop.store(true, Ordering::Relaxed);
-            thread.join().unwrap();
-            std::fs::remove_dir_all(&dir).unwrap();
+            w.finish();
         }
     }
 }
