@@ -35,9 +35,8 @@ use std::{
 };
 
 #[cfg(feature = "test-util")]
-use aya::maps::HashMap as BpfHashMap;
+use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::{
-    maps::{MapData, PerCpuArray},
     programs::{SchedClassifier, SkLookup, TcAttachType},
     Ebpf, EbpfLoader,
 };
@@ -296,20 +295,10 @@ impl Datapath {
         fs::remove_dir(root).map_err(io_err(format!("removing {}", root.display())))
     }
 
-    /// Reads and sums the per-CPU counters.
+    /// Reads and sums the per-CPU counters (through the same reader the metrics use).
+    #[cfg(feature = "test-util")]
     pub fn counters(&self) -> Result<Counters> {
-        let name = map_names::COUNTERS;
-        let map = self.ebpf.map(name).ok_or(Error::MissingMap(name))?;
-        let arr: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(map).map_err(|source| Error::Map { name, source })?;
-        let mut values = Vec::with_capacity(common::COUNTERS_MAX as usize);
-        for i in 0..arr.len() {
-            let per_cpu = arr
-                .get(&i, 0)
-                .map_err(|source| Error::Map { name, source })?;
-            values.push(per_cpu.iter().sum());
-        }
-        Ok(Counters { values })
+        CounterReader::open(&self.pin_root)?.read()
     }
 
     /// Conntrack entries (for introspection and tests).
