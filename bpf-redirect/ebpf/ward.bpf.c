@@ -129,6 +129,9 @@ struct {
 
 struct flow {
 	struct ward_ct_key key;
+	/* ICMP destination-unreachable (not frag-needed): the tuple of the packet it is about,
+	 * as that packet was sent (inner.proto 0 when there is none). */
+	struct ward_ct_key inner;
 	__u32 ifindex;
 	__u16 dport_host; /* for policy keys / events */
 	__u8 tcp_flags;
@@ -405,6 +408,56 @@ assign:
 	return 0;
 }
 
+/*
+ * A reply to a proxied flow (the reverse of a conntrack entry with a proxy
+ * port), arriving at an ingress hook: the proxy's upstream leg used the
+ * client's own address (the DNS proxy does, as Cilium's does), so the answer
+ * is addressed to the pod but belongs to the proxy's socket bound to that
+ * address. Hand it to that socket (local delivery through the fwmark route);
+ * with no such socket the packet is dropped: a pod never receives an answer
+ * the proxy did not judge.
+ */
+static __always_inline __u16 assign_reply_to_proxy(struct __sk_buff *skb, const struct flow *f,
+						   __u16 proxy_port)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	long ret;
+
+	t.ipv4.saddr = f->key.saddr;
+	t.ipv4.daddr = f->key.daddr;
+	t.ipv4.sport = f->key.sport;
+	t.ipv4.dport = f->key.dport;
+	if (f->key.proto == IPPROTO_TCP) {
+		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return WARD_DROP_NO_PROXY_SOCKET;
+		/* Only a socket bound to the pod's own address and port (not a listener). */
+		if (sk->state == BPF_TCP_LISTEN || sk->state == BPF_TCP_TIME_WAIT ||
+		    sk->src_ip4 != f->key.daddr || sk->src_port != f->dport_host) {
+			bpf_sk_release(sk);
+			return WARD_DROP_NO_PROXY_SOCKET;
+		}
+	} else if (f->key.proto == IPPROTO_UDP) {
+		sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return WARD_DROP_NO_PROXY_SOCKET;
+		/* Only a socket bound to the pod's own address and port (not a wildcard one). */
+		if (sk->src_ip4 != f->key.daddr || sk->src_port != f->dport_host) {
+			bpf_sk_release(sk);
+			return WARD_DROP_NO_PROXY_SOCKET;
+		}
+	} else {
+		return WARD_DROP_NO_PROXY_SOCKET;
+	}
+	ret = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (ret)
+		return WARD_DROP_SK_ASSIGN_FAILED;
+	skb->mark = WARD_MARK_PROXY_REDIRECT | ((__u32)proxy_port << 16);
+	return 0;
+}
+
 static __always_inline __u64 ct_lifetime(const struct flow *f, const struct ward_ct_value *v)
 {
 	if (v->flags & WARD_CT_F_CLOSING)
@@ -472,6 +525,20 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f, __u8 *fr
 		if (l4[0] == ICMP_DEST_UNREACH && l4[1] == ICMP_FRAG_NEEDED) {
 			f->l4_ok = 2; /* frag-needed: always pass */
 			f->ct_mode = 0;
+		} else if (l4[0] == ICMP_DEST_UNREACH) {
+			struct iphdr in;
+			__u8 ports[4];
+
+			f->ct_mode = 0;
+			if (!bpf_skb_load_bytes(skb, l4off + 8, &in, sizeof(in)) && in.ihl >= 5 &&
+			    (in.protocol == IPPROTO_UDP || in.protocol == IPPROTO_TCP) &&
+			    !bpf_skb_load_bytes(skb, l4off + 8 + in.ihl * 4, ports, 4)) {
+				f->inner.saddr = in.saddr;
+				f->inner.daddr = in.daddr;
+				__builtin_memcpy(&f->inner.sport, &ports[0], 2);
+				__builtin_memcpy(&f->inner.dport, &ports[2], 2);
+				f->inner.proto = in.protocol;
+			}
 		} else if (l4[0] == ICMP_ECHO_REQUEST) {
 			__builtin_memcpy(&f->key.sport, &l4[4], 2);
 			f->ct_mode = CTM_FWD | CTM_CREATE;
@@ -643,6 +710,16 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 			ct->packets_rev += 1;
 			if (f.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
 				ct->flags |= WARD_CT_F_CLOSING;
+			if (ct->proxy_port &&
+			    (hook == WARD_HOOK_FROM_ENDPOINT || hook == WARD_HOOK_FROM_NETDEV)) {
+				d.proxy_port = ct->proxy_port;
+				f.ct_state = WARD_CT_REPLY;
+				reason = assign_reply_to_proxy(skb, &f, ct->proxy_port);
+				if (reason)
+					return drop(&f, &d, reason);
+				count(WARD_CNT_PROXY_REPLY);
+				return TC_ACT_OK;
+			}
 			count(WARD_CNT_CT_REPLY);
 			return TC_ACT_OK;
 		}
@@ -659,11 +736,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 		count(WARD_CNT_CT_ESTABLISHED);
 		/*
 		 * The proxy's upstream leg passes while its packets still come
-		 * from a registered socket; every other forward packet is
-		 * re-checked here, whichever hook created the entry.
+		 * from a registered socket (also on the client's own tuple,
+		 * when the proxy speaks from the client's address: the entry
+		 * is then marked as the proxy's too); every other forward
+		 * packet is re-checked here, whichever hook created the entry.
 		 */
-		if ((ct->flags & WARD_CT_F_PROXY_UPSTREAM) && upstream)
+		if (upstream) {
+			ct->flags |= WARD_CT_F_PROXY_UPSTREAM;
 			return TC_ACT_OK;
+		}
 	} else {
 		/*
 		 * TCP state is only ever created by the initiator's SYN, except
@@ -672,8 +753,6 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 		 * so their packets go through policy (and audit mode) and, if
 		 * allowed, create one.
 		 */
-		if (f.key.proto == IPPROTO_TCP && !pure_syn && hook < WARD_HOOK_FROM_NETDEV)
-			return drop(&f, &d, WARD_DROP_CT_NO_ENTRY);
 		if (upstream) {
 			/* The proxy's upstream leg: decided when the client's flow was redirected. */
 			ct_fill(&nct, &d, now, WARD_CT_F_PROXY_UPSTREAM | WARD_CT_F_SYN, hook);
@@ -682,6 +761,21 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 			count(WARD_CNT_PROXY_UPSTREAM);
 			return TC_ACT_OK;
 		}
+		if (f.key.proto == IPPROTO_TCP && !pure_syn && hook < WARD_HOOK_FROM_NETDEV)
+			return drop(&f, &d, WARD_DROP_CT_NO_ENTRY);
+	}
+
+	/*
+	 * An ICMP error about a proxied flow's leg that the proxy sent from the client's
+	 * address (the DNS server's port unreachable): it is the proxy's to handle, never the
+	 * pod's (the pod did not send that packet and would see a refusal the proxy did not
+	 * judge). The proxy answers the client when the server stays silent.
+	 */
+	if (f.inner.proto && (hook == WARD_HOOK_FROM_ENDPOINT || hook == WARD_HOOK_FROM_NETDEV)) {
+		struct ward_ct_value *about = bpf_map_lookup_elem(&ward_ct, &f.inner);
+
+		if (about && about->proxy_port)
+			return drop(&f, &d, WARD_DROP_PROXIED_ICMP_ERROR);
 	}
 
 	reason = evaluate(&d, &f);

@@ -72,6 +72,7 @@
 #define WARD_DROP_CT_CREATE_FAILED 10   /* conntrack insert failed */
 #define WARD_DROP_REDIRECT_UNSUPPORTED 11 /* redirect verdict at an egress hook */
 #define WARD_DROP_CT_NO_ENTRY 12        /* TCP without conntrack entry, not a pure SYN */
+#define WARD_DROP_PROXIED_ICMP_ERROR 13 /* ICMP error about a proxied flow's pod-sourced leg */
 #define WARD_DROP_REASON_MAX 64
 
 /* ---- Event kinds ------------------------------------------------------- */
@@ -106,6 +107,7 @@
 #define WARD_CNT_PROXY_UPSTREAM 12
 #define WARD_CNT_PROXY_MARK_UNREGISTERED 13 /* upstream mark without a registered socket */
 #define WARD_CNT_TO_NETDEV 14
+#define WARD_CNT_PROXY_REPLY 15 /* a reply to a proxied flow handed to the proxy's socket */
 #define WARD_CNT_DROP_BASE 64 /* + drop reason */
 
 /* ---- Endpoint flags ----------------------------------------------------- */

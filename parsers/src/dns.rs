@@ -270,6 +270,114 @@ pub fn refused_response(query: &[u8], rcode: DenyRcode) -> Result<Vec<u8>, DnsEr
         .map_err(|e| DnsError::Encode(e.to_string()))
 }
 
+/// Response codes the proxy answers with itself.
+pub mod rcode {
+    /// The query could not be understood (no question, several, truncated).
+    pub const FORMERR: u8 = 1;
+    /// The upstream did not answer in time, or the proxy is overloaded.
+    pub const SERVFAIL: u8 = 2;
+    /// `NXDOMAIN`.
+    pub const NXDOMAIN: u8 = 3;
+    /// `REFUSED`.
+    pub const REFUSED: u8 = 5;
+}
+
+/// The header fields of any message of at least [`HEADER_LEN`] bytes, read without decoding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub id: u16,
+    /// QR: the message is a response.
+    pub response: bool,
+    pub opcode: u8,
+    pub truncated: bool,
+    pub rcode: u8,
+    pub question_count: u16,
+}
+
+/// Reads the header of `msg`; `None` when it is shorter than a header.
+pub fn header(msg: &[u8]) -> Option<Header> {
+    let h = msg.first_chunk::<HEADER_LEN>()?;
+    Some(Header {
+        id: u16::from_be_bytes([h[0], h[1]]),
+        response: h[2] & 0x80 != 0,
+        opcode: (h[2] >> 3) & 0x0f,
+        truncated: h[2] & 0x02 != 0,
+        rcode: h[3] & 0x0f,
+        question_count: u16::from_be_bytes([h[4], h[5]]),
+    })
+}
+
+/// The end of the first question of `msg` (after its type and class), when it is whole.
+fn first_question_end(msg: &[u8]) -> Option<usize> {
+    let mut at = HEADER_LEN;
+    loop {
+        let len = *msg.get(at)?;
+        match len {
+            0 => {
+                at += 1;
+                break;
+            }
+            // A compression pointer ends the name.
+            l if l & 0xc0 == 0xc0 => {
+                at += 2;
+                break;
+            }
+            l if l & 0xc0 != 0 => return None,
+            l => at += 1 + usize::from(l),
+        }
+    }
+    let end = at + 4;
+    (end <= msg.len()).then_some(end)
+}
+
+/// The proxy's own answer to `query` with `rcode`, built from its bytes without decoding it:
+/// same id and opcode, QR=1, RD and CD copied, RA=1, and the first question echoed byte for
+/// byte when the query has a whole one (otherwise only the header). No EDNS record is added.
+/// `None` when `query` is shorter than a header or is itself a response (answering a response
+/// could start a loop between two proxies).
+pub fn error_response(query: &[u8], rcode: u8) -> Option<Vec<u8>> {
+    let h = header(query)?;
+    if h.response {
+        return None;
+    }
+    let question = (h.question_count >= 1)
+        .then(|| first_question_end(query))
+        .flatten();
+    let end = question.unwrap_or(HEADER_LEN);
+    let mut out = Vec::with_capacity(end);
+    out.extend_from_slice(&query[..end]);
+    // QR=1, opcode kept, AA=0, TC=0, RD kept.
+    out[2] = 0x80 | (query[2] & 0x78) | (query[2] & 0x01);
+    // RA=1, Z=0, AD=0, CD kept, rcode.
+    out[3] = 0x80 | (query[3] & 0x10) | (rcode & 0x0f);
+    out[4..6].copy_from_slice(&u16::from(question.is_some()).to_be_bytes());
+    out[6..12].fill(0);
+    Some(out)
+}
+
+/// The mnemonic of a query type (`A`, `AAAA`, …; `TYPE65280` for one without a name).
+pub fn qtype_name(qtype: u16) -> String {
+    hickory_proto::rr::RecordType::from(qtype).to_string()
+}
+
+/// The mnemonic of a response code (`NoError`, `Refused`, …).
+pub fn rcode_name(rcode: u16) -> &'static str {
+    match rcode {
+        0 => "NoError",
+        1 => "FormErr",
+        2 => "ServFail",
+        3 => "NXDomain",
+        4 => "NotImp",
+        5 => "Refused",
+        6 => "YXDomain",
+        7 => "YXRRSet",
+        8 => "NXRRSet",
+        9 => "NotAuth",
+        10 => "NotZone",
+        _ => "Other",
+    }
+}
+
 /// Extracts what FQDN learning needs from a response: rcode, query name, the A/AAAA addresses of
 /// the query name and of every name its CNAME chain reaches (answer section only, owner names
 /// compared case-insensitively, chain at most [`MAX_CNAME_CHAIN`] long), and the minimum TTL
@@ -364,6 +472,40 @@ mod tests {
             m.set_edns(e);
         }
         m.to_vec().unwrap()
+    }
+
+    #[test]
+    fn error_responses_echo_the_question_byte_for_byte() {
+        let q = query_bytes("WwW.Example.ORG.", RecordType::AAAA, Some(1232));
+        let r = error_response(&q, rcode::REFUSED).unwrap();
+        let m = Message::from_vec(&r).unwrap();
+        assert_eq!(m.id(), 0xbeef);
+        assert_eq!(m.message_type(), MessageType::Response);
+        assert_eq!(m.response_code(), ResponseCode::Refused);
+        assert!(m.recursion_desired());
+        assert_eq!(m.queries().len(), 1);
+        assert_eq!(m.queries()[0].name().to_ascii(), "WwW.Example.ORG.");
+        assert_eq!(m.queries()[0].query_type(), RecordType::AAAA);
+        assert!(m.answers().is_empty() && m.extensions().is_none());
+        // No whole question: the header alone, with FORMERR.
+        let r = error_response(&q[..20], rcode::FORMERR).unwrap();
+        assert_eq!(r.len(), HEADER_LEN);
+        let h = header(&r).unwrap();
+        assert_eq!(
+            (h.id, h.response, h.rcode, h.question_count),
+            (0xbeef, true, 1, 0)
+        );
+        // Too short, or a response: no answer.
+        assert!(error_response(&q[..11], rcode::FORMERR).is_none());
+        assert!(error_response(&r, rcode::FORMERR).is_none());
+    }
+
+    #[test]
+    fn names_types_and_rcodes() {
+        assert_eq!(qtype_name(1), "A");
+        assert_eq!(qtype_name(28), "AAAA");
+        assert_eq!(rcode_name(5), "Refused");
+        assert_eq!(rcode_name(3), "NXDomain");
     }
 
     #[test]

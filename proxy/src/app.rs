@@ -52,6 +52,19 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
                 cfg.listeners.http
             )
         })?;
+    // The DNS listener, UDP and TCP on one port, when configured.
+    let dns_listeners = match cfg.listeners.dns {
+        None => None,
+        Some(port) => {
+            let udp = crate::proxy::transport::bind_transparent_udp(port).with_context(|| {
+                format!("binding the transparent DNS listener on UDP port {port}")
+            })?;
+            let tcp = crate::proxy::transport::bind_transparent(port).with_context(|| {
+                format!("binding the transparent DNS listener on TCP port {port}")
+            })?;
+            Some((port, udp, tcp))
+        }
+    };
     // 2. Datapath: maps, desired state, hooks, routing.
     let metrics = Arc::new(Metrics::new());
     let mut dp = Datapath::open(&cfg.pin_root)
@@ -62,6 +75,10 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
         .context("attaching the listener lookup to the node's network namespace")?;
     bpf_redirect::register_listener(&cfg.pin_root, cfg.listeners.http, &std_listener)
         .context("registering the transparent listener with the datapath")?;
+    if let Some((port, _, tcp)) = &dns_listeners {
+        bpf_redirect::register_listener(&cfg.pin_root, *port, tcp)
+            .context("registering the DNS TCP listener with the datapath")?;
+    }
     match bpf_redirect::CounterReader::open(&cfg.pin_root) {
         Ok(counters) => metrics.read_kernel_drops(counters),
         Err(e) => warn!(error = %e, "cannot read the datapath counters; drops are not exported"),
@@ -139,6 +156,19 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
         let threads = cfg.proxy_threads.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
         });
+        let dns_thread = match dns_listeners {
+            None => None,
+            Some((port, udp, tcp)) => {
+                let dns = Arc::new(crate::proxy::dns::DnsProxy::new(
+                    proxy.clone(),
+                    crate::proxy::dns::DnsSettings::from_config(&cfg),
+                ));
+                let t = crate::proxy::dns::start(dns, udp, tcp, rx.clone())
+                    .context("starting the DNS proxy thread")?;
+                info!(port, "transparent DNS listener ready (UDP and TCP)");
+                Some(t)
+            }
+        };
         let workers = crate::proxy::Workers::start(threads, proxy)
             .context("starting the proxy worker threads")?;
         info!(threads, "proxy workers started");
@@ -166,6 +196,9 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
         let _ = tx.send(true);
         let _ = proxy_task.await;
         let _ = admin_task.await;
+        if let Some(t) = dns_thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
         let _ = std::fs::remove_file(&cfg.admin_socket);
         anyhow::Ok(0)
     })?;

@@ -50,12 +50,14 @@ pub struct Listeners {
     /// Transparent HTTP / HTTP/2 / gRPC listener.
     #[serde(default = "default_http")]
     pub http: u16,
-    /// Port DNS redirects go to. Ward has no DNS listener yet: when set, DNS-redirected flows
-    /// are sent there (and fail closed unless something listens); when unset, DNS rules are
-    /// enforced at L3/L4 only (the port is allowed, names are not checked).
+    /// Transparent DNS listener (UDP and TCP on the same port): flows under a `rules.dns`
+    /// port are redirected here, their queries judged by name, and `toFQDNs` learned from the
+    /// answers. When unset, such flows fail closed (the kernel drops them) and `ward status`
+    /// lists DNS as unproxied.
     #[serde(default)]
     pub dns: Option<u16>,
-    /// Same as `dns`, for Kafka rules.
+    /// Port Kafka redirects go to. Ward has no Kafka listener yet: when set, Kafka-redirected
+    /// flows are sent there (and fail closed unless something listens).
     #[serde(default)]
     pub kafka: Option<u16>,
 }
@@ -95,6 +97,104 @@ fn default_namespace() -> String {
     "default".into()
 }
 
+/// What a denied DNS query gets (Cilium's `--tofqdns-dns-reject-response-code`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsDenyResponse {
+    /// `REFUSED`, as Cilium answers by default.
+    #[default]
+    Refused,
+    /// `NXDOMAIN`: musl's resolver stops walking its search list at a `REFUSED`, and goes on
+    /// at an `NXDOMAIN`.
+    Nxdomain,
+}
+
+/// What a client gets when the upstream server does not answer in time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsTimeoutResponse {
+    /// `SERVFAIL`: the client's resolver moves on to its next server at once.
+    #[default]
+    Servfail,
+    /// Nothing: the client's own timeout and retry decide.
+    Silence,
+}
+
+/// The DNS proxy and `toFQDNs` learning (`dns:` in the node config).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSection {
+    /// The answer to a query no rule allows.
+    #[serde(default)]
+    pub deny_response: DnsDenyResponse,
+    /// How long a forwarded query waits for the upstream's answer (below glibc's 5 s).
+    #[serde(default = "default_dns_upstream_timeout_ms")]
+    pub upstream_timeout_ms: u64,
+    /// What the client gets when that time passes.
+    #[serde(default)]
+    pub on_upstream_timeout: DnsTimeoutResponse,
+    /// Queries waiting for an upstream answer, node-wide. A query beyond it is answered
+    /// `SERVFAIL` at once (and counted), never queued.
+    #[serde(default = "default_dns_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Client 5-tuples with live upstream sockets (UDP). A query from a new 5-tuple beyond it
+    /// is answered `SERVFAIL` (and counted).
+    #[serde(default = "default_dns_max_sessions")]
+    pub max_sessions: usize,
+    /// A learned address stays at least this long, whatever the answer's TTL
+    /// (`--tofqdns-min-ttl`), seconds.
+    #[serde(default)]
+    pub min_ttl: u32,
+    /// The longest an allowed answer is held while its addresses are written to the maps
+    /// (`--tofqdns-proxy-response-max-delay`); past it the answer is released anyway and
+    /// counted.
+    #[serde(default = "default_dns_max_release_delay_ms")]
+    pub max_release_delay_ms: u64,
+    /// Addresses kept per name and endpoint (`--tofqdns-endpoint-max-ip-per-hostname`); the
+    /// oldest go first.
+    #[serde(default = "default_dns_max_ips_per_name")]
+    pub max_ips_per_name: usize,
+    /// Learned (endpoint, name, address) entries node-wide; the ones closest to expiry go
+    /// first.
+    #[serde(default = "default_dns_max_entries")]
+    pub max_entries: usize,
+}
+
+fn default_dns_upstream_timeout_ms() -> u64 {
+    2000
+}
+fn default_dns_max_in_flight() -> usize {
+    10_000
+}
+fn default_dns_max_sessions() -> usize {
+    16_384
+}
+fn default_dns_max_release_delay_ms() -> u64 {
+    100
+}
+fn default_dns_max_ips_per_name() -> usize {
+    50
+}
+fn default_dns_max_entries() -> usize {
+    65_536
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        DnsSection {
+            deny_response: DnsDenyResponse::default(),
+            upstream_timeout_ms: default_dns_upstream_timeout_ms(),
+            on_upstream_timeout: DnsTimeoutResponse::default(),
+            max_in_flight: default_dns_max_in_flight(),
+            max_sessions: default_dns_max_sessions(),
+            min_ttl: 0,
+            max_release_delay_ms: default_dns_max_release_delay_ms(),
+            max_ips_per_name: default_dns_max_ips_per_name(),
+            max_entries: default_dns_max_entries(),
+        }
+    }
+}
+
 /// How the policy-file source notices changes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -128,6 +228,9 @@ pub struct Config {
     pub policy_watch: PolicyWatch,
     #[serde(default)]
     pub listeners: Listeners,
+    /// The DNS proxy and `toFQDNs` learning.
+    #[serde(default)]
+    pub dns: DnsSection,
     /// Threads that own client connections (like nginx's `worker_processes`); default: one
     /// per CPU.
     #[serde(default)]
@@ -297,6 +400,34 @@ impl Config {
                 ),
                 _ => {}
             }
+        }
+        if self.listeners.dns.is_some() && self.listeners.dns == self.listeners.kafka {
+            issue(
+                "listeners.kafka".into(),
+                "is already the dns listener's port".into(),
+            );
+        }
+        if !(1..=4_900).contains(&self.dns.upstream_timeout_ms) {
+            issue(
+                "dns.upstream_timeout_ms".into(),
+                "must be 1..=4900 (answer before glibc's 5 s timeout)".into(),
+            );
+        }
+        for (field, v) in [
+            ("dns.max_in_flight", self.dns.max_in_flight),
+            ("dns.max_sessions", self.dns.max_sessions),
+            ("dns.max_ips_per_name", self.dns.max_ips_per_name),
+            ("dns.max_entries", self.dns.max_entries),
+        ] {
+            if v == 0 {
+                issue(field.into(), "must be at least 1".into());
+            }
+        }
+        if self.dns.max_release_delay_ms > 5_000 {
+            issue(
+                "dns.max_release_delay_ms".into(),
+                "must be at most 5000".into(),
+            );
         }
         if self.proxy_threads == Some(0) {
             issue("proxy_threads".into(), "must be at least 1".into());

@@ -9,7 +9,7 @@ use std::time::Duration;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{text::encode, DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::{family::Family, histogram::Histogram};
+use prometheus_client::metrics::{family::Family, gauge::Gauge, histogram::Histogram};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,7 +65,7 @@ fn encode_drops(
         None,
         prometheus_client::metrics::MetricType::Counter,
     )?;
-    for r in 1u16..=bpf_redirect::common::drop_reason::CT_NO_ENTRY {
+    for r in 1u16..=bpf_redirect::common::drop_reason::PROXIED_ICMP_ERROR {
         let labels = ReasonLabels {
             reason: bpf_redirect::common::drop_reason::name(r),
         };
@@ -74,7 +74,139 @@ fn encode_drops(
     Ok(())
 }
 
+/// The DNS proxy's counters (`ward_dns_*`).
+pub struct DnsMetrics {
+    queries: Family<DnsQueryLabels, Counter>,
+    /// Time from forwarding a query to its answer, seconds.
+    pub upstream_latency: Histogram,
+    /// Time an allowed answer was held while its addresses went into the maps, seconds.
+    pub release_delay: Histogram,
+    /// Answers released because the maps took longer than `max_release_delay_ms`.
+    pub max_delay_hits: Counter,
+    /// Queries waiting for an upstream answer.
+    pub in_flight: Gauge,
+    /// Queries answered `SERVFAIL` because `max_in_flight` or `max_sessions` was reached.
+    pub overflow: Counter,
+    /// Forwarded queries the upstream did not answer in time.
+    pub upstream_timeouts: Counter,
+    /// Messages that were not a well-formed query (answered FORMERR/REFUSED, or dropped).
+    pub malformed: Counter,
+    upstream_errors: Family<ErrnoLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DnsQueryLabels {
+    verdict: &'static str,
+    rcode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrnoLabels {
+    errno: String,
+}
+
+impl DnsMetrics {
+    fn register(registry: &mut Registry) -> DnsMetrics {
+        let m = DnsMetrics {
+            queries: Family::default(),
+            upstream_latency: Histogram::new(
+                [
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5,
+                ]
+                .into_iter(),
+            ),
+            release_delay: Histogram::new(
+                [
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                ]
+                .into_iter(),
+            ),
+            max_delay_hits: Counter::default(),
+            in_flight: Gauge::default(),
+            overflow: Counter::default(),
+            upstream_timeouts: Counter::default(),
+            malformed: Counter::default(),
+            upstream_errors: Family::default(),
+        };
+        registry.register(
+            "dns_queries",
+            "DNS queries handled by the proxy, by verdict and the rcode the client got",
+            m.queries.clone(),
+        );
+        registry.register(
+            "dns_upstream_duration_seconds",
+            "Time from forwarding a DNS query to its upstream answer, seconds",
+            m.upstream_latency.clone(),
+        );
+        registry.register(
+            "dns_release_delay_seconds",
+            "Time an allowed DNS answer was held while its toFQDNs addresses went into the maps, seconds",
+            m.release_delay.clone(),
+        );
+        registry.register(
+            "dns_max_delay_hits",
+            "DNS answers released before their addresses were in the maps (max_release_delay_ms passed)",
+            m.max_delay_hits.clone(),
+        );
+        registry.register(
+            "dns_in_flight",
+            "DNS queries waiting for an upstream answer",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "dns_overflow",
+            "DNS queries answered SERVFAIL because max_in_flight or max_sessions was reached",
+            m.overflow.clone(),
+        );
+        registry.register(
+            "dns_upstream_timeouts",
+            "Forwarded DNS queries the upstream did not answer within upstream_timeout_ms",
+            m.upstream_timeouts.clone(),
+        );
+        registry.register(
+            "dns_malformed",
+            "DNS messages that were not a well-formed query",
+            m.malformed.clone(),
+        );
+        registry.register(
+            "dns_upstream_socket_errors",
+            "Errors opening or using an upstream DNS socket, by errno (EADDRNOTAVAIL must stay 0)",
+            m.upstream_errors.clone(),
+        );
+        m
+    }
+
+    /// One query's outcome: `verdict` is FORWARDED, DROPPED or AUDIT; `rcode` what the client
+    /// got (`NoError`, `Refused`, …, or `none` when it got nothing).
+    pub fn query(&self, verdict: &'static str, rcode: &str) {
+        self.queries
+            .get_or_create(&DnsQueryLabels {
+                verdict,
+                rcode: rcode.to_string(),
+            })
+            .inc();
+    }
+
+    /// An upstream socket error (`errno` 0 when there was none to name).
+    pub fn upstream_error(&self, errno: i32) {
+        let name = match errno {
+            nix::libc::EADDRNOTAVAIL => "EADDRNOTAVAIL".to_string(),
+            nix::libc::EADDRINUSE => "EADDRINUSE".to_string(),
+            nix::libc::ECONNREFUSED => "ECONNREFUSED".to_string(),
+            nix::libc::ENETUNREACH => "ENETUNREACH".to_string(),
+            0 => "other".to_string(),
+            n => n.to_string(),
+        };
+        self.upstream_errors
+            .get_or_create(&ErrnoLabels { errno: name })
+            .inc();
+    }
+}
+
 pub struct Metrics {
+    /// The DNS proxy's counters.
+    pub dns: DnsMetrics,
     registry: Registry,
     kernel: Arc<OnceLock<bpf_redirect::CounterReader>>,
     change_to_maps: Histogram,
@@ -157,7 +289,9 @@ impl Metrics {
                     .clone()
             })
         });
+        let dns = DnsMetrics::register(&mut registry);
         Metrics {
+            dns,
             registry,
             kernel: reader,
             change_to_maps,

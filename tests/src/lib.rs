@@ -152,7 +152,12 @@ pub struct Scene {
     outside: Option<String>,
     /// Extra node config lines (`node: {labels: …}` and the like), verbatim.
     pub node_config: String,
+    /// The DNS listener's port, when the scene has one.
+    pub dns_listener: Option<u16>,
 }
+
+/// The DNS listener port scenes use.
+pub const DNS_LISTENER: u16 = 15053;
 
 /// The outside network's address, and the node's on its uplink.
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
@@ -185,6 +190,7 @@ impl Scene {
             uplink: None,
             outside: None,
             node_config: String::new(),
+            dns_listener: None,
         };
         ip(&["netns", "add", &scene.node_ns]);
         scene.node(&["ip", "link", "set", "lo", "up"]);
@@ -435,7 +441,14 @@ impl Scene {
             let _ = writeln!(y, "uplink: {u}");
         }
         let _ = writeln!(y, "policy_dirs: [policies]");
-        let _ = writeln!(y, "listeners: {{http: {HTTP_LISTENER}}}");
+        match self.dns_listener {
+            Some(dns) => {
+                let _ = writeln!(y, "listeners: {{http: {HTTP_LISTENER}, dns: {dns}}}");
+            }
+            None => {
+                let _ = writeln!(y, "listeners: {{http: {HTTP_LISTENER}}}");
+            }
+        }
         let _ = writeln!(y, "admin_socket: {}", self.admin_socket().display());
         let _ = writeln!(y, "metrics: 127.0.0.1:9962");
         let _ = writeln!(y, "flow_log: {}", self.flow_log().display());

@@ -23,6 +23,11 @@ const APT_PACKAGES: &[&str] = &[
     "python3-venv",
     "wrk",
     "nghttp2-client",
+    // DNS peers: dnsmasq and unbound as servers, dig as the client, dnsperf for the bench.
+    "dnsmasq-base",
+    "unbound",
+    "bind9-dnsutils",
+    "dnsperf",
 ];
 
 /// Python peers (pinned), installed into `target/ward-peers/venv`: grpcio is the independent

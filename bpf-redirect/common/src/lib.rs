@@ -116,6 +116,9 @@ pub mod drop_reason {
     /// A TCP packet without a conntrack entry that is not a pure SYN (SYN
     /// without ACK): not a new connection, and not part of a known one.
     pub const CT_NO_ENTRY: u16 = 12;
+    /// An ICMP error about a proxied flow (the server's port unreachable, answering the
+    /// proxy's upstream leg from the client's address): the proxy answers the client itself.
+    pub const PROXIED_ICMP_ERROR: u16 = 13;
     /// Exclusive upper bound of reason numbers (counter slots).
     pub const MAX: u16 = 64;
 
@@ -134,6 +137,7 @@ pub mod drop_reason {
             CT_CREATE_FAILED => "Conntrack create failed",
             REDIRECT_UNSUPPORTED => "Redirect not supported here",
             CT_NO_ENTRY => "Not a new connection (no conntrack entry)",
+            PROXIED_ICMP_ERROR => "ICMP error about a proxied flow",
             _ => "Unknown reason",
         }
     }
@@ -174,6 +178,9 @@ pub mod counter {
     /// (treated as ordinary host packets).
     pub const PROXY_MARK_UNREGISTERED: u32 = 13;
     pub const TO_NETDEV: u32 = 14;
+    /// Replies to a proxied flow handed to the proxy's socket bound to the client's address
+    /// (the DNS proxy's upstream leg).
+    pub const PROXY_REPLY: u32 = 15;
     /// `DROP_BASE + reason` counts drops per reason.
     pub const DROP_BASE: u32 = 64;
 }
@@ -453,6 +460,7 @@ mod tests {
             (drop_reason::CT_CREATE_FAILED, 10),
             (drop_reason::REDIRECT_UNSUPPORTED, 11),
             (drop_reason::CT_NO_ENTRY, 12),
+            (drop_reason::PROXIED_ICMP_ERROR, 13),
         ];
         for (got, want) in table {
             assert_eq!(got, want);

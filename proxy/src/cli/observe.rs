@@ -52,7 +52,7 @@ impl Filter {
         if let Some(p) = &self.protocol {
             let p = p.to_ascii_lowercase();
             let ok = match p.as_str() {
-                "http" => f.l7.as_ref().is_some_and(|l| l.protocol == "http"),
+                "http" | "dns" => f.l7.as_ref().is_some_and(|l| l.protocol == p),
                 other => f.protocol.eq_ignore_ascii_case(other),
             };
             if !ok {

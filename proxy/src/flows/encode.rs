@@ -3,7 +3,7 @@
 
 use serde_json::value::RawValue;
 
-use super::from_event::HttpEvent;
+use super::from_event::{DnsEvent, HttpEvent};
 use super::model::{Flow, FlowRecord, HttpInfo, L7Info, POLICY_DENIED};
 
 /// Appends `flow`'s JSON (without the newline) to `out`.
@@ -39,12 +39,77 @@ pub fn write_http(e: &HttpEvent, out: &mut Vec<u8>) -> serde_json::Result<()> {
         tcp_flags: None,
         l7: Some(L7Info {
             protocol: "http",
-            http: HttpInfo {
+            http: Some(HttpInfo {
                 method: e.method.as_str(),
                 url: &url,
                 version: e.version,
                 code: e.code,
-            },
+            }),
+            dns: None,
+        }),
+        policy: policy.as_deref(),
+        summary: &summary,
+        reason: Some(reason.as_str()).filter(|r| !r.is_empty()),
+    };
+    serde_json::to_writer(out, &record)
+}
+
+/// Appends the JSON (without the newline) of one DNS query's outcome to `out`: a
+/// `dns-request` line for a query the client got no upstream answer to (denied, malformed,
+/// timed out), a `dns-response` line (server to client) for an answered one.
+pub fn write_dns(e: &DnsEvent, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    let time = humantime::format_rfc3339_micros(e.time).to_string();
+    let info = e.info();
+    let qtype = info.qtypes.first().map_or("?", String::as_str);
+    let (source, destination, summary) = match &e.answer {
+        Some(a) => (
+            &e.destination,
+            &e.source,
+            format!(
+                "{} -> {} dns-response {} (DNS Answer \"{}\" TTL: {} (Proxy {} {qtype}))",
+                e.destination.text,
+                e.source.text,
+                e.verdict,
+                a.ips
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                a.ttl.unwrap_or(0),
+                info.query,
+            ),
+        ),
+        None => (
+            &e.source,
+            &e.destination,
+            format!(
+                "{} -> {} dns-request {} (DNS Query {} {qtype}{})",
+                e.source.text,
+                e.destination.text,
+                e.verdict,
+                info.query,
+                e.rcode
+                    .map(|r| format!(", answered {}", parsers::dns::rcode_name(r)))
+                    .unwrap_or_default(),
+            ),
+        ),
+    };
+    let policy = e.why.policy();
+    let reason = e.reason();
+    let record: FlowRecord<&str, &RawValue> = FlowRecord {
+        time: &time,
+        verdict: e.verdict,
+        kind: "l7",
+        drop_reason: (e.verdict == "DROPPED").then_some(POLICY_DENIED),
+        direction: e.direction,
+        source: &source.json,
+        destination: &destination.json,
+        protocol: e.transport,
+        tcp_flags: None,
+        l7: Some(L7Info {
+            protocol: "dns",
+            http: None,
+            dns: Some(info),
         }),
         policy: policy.as_deref(),
         summary: &summary,

@@ -195,6 +195,68 @@ impl HttpEvent {
     }
 }
 
+/// What a DNS answer carried, for the flow.
+#[derive(Clone, Debug)]
+pub struct DnsAnswer {
+    pub ips: Vec<std::net::IpAddr>,
+    pub ttl: Option<u32>,
+    pub cnames: Vec<String>,
+}
+
+/// One DNS query's outcome as the proxy hands it to the flow log (formatted on the flow-log
+/// thread).
+#[derive(Clone, Debug)]
+pub struct DnsEvent {
+    pub time: SystemTime,
+    pub verdict: &'static str,
+    pub direction: &'static str,
+    /// The client.
+    pub source: Arc<SharedPeer>,
+    /// The server it asked.
+    pub destination: Arc<SharedPeer>,
+    /// `UDP` or `TCP`.
+    pub transport: &'static str,
+    /// The first question's name as asked; empty when the message had none.
+    pub name: String,
+    pub qtype: u16,
+    /// The rcode the client got, when it got an answer.
+    pub rcode: Option<u16>,
+    /// The upstream's answer, when it was forwarded.
+    pub answer: Option<DnsAnswer>,
+    pub why: Why,
+}
+
+impl DnsEvent {
+    /// The explanation of the verdict.
+    pub fn reason(&self) -> String {
+        match &self.why {
+            Why::Check { reason, .. } => reason.to_string(),
+            Why::Decision(d) => d.explain(Some(&L7Request::Dns { name: &self.name })),
+        }
+    }
+
+    /// The flow's `l7.dns`.
+    pub fn info(&self) -> super::model::DnsInfo {
+        let answer = self.answer.as_ref();
+        super::model::DnsInfo {
+            query: self.name.clone(),
+            qtypes: vec![parsers::dns::qtype_name(self.qtype)],
+            rcode: self.rcode,
+            ips: answer.map_or_else(Vec::new, |a| {
+                a.ips.iter().map(ToString::to_string).collect()
+            }),
+            ttl: answer.and_then(|a| a.ttl),
+            cnames: answer.map_or_else(Vec::new, |a| a.cnames.clone()),
+            kind: if answer.is_some() {
+                "response"
+            } else {
+                "request"
+            }
+            .into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ pub mod from_event;
 pub mod model;
 pub mod writer;
 
-pub use from_event::{HttpEvent, SharedPeer, Why};
+pub use from_event::{DnsAnswer, DnsEvent, HttpEvent, SharedPeer, Why};
 pub use model::{Flow, FlowPeer};
 pub use writer::{FlowLogConfig, FlowWriter};
 
@@ -62,12 +62,13 @@ pub(crate) mod fixtures {
             tcp_flags: None,
             l7: Some(L7Info {
                 protocol: "http".into(),
-                http: HttpInfo {
+                http: Some(HttpInfo {
                     method: "PUT".into(),
                     url: "http://deathstar/v1/exhaust-port".into(),
                     version: "HTTP/1.1".into(),
                     code: 403,
-                },
+                }),
+                dns: None,
             }),
             policy: Some("default/rule1".into()),
             summary: "default/tiefighter:56934 (ID:42250) -> default/deathstar-1:80 (ID:27476) \
@@ -80,7 +81,7 @@ pub(crate) mod fixtures {
     /// A flow whose URL carries `n`, so the order of what `observe` prints can be checked.
     pub fn numbered(n: usize) -> Flow {
         let mut f = l7_deny();
-        f.l7.as_mut().unwrap().http.url = format!("http://deathstar/{n}");
+        f.l7.as_mut().unwrap().http.as_mut().unwrap().url = format!("http://deathstar/{n}");
         f
     }
 
@@ -90,7 +91,7 @@ pub(crate) mod fixtures {
             .lines()
             .map(|l| {
                 let f: Flow = serde_json::from_str(l).unwrap();
-                f.l7.unwrap().http.url
+                f.l7.unwrap().http.unwrap().url
             })
             .collect()
     }

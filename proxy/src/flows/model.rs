@@ -50,10 +50,32 @@ pub struct HttpInfo<S = String> {
     pub code: u16,
 }
 
+/// A DNS query and, once answered, its answer (Hubble's `l7.dns`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DnsInfo {
+    /// The first question's name as asked, fully qualified.
+    pub query: String,
+    /// Its type (`A`, `AAAA`, …).
+    pub qtypes: Vec<String>,
+    /// The rcode the client got; `None` when it got no answer.
+    pub rcode: Option<u16>,
+    /// The A/AAAA addresses of the answer (CNAME chains followed).
+    pub ips: Vec<String>,
+    /// The smallest TTL of the records those came from.
+    pub ttl: Option<u32>,
+    pub cnames: Vec<String>,
+    /// `request` or `response`, as Hubble's `l7.type`.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct L7Info<S = String> {
     pub protocol: S,
-    pub http: HttpInfo<S>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpInfo<S>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsInfo>,
 }
 
 /// One flow line. The field names are the flow-log contract.

@@ -32,6 +32,7 @@ enum Record {
     /// Kernel events are rare next to requests: boxed, so queue slots stay small.
     Flow(Box<Flow>),
     Http(HttpEvent),
+    Dns(Box<super::DnsEvent>),
     /// Everything queued before it is on disk: acknowledge.
     Flush(mpsc::SyncSender<()>),
 }
@@ -69,6 +70,7 @@ impl LogFile {
         match r {
             Record::Flow(f) => super::encode::write_flow(f, line)?,
             Record::Http(e) => super::encode::write_http(e, line)?,
+            Record::Dns(e) => super::encode::write_dns(e, line)?,
             Record::Flush(ack) => {
                 self.out.flush()?;
                 let _ = ack.try_send(());
@@ -172,6 +174,10 @@ impl FlowWriter {
     pub fn send(&self, f: Flow) {
         tracing::debug!(target: "ward::flow", "{}", f.summary);
         self.enqueue(Record::Flow(Box::new(f)));
+    }
+
+    pub fn send_dns(&self, e: super::DnsEvent) {
+        self.enqueue(Record::Dns(Box::new(e)));
     }
 
     pub fn send_http(&self, e: HttpEvent) {

@@ -25,7 +25,12 @@ pub struct ConnPolicy {
     pub default_direction: Direction,
 }
 
-pub fn conn_policy(view: &NodeState, client: SocketAddr, orig_dst: SocketAddr) -> ConnPolicy {
+pub fn conn_policy(
+    view: &NodeState,
+    client: SocketAddr,
+    orig_dst: SocketAddr,
+    protocol: Protocol,
+) -> ConnPolicy {
     let src = view.resolve(client.ip());
     let dst = view.resolve(orig_dst.ip());
     let mut audit = view.settings.audit;
@@ -37,7 +42,7 @@ pub fn conn_policy(view: &NodeState, client: SocketAddr, orig_dst: SocketAddr) -
             direction: Direction::Egress,
             subject: &src.peer,
             peer: &dst.peer,
-            protocol: Protocol::Tcp,
+            protocol,
             port,
         });
     }
@@ -47,7 +52,7 @@ pub fn conn_policy(view: &NodeState, client: SocketAddr, orig_dst: SocketAddr) -
             direction: Direction::Ingress,
             subject: &dst.peer,
             peer: &src.peer,
-            protocol: Protocol::Tcp,
+            protocol,
             port,
         });
     }
@@ -77,14 +82,26 @@ pub fn conn_policy(view: &NodeState, client: SocketAddr, orig_dst: SocketAddr) -
 pub struct ConnState {
     pub client: SocketAddr,
     pub orig_dst: SocketAddr,
+    pub protocol: Protocol,
     policy: Mutex<Option<Arc<ConnPolicy>>>,
 }
 
 impl ConnState {
+    /// A TCP connection's state.
     pub fn new(client: SocketAddr, orig_dst: SocketAddr) -> ConnState {
+        ConnState::with_protocol(client, orig_dst, Protocol::Tcp)
+    }
+
+    /// A flow's state over `protocol` (a UDP 5-tuple is a flow too).
+    pub fn with_protocol(
+        client: SocketAddr,
+        orig_dst: SocketAddr,
+        protocol: Protocol,
+    ) -> ConnState {
         ConnState {
             client,
             orig_dst,
+            protocol,
             policy: Mutex::new(None),
         }
     }
@@ -96,7 +113,7 @@ impl ConnState {
         match &*g {
             Some(p) if p.generation == view.generation => p.clone(),
             _ => {
-                let p = Arc::new(conn_policy(view, self.client, self.orig_dst));
+                let p = Arc::new(conn_policy(view, self.client, self.orig_dst, self.protocol));
                 *g = Some(p.clone());
                 p
             }

@@ -5,6 +5,7 @@
 
 pub mod conn;
 pub mod context;
+pub mod dns;
 pub mod http;
 pub mod transport;
 

@@ -44,23 +44,39 @@ impl Upstreams {
 
     /// Opens an upstream connection to `addr`.
     pub async fn connect(&self, addr: SocketAddr) -> Result<Upstream, ConnectError> {
-        connect(addr, self.sockets.as_ref()).await
+        connect(addr, None, self.sockets.as_ref()).await
     }
 }
 
 /// How long a closed upstream socket stays registered: its last ACK/FIN may leave after close.
 const UNREGISTER_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// An upstream connection whose socket cookie is registered with the datapath for as long as
-/// it lives (and [`UNREGISTER_DELAY`] after).
-pub struct Upstream {
-    stream: TcpStream,
-    registration: Option<(SocketRegistry, u64)>,
+/// A socket cookie registered with the datapath for as long as its socket lives (and
+/// [`UNREGISTER_DELAY`] after, when a runtime is there to wait).
+struct Registration(Option<(SocketRegistry, u64)>);
+
+impl Registration {
+    /// Registers `fd` (after `socket()` and the mark, before the first packet).
+    fn new(
+        registry: Option<&SocketRegistry>,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> std::io::Result<Registration> {
+        let Some(registry) = registry else {
+            return Ok(Registration(None));
+        };
+        let cookie = bpf_redirect::socket_cookie(fd)?;
+        registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cookie)
+            .map_err(std::io::Error::other)?;
+        Ok(Registration(Some((registry.clone(), cookie))))
+    }
 }
 
-impl Drop for Upstream {
+impl Drop for Registration {
     fn drop(&mut self) {
-        let Some((registry, cookie)) = self.registration.take() else {
+        let Some((registry, cookie)) = self.0.take() else {
             return;
         };
         let unregister = move || {
@@ -81,6 +97,22 @@ impl Drop for Upstream {
             }
             Err(_) => unregister(),
         }
+    }
+}
+
+/// An upstream connection whose socket cookie is registered with the datapath for as long as
+/// it lives.
+pub struct Upstream {
+    stream: TcpStream,
+    _registration: Registration,
+}
+
+impl Upstream {
+    /// Closes with a reset instead of a FIN when dropped: a connection that spoke from the
+    /// client's own address must not leave a TIME_WAIT socket on the client's tuple, which
+    /// the client may reuse at once.
+    pub fn reset_on_close(&self) {
+        let _ = socket2::SockRef::from(&self.stream).set_linger(Some(std::time::Duration::ZERO));
     }
 }
 
@@ -140,59 +172,129 @@ pub enum ConnectError {
 }
 
 /// Opens an upstream connection: proxy mark, socket registered with the datapath (after
-/// `socket()` and the mark, before `connect()`), no Nagle.
+/// `socket()` and the mark, before `connect()`), no Nagle; from `from` (transparently, the
+/// client's own address) when given.
 async fn connect(
     addr: SocketAddr,
+    from: Option<SocketAddr>,
     sockets: Option<&SocketRegistry>,
 ) -> Result<Upstream, ConnectError> {
     use std::os::fd::AsFd;
-    let sock = TcpSocket::new_v4().map_err(|e| ConnectError::Io(addr, e))?;
-    socket2::SockRef::from(&sock)
-        .set_mark(bpf_redirect::common::MARK_PROXY_UPSTREAM)
-        .map_err(|e| ConnectError::Io(addr, e))?;
-    let registration = match sockets {
-        None => None,
-        Some(registry) => {
-            let cookie =
-                bpf_redirect::socket_cookie(sock.as_fd()).map_err(|e| ConnectError::Io(addr, e))?;
-            registry
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(cookie)
-                .map_err(|e| ConnectError::Io(addr, std::io::Error::other(e)))?;
-            Some((registry.clone(), cookie))
-        }
-    };
-    // From here the guard unregisters the cookie, also when connecting fails.
-    let pending = tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(addr));
-    let guard = RegistrationGuard(registration);
-    let stream = pending
+    let io = |e| ConnectError::Io(addr, e);
+    let sock = TcpSocket::new_v4().map_err(io)?;
+    let sref = socket2::SockRef::from(&sock);
+    sref.set_mark(bpf_redirect::common::MARK_PROXY_UPSTREAM)
+        .map_err(io)?;
+    if let Some(from) = from {
+        sref.set_ip_transparent(true).map_err(io)?;
+        sock.set_reuseaddr(true).map_err(io)?;
+        sock.bind(from).map_err(io)?;
+    }
+    // From here the registration is undone when the socket goes, also when connecting fails.
+    let registration = Registration::new(sockets, sock.as_fd()).map_err(io)?;
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(addr))
         .await
         .map_err(|_| ConnectError::Timeout(addr))?
-        .map_err(|e| ConnectError::Io(addr, e))?;
+        .map_err(io)?;
     let _ = stream.set_nodelay(true);
-    Ok(guard.attach(stream))
+    Ok(Upstream {
+        stream,
+        _registration: registration,
+    })
 }
 
-/// Holds a registration until a stream takes it over.
-struct RegistrationGuard(Option<(SocketRegistry, u64)>);
+/// A UDP socket of the proxy's, registered with the datapath when it carries the proxy mark.
+pub struct UdpUpstream {
+    pub socket: tokio::net::UdpSocket,
+    _registration: Registration,
+}
 
-impl RegistrationGuard {
-    fn attach(mut self, stream: TcpStream) -> Upstream {
-        Upstream {
-            stream,
-            registration: self.0.take(),
-        }
+/// A UDP socket bound transparently to `local` (an address not the node's) and connected to
+/// `peer`: with `IP_TRANSPARENT` and `SO_REUSEADDR` several may share a local address, each
+/// connected to its own peer.
+fn transparent_udp(
+    local: SocketAddr,
+    peer: SocketAddr,
+    mark: bool,
+) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_ip_transparent(true)?;
+    if mark {
+        s.set_mark(bpf_redirect::common::MARK_PROXY_UPSTREAM)?;
     }
+    s.set_nonblocking(true)?;
+    s.bind(&local.into())?;
+    s.connect(&peer.into())?;
+    Ok(s)
 }
 
-impl Drop for RegistrationGuard {
-    fn drop(&mut self) {
-        if let Some((registry, cookie)) = self.0.take() {
-            let _ = registry
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(cookie);
+/// Binds the transparent UDP listener on `0.0.0.0:port`: `IP_TRANSPARENT`, `SO_REUSEADDR`,
+/// and `IP_RECVORIGDSTADDR`, so each datagram carries the address the client sent it to.
+pub fn bind_transparent_udp(port: u16) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_ip_transparent(true)?;
+    s.set_nonblocking(true)?;
+    nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv4OrigDstAddr, &true)
+        .map_err(std::io::Error::from)?;
+    s.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
+    Ok(s.into())
+}
+
+/// The socket that answers a client from the address it sent to (`orig_dst`): bound there
+/// transparently and connected to the client, so the kernel (and the datapath's
+/// `bpf_sk_lookup_udp`) also delivers the client's next datagrams of that 5-tuple to it.
+pub fn udp_reply_socket(
+    orig_dst: SocketAddr,
+    client: SocketAddr,
+) -> std::io::Result<tokio::net::UdpSocket> {
+    let s = transparent_udp(orig_dst, client, false)?;
+    tokio::net::UdpSocket::from_std(s.into())
+}
+
+impl Upstreams {
+    /// Opens an upstream connection to `addr` from the client's own address `from`
+    /// (transparently, as Cilium's DNS proxy does); the datapath hands the replies, addressed
+    /// to the client, to this socket.
+    pub async fn connect_from(
+        &self,
+        from: SocketAddr,
+        addr: SocketAddr,
+    ) -> Result<Upstream, ConnectError> {
+        connect(addr, Some(from), self.sockets.as_ref()).await
+    }
+
+    /// A UDP socket to `server`, marked and registered; from `from` (transparently, the
+    /// client's own address and port) when given, else from the node's address.
+    pub fn udp(
+        &self,
+        from: Option<SocketAddr>,
+        server: SocketAddr,
+    ) -> Result<UdpUpstream, ConnectError> {
+        use std::os::fd::AsFd;
+        let io = |e| ConnectError::Io(server, e);
+        let s = match from {
+            Some(from) => transparent_udp(from, server, true).map_err(io)?,
+            None => {
+                use socket2::{Domain, Socket, Type};
+                let s = Socket::new(Domain::IPV4, Type::DGRAM, None).map_err(io)?;
+                s.set_mark(bpf_redirect::common::MARK_PROXY_UPSTREAM)
+                    .map_err(io)?;
+                s.set_nonblocking(true).map_err(io)?;
+                s
+            }
+        };
+        let registration = Registration::new(self.sockets.as_ref(), s.as_fd()).map_err(io)?;
+        if from.is_none() {
+            s.connect(&server.into()).map_err(io)?;
         }
+        let socket = tokio::net::UdpSocket::from_std(s.into()).map_err(io)?;
+        Ok(UdpUpstream {
+            socket,
+            _registration: registration,
+        })
     }
 }

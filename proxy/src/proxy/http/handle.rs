@@ -337,7 +337,7 @@ mod tests {
     use super::*;
     use crate::proxy::conn::{conn_policy, ConnPolicy};
     use http::header::HeaderName;
-    use l7_rules::model::Direction;
+    use l7_rules::model::{Direction, Protocol};
     use std::net::SocketAddr;
 
     /// The proxy's request path on a request as hyper hands it over.
@@ -362,7 +362,7 @@ mod tests {
         let view = crate::state::tests::starwars_view();
         let tie: SocketAddr = "10.200.3.2:40000".parse().unwrap();
         let ds: SocketAddr = "10.200.1.2:80".parse().unwrap();
-        let cp = conn_policy(&view, tie, ds);
+        let cp = conn_policy(&view, tie, ds, Protocol::Tcp);
         assert_eq!(cp.src_peer.peer().name, "tiefighter");
         assert_eq!(cp.dst_peer.peer().name, "deathstar-1");
         let ok = judged(&cp, "POST", "/v1/request-landing", "deathstar");
@@ -394,7 +394,7 @@ mod tests {
         assert_eq!(r.err().unwrap().status, StatusCode::TEMPORARY_REDIRECT);
         // xwing is denied at L3/L4: a connection that still reaches the proxy gets nothing.
         let xw: SocketAddr = "10.200.4.2:40000".parse().unwrap();
-        let cp = conn_policy(&view, xw, ds);
+        let cp = conn_policy(&view, xw, ds, Protocol::Tcp);
         assert!(!allowed(&judged(
             &cp,
             "POST",
@@ -402,7 +402,7 @@ mod tests {
             "deathstar"
         )));
         // A flow to an unrestricted endpoint passes everything.
-        let cp = conn_policy(&view, ds, "10.200.3.2:80".parse().unwrap());
+        let cp = conn_policy(&view, ds, "10.200.3.2:80".parse().unwrap(), Protocol::Tcp);
         assert!(allowed(&judged(&cp, "PUT", "/anything", "tiefighter")));
         assert!(!cp.policy.audit());
     }

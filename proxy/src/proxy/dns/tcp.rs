@@ -1,0 +1,232 @@
+//! DNS over TCP (RFC 7766): one upstream connection per client connection, opened from the
+//! client's own address at its first allowed query and kept; queries are pipelined on it and
+//! answers matched by id, written back as they come (in any order). A framing error (a length
+//! shorter than a header) closes the client's connection with a log line; an upstream that
+//! closes gets its waiting queries a `SERVFAIL` (or silence) and is opened again by the next.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use l7_rules::model::Protocol;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use super::{DnsProxy, Outcome, Pending};
+use crate::proxy::conn::ConnState;
+use crate::proxy::transport::Upstream;
+
+/// A client connection with nothing waiting is closed after this long without a query.
+pub const IDLE: Duration = Duration::from_secs(10);
+const TRANSPORT: &str = "TCP";
+
+/// Frames `msg` with its 2-byte length.
+fn framed(msg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(msg.len() + 2);
+    out.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    out.extend_from_slice(msg);
+    out
+}
+
+/// Splits the complete messages off the front of `buf`; `Err` on a framing error.
+fn messages(buf: &mut BytesMut) -> Result<Vec<Vec<u8>>, parsers::dns::DnsError> {
+    let mut out = Vec::new();
+    loop {
+        match parsers::dns::frame_tcp(buf)? {
+            parsers::Status::Complete(m, used) => {
+                out.push(m.to_vec());
+                buf.advance(used);
+            }
+            parsers::Status::NeedMore => return Ok(out),
+        }
+    }
+}
+
+struct UpstreamConn {
+    read: ReadHalf<Upstream>,
+    write: WriteHalf<Upstream>,
+    buf: BytesMut,
+}
+
+/// Serves one client connection.
+pub async fn serve_conn(dns: Arc<DnsProxy>, stream: TcpStream, client: SocketAddr) {
+    let orig_dst = match stream.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, "getsockname failed");
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let conn = ConnState::with_protocol(client, orig_dst, Protocol::Tcp);
+    let (mut cr, mut cw) = stream.into_split();
+    let mut cbuf = BytesMut::with_capacity(4096);
+    let mut upstream: Option<UpstreamConn> = None;
+    let mut pending: HashMap<u16, Pending> = HashMap::new();
+    let mut deadlines: VecDeque<(Instant, u16)> = VecDeque::new();
+    let mut client_open = true;
+    let mut last = Instant::now();
+    let timer = tokio::time::sleep(IDLE);
+    tokio::pin!(timer);
+    loop {
+        if !client_open && pending.is_empty() {
+            break;
+        }
+        let wake = match deadlines.front() {
+            Some((d, _)) => *d,
+            None => last + IDLE,
+        };
+        if timer.deadline() != wake.into() {
+            timer.as_mut().reset(wake.into());
+        }
+        tokio::select! {
+            r = cr.read_buf(&mut cbuf), if client_open => {
+                match r {
+                    Ok(0) => { client_open = false; continue; }
+                    Ok(_) => last = Instant::now(),
+                    Err(e) => { debug!(error = %e, %client, "DNS/TCP client read"); client_open = false; continue; }
+                }
+                let msgs = match messages(&mut cbuf) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        dns.proxy.metrics.dns.malformed.inc();
+                        info!(error = %e, %client, %orig_dst, "DNS/TCP framing error: connection closed");
+                        break;
+                    }
+                };
+                for m in msgs {
+                    match dns.judge(&conn, &m, TRANSPORT) {
+                        Outcome::Ignore => {}
+                        Outcome::Answer(bytes, event) => {
+                            if let Some(e) = event {
+                                dns.proxy.flows.send_dns(e);
+                            }
+                            if cw.write_all(&framed(&bytes)).await.is_err() {
+                                client_open = false;
+                            }
+                        }
+                        Outcome::Forward(p) => {
+                            if upstream.is_none() {
+                                let from = dns.upstream_source(client, orig_dst);
+                                let up = match from {
+                                    Some(from) => dns.proxy.upstreams.connect_from(from, orig_dst).await,
+                                    None => dns.proxy.upstreams.connect(orig_dst).await,
+                                };
+                                match up {
+                                    Ok(u) => {
+                                        u.reset_on_close();
+                                        let (read, write) = tokio::io::split(u);
+                                        upstream = Some(UpstreamConn { read, write, buf: BytesMut::with_capacity(4096) });
+                                    }
+                                    Err(e) => {
+                                        warn!(error = %e, %client, "DNS/TCP: cannot connect upstream");
+                                        if let crate::proxy::transport::ConnectError::Io(_, e) = &e {
+                                            dns.upstream_failed(e);
+                                        }
+                                        if let Some(b) = dns.timed_out(&p, TRANSPORT, &format!("connecting upstream: {e}")) {
+                                            let _ = cw.write_all(&framed(&b)).await;
+                                        }
+                                        continue;
+                                    }
+                                }
+                            }
+                            let up = upstream.as_mut().expect("connected above");
+                            if let Err(e) = up.write.write_all(&framed(&p.bytes)).await {
+                                dns.upstream_failed(&e);
+                                upstream = None;
+                                if let Some(b) = dns.timed_out(&p, TRANSPORT, &format!("writing upstream: {e}")) {
+                                    let _ = cw.write_all(&framed(&b)).await;
+                                }
+                                continue;
+                            }
+                            let id = p.query.id;
+                            deadlines.push_back((p.deadline, id));
+                            if pending.insert(id, p).is_none() {
+                                dns.started();
+                            }
+                        }
+                    }
+                }
+            }
+            r = read_upstream(upstream.as_mut()) => {
+                let lost = match r {
+                    Ok(0) => Some("the upstream closed the connection".to_string()),
+                    Ok(_) => None,
+                    Err(e) => Some(format!("reading upstream: {e}")),
+                };
+                let up = upstream.as_mut().expect("read from it");
+                let mut lost = lost;
+                let answers = match messages(&mut up.buf) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!(error = %e, %orig_dst, "DNS/TCP: the upstream's framing is broken; its connection is closed");
+                        lost = Some(format!("the upstream's framing is broken: {e}"));
+                        Vec::new()
+                    }
+                };
+                for a in answers {
+                    let Some(h) = parsers::dns::header(&a) else { continue };
+                    let Some(p) = pending.get(&h.id) else {
+                        debug!(id = h.id, "DNS/TCP answer to no waiting query: dropped");
+                        continue;
+                    };
+                    if !dns.answered(p, &a, TRANSPORT) {
+                        continue;
+                    }
+                    pending.remove(&h.id);
+                    dns.finished();
+                    if cw.write_all(&framed(&a)).await.is_err() {
+                        client_open = false;
+                    }
+                }
+                if let Some(why) = lost {
+                    upstream = None;
+                    deadlines.clear();
+                    for (_, p) in pending.drain() {
+                        dns.finished();
+                        if let Some(b) = dns.timed_out(&p, TRANSPORT, &why) {
+                            let _ = cw.write_all(&framed(&b)).await;
+                        }
+                    }
+                }
+            }
+            _ = &mut timer => {
+                let now = Instant::now();
+                while let Some(&(deadline, id)) = deadlines.front() {
+                    if deadline > now {
+                        break;
+                    }
+                    deadlines.pop_front();
+                    if pending.get(&id).is_some_and(|p| p.deadline == deadline) {
+                        let p = pending.remove(&id).expect("checked");
+                        dns.finished();
+                        let why = format!(
+                            "the upstream did not answer within {} ms",
+                            dns.settings.upstream_timeout.as_millis()
+                        );
+                        if let Some(b) = dns.timed_out(&p, TRANSPORT, &why) {
+                            let _ = cw.write_all(&framed(&b)).await;
+                        }
+                    }
+                }
+                if pending.is_empty() && last.elapsed() >= IDLE {
+                    debug!(%client, "DNS/TCP connection idle: closed");
+                    break;
+                }
+            }
+        }
+    }
+    for _ in pending.drain() {
+        dns.finished();
+    }
+}
+
+async fn read_upstream(up: Option<&mut UpstreamConn>) -> std::io::Result<usize> {
+    match up {
+        Some(u) => u.read.read_buf(&mut u.buf).await,
+        None => std::future::pending().await,
+    }
+}

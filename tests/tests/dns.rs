@@ -1,0 +1,315 @@
+//! The transparent DNS proxy with real peers: dnsmasq (and unbound) as the servers a pod
+//! asks, `dig` as the client, on the real datapath under `ward run`.
+
+use std::time::{Duration, Instant};
+use ward_tests::{privileged, Scene, DNS_LISTENER};
+
+const CLIENT_POLICY: &str = r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: dns-names, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: dns}}]
+    toPorts:
+    - ports: [{port: "53", protocol: UDP}, {port: "53", protocol: TCP}]
+      rules:
+        dns:
+        - matchName: allowed.test
+        - matchPattern: "*.ok.test"
+        - matchName: big.test
+        - matchName: alias.test
+        - matchName: many.test
+"#;
+
+/// dnsmasq, authoritative for `.test`, on the pod's address, logging every query.
+fn dnsmasq_conf(s: &Scene, ip: std::net::Ipv4Addr) -> String {
+    let dir = s.dir.display();
+    let mut many = String::new();
+    for i in 1..=40 {
+        many.push_str(&format!("host-record=many.test,10.99.1.{i}\n"));
+    }
+    let big = |c: char| std::iter::repeat_n(c, 255).collect::<String>();
+    format!(
+        "port=53\nlisten-address={ip}\nbind-interfaces\nno-resolv\nno-hosts\nno-poll\n\
+         user=root\ncache-size=0\nlocal-ttl=300\nlog-queries\nlog-facility={dir}/dnsmasq-queries.log\n\
+         pid-file={dir}/dnsmasq.pid\nlocal=/test/\n\
+         host-record=allowed.test,10.99.0.1\nhost-record=www.ok.test,10.99.0.2\n\
+         host-record=denied.test,10.99.0.3\ncname=alias.test,allowed.test\n{many}\
+         txt-record=big.test,\"{}\",\"{}\",\"{}\"\n",
+        big('A'),
+        big('B'),
+        big('C')
+    )
+}
+
+fn dig(s: &Scene, args: &[&str]) -> String {
+    let mut full = vec!["dig", "+time=3", "+tries=1"];
+    full.extend_from_slice(args);
+    let out = s.exec("client", &full);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn scene(tag: &str, node_config: &str) -> Scene {
+    let mut s = Scene::new(tag);
+    s.add_pod("client", "default", &[("app", "client")]);
+    let server = s.add_pod("dns", "default", &[("app", "dns")]);
+    s.dns_listener = Some(DNS_LISTENER);
+    if !node_config.is_empty() {
+        s.node_config = format!("node: {{name: {}}}\n{node_config}", s.id);
+    }
+    let conf = s.dir.join("dnsmasq.conf");
+    std::fs::write(&conf, dnsmasq_conf(&s, server.ip)).unwrap();
+    let conf = conf.display().to_string();
+    s.spawn_in(
+        "dns",
+        &[
+            "dnsmasq",
+            "--keep-in-foreground",
+            &format!("--conf-file={conf}"),
+        ],
+        "dnsmasq.log",
+    );
+    s.write_policy("dns.yaml", CLIENT_POLICY);
+    s.start_ward();
+    s
+}
+
+#[test]
+fn dns_queries_are_judged_by_name_over_udp_and_tcp() {
+    if !privileged("dns_queries_are_judged_by_name_over_udp_and_tcp") {
+        return;
+    }
+    let s = scene("dn", "");
+    let server = s.pod("dns").ip.to_string();
+    let at = format!("@{server}");
+    let client_ip = s.pod("client").ip.to_string();
+    ward_tests::eventually("an allowed name resolves", Duration::from_secs(5), || {
+        dig(&s, &[&at, "+short", "allowed.test"]).trim() == "10.99.0.1"
+    });
+    // A denied name: REFUSED, with the question echoed and the same id.
+    let out = dig(&s, &[&at, "denied.test"]);
+    assert!(out.contains("status: REFUSED"), "{out}");
+    assert!(out.contains(";denied.test.\t\t\tIN\tA"), "{out}");
+    // Names are compared lower-cased and fully qualified; patterns match one label.
+    assert_eq!(
+        dig(&s, &[&at, "+short", "ALLOWED.Test."]).trim(),
+        "10.99.0.1"
+    );
+    assert_eq!(dig(&s, &[&at, "+short", "www.ok.test"]).trim(), "10.99.0.2");
+    assert!(dig(&s, &[&at, "a.b.ok.test"]).contains("status: REFUSED"));
+    // Over TCP, both ways.
+    assert_eq!(
+        dig(&s, &[&at, "+tcp", "+short", "allowed.test"]).trim(),
+        "10.99.0.1"
+    );
+    assert!(dig(&s, &[&at, "+tcp", "denied.test"]).contains("status: REFUSED"));
+    // TC=1 over UDP: dig retries over TCP and gets the whole answer.
+    let out = dig(&s, &[&at, "+bufsize=512", "big.test", "TXT"]);
+    assert!(out.contains("Truncated, retrying in TCP mode"), "{out}");
+    assert!(out.contains(&"C".repeat(255)), "{out}");
+    // A CNAME chain and more than 24 A records arrive whole.
+    let out = dig(&s, &[&at, "+short", "alias.test"]);
+    assert!(
+        out.contains("allowed.test.") && out.contains("10.99.0.1"),
+        "{out}"
+    );
+    let out = dig(&s, &[&at, "+short", "many.test"]);
+    assert_eq!(out.lines().count(), 40, "{out}");
+    // EDNS0 with DO and a client subnet goes through untouched: the server answers it.
+    let out = dig(
+        &s,
+        &[&at, "+dnssec", "+subnet=10.200.0.0/24", "allowed.test"],
+    );
+    assert!(
+        out.contains("status: NOERROR") && out.contains("10.99.0.1"),
+        "{out}"
+    );
+    // The server saw the queries from the pod's own address, not the node's.
+    let log = std::fs::read_to_string(s.dir.join("dnsmasq-queries.log")).unwrap();
+    assert!(
+        log.contains(&format!("query[A] allowed.test from {client_ip}")),
+        "{log}"
+    );
+    assert!(
+        !log.contains("denied.test"),
+        "a denied query reached the server:\n{log}"
+    );
+    // Flows: an answered query is a dns-response with its addresses; a denied one a dropped
+    // dns-request.
+    let f = s
+        .wait_flow(Duration::from_secs(3), |f| {
+            f["l7"]["dns"]["query"] == "allowed.test." && f["l7"]["dns"]["type"] == "response"
+        })
+        .expect("a dns-response flow");
+    assert_eq!(f["verdict"], "FORWARDED");
+    assert_eq!(f["l7"]["dns"]["ips"][0], "10.99.0.1");
+    assert_eq!(f["l7"]["dns"]["rcode"], 0);
+    assert_eq!(f["l7"]["dns"]["ttl"], 300);
+    let f = s
+        .wait_flow(Duration::from_secs(3), |f| {
+            f["l7"]["dns"]["query"] == "denied.test."
+        })
+        .expect("a dns-request flow");
+    assert_eq!(f["verdict"], "DROPPED");
+    assert_eq!(f["l7"]["dns"]["rcode"], 5);
+    assert_eq!(f["policy"], "default/dns-names");
+    assert!(f["summary"]
+        .as_str()
+        .unwrap()
+        .contains("dns-request DROPPED"));
+    // `ward observe --protocol dns` prints Hubble's lines.
+    let out = s.ward_cli(&["observe", "--protocol", "dns"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "dns-response FORWARDED (DNS Answer \"10.99.0.1\" TTL: 300 (Proxy allowed.test. A))"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("dns-request DROPPED (DNS Query denied.test. A"),
+        "{text}"
+    );
+    // `ward status` no longer lists DNS as unproxied.
+    let status = String::from_utf8_lossy(&s.ward_cli(&["status"]).stdout).into_owned();
+    assert!(!status.to_lowercase().contains("unproxied"), "{status}");
+}
+
+#[test]
+fn malformed_datagrams_and_a_dead_upstream_leave_the_proxy_serving() {
+    if !privileged("malformed_datagrams_and_a_dead_upstream_leave_the_proxy_serving") {
+        return;
+    }
+    let s = scene("dm", "dns: {upstream_timeout_ms: 1000}");
+    let server = s.pod("dns").ip.to_string();
+    let at = format!("@{server}");
+    ward_tests::eventually("an allowed name resolves", Duration::from_secs(5), || {
+        dig(&s, &[&at, "+short", "allowed.test"]).trim() == "10.99.0.1"
+    });
+    // Documented answers: no question or two → FORMERR; opcode other than QUERY → REFUSED;
+    // shorter than a header, or a response → nothing.
+    let script = format!(
+        r#"
+import os, random, socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+def ask(msg):
+    s.sendto(msg, ("{server}", 53))
+    try:
+        return s.recv(4096)
+    except socket.timeout:
+        return None
+def rcode(r):
+    return None if r is None else r[3] & 15
+q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07allowed\x04test\x00\x00\x01\x00\x01"
+print("ok", rcode(ask(q)))
+print("noquestion", rcode(ask(b"\x12\x35\x01\x00" + b"\x00" * 8)))
+two = bytearray(q); two[5] = 2
+print("two", rcode(ask(bytes(two))))
+notify = bytearray(q); notify[2] = 0x20
+print("opcode", rcode(ask(bytes(notify))))
+print("cut", rcode(ask(q[:20])))
+print("short", rcode(ask(b"\x01\x02\x03")))
+resp = bytearray(q); resp[2] |= 0x80
+print("response", rcode(ask(bytes(resp))))
+# 10,000 random and mangled datagrams, from several source ports.
+rnd = random.Random(7)
+socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(8)]
+for i in range(10000):
+    k = rnd.randrange(4)
+    if k == 0:
+        m = os.urandom(rnd.randrange(0, 600))
+    elif k == 1:
+        m = bytearray(q); m[rnd.randrange(len(m))] = rnd.randrange(256); m = bytes(m)
+    elif k == 2:
+        m = q[: rnd.randrange(len(q))]
+    else:
+        m = struct.pack(">HHHHHH", i, 0x0100, 0xffff, 0xffff, 0xffff, 0xffff) + os.urandom(20)
+    socks[i % 8].sendto(m, ("{server}", 53))
+print("sent")
+"#
+    );
+    let out = s.exec("client", &["python3", "-c", &script]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "ok 0",
+        "noquestion 1",
+        "two 1",
+        "opcode 5",
+        "cut 1",
+        "short None",
+        "response None",
+        "sent",
+    ] {
+        assert!(text.lines().any(|l| l == want), "{want:?} in:\n{text}");
+    }
+    // Still serving, over both transports.
+    assert_eq!(
+        dig(&s, &[&at, "+short", "allowed.test"]).trim(),
+        "10.99.0.1"
+    );
+    assert_eq!(
+        dig(&s, &[&at, "+tcp", "+short", "allowed.test"]).trim(),
+        "10.99.0.1"
+    );
+    // A framing error on TCP closes that connection only.
+    let bad = s.exec(
+        "client",
+        &[
+            "python3",
+            "-c",
+            &format!(
+                "import socket; c = socket.create_connection(('{server}', 53), 2); \
+                 c.sendall(b'\\x00\\x03abc'); c.settimeout(2); print(repr(c.recv(10)))"
+            ),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&bad.stdout).trim(), "b''");
+    assert_eq!(
+        dig(&s, &[&at, "+short", "allowed.test"]).trim(),
+        "10.99.0.1"
+    );
+    // The upstream dies: SERVFAIL after upstream_timeout_ms (1 s here), well before the
+    // client's own 3 s, over UDP (the server's port-unreachable is about the proxy's leg and
+    // never reaches the pod) and over TCP; the proxy lives on.
+    let pid = std::fs::read_to_string(s.dir.join("dnsmasq.pid")).unwrap();
+    let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let out = dig(&s, &[&at, "allowed.test"]);
+    assert!(out.contains("status: SERVFAIL"), "{out}");
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        t.elapsed()
+    );
+    let out = dig(&s, &[&at, "+tcp", "allowed.test"]);
+    assert!(
+        out.contains("status: SERVFAIL") || out.contains("connection refused"),
+        "{out}"
+    );
+    assert!(s.ward_cli(&["status"]).status.success(), "{}", s.ward_log());
+    // Denied names are still answered by the proxy itself.
+    assert!(dig(&s, &[&at, "denied.test"]).contains("status: REFUSED"));
+}
+
+#[test]
+fn the_nxdomain_option_answers_denied_names() {
+    if !privileged("the_nxdomain_option_answers_denied_names") {
+        return;
+    }
+    let s = scene("dx", "dns: {deny_response: nxdomain}");
+    let server = s.pod("dns").ip.to_string();
+    let at = format!("@{server}");
+    ward_tests::eventually("an allowed name resolves", Duration::from_secs(5), || {
+        dig(&s, &[&at, "+short", "allowed.test"]).trim() == "10.99.0.1"
+    });
+    let out = dig(&s, &[&at, "denied.test"]);
+    assert!(out.contains("status: NXDOMAIN"), "{out}");
+}
