@@ -301,6 +301,42 @@ impl Datapath {
         CounterReader::open(&self.pin_root)?.read()
     }
 
+    /// Destination addresses of the live conntrack entries (not closing, seen within their
+    /// lifetime): what `toFQDNs` keeps past a TTL while connections use it.
+    pub fn live_destinations(&self) -> Result<std::collections::HashSet<std::net::Ipv4Addr>> {
+        let name = map_names::CT;
+        let map = self.ebpf.map(name).ok_or(Error::MissingMap(name))?;
+        let m: aya::maps::HashMap<&aya::maps::MapData, common::CtKey, common::CtValue> =
+            aya::maps::HashMap::try_from(map).map_err(|source| Error::Map { name, source })?;
+        // bpf_ktime_get_ns is CLOCK_MONOTONIC.
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid clock id and an output struct of the right type.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let now = (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64;
+        let mut out = std::collections::HashSet::new();
+        for r in m.iter() {
+            let (k, v) = match r {
+                Ok(kv) => kv,
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(source) => return Err(Error::Map { name, source }),
+            };
+            let lifetime_s: u64 = if v.flags & common::CT_F_CLOSING != 0 {
+                10
+            } else if k.proto == 6 {
+                21_600
+            } else {
+                60
+            };
+            if now.saturating_sub(v.last_seen_ns) <= lifetime_s * 1_000_000_000 {
+                out.insert(std::net::Ipv4Addr::from(k.daddr));
+            }
+        }
+        Ok(out)
+    }
+
     /// Conntrack entries (for introspection and tests).
     #[cfg(feature = "test-util")]
     pub fn conntrack(&self) -> Result<Vec<(common::CtKey, common::CtValue)>> {

@@ -131,6 +131,34 @@ impl Engine {
         out
     }
 
+    /// The toFQDNs selectors of all policies, compiled for matching names.
+    pub fn fqdn_selector_set(&self) -> crate::l7::dns::FqdnSelectorSet {
+        crate::l7::dns::FqdnSelectorSet::new(&self.fqdn_selectors())
+    }
+
+    /// The peer an address learned from DNS answers for `names` is: its identity is that of
+    /// the selectors that select any of the names (Cilium's FQDN identity); `None` when no
+    /// selector does.
+    pub fn fqdn_peer(
+        ip: IpAddr,
+        names: Vec<String>,
+        selectors: &crate::l7::dns::FqdnSelectorSet,
+    ) -> Option<Peer> {
+        let mut selected: Vec<String> = Vec::new();
+        for n in &names {
+            for s in selectors.selecting(n) {
+                if !selected.iter().any(|x| x == s) {
+                    selected.push(s.to_string());
+                }
+            }
+        }
+        if selected.is_empty() {
+            return None;
+        }
+        selected.sort();
+        Some(Peer::fqdn(ip, names, &selected))
+    }
+
     /// The toFQDNs selectors (as written) of all policies.
     pub fn fqdn_selectors(&self) -> Vec<crate::l7::dns::NamePattern> {
         let mut out = Vec::new();

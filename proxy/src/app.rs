@@ -130,6 +130,7 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
         events.clone(),
         stop.clone(),
     )?;
+    let learn = events.clone();
     let admin = Arc::new(AdminContext {
         published: published.clone(),
         endpoints: AdminSource::new(events),
@@ -162,6 +163,7 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
                 let dns = Arc::new(crate::proxy::dns::DnsProxy::new(
                     proxy.clone(),
                     crate::proxy::dns::DnsSettings::from_config(&cfg),
+                    Some(learn.clone()),
                 ));
                 let t = crate::proxy::dns::start(dns, udp, tcp, rx.clone())
                     .context("starting the DNS proxy thread")?;

@@ -26,6 +26,8 @@ use crate::state::{Desired, NodeState, Recompute, Settings, Update, ViewError, H
 
 /// How often a policy change whose write failed is tried again.
 pub const RETRY: Duration = Duration::from_secs(1);
+/// How often learned DNS addresses are checked for expiry (while there are any).
+pub const FQDN_GC: Duration = Duration::from_secs(1);
 
 /// What the controller last did, for `ward status`.
 #[derive(Clone, Debug, Default)]
@@ -56,6 +58,8 @@ pub struct Published {
     pub status: Arc<ArcSwap<Status>>,
     /// The policy objects in force, as written (`ward policy get`).
     pub documents: Arc<ArcSwap<Vec<serde_json::Value>>>,
+    /// The `toFQDNs` cache (`ward fqdn cache list`).
+    pub fqdn: Arc<ArcSwap<Vec<crate::fqdn::CacheRow>>>,
 }
 
 /// The objects of `store` as written, in key order.
@@ -206,6 +210,8 @@ pub struct Controller<K: Kernel> {
     metrics: Arc<Metrics>,
     /// The node's own addresses (the host identity's), asked at every change.
     host_addresses: fn() -> Vec<Ipv4Addr>,
+    /// Addresses learned from DNS answers.
+    fqdn: crate::fqdn::FqdnCache,
 }
 
 impl<K: Kernel> Controller<K> {
@@ -233,7 +239,6 @@ impl<K: Kernel> Controller<K> {
         let state = NodeState::from_desired(1, &desired);
         let in_force = documents(&store);
         let mut c = Controller {
-            cfg,
             settings,
             kernel,
             store,
@@ -250,7 +255,14 @@ impl<K: Kernel> Controller<K> {
                 state: Arc::new(ArcSwap::from_pointee(state)),
                 status: Arc::new(ArcSwap::from_pointee(Status::default())),
                 documents: Arc::new(ArcSwap::from_pointee(in_force)),
+                fqdn: Arc::new(ArcSwap::from_pointee(Vec::new())),
             },
+            fqdn: crate::fqdn::FqdnCache::new(
+                cfg.dns.min_ttl,
+                cfg.dns.max_ips_per_name,
+                cfg.dns.max_entries,
+            ),
+            cfg,
             metrics,
             host_addresses,
         };
@@ -326,8 +338,65 @@ impl<K: Kernel> Controller<K> {
     fn update(&self, update: Update) -> Result<(Desired, Recompute), ControllerError> {
         Ok(self.desired.update(Update {
             host_ips: Some((self.host_addresses)()),
+            fqdn: Some(Arc::new(self.fqdn.ip_names())),
             ..update
         })?)
+    }
+
+    /// Addresses learned from DNS answers: into the cache and, when that changes which
+    /// addresses answer which names, into the maps; then every waiting answer is released.
+    fn learned(&mut self, answers: Vec<crate::sources::FqdnAnswer>) {
+        let now = Instant::now();
+        let mut changed = false;
+        for a in &answers {
+            let endpoint = self
+                .desired
+                .endpoint_configs()
+                .find(|(_, e)| e.ips.contains(&a.client))
+                .map(|(id, _)| id);
+            let Some(endpoint) = endpoint else { continue };
+            changed |= self.fqdn.learn(endpoint, &a.name, &a.ips, a.ttl, now);
+        }
+        if changed {
+            self.write_fqdn("DNS answers");
+        }
+        for a in answers {
+            let _ = a.done.send(());
+        }
+    }
+
+    /// Writes the cache's addresses to the maps (after a change of the cache).
+    fn write_fqdn(&mut self, why: &str) {
+        match self.update(Update::default()) {
+            Ok((desired, recompute)) => {
+                if let Err(e) = self.commit(desired, recompute, None) {
+                    warn!(error = %e, "writing {why} to the maps; retried");
+                    self.retry = true;
+                }
+            }
+            Err(e) => warn!(error = %e, "computing {why}"),
+        }
+        self.published
+            .fqdn
+            .store(Arc::new(self.fqdn.rows(Instant::now())));
+    }
+
+    /// Drops learned addresses whose time passed (keeping those with live connections).
+    fn expire_fqdn(&mut self) {
+        if self.fqdn.is_empty() {
+            return;
+        }
+        let live = self.kernel.live_destinations().unwrap_or_else(|e| {
+            warn!(error = %e, "reading conntrack; learned addresses are kept for now");
+            self.fqdn.ip_names().keys().copied().collect()
+        });
+        if self.fqdn.expire(Instant::now(), &live) {
+            self.write_fqdn("expired DNS addresses");
+        } else {
+            self.published
+                .fqdn
+                .store(Arc::new(self.fqdn.rows(Instant::now())));
+        }
     }
 
     fn attach_endpoint(&mut self, iface: &str) -> Result<(), ControllerError> {
@@ -386,12 +455,24 @@ impl<K: Kernel> Controller<K> {
     /// Serves the inbox until every sender is gone. Events that arrive together are handled
     /// together: consecutive policy-file changes become one policy set and one map write.
     pub fn run(mut self, inbox: mpsc::Receiver<SourceEvent>) {
+        let mut next_gc = Instant::now() + FQDN_GC;
         loop {
-            let first = if self.retry {
-                match inbox.recv_timeout(RETRY) {
+            if !self.fqdn.is_empty() && Instant::now() >= next_gc {
+                self.expire_fqdn();
+                next_gc = Instant::now() + FQDN_GC;
+            }
+            let first = if self.retry || !self.fqdn.is_empty() {
+                let wait = if self.fqdn.is_empty() {
+                    RETRY
+                } else {
+                    next_gc.saturating_duration_since(Instant::now())
+                };
+                match inbox.recv_timeout(wait) {
                     Ok(e) => e,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        self.apply_pending();
+                        if self.retry {
+                            self.apply_pending();
+                        }
                         continue;
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -406,8 +487,13 @@ impl<K: Kernel> Controller<K> {
             batch.extend(inbox.try_iter());
             let mut files: Vec<FileChange> = Vec::new();
             let mut modified = None;
+            let mut answers = Vec::new();
             for event in batch {
                 match event {
+                    SourceEvent::FqdnLearned(a) => {
+                        answers.push(a);
+                        continue;
+                    }
                     SourceEvent::PolicyFiles {
                         changes,
                         modified: m,
@@ -426,6 +512,9 @@ impl<K: Kernel> Controller<K> {
             }
             if !files.is_empty() {
                 self.policy_files(files, modified);
+            }
+            if !answers.is_empty() {
+                self.learned(answers);
             }
         }
     }
@@ -460,6 +549,7 @@ impl<K: Kernel> Controller<K> {
                 let _ = reply.try_send(self.add_endpoint(endpoint));
                 self.apply_pending();
             }
+            SourceEvent::FqdnLearned(a) => self.learned(vec![a]),
             SourceEvent::EndpointRemove { name, reply } => {
                 let _ = reply.try_send(self.remove_endpoint(&name));
                 // A pending change may have failed on this endpoint's vanished interface.
@@ -667,6 +757,8 @@ impl<K: Kernel> Controller<K> {
         else {
             return Err(format!("no endpoint {name:?}"));
         };
+        // What it learned from DNS goes with it.
+        self.fqdn.remove_endpoint(id);
         // Its entries go first: an endpoint still published as enforced never lacks hooks.
         let (desired, recompute) = self
             .update(Update {

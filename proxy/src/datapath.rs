@@ -19,6 +19,12 @@ pub trait Kernel: Send + 'static {
     fn attach(&mut self, iface: &str, hook: Hook) -> bpf_redirect::Result<AttachOutcome>;
     fn detach(&mut self, iface: &str, hook: Hook) -> bpf_redirect::Result<bool>;
     fn attached(&self) -> bpf_redirect::Result<Vec<(String, Hook)>>;
+    /// Destinations conntrack has live flows to (learned DNS addresses stay while they do).
+    fn live_destinations(
+        &self,
+    ) -> bpf_redirect::Result<std::collections::HashSet<std::net::Ipv4Addr>> {
+        Ok(Default::default())
+    }
 }
 
 impl Kernel for bpf_redirect::Datapath {
@@ -33,6 +39,11 @@ impl Kernel for bpf_redirect::Datapath {
     }
     fn attached(&self) -> bpf_redirect::Result<Vec<(String, Hook)>> {
         bpf_redirect::Datapath::attached(self)
+    }
+    fn live_destinations(
+        &self,
+    ) -> bpf_redirect::Result<std::collections::HashSet<std::net::Ipv4Addr>> {
+        bpf_redirect::Datapath::live_destinations(self)
     }
 }
 

@@ -17,6 +17,7 @@ mod config;
 mod controller;
 mod datapath;
 mod flows;
+mod fqdn;
 
 mod metrics;
 mod proxy;
@@ -100,6 +101,20 @@ enum Cmd {
     Bpf {
         #[command(subcommand)]
         cmd: BpfCmd,
+    },
+    /// Addresses learned from DNS answers for `toFQDNs`.
+    Fqdn {
+        #[command(subcommand)]
+        cmd: FqdnCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum FqdnCmd {
+    /// The learned names and addresses (like `cilium fqdn cache list`).
+    Cache {
+        #[command(subcommand)]
+        cmd: ListCmd,
     },
 }
 
@@ -412,6 +427,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd: ListCmd::List(t),
         } => ask(&t, Request::IdentityList, |v: &Vec<_>| {
             cli::render::identities(v)
+        }),
+        Cmd::Fqdn {
+            cmd: FqdnCmd::Cache {
+                cmd: ListCmd::List(t),
+            },
+        } => ask(&t, Request::FqdnCacheList, |v: &Vec<_>| {
+            cli::render::fqdn_cache(v)
         }),
         Cmd::Policy {
             cmd: GetCmd::Get(t),

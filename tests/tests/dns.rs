@@ -313,3 +313,126 @@ fn the_nxdomain_option_answers_denied_names() {
     let out = dig(&s, &[&at, "denied.test"]);
     assert!(out.contains("status: NXDOMAIN"), "{out}");
 }
+
+const FQDN_POLICY: &str = r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: to-api, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: dns}}]
+    toPorts:
+    - ports: [{port: "53", protocol: UDP}, {port: "53", protocol: TCP}]
+      rules:
+        dns: [{matchPattern: "*"}]
+  - toFQDNs: [{matchName: api.test}]
+    toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+"#;
+
+#[test]
+fn to_fqdns_learns_addresses_from_answers_before_releasing_them() {
+    if !privileged("to_fqdns_learns_addresses_from_answers_before_releasing_them") {
+        return;
+    }
+    let mut s = Scene::new("df");
+    s.add_pod("client", "default", &[("app", "client")]);
+    let server = s.add_pod("dns", "default", &[("app", "dns")]);
+    s.add_outside();
+    s.dns_listener = Some(DNS_LISTENER);
+    s.node_config = format!(
+        "node: {{name: {}}}\ndns: {{min_ttl: 3, max_release_delay_ms: 2000}}",
+        s.id
+    );
+    // Two outside addresses: one the policy's name resolves to, one another name does.
+    let out = s.exec(
+        "outside",
+        &["ip", "addr", "add", "10.250.0.3/24", "dev", "eth0"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    s.spawn_in(
+        "outside",
+        &["python3", "-m", "http.server", "8080", "--bind", "0.0.0.0"],
+        "http-outside.log",
+    );
+    let conf = s.dir.join("dnsmasq.conf");
+    let dir = s.dir.display().to_string();
+    std::fs::write(
+        &conf,
+        format!(
+            "port=53\nlisten-address={}\nbind-interfaces\nno-resolv\nno-hosts\nno-poll\n\
+             user=root\ncache-size=0\nlocal-ttl=1\npid-file={dir}/dnsmasq.pid\nlocal=/test/\n\
+             host-record=api.test,10.250.0.2\nhost-record=other.test,10.250.0.3\n",
+            server.ip
+        ),
+    )
+    .unwrap();
+    let conf = conf.display().to_string();
+    s.spawn_in(
+        "dns",
+        &[
+            "dnsmasq",
+            "--keep-in-foreground",
+            &format!("--conf-file={conf}"),
+        ],
+        "dnsmasq.log",
+    );
+    s.write_policy("fqdn.yaml", FQDN_POLICY);
+    s.start_ward();
+    let at = format!("@{}", server.ip);
+    let api = std::net::Ipv4Addr::new(10, 250, 0, 2);
+    let other = std::net::Ipv4Addr::new(10, 250, 0, 3);
+    ward_tests::eventually("the outside server", Duration::from_secs(10), || {
+        s.exec(
+            "outside",
+            &[
+                "python3",
+                "-c",
+                "import socket; socket.create_connection(('10.250.0.2', 8080), 1)",
+            ],
+        )
+        .status
+        .success()
+    });
+    // Before the name is resolved, its address is just "world": no connection.
+    assert!(!s.tcp_reachable("client", api, 8080));
+    // Resolving it: the answer comes back only once the maps allow the address.
+    assert_eq!(dig(&s, &[&at, "+short", "api.test"]).trim(), "10.250.0.2");
+    assert!(s.tcp_reachable("client", api, 8080), "{}", s.ward_log());
+    // Another name's address is not selected by the policy.
+    assert_eq!(dig(&s, &[&at, "+short", "other.test"]).trim(), "10.250.0.3");
+    assert!(!s.tcp_reachable("client", other, 8080));
+    // The cache, as `cilium fqdn cache list` shows it.
+    let list = String::from_utf8_lossy(&s.ward_cli(&["fqdn", "cache", "list"]).stdout).into_owned();
+    assert!(
+        list.contains("default/client")
+            && list.contains("api.test.")
+            && list.contains("10.250.0.2"),
+        "{list}"
+    );
+    assert!(!list.contains("other.test"), "{list}");
+    // A connection held open past the TTL (1 s, raised to min_ttl 3 s) keeps the address
+    // as a zombie; once it closes (and conntrack lets it go), the address expires.
+    s.spawn_in(
+        "client",
+        &[
+            "python3",
+            "-c",
+            "import socket, time; c = socket.create_connection(('10.250.0.2', 8080), 2); time.sleep(6); c.close()",
+        ],
+        "holder.log",
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let list = String::from_utf8_lossy(&s.ward_cli(&["fqdn", "cache", "list"]).stdout).into_owned();
+    assert!(list.contains("zombie"), "{list}");
+    ward_tests::eventually(
+        "the address expires after its connection",
+        Duration::from_secs(25),
+        || {
+            let list = String::from_utf8_lossy(&s.ward_cli(&["fqdn", "cache", "list"]).stdout)
+                .into_owned();
+            !list.contains("10.250.0.2")
+        },
+    );
+    assert!(!s.tcp_reachable("client", api, 8080));
+}

@@ -173,6 +173,62 @@ impl DnsMatcher {
     }
 }
 
+/// Every `toFQDNs` selector of a policy set, compiled once: which of them select a name.
+#[derive(Debug, Default)]
+pub struct FqdnSelectorSet {
+    /// Each selector as written, with its compiled form.
+    selectors: Vec<(String, Compiled)>,
+}
+
+#[derive(Debug)]
+enum Compiled {
+    Name(String),
+    Pattern(regex::Regex),
+}
+
+impl FqdnSelectorSet {
+    pub fn new(patterns: &[NamePattern]) -> FqdnSelectorSet {
+        let mut selectors: Vec<(String, Compiled)> = Vec::new();
+        for p in patterns {
+            if selectors.iter().any(|(w, _)| w == p.written()) {
+                continue;
+            }
+            let compiled = match p {
+                NamePattern::Name(n) => Compiled::Name(n.clone()),
+                // Built from validated characters, so this compiles.
+                NamePattern::Pattern { regex, .. } => match regex::Regex::new(regex) {
+                    Ok(r) => Compiled::Pattern(r),
+                    Err(_) => continue,
+                },
+            };
+            selectors.push((p.written().to_string(), compiled));
+        }
+        FqdnSelectorSet { selectors }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.selectors.is_empty()
+    }
+
+    /// The selectors (as written) that select `name` (any case, with or without the dot).
+    pub fn selecting(&self, name: &str) -> Vec<&str> {
+        let fqdn = parsers::dns::normalize_name(name);
+        self.selectors
+            .iter()
+            .filter(|(_, c)| match c {
+                Compiled::Name(n) => *n == fqdn,
+                Compiled::Pattern(r) => r.is_match(&fqdn),
+            })
+            .map(|(w, _)| w.as_str())
+            .collect()
+    }
+
+    /// Whether any selector selects `name`.
+    pub fn selects(&self, name: &str) -> bool {
+        !self.selecting(name).is_empty()
+    }
+}
+
 /// Whether a single pattern (as in a toFQDNs selector) matches a name.
 pub fn pattern_matches(p: &NamePattern, name: &str) -> bool {
     let fqdn = parsers::dns::normalize_name(name);

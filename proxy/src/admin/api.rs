@@ -28,6 +28,27 @@ pub enum Request {
     PolicyGet,
     /// → [`BpfPolicy`]
     BpfPolicyGet { endpoint: String },
+    /// → `Vec<`[`FqdnRow`]`>`
+    FqdnCacheList,
+}
+
+/// One learned address (`ward fqdn cache list`, like `cilium fqdn cache list`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FqdnRow {
+    /// `namespace/name` of the endpoint whose query taught it.
+    pub endpoint: String,
+    pub name: String,
+    pub ip: std::net::Ipv4Addr,
+    /// The TTL it was learned with (raised to `dns.min_ttl`), seconds.
+    pub ttl: u32,
+    /// Seconds until it expires (0 for a zombie).
+    pub expires_in: u64,
+    /// Past its TTL but kept: connections to it are live.
+    pub zombie: bool,
+    /// The identity the ipcache gives it.
+    pub identity: u32,
+    /// When it was last seen in an answer.
+    pub seen: String,
 }
 
 /// One answer line.

@@ -121,6 +121,30 @@ fn handle(ctx: &AdminContext, req: Request) -> Result<serde_json::Value, String>
         ),
         Request::PolicyGet => json(policy_get(&view, &ctx.published.documents.load())),
         Request::BpfPolicyGet { endpoint } => json(bpf_policy_get(&view, &endpoint)?),
+        Request::FqdnCacheList => json(
+            ctx.published
+                .fqdn
+                .load()
+                .iter()
+                .map(|r| super::api::FqdnRow {
+                    endpoint: view
+                        .endpoints
+                        .iter()
+                        .find(|e| e.id == r.endpoint)
+                        .map_or_else(
+                            || format!("#{}", r.endpoint),
+                            |e| format!("{}/{}", e.config.namespace, e.config.name),
+                        ),
+                    name: r.name.clone(),
+                    ip: r.ip,
+                    ttl: r.ttl,
+                    expires_in: r.expires_in,
+                    zombie: r.zombie,
+                    identity: view.resolve(std::net::IpAddr::V4(r.ip)).peer.identity.0,
+                    seen: r.seen.clone(),
+                })
+                .collect::<Vec<_>>(),
+        ),
         Request::EndpointAdd { endpoint } => json(EndpointAdded {
             id: ctx.endpoints.add_endpoint(endpoint)?,
         }),

@@ -84,6 +84,40 @@ pub fn identities(rows: &[IdentityRow]) -> String {
     table(&["ID", "LABELS"], &rows)
 }
 
+/// `ward fqdn cache list`, as `cilium fqdn cache list` shows it.
+pub fn fqdn_cache(rows: &[crate::admin::api::FqdnRow]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.endpoint.clone(),
+                r.name.clone(),
+                r.ip.to_string(),
+                r.ttl.to_string(),
+                if r.zombie {
+                    "zombie (connections live)".into()
+                } else {
+                    format!("{}s", r.expires_in)
+                },
+                r.identity.to_string(),
+                r.seen.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "Endpoint",
+            "FQDN",
+            "IP",
+            "TTL",
+            "ExpirationTime",
+            "Identity",
+            "Source (seen)",
+        ],
+        &rows,
+    )
+}
+
 pub fn bpf_policy(v: &BpfPolicy) -> String {
     let rows: Vec<Vec<String>> = v
         .entries

@@ -39,6 +39,23 @@ pub enum SourceEvent {
     },
     /// A local endpoint to remove, by name.
     EndpointRemove { name: String, reply: Reply<()> },
+    /// Addresses an allowed DNS answer carried for a name some `toFQDNs` selector selects
+    /// (sent by the DNS proxy, which holds the answer until `done`).
+    FqdnLearned(FqdnAnswer),
+}
+
+/// What one DNS answer taught.
+#[derive(Debug)]
+pub struct FqdnAnswer {
+    /// The client that asked (an endpoint's address).
+    pub client: std::net::Ipv4Addr,
+    /// The query name, normalised (lower-case, trailing dot).
+    pub name: String,
+    pub ips: Vec<std::net::Ipv4Addr>,
+    /// The answer's TTL, seconds.
+    pub ttl: u32,
+    /// Answered once the maps hold the addresses (or nothing changed).
+    pub done: tokio::sync::oneshot::Sender<()>,
 }
 
 /// One policy file's change.

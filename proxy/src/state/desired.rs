@@ -64,6 +64,8 @@ pub struct Update {
     pub upsert: Vec<(u16, EndpointConfig)>,
     pub remove: Vec<u16>,
     pub host_ips: Option<Vec<Ipv4Addr>>,
+    /// Addresses learned from DNS answers, with the names they answered (all of them).
+    pub fqdn: Option<Arc<BTreeMap<Ipv4Addr, Vec<String>>>>,
 }
 
 /// The node's desired state: its inputs and every endpoint's computed entries.
@@ -80,6 +82,10 @@ pub struct Desired {
     pub(super) identities: IdentityTable,
     pub(super) cidrs: Vec<(IpNet, Arc<Peer>)>,
     pub(super) host_ips: Vec<Ipv4Addr>,
+    /// The engine's toFQDNs selectors, compiled.
+    pub(super) fqdn_selectors: Arc<l7_rules::l7::dns::FqdnSelectorSet>,
+    /// Learned addresses and their names.
+    pub(super) fqdn: Arc<BTreeMap<Ipv4Addr, Vec<String>>>,
 }
 
 fn hash_of(v: &impl Hash) -> u64 {
@@ -130,12 +136,15 @@ impl Desired {
             identities: IdentityTable::with_reserved(),
             cidrs: Vec::new(),
             host_ips: Vec::new(),
+            fqdn_selectors: Arc::new(engine.fqdn_selector_set()),
+            fqdn: Arc::default(),
         };
         empty.update(Update {
             engine: Some(engine),
             upsert: endpoints.to_vec(),
             remove: Vec::new(),
             host_ips: Some(host_ips.to_vec()),
+            fqdn: None,
         })
     }
 
@@ -152,7 +161,11 @@ impl Desired {
             whole_world = world != next.world_print;
             next.world_print = world;
             next.prints = Arc::new(policy_prints(&engine));
+            next.fqdn_selectors = Arc::new(engine.fqdn_selector_set());
             next.engine = engine;
+        }
+        if let Some(fqdn) = update.fqdn {
+            next.fqdn = fqdn;
         }
         for id in &update.remove {
             next.configs.remove(id);
@@ -183,6 +196,20 @@ impl Desired {
             let peer = Peer::cidr(net.addr(), Some(net));
             identities.insert(peer.clone())?;
             cidrs.push((net, Arc::new(peer)));
+        }
+        // Addresses learned from DNS answers, as /32s with the identity of the selectors that
+        // select their names. The identity table keeps one peer per identity (the first
+        // address, by order); the ipcache gets every address.
+        for (ip, names) in next.fqdn.iter() {
+            let Some(peer) =
+                Engine::fqdn_peer(IpAddr::V4(*ip), names.clone(), &next.fqdn_selectors)
+            else {
+                continue;
+            };
+            if identities.get(peer.identity).is_none() {
+                identities.insert(peer.clone())?;
+            }
+            cidrs.push((IpNet::from(IpAddr::V4(*ip)), Arc::new(peer)));
         }
         cidrs.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
 

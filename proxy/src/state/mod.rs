@@ -124,6 +124,9 @@ pub struct NodeState {
     pub unproxied: Vec<L7Parser>,
     /// The host endpoint (`reserved:host`): the node's own addresses under host policies.
     pub host_endpoint: HostEndpoint,
+    /// The policies' `toFQDNs` selectors: an allowed DNS answer for a name one selects is
+    /// learned before it is released.
+    pub fqdn_selectors: Arc<l7_rules::l7::dns::FqdnSelectorSet>,
 }
 
 /// The host endpoint's state, as `cilium endpoint list` shows `reserved:host`.
@@ -266,6 +269,7 @@ impl NodeState {
             },
             unproxied,
             host_endpoint,
+            fqdn_selectors: desired.fqdn_selectors.clone(),
         }
     }
 

@@ -111,6 +111,8 @@ impl DnsSettings {
 pub struct DnsProxy {
     pub proxy: Arc<Proxy>,
     pub settings: DnsSettings,
+    /// The controller's inbox, where learned `toFQDNs` addresses go.
+    learn: Option<std::sync::mpsc::Sender<crate::sources::SourceEvent>>,
     in_flight: AtomicUsize,
     sessions: AtomicUsize,
 }
@@ -123,6 +125,16 @@ pub enum Outcome {
     Answer(Vec<u8>, Option<DnsEvent>),
     /// Nothing to answer (too short, a response).
     Ignore,
+}
+
+/// When an answer may go to the client.
+pub enum Release {
+    /// Not an answer to the query (the caller keeps waiting).
+    NotAnAnswer,
+    /// Now.
+    Now,
+    /// When the controller says its addresses are in the maps (or `max_release_delay`).
+    After(tokio::sync::oneshot::Receiver<()>, Instant),
 }
 
 /// A forwarded query, until its answer comes back or its time runs out.
@@ -139,10 +151,15 @@ pub struct Pending {
 }
 
 impl DnsProxy {
-    pub fn new(proxy: Arc<Proxy>, settings: DnsSettings) -> DnsProxy {
+    pub fn new(
+        proxy: Arc<Proxy>,
+        settings: DnsSettings,
+        learn: Option<std::sync::mpsc::Sender<crate::sources::SourceEvent>>,
+    ) -> DnsProxy {
         DnsProxy {
             proxy,
             settings,
+            learn,
             in_flight: AtomicUsize::new(0),
             sessions: AtomicUsize::new(0),
         }
@@ -290,20 +307,30 @@ impl DnsProxy {
         self.sessions.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// The upstream's answer to `p`: checked, counted, and its flow written. `false` when
-    /// `answer` is not an answer to `p` (the caller keeps waiting); the caller then sends the
-    /// answer to the client unchanged.
-    pub fn answered(&self, p: &Pending, answer: &[u8], transport: &'static str) -> bool {
+    /// The upstream's answer to `p`: checked, counted, its flow written, and its `toFQDNs`
+    /// addresses sent to the controller. The caller then sends the answer to the client
+    /// unchanged, once [`Release`] says.
+    pub fn answered(
+        &self,
+        client: SocketAddr,
+        p: &Pending,
+        answer: &[u8],
+        transport: &'static str,
+    ) -> Release {
         let Some(h) = parsers::dns::header(answer) else {
-            return false;
+            return Release::NotAnAnswer;
         };
         if !h.response || h.id != p.query.id {
-            return false;
+            return Release::NotAnAnswer;
         }
         let m = &self.proxy.metrics.dns;
         m.upstream_latency.observe(p.sent.elapsed().as_secs_f64());
         m.query(p.verdict, parsers::dns::rcode_name(u16::from(h.rcode)));
         let info = parsers::dns::answer_addresses(answer).ok();
+        let release = match &info {
+            Some(i) => self.learn(client, &p.query, i),
+            None => Release::Now,
+        };
         let mut event = self.event(
             &p.conn,
             transport,
@@ -326,7 +353,75 @@ impl DnsProxy {
             },
         });
         self.proxy.flows.send_dns(event);
-        true
+        release
+    }
+
+    /// Sends the addresses of an allowed answer to the controller when a `toFQDNs` selector
+    /// selects the query name (Cilium attributes a CNAME chain's addresses to the name asked).
+    fn learn(
+        &self,
+        client: SocketAddr,
+        query: &DnsQuery,
+        info: &parsers::dns::AnswerInfo,
+    ) -> Release {
+        let Some(inbox) = &self.learn else {
+            return Release::Now;
+        };
+        if info.rcode != 0 || info.addresses.is_empty() {
+            return Release::Now;
+        }
+        let view = self.proxy.view.load();
+        let name = parsers::dns::normalize_name(&query.name);
+        if !view.fqdn_selectors.selects(&name) {
+            return Release::Now;
+        }
+        let ips: Vec<std::net::Ipv4Addr> = info
+            .addresses
+            .iter()
+            .filter_map(|a| match a {
+                std::net::IpAddr::V4(v4) => Some(*v4),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect();
+        let std::net::IpAddr::V4(client) = client.ip() else {
+            return Release::Now;
+        };
+        if ips.is_empty() {
+            return Release::Now;
+        }
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let sent = inbox.send(crate::sources::SourceEvent::FqdnLearned(
+            crate::sources::FqdnAnswer {
+                client,
+                name,
+                ips,
+                ttl: info.min_ttl.unwrap_or(0),
+                done,
+            },
+        ));
+        match sent {
+            Ok(()) => Release::After(wait, Instant::now()),
+            Err(_) => Release::Now,
+        }
+    }
+
+    /// Waits until the maps hold an answer's addresses, at most `max_release_delay`
+    /// (counted when it runs out).
+    pub async fn wait_release(&self, release: Release) {
+        if let Release::After(wait, since) = release {
+            let m = &self.proxy.metrics.dns;
+            match tokio::time::timeout(self.settings.max_release_delay, wait).await {
+                Ok(_) => m.release_delay.observe(since.elapsed().as_secs_f64()),
+                Err(_) => {
+                    m.max_delay_hits.inc();
+                    m.release_delay.observe(since.elapsed().as_secs_f64());
+                    tracing::warn!(
+                        max_ms = self.settings.max_release_delay.as_millis() as u64,
+                        "a DNS answer was released before its addresses were in the maps"
+                    );
+                }
+            }
+        }
     }
 
     /// `p`'s upstream did not answer in time (or its connection went): the bytes to answer

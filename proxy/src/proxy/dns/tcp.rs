@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use super::{DnsProxy, Outcome, Pending};
+use super::{DnsProxy, Outcome, Pending, Release};
 use crate::proxy::conn::ConnState;
 use crate::proxy::transport::Upstream;
 
@@ -173,11 +173,14 @@ pub async fn serve_conn(dns: Arc<DnsProxy>, stream: TcpStream, client: SocketAdd
                         debug!(id = h.id, "DNS/TCP answer to no waiting query: dropped");
                         continue;
                     };
-                    if !dns.answered(p, &a, TRANSPORT) {
+                    let release = dns.answered(client, p, &a, TRANSPORT);
+                    if matches!(release, Release::NotAnAnswer) {
                         continue;
                     }
                     pending.remove(&h.id);
                     dns.finished();
+                    // Held (this connection waits) until the maps have its addresses.
+                    dns.wait_release(release).await;
                     if cw.write_all(&framed(&a)).await.is_err() {
                         client_open = false;
                     }

@@ -19,7 +19,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::{DnsProxy, Outcome, Pending};
+use super::{DnsProxy, Outcome, Pending, Release};
 use crate::proxy::conn::ConnState;
 use crate::proxy::transport::{udp_reply_socket, UdpUpstream};
 
@@ -273,12 +273,25 @@ impl Session {
             debug!(id = h.id, "DNS answer to no waiting query: dropped");
             return;
         };
-        if !self.dns.answered(p, msg, TRANSPORT) {
-            return;
+        let release = self.dns.answered(self.conn.client, p, msg, TRANSPORT);
+        match release {
+            Release::NotAnAnswer => {}
+            Release::Now => {
+                self.pending.remove(&h.id);
+                self.dns.finished();
+                let _ = self.reply.send(msg).await;
+            }
+            release @ Release::After(..) => {
+                self.pending.remove(&h.id);
+                self.dns.finished();
+                // Held until the maps have its addresses; the session goes on meanwhile.
+                let (dns, reply, msg) = (self.dns.clone(), self.reply.clone(), msg.to_vec());
+                tokio::spawn(async move {
+                    dns.wait_release(release).await;
+                    let _ = reply.send(&msg).await;
+                });
+            }
         }
-        self.pending.remove(&h.id);
-        self.dns.finished();
-        let _ = self.reply.send(msg).await;
     }
 
     /// Answers (or drops) the queries whose time ran out; whether any did.
