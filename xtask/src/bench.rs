@@ -22,7 +22,7 @@ pub struct Options {
 }
 
 /// Median of a list (empty → 0).
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
@@ -75,7 +75,7 @@ fn parse_wrk(out: &str) -> Result<Wrk> {
 }
 
 /// CPU seconds (user + system) of a process and its direct children.
-fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let ticks = 100.0; // USER_HZ on Linux
     let stat = |p: u32| -> Option<(f64, u32)> {
         let s = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
@@ -345,7 +345,7 @@ fn read_response(stream: &mut TcpStream, buf: &mut [u8]) -> Result<()> {
     }
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -695,7 +695,10 @@ pub fn run(
         .find_map(|l| l.strip_prefix("ward_flows_lost_total "))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .context("ward_flows_lost_total missing from Ward's metrics")?;
+    // The DNS proxy, in a scene of its own.
+    let dns = crate::bench_dns::figures(opts.smoke)?;
     let json = serde_json::json!({
+        "dns": dns,
         "http1": {
             "direct_rps": direct_rps,
             "ward_rps": ward_rps,
@@ -780,6 +783,7 @@ pub fn run(
             p["ward_over_direct"].as_f64().unwrap_or(0.0)
         );
     }
+    dns_table(&mut table, &json["dns"]);
     for mode in ["inotify", "poll"] {
         let m = &json["policy_watch"][mode];
         let _ = writeln!(
@@ -813,6 +817,25 @@ pub fn run(
         unreachable!("built as an object")
     };
     Ok(Report { json, table })
+}
+
+/// The DNS rows of the table.
+pub(crate) fn dns_table(table: &mut String, d: &serde_json::Value) {
+    for (k, label) in [
+        ("direct_qps", "DNS/UDP direct (dnsperf), queries/s"),
+        ("ward_qps", "DNS/UDP through Ward, queries/s"),
+        ("ward_over_direct", "DNS/UDP Ward / direct"),
+        ("ward_tcp_over_direct", "DNS/TCP Ward / direct"),
+        ("ward_p50_added_us", "DNS added p50 at 2k q/s, µs"),
+        ("ward_p99_added_us", "DNS added p99 at 2k q/s, µs"),
+        ("learn_p99_ms", "DNS answer → maps (toFQDNs), p99 ≤ ms"),
+        ("max_delay_hits", "DNS answers released before the maps"),
+        ("upstream_socket_errors", "DNS upstream socket errors"),
+        ("ward_cpu_us_per_query", "Ward CPU µs per DNS query"),
+        ("dnsmasq_cpu_us_per_query", "dnsmasq CPU µs per DNS query"),
+    ] {
+        let _ = writeln!(table, "{label:<44} {:>12.3}", d[k].as_f64().unwrap_or(0.0));
+    }
 }
 
 impl Report {

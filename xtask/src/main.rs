@@ -2,6 +2,7 @@
 //! needs to run Ward's tests or demo is installed from here (when root), printing each command.
 
 mod bench;
+mod bench_dns;
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -46,7 +47,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  test   install prerequisites (as root), build, run every test and policy case file\n  demo   the Star Wars story (see README)\n  bench  criterion benches and the end-to-end comparison (`--smoke` quick, `--e2e` only, `--baseline-bin PATH` another ward build in the same rounds)"
+                "usage: cargo xtask <command>\n\n  test   install prerequisites (as root), build, run every test and policy case file\n  demo   the Star Wars story (see README)\n  bench  criterion benches and the end-to-end comparison (`--smoke` quick, `--e2e` only, `--baseline-bin PATH` another ward build in the same rounds, `--dns` only the DNS figures)"
             );
             return ExitCode::from(2);
         }
@@ -427,6 +428,9 @@ fn demo_offline() -> Result<()> {
 fn bench(args: &[String]) -> Result<()> {
     let smoke = args.iter().any(|a| a == "--smoke");
     let e2e_only = args.iter().any(|a| a == "--e2e");
+    if args.iter().any(|a| a == "--dns") {
+        return bench_dns_only(smoke);
+    }
     let baseline_bin = match args.iter().position(|a| a == "--baseline-bin") {
         Some(i) => Some(PathBuf::from(
             args.get(i + 1)
@@ -458,6 +462,30 @@ fn bench(args: &[String]) -> Result<()> {
     bench_e2e(smoke, baseline_bin)
 }
 
+/// `--dns`: only the DNS figures (release build), printed and written to
+/// `target/bench/report-dns.json`.
+fn bench_dns_only(smoke: bool) -> Result<()> {
+    let profile = if smoke { "debug" } else { "release" };
+    let mut b = cargo();
+    b.args(["build", "--quiet", "-p", "ward", "--bin", "ward"]);
+    if !smoke {
+        b.arg("--release");
+    }
+    run(&mut b)?;
+    std::env::set_var("WARD_BIN", target_dir().join(profile).join("ward"));
+    let dns = bench_dns::figures(smoke)?;
+    let mut table = String::new();
+    bench::dns_table(&mut table, &dns);
+    println!("\n{table}");
+    let out = target_dir().join("bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(
+        out.join("report-dns.json"),
+        serde_json::to_string_pretty(&serde_json::json!({ "dns": dns }))?,
+    )?;
+    Ok(())
+}
+
 /// The end-to-end comparison; `smoke` uses the debug build and one short round.
 fn bench_e2e(smoke: bool, baseline_bin: Option<PathBuf>) -> Result<()> {
     let profile = if smoke { "debug" } else { "release" };
@@ -485,6 +513,9 @@ fn bench_e2e(smoke: bool, baseline_bin: Option<PathBuf>) -> Result<()> {
         ("http1", "ward_deny_rps"),
         ("h2", "ward_rps"),
         ("grpc", "ward_rps"),
+        ("dns", "direct_qps"),
+        ("dns", "ward_qps"),
+        ("dns", "ward_tcp_qps"),
     ] {
         if report.get(section, key) <= 0.0 {
             bail!("bench figure {section}.{key} is zero");
