@@ -71,7 +71,13 @@ fn dnsperf(s: &Scene, dir: &str, server: &str, port: u16, tcp: bool, secs: u32) 
 
 /// Open loop: `rate` queries/s for `secs` from 8 sockets, each waiting for its answer; the
 /// latency of each from when it was due, ms, sorted.
-fn open_loop(netns: &str, server: SocketAddr, rate: u32, secs: u32, first: u32) -> Result<Vec<f64>> {
+fn open_loop(
+    netns: &str,
+    server: SocketAddr,
+    rate: u32,
+    secs: u32,
+    first: u32,
+) -> Result<Vec<f64>> {
     const SOCKS: u32 = 8;
     let total = rate * secs;
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
@@ -189,7 +195,11 @@ pub fn figures(smoke: bool) -> Result<serde_json::Value> {
     for c in ["dnsmasq.conf", "dnsmasq-direct.conf"] {
         s.spawn_in(
             "dns",
-            &["dnsmasq", "--keep-in-foreground", &format!("--conf-file={dir}/{c}")],
+            &[
+                "dnsmasq",
+                "--keep-in-foreground",
+                &format!("--conf-file={dir}/{c}"),
+            ],
             &format!("{c}.log"),
         );
     }
@@ -197,7 +207,10 @@ pub fn figures(smoke: bool) -> Result<serde_json::Value> {
     s.start_ward();
     std::thread::sleep(Duration::from_millis(1500));
     let srv = server.ip.to_string();
-    let probe = s.exec("client", &["dig", &format!("@{srv}"), "+short", "+time=2", &name(1)]);
+    let probe = s.exec(
+        "client",
+        &["dig", &format!("@{srv}"), "+short", "+time=2", &name(1)],
+    );
     if String::from_utf8_lossy(&probe.stdout).trim() != "10.97.0.2" {
         bail!(
             "the DNS scene does not answer: {}\n{}",
@@ -225,11 +238,29 @@ pub fn figures(smoke: bool) -> Result<serde_json::Value> {
     // Added latency at a fixed 2,000 queries/s; the Ward run starts on names not asked yet
     // in this run's second half, so part of it learns.
     let netns = s.pod("client").netns.clone();
-    let d = open_loop(&netns, SocketAddr::from((server.ip, 5353)), 2000, rate_secs, 0)?;
-    let w = open_loop(&netns, SocketAddr::from((server.ip, 53)), 2000, rate_secs, 0)?;
+    let d = open_loop(
+        &netns,
+        SocketAddr::from((server.ip, 5353)),
+        2000,
+        rate_secs,
+        0,
+    )?;
+    let w = open_loop(
+        &netns,
+        SocketAddr::from((server.ip, 53)),
+        2000,
+        rate_secs,
+        0,
+    )?;
     let metrics = String::from_utf8_lossy(
-        &s.node(&["curl", "-s", "--max-time", "3", "http://127.0.0.1:9962/metrics"])
-            .stdout,
+        &s.node(&[
+            "curl",
+            "-s",
+            "--max-time",
+            "3",
+            "http://127.0.0.1:9962/metrics",
+        ])
+        .stdout,
     )
     .into_owned();
     let json = serde_json::json!({

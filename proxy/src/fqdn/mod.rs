@@ -86,7 +86,13 @@ impl FqdnCache {
         if ips.is_empty() {
             return false;
         }
-        let before = self.ip_names();
+        // The common case (the same answer again) is a refresh: no allocation, no map write.
+        let known = |c: &FqdnCache, ip: &Ipv4Addr| {
+            c.names
+                .iter()
+                .any(|((_, n), learned)| n == name && learned.contains_key(ip))
+        };
+        let mut changed = ips.iter().any(|ip| !known(self, ip));
         let ttl = ttl.max(self.min_ttl);
         let expires = now + Duration::from_secs(u64::from(ttl));
         let entry = self.names.entry((endpoint, name.to_string())).or_default();
@@ -109,6 +115,7 @@ impl FqdnCache {
                 .map(|(ip, _)| *ip)
                 .expect("non-empty");
             entry.remove(&oldest);
+            changed = true;
         }
         // Node-wide: the entries closest to expiry go first.
         while self.len() > self.max_entries {
@@ -124,8 +131,9 @@ impl FqdnCache {
                     self.names.remove(&key);
                 }
             }
+            changed = true;
         }
-        before != self.ip_names()
+        changed
     }
 
     /// Drops what expired at `now`, except addresses in `live` (conntrack has connections to
