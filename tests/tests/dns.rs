@@ -436,3 +436,223 @@ fn to_fqdns_learns_addresses_from_answers_before_releasing_them() {
     );
     assert!(!s.tcp_reachable("client", api, 8080));
 }
+
+/// unbound, a second server implementation, authoritative for `.test`, logging queries.
+fn unbound_conf(s: &Scene, ip: std::net::Ipv4Addr) -> String {
+    let dir = s.dir.display();
+    let big = |c: char| std::iter::repeat_n(c, 255).collect::<String>();
+    format!(
+        "server:\n  interface: {ip}@53\n  port: 53\n  access-control: 0.0.0.0/0 allow\n  \
+         username: \"\"\n  chroot: \"\"\n  directory: \"{dir}\"\n  pidfile: \"{dir}/unbound.pid\"\n  \
+         logfile: \"{dir}/unbound-queries.log\"\n  use-syslog: no\n  log-queries: yes\n  \
+         num-threads: 1\n  do-not-query-localhost: yes\n  local-zone: \".\" refuse\n  \
+         local-zone: \"test.\" static\n  local-data: \"allowed.test. 300 IN A 10.99.0.1\"\n  \
+         local-data: \"denied.test. 300 IN A 10.99.0.3\"\n  \
+         local-data: 'big.test. 300 IN TXT \"{}\" \"{}\" \"{}\"'\n\
+         remote-control:\n  control-enable: no\n",
+        big('A'),
+        big('B'),
+        big('C')
+    )
+}
+
+#[test]
+fn a_second_server_implementation_unbound() {
+    if !privileged("a_second_server_implementation_unbound") {
+        return;
+    }
+    let mut s = Scene::new("du");
+    s.add_pod("client", "default", &[("app", "client")]);
+    let server = s.add_pod("dns", "default", &[("app", "dns")]);
+    s.dns_listener = Some(DNS_LISTENER);
+    let conf = s.dir.join("unbound.conf");
+    std::fs::write(&conf, unbound_conf(&s, server.ip)).unwrap();
+    let conf = conf.display().to_string();
+    s.spawn_in("dns", &["unbound", "-d", "-c", &conf], "unbound.log");
+    s.write_policy("dns.yaml", CLIENT_POLICY);
+    s.start_ward();
+    let at = format!("@{}", server.ip);
+    let client_ip = s.pod("client").ip.to_string();
+    ward_tests::eventually("an allowed name resolves", Duration::from_secs(10), || {
+        dig(&s, &[&at, "+short", "allowed.test"]).trim() == "10.99.0.1"
+    });
+    assert!(dig(&s, &[&at, "denied.test"]).contains("status: REFUSED"));
+    assert_eq!(
+        dig(&s, &[&at, "+tcp", "+short", "allowed.test"]).trim(),
+        "10.99.0.1"
+    );
+    let out = dig(&s, &[&at, "+bufsize=512", "big.test", "TXT"]);
+    assert!(out.contains("Truncated, retrying in TCP mode"), "{out}");
+    assert!(out.contains(&"C".repeat(255)), "{out}");
+    // unbound saw the pod's own address, and never the denied name.
+    let log = std::fs::read_to_string(s.dir.join("unbound-queries.log")).unwrap_or_default();
+    assert!(
+        log.contains(&format!("{client_ip} allowed.test. A IN")),
+        "{log}"
+    );
+    assert!(!log.contains("denied.test"), "{log}");
+}
+
+/// A case file's verdicts, `ward-check --cases` and the running proxy side by side: every DNS
+/// case is asked with dig through `ward run`, every connection case is tried for real.
+#[test]
+fn the_fqdn_case_file_gets_the_same_verdicts_from_ward_check_and_the_node() {
+    if !privileged("the_fqdn_case_file_gets_the_same_verdicts_from_ward_check_and_the_node") {
+        return;
+    }
+    let root = ward_tests::workspace_root();
+    let cases_path = root.join("config/cases/seed001-fqdn.jsonl");
+    let policies = root.join("config/policies/seed001-fqdn");
+    // 1. ward-check on the file: its verdict per case.
+    let ward_check = ward_tests::target_dir().join("debug/ward-check");
+    let out = std::process::Command::new(&ward_check)
+        .arg("--policy")
+        .arg(&policies)
+        .arg("--cases")
+        .arg(&cases_path)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", ward_check.display()));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let offline: Vec<String> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["verdict"].as_str().map(str::to_string))
+        .collect();
+    let cases: Vec<serde_json::Value> = std::fs::read_to_string(&cases_path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(offline.len(), cases.len(), "{text}");
+    // 2. The node: mediabot, kube-dns (dnsmasq on 53, a server on 80), and the outside with
+    // the case file's addresses.
+    let mut s = Scene::new("dc");
+    s.add_pod(
+        "mediabot",
+        "default",
+        &[("org", "empire"), ("class", "mediabot")],
+    );
+    let dns = s.add_pod("kube-dns", "kube-system", &[("k8s-app", "kube-dns")]);
+    s.add_outside();
+    s.dns_listener = Some(DNS_LISTENER);
+    let mut hosts = String::new();
+    for c in &cases {
+        if let (Some(name), Some(ip)) = (c["to"]["fqdn"].as_str(), c["to"]["ip"].as_str()) {
+            hosts.push_str(&format!("host-record={name},{ip}\n"));
+        }
+    }
+    let mut outside: Vec<String> = cases
+        .iter()
+        .filter_map(|c| c["to"]["ip"].as_str().map(str::to_string))
+        .collect();
+    outside.sort();
+    outside.dedup();
+    for ip in &outside {
+        let out = s.exec(
+            "outside",
+            &["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"],
+        );
+        assert!(out.status.success(), "{out:?}");
+        s.node(&[
+            "ip",
+            "route",
+            "add",
+            &format!("{ip}/32"),
+            "via",
+            "10.250.0.2",
+        ]);
+    }
+    for port in ["80", "443"] {
+        s.spawn_in(
+            "outside",
+            &["python3", "-m", "http.server", port, "--bind", "0.0.0.0"],
+            &format!("http-outside-{port}.log"),
+        );
+    }
+    s.spawn_in(
+        "kube-dns",
+        &["python3", "-m", "http.server", "80", "--bind", "0.0.0.0"],
+        "http-dns.log",
+    );
+    let conf = s.dir.join("dnsmasq.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port=53\nlisten-address={}\nbind-interfaces\nno-resolv\nno-hosts\nno-poll\n\
+             user=root\ncache-size=0\nlocal-ttl=60\nlocal=/com/\n{hosts}",
+            dns.ip
+        ),
+    )
+    .unwrap();
+    let conf = conf.display().to_string();
+    s.spawn_in(
+        "kube-dns",
+        &[
+            "dnsmasq",
+            "--keep-in-foreground",
+            &format!("--conf-file={conf}"),
+        ],
+        "dnsmasq.log",
+    );
+    for f in std::fs::read_dir(&policies).unwrap() {
+        let f = f.unwrap().path();
+        s.write_policy(
+            f.file_name().unwrap().to_str().unwrap(),
+            &std::fs::read_to_string(&f).unwrap(),
+        );
+    }
+    s.start_ward();
+    let dns_at = format!("@{}", dns.ip);
+    ward_tests::eventually("the node's DNS answers", Duration::from_secs(10), || {
+        let out = s.exec(
+            "mediabot",
+            &[
+                "dig",
+                "+time=2",
+                "+tries=1",
+                "+short",
+                &dns_at,
+                "api.github.com",
+            ],
+        );
+        !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+    });
+    for (c, offline) in cases.iter().zip(&offline) {
+        let name = c["name"].as_str().unwrap();
+        let port = c["port"].as_u64().unwrap() as u16;
+        let tcp = c["protocol"] == "TCP";
+        let to_ip: std::net::Ipv4Addr = match c["to"]["ip"].as_str() {
+            Some(ip) => ip.parse().unwrap(),
+            None => dns.ip,
+        };
+        let live = if let Some(q) = c["dns"]["name"].as_str() {
+            let at = format!("@{to_ip}");
+            let mut args = vec!["dig", "+time=2", "+tries=1", &at, q];
+            if tcp {
+                args.push("+tcp");
+            }
+            let out = s.exec("mediabot", &args);
+            let text = String::from_utf8_lossy(&out.stdout);
+            if text.contains("status: NOERROR") {
+                "allow"
+            } else {
+                "deny"
+            }
+        } else {
+            if let Some(fqdn) = c["to"]["fqdn"].as_str() {
+                // A learned address: ask for the name first, as the pod would.
+                let _ = s.exec("mediabot", &["dig", "+time=2", "+tries=1", &dns_at, fqdn]);
+            }
+            if s.tcp_reachable("mediabot", to_ip, port) {
+                "allow"
+            } else {
+                "deny"
+            }
+        };
+        assert_eq!(
+            (live, offline.as_str()),
+            (c["expect"].as_str().unwrap(), c["expect"].as_str().unwrap()),
+            "{name}: the node said {live}, ward-check said {offline}"
+        );
+    }
+}

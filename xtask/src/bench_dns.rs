@@ -282,6 +282,11 @@ pub fn figures(smoke: bool) -> Result<serde_json::Value> {
             .filter(|l| l.starts_with("ward_dns_upstream_socket_errors_total"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>(),
+        "upstream_socket_errors_by_errno": metrics
+            .lines()
+            .filter(|l| l.starts_with("ward_dns_upstream_socket_errors_total"))
+            .collect::<Vec<_>>()
+            .join("; "),
         "ward_cpu_us_per_query": median(ward_cpu),
         "dnsmasq_cpu_us_per_query": median(dnsmasq_cpu),
     });

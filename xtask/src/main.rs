@@ -195,8 +195,19 @@ fn test(args: &[String]) -> Result<()> {
             "warnings",
         ]))?;
     }
-    // The namespace scenes drive the real `ward` binary.
-    run(cargo().args(["build", "-p", "ward", "--bin", "ward"]))?;
+    // The namespace scenes drive the real `ward` binary (and the DNS case-file scene
+    // `ward-check`).
+    run(cargo().args([
+        "build",
+        "-p",
+        "ward",
+        "--bin",
+        "ward",
+        "-p",
+        "l7-rules",
+        "--bin",
+        "ward-check",
+    ]))?;
     let mut test_cmd = cargo();
     test_cmd.args(["test", "--workspace"]);
     if root {

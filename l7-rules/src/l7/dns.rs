@@ -116,8 +116,8 @@ pub fn pattern_regex(pattern: &str) -> String {
 pub struct DnsMatcher {
     names: HashSet<String>,
     regex: Option<regex::Regex>,
-    /// Which rule each pattern came from, for explanations.
-    origins: Vec<(String, RuleRef)>,
+    /// Each pattern as written, compiled, and the rule it came from (for explanations).
+    origins: Vec<(String, Compiled, RuleRef)>,
 }
 
 impl DnsMatcher {
@@ -126,7 +126,10 @@ impl DnsMatcher {
         let mut sources = Vec::new();
         let mut origins = Vec::new();
         for (p, origin) in patterns {
-            origins.push((p.written().to_string(), origin.clone()));
+            let Some(compiled) = Compiled::of(p) else {
+                continue;
+            };
+            origins.push((p.written().to_string(), compiled, origin.clone()));
             match p {
                 NamePattern::Name(n) => {
                     names.insert(n.clone());
@@ -156,20 +159,10 @@ impl DnsMatcher {
     /// The first pattern (as written) that matches, for explanations.
     pub fn matching_pattern(&self, name: &str) -> Option<(&str, &RuleRef)> {
         let fqdn = parsers::dns::normalize_name(name);
-        self.origins.iter().find_map(|(written, origin)| {
-            let p = if written.contains('*') {
-                NamePattern::pattern(written).ok()?
-            } else {
-                NamePattern::name(written).ok()?
-            };
-            let hit = match &p {
-                NamePattern::Name(n) => *n == fqdn,
-                NamePattern::Pattern { regex, .. } => {
-                    regex::Regex::new(regex).is_ok_and(|r| r.is_match(&fqdn))
-                }
-            };
-            hit.then_some((written.as_str(), origin))
-        })
+        self.origins
+            .iter()
+            .find(|(_, c, _)| c.matches(&fqdn))
+            .map(|(written, _, origin)| (written.as_str(), origin))
     }
 }
 
@@ -180,10 +173,41 @@ pub struct FqdnSelectorSet {
     selectors: Vec<(String, Compiled)>,
 }
 
+/// One name or pattern, compiled for matching normalised names.
 #[derive(Debug)]
 enum Compiled {
     Name(String),
     Pattern(regex::Regex),
+}
+
+impl Compiled {
+    /// `None` for a pattern whose regex does not compile (validated patterns always do).
+    fn of(p: &NamePattern) -> Option<Compiled> {
+        Some(match p {
+            NamePattern::Name(n) => Compiled::Name(n.clone()),
+            NamePattern::Pattern { regex, .. } => Compiled::Pattern(regex::Regex::new(regex).ok()?),
+        })
+    }
+
+    /// Whether it matches `fqdn` (already normalised).
+    fn matches(&self, fqdn: &str) -> bool {
+        match self {
+            Compiled::Name(n) => n == fqdn,
+            Compiled::Pattern(r) => r.is_match(fqdn),
+        }
+    }
+}
+
+impl PartialEq for FqdnSelectorSet {
+    /// The same selectors, as written, in the same order.
+    fn eq(&self, other: &Self) -> bool {
+        self.selectors.len() == other.selectors.len()
+            && self
+                .selectors
+                .iter()
+                .zip(&other.selectors)
+                .all(|(a, b)| a.0 == b.0)
+    }
 }
 
 impl FqdnSelectorSet {
@@ -193,13 +217,8 @@ impl FqdnSelectorSet {
             if selectors.iter().any(|(w, _)| w == p.written()) {
                 continue;
             }
-            let compiled = match p {
-                NamePattern::Name(n) => Compiled::Name(n.clone()),
-                // Built from validated characters, so this compiles.
-                NamePattern::Pattern { regex, .. } => match regex::Regex::new(regex) {
-                    Ok(r) => Compiled::Pattern(r),
-                    Err(_) => continue,
-                },
+            let Some(compiled) = Compiled::of(p) else {
+                continue;
             };
             selectors.push((p.written().to_string(), compiled));
         }
@@ -215,10 +234,7 @@ impl FqdnSelectorSet {
         let fqdn = parsers::dns::normalize_name(name);
         self.selectors
             .iter()
-            .filter(|(_, c)| match c {
-                Compiled::Name(n) => *n == fqdn,
-                Compiled::Pattern(r) => r.is_match(&fqdn),
-            })
+            .filter(|(_, c)| c.matches(&fqdn))
             .map(|(w, _)| w.as_str())
             .collect()
     }

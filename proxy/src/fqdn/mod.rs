@@ -33,6 +33,8 @@ pub struct FqdnCache {
     names: BTreeMap<(u16, String), BTreeMap<Ipv4Addr, Learned>>,
     /// Addresses kept past their TTL because connections to them are live.
     zombies: BTreeSet<Ipv4Addr>,
+    /// Entries (endpoint, name, address) in `names`.
+    count: usize,
     min_ttl: u32,
     max_ips_per_name: usize,
     max_entries: usize,
@@ -59,6 +61,7 @@ impl FqdnCache {
         FqdnCache {
             names: BTreeMap::new(),
             zombies: BTreeSet::new(),
+            count: 0,
             min_ttl,
             max_ips_per_name: max_ips_per_name.max(1),
             max_entries: max_entries.max(1),
@@ -69,8 +72,8 @@ impl FqdnCache {
         self.names.is_empty()
     }
 
-    fn len(&self) -> usize {
-        self.names.values().map(BTreeMap::len).sum()
+    fn recount(&mut self) {
+        self.count = self.names.values().map(BTreeMap::len).sum();
     }
 
     /// Learns `ips` for `name` (normalised) at `endpoint` with `ttl` seconds. Whether the
@@ -86,26 +89,26 @@ impl FqdnCache {
         if ips.is_empty() {
             return false;
         }
-        // The common case (the same answer again) is a refresh: no allocation, no map write.
+        // The common case (the same answer again, for the same endpoint) is a refresh: no
+        // allocation, no map write.
+        let key = (endpoint, name.to_string());
         let known = |c: &FqdnCache, ip: &Ipv4Addr| {
-            c.names
-                .iter()
-                .any(|((_, n), learned)| n == name && learned.contains_key(ip))
+            c.names.get(&key).is_some_and(|l| l.contains_key(ip))
+                || c.names
+                    .iter()
+                    .any(|((_, n), learned)| n == name && learned.contains_key(ip))
         };
         let mut changed = ips.iter().any(|ip| !known(self, ip));
         let ttl = ttl.max(self.min_ttl);
         let expires = now + Duration::from_secs(u64::from(ttl));
-        let entry = self.names.entry((endpoint, name.to_string())).or_default();
+        let entry = self.names.entry(key).or_default();
+        let seen = SystemTime::now();
         for ip in ips {
-            entry.insert(
-                *ip,
-                Learned {
-                    expires,
-                    seen: SystemTime::now(),
-                    ttl,
-                },
-            );
-            self.zombies.remove(ip);
+            let new = entry.insert(*ip, Learned { expires, seen, ttl }).is_none();
+            self.count += usize::from(new);
+            if !self.zombies.is_empty() {
+                self.zombies.remove(ip);
+            }
         }
         // Per name: the ones that expire first go first (they were learned longest ago).
         while entry.len() > self.max_ips_per_name {
@@ -115,10 +118,11 @@ impl FqdnCache {
                 .map(|(ip, _)| *ip)
                 .expect("non-empty");
             entry.remove(&oldest);
+            self.count -= 1;
             changed = true;
         }
         // Node-wide: the entries closest to expiry go first.
-        while self.len() > self.max_entries {
+        while self.count > self.max_entries {
             let victim = self
                 .names
                 .iter()
@@ -126,7 +130,7 @@ impl FqdnCache {
                 .min();
             let Some((_, key, ip)) = victim else { break };
             if let Some(ips) = self.names.get_mut(&key) {
-                ips.remove(&ip);
+                self.count -= usize::from(ips.remove(&ip).is_some());
                 if ips.is_empty() {
                     self.names.remove(&key);
                 }
@@ -155,6 +159,7 @@ impl FqdnCache {
             !ips.is_empty()
         });
         self.zombies = zombies;
+        self.recount();
         before != self.ip_names()
     }
 
@@ -162,6 +167,7 @@ impl FqdnCache {
     pub fn remove_endpoint(&mut self, endpoint: u16) -> bool {
         let before = self.names.len();
         self.names.retain(|(ep, _), _| *ep != endpoint);
+        self.recount();
         before != self.names.len()
     }
 

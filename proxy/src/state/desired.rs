@@ -86,6 +86,9 @@ pub struct Desired {
     pub(super) fqdn_selectors: Arc<l7_rules::l7::dns::FqdnSelectorSet>,
     /// Learned addresses and their names.
     pub(super) fqdn: Arc<BTreeMap<Ipv4Addr, Vec<String>>>,
+    /// The peer of each learned address the selectors select (kept across updates: only an
+    /// address whose names changed, or every one after the selectors changed, is recomputed).
+    pub(super) fqdn_peers: Arc<super::Learned>,
 }
 
 fn hash_of(v: &impl Hash) -> u64 {
@@ -138,6 +141,7 @@ impl Desired {
             host_ips: Vec::new(),
             fqdn_selectors: Arc::new(engine.fqdn_selector_set()),
             fqdn: Arc::default(),
+            fqdn_peers: Arc::default(),
         };
         empty.update(Update {
             engine: Some(engine),
@@ -156,12 +160,15 @@ impl Desired {
     pub fn update(&self, update: Update) -> Result<(Desired, Recompute), ViewError> {
         let mut next = self.clone();
         let mut whole_world = false;
+        let mut selectors_changed = false;
         if let Some(engine) = update.engine {
             let world = world_print(&engine, &next.settings);
             whole_world = world != next.world_print;
             next.world_print = world;
             next.prints = Arc::new(policy_prints(&engine));
-            next.fqdn_selectors = Arc::new(engine.fqdn_selector_set());
+            let selectors = engine.fqdn_selector_set();
+            selectors_changed = selectors != *next.fqdn_selectors;
+            next.fqdn_selectors = Arc::new(selectors);
             next.engine = engine;
         }
         if let Some(fqdn) = update.fqdn {
@@ -200,17 +207,28 @@ impl Desired {
         // Addresses learned from DNS answers, as /32s with the identity of the selectors that
         // select their names. The identity table keeps one peer per identity (the first
         // address, by order); the ipcache gets every address.
+        let mut fqdn_peers = BTreeMap::new();
         for (ip, names) in next.fqdn.iter() {
-            let Some(peer) =
-                Engine::fqdn_peer(IpAddr::V4(*ip), names.clone(), &next.fqdn_selectors)
-            else {
-                continue;
+            let kept = (!selectors_changed)
+                .then(|| next.fqdn_peers.get(ip))
+                .flatten()
+                .filter(|(n, _)| n == names);
+            let peer = match kept {
+                Some((_, p)) => p.clone(),
+                None => {
+                    match Engine::fqdn_peer(IpAddr::V4(*ip), names.clone(), &next.fqdn_selectors) {
+                        Some(p) => Arc::new(p),
+                        None => continue,
+                    }
+                }
             };
             if identities.get(peer.identity).is_none() {
-                identities.insert(peer.clone())?;
+                identities.insert(Peer::clone(&peer))?;
             }
-            cidrs.push((IpNet::from(IpAddr::V4(*ip)), Arc::new(peer)));
+            cidrs.push((IpNet::from(IpAddr::V4(*ip)), peer.clone()));
+            fqdn_peers.insert(*ip, (names.clone(), peer));
         }
+        next.fqdn_peers = Arc::new(fqdn_peers);
         cidrs.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
 
         // Identities that joined, left, or now stand for another peer.

@@ -80,6 +80,9 @@ impl Settings {
     }
 }
 
+/// Learned addresses in the ipcache: the names each answered, and the peer it is.
+pub type Learned = BTreeMap<Ipv4Addr, (Vec<String>, Arc<Peer>)>;
+
 /// An endpoint as the node knows it.
 #[derive(Clone, Debug)]
 pub struct EndpointInfo {
@@ -127,6 +130,8 @@ pub struct NodeState {
     /// The policies' `toFQDNs` selectors: an allowed DNS answer for a name one selects is
     /// learned before it is released.
     pub fqdn_selectors: Arc<l7_rules::l7::dns::FqdnSelectorSet>,
+    /// The learned addresses in the ipcache, with the names they answered.
+    pub learned: Arc<Learned>,
 }
 
 /// The host endpoint's state, as `cilium endpoint list` shows `reserved:host`.
@@ -270,6 +275,7 @@ impl NodeState {
             unproxied,
             host_endpoint,
             fqdn_selectors: desired.fqdn_selectors.clone(),
+            learned: desired.fqdn_peers.clone(),
         }
     }
 

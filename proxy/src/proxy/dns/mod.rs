@@ -115,7 +115,15 @@ pub struct DnsProxy {
     learn: Option<std::sync::mpsc::Sender<crate::sources::SourceEvent>>,
     in_flight: AtomicUsize,
     sessions: AtomicUsize,
+    /// When each (client, name) last refreshed addresses the maps already held: a repeated
+    /// answer refreshes their expiry at most once per [`REFRESH_EVERY`], not per query.
+    refreshed: std::sync::Mutex<std::collections::HashMap<(std::net::Ipv4Addr, String), Instant>>,
 }
+
+/// How often a repeated answer refreshes the expiry of addresses already in the maps.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// Entries of [`DnsProxy::refreshed`] before it is emptied (it only saves work).
+const REFRESHED_MAX: usize = 65_536;
 
 /// What to do with one message from a client.
 pub enum Outcome {
@@ -148,6 +156,8 @@ pub struct Pending {
     pub conn: Arc<super::conn::ConnPolicy>,
     pub sent: Instant,
     pub deadline: Instant,
+    /// Sent again on a new TCP connection after the first one closed.
+    pub resent: bool,
 }
 
 impl DnsProxy {
@@ -162,6 +172,7 @@ impl DnsProxy {
             learn,
             in_flight: AtomicUsize::new(0),
             sessions: AtomicUsize::new(0),
+            refreshed: Default::default(),
         }
     }
 
@@ -276,6 +287,7 @@ impl DnsProxy {
                     conn: policy,
                     sent: now,
                     deadline: now + self.settings.upstream_timeout,
+                    resent: false,
                 })
             }
         }
@@ -387,6 +399,38 @@ impl DnsProxy {
             return Release::Now;
         };
         if ips.is_empty() {
+            return Release::Now;
+        }
+        // Addresses the maps already hold for this name: nothing to wait for; the controller
+        // only refreshes their expiry.
+        let in_maps = ips.iter().all(|ip| {
+            view.learned
+                .get(ip)
+                .is_some_and(|(names, _)| names.contains(&name))
+        });
+        if in_maps {
+            let mut r = self.refreshed.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let key = (client, name);
+            match r.get(&key) {
+                Some(t) if now.duration_since(*t) < REFRESH_EVERY => return Release::Now,
+                _ => {}
+            }
+            if r.len() >= REFRESHED_MAX {
+                r.clear();
+            }
+            r.insert(key.clone(), now);
+            drop(r);
+            let (done, _) = tokio::sync::oneshot::channel();
+            let _ = inbox.send(crate::sources::SourceEvent::FqdnLearned(
+                crate::sources::FqdnAnswer {
+                    client,
+                    name: key.1,
+                    ips,
+                    ttl: info.min_ttl.unwrap_or(0),
+                    done,
+                },
+            ));
             return Release::Now;
         }
         let (done, wait) = tokio::sync::oneshot::channel();

@@ -109,43 +109,63 @@ pub async fn serve_conn(dns: Arc<DnsProxy>, stream: TcpStream, client: SocketAdd
                             }
                         }
                         Outcome::Forward(p) => {
-                            if upstream.is_none() {
-                                let from = dns.upstream_source(client, orig_dst);
-                                let up = match from {
-                                    Some(from) => dns.proxy.upstreams.connect_from(from, orig_dst).await,
-                                    None => dns.proxy.upstreams.connect(orig_dst).await,
-                                };
-                                match up {
-                                    Ok(u) => {
-                                        u.reset_on_close();
-                                        let (read, write) = tokio::io::split(u);
-                                        upstream = Some(UpstreamConn { read, write, buf: BytesMut::with_capacity(4096) });
+                            let mut sent = Err(String::new());
+                            for attempt in 0..2 {
+                                if upstream.is_none() {
+                                    match connect_upstream(&dns, client, orig_dst).await {
+                                        Ok(mut u) => {
+                                            // Queries still owed an answer on a connection that
+                                            // broke go once more on the new one.
+                                            for w in pending.values_mut().filter(|w| attempt > 0 && !w.resent) {
+                                                if u.write.write_all(&framed(&w.bytes)).await.is_ok() {
+                                                    w.resent = true;
+                                                }
+                                            }
+                                            upstream = Some(u);
+                                        }
+                                        Err(e) => {
+                                            warn!(error = %e, %client, "DNS/TCP: cannot connect upstream");
+                                            if let crate::proxy::transport::ConnectError::Io(_, e) = &e {
+                                                dns.upstream_failed(e);
+                                            }
+                                            sent = Err(format!("connecting upstream: {e}"));
+                                            break;
+                                        }
+                                    }
+                                }
+                                let up = upstream.as_mut().expect("connected above");
+                                match up.write.write_all(&framed(&p.bytes)).await {
+                                    Ok(()) => {
+                                        sent = Ok(());
+                                        break;
                                     }
                                     Err(e) => {
-                                        warn!(error = %e, %client, "DNS/TCP: cannot connect upstream");
-                                        if let crate::proxy::transport::ConnectError::Io(_, e) = &e {
-                                            dns.upstream_failed(e);
+                                        upstream = None;
+                                        sent = Err(format!("writing upstream: {e}"));
+                                        // The server closed the connection (dnsmasq closes
+                                        // idle ones): once, a new one.
+                                        if attempt == 0 {
+                                            debug!(error = %e, %orig_dst, "DNS/TCP: upstream gone; reconnecting");
+                                            continue;
                                         }
-                                        if let Some(b) = dns.timed_out(&p, TRANSPORT, &format!("connecting upstream: {e}")) {
-                                            let _ = cw.write_all(&framed(&b)).await;
-                                        }
-                                        continue;
+                                        dns.upstream_failed(&e);
+                                        break;
                                     }
                                 }
                             }
-                            let up = upstream.as_mut().expect("connected above");
-                            if let Err(e) = up.write.write_all(&framed(&p.bytes)).await {
-                                dns.upstream_failed(&e);
-                                upstream = None;
-                                if let Some(b) = dns.timed_out(&p, TRANSPORT, &format!("writing upstream: {e}")) {
-                                    let _ = cw.write_all(&framed(&b)).await;
+                            match sent {
+                                Ok(()) => {
+                                    let id = p.query.id;
+                                    deadlines.push_back((p.deadline, id));
+                                    if pending.insert(id, p).is_none() {
+                                        dns.started();
+                                    }
                                 }
-                                continue;
-                            }
-                            let id = p.query.id;
-                            deadlines.push_back((p.deadline, id));
-                            if pending.insert(id, p).is_none() {
-                                dns.started();
+                                Err(why) => {
+                                    if let Some(b) = dns.timed_out(&p, TRANSPORT, &why) {
+                                        let _ = cw.write_all(&framed(&b)).await;
+                                    }
+                                }
                             }
                         }
                     }
@@ -187,12 +207,35 @@ pub async fn serve_conn(dns: Arc<DnsProxy>, stream: TcpStream, client: SocketAdd
                 }
                 if let Some(why) = lost {
                     upstream = None;
-                    deadlines.clear();
-                    for (_, p) in pending.drain() {
+                    // A server may close a connection with answers still owed (RFC 7766
+                    // §6.2.1): those queries go once more on a new connection; a query that
+                    // was already resent gets SERVFAIL.
+                    let (again, failed): (Vec<_>, Vec<_>) =
+                        pending.drain().map(|(_, p)| p).partition(|p| !p.resent);
+                    for p in failed {
                         dns.finished();
                         if let Some(b) = dns.timed_out(&p, TRANSPORT, &why) {
                             let _ = cw.write_all(&framed(&b)).await;
                         }
+                    }
+                    if !again.is_empty() {
+                        let mut up = connect_upstream(&dns, client, orig_dst).await.ok();
+                        for mut p in again {
+                            let ok = match up.as_mut() {
+                                Some(u) => u.write.write_all(&framed(&p.bytes)).await.is_ok(),
+                                None => false,
+                            };
+                            if ok {
+                                p.resent = true;
+                                pending.insert(p.query.id, p);
+                            } else {
+                                dns.finished();
+                                if let Some(b) = dns.timed_out(&p, TRANSPORT, &why) {
+                                    let _ = cw.write_all(&framed(&b)).await;
+                                }
+                            }
+                        }
+                        upstream = up;
                     }
                 }
             }
@@ -225,6 +268,25 @@ pub async fn serve_conn(dns: Arc<DnsProxy>, stream: TcpStream, client: SocketAdd
     for _ in pending.drain() {
         dns.finished();
     }
+}
+
+/// Connects upstream from the client's own address (or the node's, for a server on the node).
+async fn connect_upstream(
+    dns: &DnsProxy,
+    client: SocketAddr,
+    orig_dst: SocketAddr,
+) -> Result<UpstreamConn, crate::proxy::transport::ConnectError> {
+    let up = match dns.upstream_source(client, orig_dst) {
+        Some(from) => dns.proxy.upstreams.connect_from(from, orig_dst).await?,
+        None => dns.proxy.upstreams.connect(orig_dst).await?,
+    };
+    up.reset_on_close();
+    let (read, write) = tokio::io::split(up);
+    Ok(UpstreamConn {
+        read,
+        write,
+        buf: BytesMut::with_capacity(4096),
+    })
 }
 
 async fn read_upstream(up: Option<&mut UpstreamConn>) -> std::io::Result<usize> {
