@@ -473,9 +473,8 @@ fn bench(args: &[String]) -> Result<()> {
     bench_e2e(smoke, baseline_bin)
 }
 
-/// `--dns`: only the DNS figures (release build), printed and written to
-/// `target/bench/report-dns.json`.
-fn bench_dns_only(smoke: bool) -> Result<()> {
+/// Builds the `ward` the benches run (release; debug for `--smoke`) and points `WARD_BIN` at it.
+fn build_bench_ward(smoke: bool) -> Result<()> {
     let profile = if smoke { "debug" } else { "release" };
     let mut b = cargo();
     b.args(["build", "--quiet", "-p", "ward", "--bin", "ward"]);
@@ -484,6 +483,13 @@ fn bench_dns_only(smoke: bool) -> Result<()> {
     }
     run(&mut b)?;
     std::env::set_var("WARD_BIN", target_dir().join(profile).join("ward"));
+    Ok(())
+}
+
+/// `--dns`: only the DNS figures (release build), printed and written to
+/// `target/bench/report-dns.json`.
+fn bench_dns_only(smoke: bool) -> Result<()> {
+    build_bench_ward(smoke)?;
     let dns = bench_dns::figures(smoke)?;
     let mut table = String::new();
     bench::dns_table(&mut table, &dns);
@@ -499,14 +505,7 @@ fn bench_dns_only(smoke: bool) -> Result<()> {
 
 /// The end-to-end comparison; `smoke` uses the debug build and one short round.
 fn bench_e2e(smoke: bool, baseline_bin: Option<PathBuf>) -> Result<()> {
-    let profile = if smoke { "debug" } else { "release" };
-    let mut b = cargo();
-    b.args(["build", "--quiet", "-p", "ward", "--bin", "ward"]);
-    if !smoke {
-        b.arg("--release");
-    }
-    run(&mut b)?;
-    std::env::set_var("WARD_BIN", target_dir().join(profile).join("ward"));
+    build_bench_ward(smoke)?;
     let report = bench::run(
         &bench::Options {
             smoke,

@@ -141,7 +141,7 @@ fn handle(ctx: &AdminContext, req: Request) -> Result<serde_json::Value, String>
                     expires_in: r.expires_in,
                     zombie: r.zombie,
                     identity: view.resolve(std::net::IpAddr::V4(r.ip)).peer.identity.0,
-                    seen: r.seen.clone(),
+                    seen: humantime::format_rfc3339_seconds(r.seen).to_string(),
                 })
                 .collect::<Vec<_>>(),
         ),

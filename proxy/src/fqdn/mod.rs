@@ -15,8 +15,6 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::{Deserialize, Serialize};
-
 /// One learned address.
 #[derive(Clone, Debug)]
 struct Learned {
@@ -40,8 +38,8 @@ pub struct FqdnCache {
     max_entries: usize,
 }
 
-/// One row of `ward fqdn cache list`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// One row of `ward fqdn cache list` (formatted by the admin server, not on every change).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CacheRow {
     pub endpoint: u16,
     pub name: String,
@@ -52,8 +50,8 @@ pub struct CacheRow {
     pub expires_in: u64,
     /// Past its TTL but kept: connections to it are live.
     pub zombie: bool,
-    /// RFC 3339 time it was last seen in an answer.
-    pub seen: String,
+    /// When it was last seen in an answer.
+    pub seen: SystemTime,
 }
 
 impl FqdnCache {
@@ -200,7 +198,7 @@ impl FqdnCache {
                     ttl: l.ttl,
                     expires_in: l.expires.saturating_duration_since(now).as_secs(),
                     zombie: l.expires <= now && self.zombies.contains(ip),
-                    seen: humantime::format_rfc3339_seconds(l.seen).to_string(),
+                    seen: l.seen,
                 });
             }
         }

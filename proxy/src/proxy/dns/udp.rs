@@ -205,8 +205,7 @@ impl Session {
                 _ = shutdown.changed() => break,
             }
         }
-        for (_, p) in self.pending.drain() {
-            let _ = p;
+        for _ in self.pending.drain() {
             self.dns.finished();
         }
         self.dns.close_session();
