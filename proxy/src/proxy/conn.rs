@@ -15,6 +15,9 @@ use crate::state::NodeState;
 /// What one connection enforces, computed from one view generation.
 pub struct ConnPolicy {
     pub generation: u64,
+    /// What it was computed from: a later generation with the same inputs (an address
+    /// learned from DNS changes the generation, not this connection's policy) keeps it.
+    inputs: Inputs,
     /// The two ends as flows name them (built once per connection, shared by its flows).
     pub src_peer: Arc<SharedPeer>,
     pub dst_peer: Arc<SharedPeer>,
@@ -25,6 +28,44 @@ pub struct ConnPolicy {
     pub default_direction: Direction,
 }
 
+/// Everything a connection's policy is computed from.
+struct Inputs {
+    engine: Arc<l7_rules::engine::Engine>,
+    src: Arc<l7_rules::identity::Peer>,
+    dst: Arc<l7_rules::identity::Peer>,
+    src_endpoint: bool,
+    dst_endpoint: bool,
+    audit: bool,
+}
+
+impl Inputs {
+    fn of(view: &NodeState, client: SocketAddr, orig_dst: SocketAddr) -> Inputs {
+        let src = view.resolve(client.ip());
+        let dst = view.resolve(orig_dst.ip());
+        let mut audit = view.settings.audit;
+        for i in [src.endpoint, dst.endpoint].into_iter().flatten() {
+            audit |= view.endpoints[i].config.audit;
+        }
+        Inputs {
+            engine: view.engine.clone(),
+            src_endpoint: src.endpoint.is_some(),
+            dst_endpoint: dst.endpoint.is_some(),
+            src: src.peer,
+            dst: dst.peer,
+            audit,
+        }
+    }
+
+    /// The same inputs (the engine by identity, peers by value).
+    fn same(&self, other: &Inputs) -> bool {
+        Arc::ptr_eq(&self.engine, &other.engine)
+            && self.src == other.src
+            && self.dst == other.dst
+            && (self.src_endpoint, self.dst_endpoint, self.audit)
+                == (other.src_endpoint, other.dst_endpoint, other.audit)
+    }
+}
+
 pub fn conn_policy(
     view: &NodeState,
     client: SocketAddr,
@@ -33,11 +74,11 @@ pub fn conn_policy(
 ) -> ConnPolicy {
     let src = view.resolve(client.ip());
     let dst = view.resolve(orig_dst.ip());
-    let mut audit = view.settings.audit;
+    let inputs = Inputs::of(view, client, orig_dst);
+    let audit = inputs.audit;
     let mut flows = Vec::with_capacity(2);
     let port = orig_dst.port();
-    if let Some(i) = src.endpoint {
-        audit |= view.endpoints[i].config.audit;
+    if src.endpoint.is_some() {
         flows.push(PolicyFlow {
             direction: Direction::Egress,
             subject: &src.peer,
@@ -46,8 +87,7 @@ pub fn conn_policy(
             port,
         });
     }
-    if let Some(i) = dst.endpoint {
-        audit |= view.endpoints[i].config.audit;
+    if dst.endpoint.is_some() {
         flows.push(PolicyFlow {
             direction: Direction::Ingress,
             subject: &dst.peer,
@@ -59,6 +99,7 @@ pub fn conn_policy(
     let policy = view.engine.connection_policy(&flows, audit);
     ConnPolicy {
         generation: view.generation,
+        inputs,
         src_peer: Arc::new(SharedPeer::new(FlowPeer::new(
             &src,
             client.ip(),
@@ -112,6 +153,23 @@ impl ConnState {
         let mut g = self.policy.lock().unwrap_or_else(|p| p.into_inner());
         match &*g {
             Some(p) if p.generation == view.generation => p.clone(),
+            Some(p) if p.inputs.same(&Inputs::of(view, self.client, self.orig_dst)) => {
+                let p = Arc::new(ConnPolicy {
+                    generation: view.generation,
+                    inputs: Inputs {
+                        engine: p.inputs.engine.clone(),
+                        src: p.inputs.src.clone(),
+                        dst: p.inputs.dst.clone(),
+                        ..p.inputs
+                    },
+                    src_peer: p.src_peer.clone(),
+                    dst_peer: p.dst_peer.clone(),
+                    policy: p.policy.clone(),
+                    default_direction: p.default_direction,
+                });
+                *g = Some(p.clone());
+                p
+            }
             _ => {
                 let p = Arc::new(conn_policy(view, self.client, self.orig_dst, self.protocol));
                 *g = Some(p.clone());
