@@ -28,6 +28,8 @@ use crate::state::{Desired, NodeState, Recompute, Settings, Update, ViewError, H
 pub const RETRY: Duration = Duration::from_secs(1);
 /// How often learned DNS addresses are checked for expiry (while there are any).
 pub const FQDN_GC: Duration = Duration::from_secs(1);
+/// How often the fqdn cache's listing is rebuilt while answers keep changing it.
+const ROWS_EVERY: Duration = Duration::from_millis(250);
 
 /// What the controller last did, for `ward status`.
 #[derive(Clone, Debug, Default)]
@@ -212,6 +214,8 @@ pub struct Controller<K: Kernel> {
     host_addresses: fn() -> Vec<Ipv4Addr>,
     /// Addresses learned from DNS answers.
     fqdn: crate::fqdn::FqdnCache,
+    /// When `ward fqdn cache list`'s rows were last published.
+    rows_at: Instant,
 }
 
 impl<K: Kernel> Controller<K> {
@@ -265,6 +269,7 @@ impl<K: Kernel> Controller<K> {
             cfg,
             metrics,
             host_addresses,
+            rows_at: Instant::now(),
         };
         let desired = c.desired.clone();
         c.commit(desired, recompute, None)?;
@@ -347,6 +352,7 @@ impl<K: Kernel> Controller<K> {
     /// addresses answer which names, into the maps; then every waiting answer is released.
     fn learned(&mut self, answers: Vec<crate::sources::FqdnAnswer>) {
         let now = Instant::now();
+        let count = answers.len();
         let mut changed = false;
         for a in &answers {
             let endpoint = self
@@ -363,6 +369,13 @@ impl<K: Kernel> Controller<K> {
         for a in answers {
             let _ = a.done.send(());
         }
+        if changed {
+            info!(
+                answers = count,
+                took_ms = now.elapsed().as_secs_f64() * 1000.0,
+                "DNS answers learned"
+            );
+        }
     }
 
     /// Writes the cache's addresses to the maps (after a change of the cache).
@@ -376,9 +389,18 @@ impl<K: Kernel> Controller<K> {
             }
             Err(e) => warn!(error = %e, "computing {why}"),
         }
+        // The listing is rebuilt at most every ROWS_EVERY while learning (and every second by
+        // the expiry check): it is O(cache), a commit of new names is not.
+        if self.rows_at.elapsed() >= ROWS_EVERY {
+            self.publish_rows();
+        }
+    }
+
+    fn publish_rows(&mut self) {
         self.published
             .fqdn
             .store(Arc::new(self.fqdn.rows(Instant::now())));
+        self.rows_at = Instant::now();
     }
 
     /// Drops learned addresses whose time passed (keeping those with live connections).
@@ -392,11 +414,8 @@ impl<K: Kernel> Controller<K> {
         });
         if self.fqdn.expire(Instant::now(), &live) {
             self.write_fqdn("expired DNS addresses");
-        } else {
-            self.published
-                .fqdn
-                .store(Arc::new(self.fqdn.rows(Instant::now())));
         }
+        self.publish_rows();
     }
 
     fn attach_endpoint(&mut self, iface: &str) -> Result<(), ControllerError> {

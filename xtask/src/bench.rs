@@ -845,6 +845,10 @@ pub(crate) fn dns_table(table: &mut String, d: &serde_json::Value) {
             "DNS answer → maps, dnsperf burst, p99 ≤ ms",
         ),
         ("commit_p99_ms", "DNS learning: controller commit p99, ms"),
+        (
+            "learn_batch_p99_ms",
+            "DNS learning: answers → acks per batch p99, ms",
+        ),
         ("max_delay_hits", "DNS answers released before the maps"),
         ("upstream_socket_errors", "DNS upstream socket errors"),
         ("ward_cpu_us_per_query", "Ward CPU µs per DNS query"),

@@ -336,10 +336,24 @@ pub fn figures(smoke: bool) -> Result<serde_json::Value> {
         })
         .collect();
     commits.sort_by(f64::total_cmp);
+    // And each batch of answers that changed the cache, from receipt to acks.
+    let mut batches: Vec<f64> = s
+        .ward_log()
+        .lines()
+        .filter(|l| l.contains("DNS answers learned"))
+        .filter_map(|l| {
+            let v = l.split("took_ms=").nth(1)?;
+            v.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .collect();
+    batches.sort_by(f64::total_cmp);
     let json = serde_json::json!({
         "commits": commits.len(),
         "commit_p50_ms": pct(&commits, 0.50),
         "commit_p99_ms": pct(&commits, 0.99),
+        "learn_batches": batches.len(),
+        "learn_batch_p50_ms": pct(&batches, 0.50),
+        "learn_batch_p99_ms": pct(&batches, 0.99),
         "direct_qps": median(direct.clone()),
         "ward_qps": median(ward.clone()),
         "ward_over_direct": median(ward) / median(direct).max(1.0),

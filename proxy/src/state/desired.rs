@@ -88,7 +88,7 @@ pub struct Desired {
     pub(super) fqdn: Arc<BTreeMap<Ipv4Addr, Vec<String>>>,
     /// The peer of each learned address the selectors select (kept across updates: only an
     /// address whose names changed, or every one after the selectors changed, is recomputed).
-    pub(super) fqdn_peers: Arc<super::Learned>,
+    fqdn_peers: Arc<BTreeMap<Ipv4Addr, Arc<Peer>>>,
 }
 
 fn hash_of(v: &impl Hash) -> u64 {
@@ -171,6 +171,7 @@ impl Desired {
             next.fqdn_selectors = Arc::new(selectors);
             next.engine = engine;
         }
+        let old_fqdn = next.fqdn.clone();
         if let Some(fqdn) = update.fqdn {
             next.fqdn = fqdn;
         }
@@ -209,12 +210,11 @@ impl Desired {
         // address, by order); the ipcache gets every address.
         let mut fqdn_peers = BTreeMap::new();
         for (ip, names) in next.fqdn.iter() {
-            let kept = (!selectors_changed)
+            let kept = (!selectors_changed && old_fqdn.get(ip) == Some(names))
                 .then(|| next.fqdn_peers.get(ip))
-                .flatten()
-                .filter(|(n, _)| n == names);
+                .flatten();
             let peer = match kept {
-                Some((_, p)) => p.clone(),
+                Some(p) => p.clone(),
                 None => {
                     match Engine::fqdn_peer(IpAddr::V4(*ip), names.clone(), &next.fqdn_selectors) {
                         Some(p) => Arc::new(p),
@@ -226,7 +226,7 @@ impl Desired {
                 identities.insert(Peer::clone(&peer))?;
             }
             cidrs.push((IpNet::from(IpAddr::V4(*ip)), peer.clone()));
-            fqdn_peers.insert(*ip, (names.clone(), peer));
+            fqdn_peers.insert(*ip, peer);
         }
         next.fqdn_peers = Arc::new(fqdn_peers);
         cidrs.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));

@@ -80,8 +80,8 @@ impl Settings {
     }
 }
 
-/// Learned addresses in the ipcache: the names each answered, and the peer it is.
-pub type Learned = BTreeMap<Ipv4Addr, (Vec<String>, Arc<Peer>)>;
+/// Learned addresses and the names each answered.
+pub type Learned = BTreeMap<Ipv4Addr, Vec<String>>;
 
 /// An endpoint as the node knows it.
 #[derive(Clone, Debug)]
@@ -130,7 +130,8 @@ pub struct NodeState {
     /// The policies' `toFQDNs` selectors: an allowed DNS answer for a name one selects is
     /// learned before it is released.
     pub fqdn_selectors: Arc<l7_rules::l7::dns::FqdnSelectorSet>,
-    /// The learned addresses in the ipcache, with the names they answered.
+    /// The learned addresses, with the names they answered (those a selector selects are in
+    /// the ipcache).
     pub learned: Arc<Learned>,
 }
 
@@ -275,7 +276,7 @@ impl NodeState {
             unproxied,
             host_endpoint,
             fqdn_selectors: desired.fqdn_selectors.clone(),
-            learned: desired.fqdn_peers.clone(),
+            learned: desired.fqdn.clone(),
         }
     }
 

@@ -406,7 +406,7 @@ impl DnsProxy {
         let in_maps = ips.iter().all(|ip| {
             view.learned
                 .get(ip)
-                .is_some_and(|(names, _)| names.contains(&name))
+                .is_some_and(|names| names.contains(&name))
         });
         if in_maps {
             let mut r = self.refreshed.lock().unwrap_or_else(|p| p.into_inner());
