@@ -196,6 +196,20 @@ fn histogram_quantile_ms(before: &str, after: &str, name: &str, q: f64) -> f64 {
         .map_or(0.0, |(le, _)| le * 1000.0)
 }
 
+/// The `took_ms` of Ward's log lines that say `what`, sorted.
+fn took_ms(log: &str, what: &str) -> Vec<f64> {
+    let mut v: Vec<f64> = log
+        .lines()
+        .filter(|l| l.contains(what))
+        .filter_map(|l| {
+            let t = l.split("took_ms=").nth(1)?;
+            t.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
 /// The DNS figures (`"dns"` in the report).
 pub fn figures(smoke: bool) -> Result<serde_json::Value> {
     let (rounds, secs, rate_secs) = if smoke { (1, 1, 1) } else { (3, 6, 10) };
@@ -326,27 +340,10 @@ pub fn figures(smoke: bool) -> Result<serde_json::Value> {
     )
     .into_owned();
     // How long the controller's commits of learned addresses took (its log's `took_ms`).
-    let mut commits: Vec<f64> = s
-        .ward_log()
-        .lines()
-        .filter(|l| l.contains("policy applied"))
-        .filter_map(|l| {
-            let v = l.split("took_ms=").nth(1)?;
-            v.split_whitespace().next()?.parse::<f64>().ok()
-        })
-        .collect();
-    commits.sort_by(f64::total_cmp);
+    let log = s.ward_log();
+    let commits = took_ms(&log, "policy applied");
     // And each batch of answers that changed the cache, from receipt to acks.
-    let mut batches: Vec<f64> = s
-        .ward_log()
-        .lines()
-        .filter(|l| l.contains("DNS answers learned"))
-        .filter_map(|l| {
-            let v = l.split("took_ms=").nth(1)?;
-            v.split_whitespace().next()?.parse::<f64>().ok()
-        })
-        .collect();
-    batches.sort_by(f64::total_cmp);
+    let batches = took_ms(&log, "DNS answers learned");
     let json = serde_json::json!({
         "commits": commits.len(),
         "commit_p50_ms": pct(&commits, 0.50),
