@@ -404,18 +404,21 @@ impl<K: Kernel> Controller<K> {
     }
 
     /// Drops learned addresses whose time passed (keeping those with live connections).
+    /// Conntrack (a walk of the whole map) is read only when some entry's time has passed.
     fn expire_fqdn(&mut self) {
-        if self.fqdn.is_empty() {
-            return;
+        let now = Instant::now();
+        if self.fqdn.due(now) {
+            let live = self.kernel.live_destinations().unwrap_or_else(|e| {
+                warn!(error = %e, "reading conntrack; learned addresses are kept for now");
+                self.fqdn.addresses().collect()
+            });
+            if self.fqdn.expire(now, &live) {
+                self.write_fqdn("expired DNS addresses");
+            }
         }
-        let live = self.kernel.live_destinations().unwrap_or_else(|e| {
-            warn!(error = %e, "reading conntrack; learned addresses are kept for now");
-            self.fqdn.ip_names().keys().copied().collect()
-        });
-        if self.fqdn.expire(Instant::now(), &live) {
-            self.write_fqdn("expired DNS addresses");
+        if self.fqdn.rows_dirty() {
+            self.publish_rows();
         }
-        self.publish_rows();
     }
 
     fn attach_endpoint(&mut self, iface: &str) -> Result<(), ControllerError> {
@@ -476,11 +479,11 @@ impl<K: Kernel> Controller<K> {
     pub fn run(mut self, inbox: mpsc::Receiver<SourceEvent>) {
         let mut next_gc = Instant::now() + FQDN_GC;
         loop {
-            if !self.fqdn.is_empty() && Instant::now() >= next_gc {
+            if Instant::now() >= next_gc {
                 self.expire_fqdn();
                 next_gc = Instant::now() + FQDN_GC;
             }
-            let first = if self.retry || !self.fqdn.is_empty() {
+            let first = if self.retry || !self.fqdn.is_empty() || self.fqdn.rows_dirty() {
                 let wait = if self.fqdn.is_empty() {
                     RETRY
                 } else {

@@ -235,6 +235,11 @@ fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // No transparent huge pages for this process: mimalloc gives freed memory back to the
+    // kernel and touches it again later, and with THP each such touch zeroed 2 MiB in a page
+    // fault (on the DNS thread and the controller, measured as their top kernel symbol while
+    // learning). Inherited by every thread started after this.
+    let _ = nix::sys::prctl::set_thp_disable(true);
     let mut cli = Cli::parse();
     // Before any thread exists: see `mntns`.
     if let Cmd::Run(a) | Cmd::Uninstall(a) = &mut cli.cmd {

@@ -138,7 +138,10 @@ fn handle(ctx: &AdminContext, req: Request) -> Result<serde_json::Value, String>
                     name: r.name.clone(),
                     ip: r.ip,
                     ttl: r.ttl,
-                    expires_in: r.expires_in,
+                    expires_in: r
+                        .expires
+                        .duration_since(std::time::SystemTime::now())
+                        .map_or(0, |d| d.as_secs()),
                     zombie: r.zombie,
                     identity: view.resolve(std::net::IpAddr::V4(r.ip)).peer.identity.0,
                     seen: humantime::format_rfc3339_seconds(r.seen).to_string(),

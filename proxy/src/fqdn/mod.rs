@@ -29,10 +29,17 @@ struct Learned {
 pub struct FqdnCache {
     /// (endpoint id, name) → address → when it expires.
     names: BTreeMap<(u16, String), BTreeMap<Ipv4Addr, Learned>>,
+    /// Address → name → how many endpoints learned it: the mapping the maps are written from,
+    /// kept alongside `names` so that a lookup or a listing of it is not a walk of the cache.
+    by_ip: BTreeMap<Ipv4Addr, BTreeMap<String, u32>>,
     /// Addresses kept past their TTL because connections to them are live.
     zombies: BTreeSet<Ipv4Addr>,
     /// Entries (endpoint, name, address) in `names`.
     count: usize,
+    /// The earliest expiry in the cache (none when empty): before it, nothing is due.
+    next_expiry: Option<Instant>,
+    /// Something a listing shows changed since [`FqdnCache::rows`] was last called.
+    rows_dirty: bool,
     min_ttl: u32,
     max_ips_per_name: usize,
     max_entries: usize,
@@ -46,8 +53,8 @@ pub struct CacheRow {
     pub ip: Ipv4Addr,
     /// The TTL it was learned with (after `min_ttl`).
     pub ttl: u32,
-    /// Seconds until it expires; 0 for a zombie.
-    pub expires_in: u64,
+    /// When it expires (wall clock; a zombie's is past).
+    pub expires: SystemTime,
     /// Past its TTL but kept: connections to it are live.
     pub zombie: bool,
     /// When it was last seen in an answer.
@@ -58,8 +65,11 @@ impl FqdnCache {
     pub fn new(min_ttl: u32, max_ips_per_name: usize, max_entries: usize) -> FqdnCache {
         FqdnCache {
             names: BTreeMap::new(),
+            by_ip: BTreeMap::new(),
             zombies: BTreeSet::new(),
             count: 0,
+            next_expiry: None,
+            rows_dirty: false,
             min_ttl,
             max_ips_per_name: max_ips_per_name.max(1),
             max_entries: max_entries.max(1),
@@ -70,8 +80,67 @@ impl FqdnCache {
         self.names.is_empty()
     }
 
-    fn recount(&mut self) {
-        self.count = self.names.values().map(BTreeMap::len).sum();
+    /// Whether some entry's time has passed at `now` (only then is conntrack worth asking).
+    pub fn due(&self, now: Instant) -> bool {
+        self.next_expiry.is_some_and(|t| t <= now)
+    }
+
+    /// Whether a listing would differ from the last [`FqdnCache::rows`].
+    pub fn rows_dirty(&self) -> bool {
+        self.rows_dirty
+    }
+
+    /// One more endpoint learned (`ip`, `name`).
+    fn index_add(&mut self, ip: Ipv4Addr, name: &str) -> bool {
+        let names = self.by_ip.entry(ip).or_default();
+        match names.get_mut(name) {
+            Some(n) => {
+                *n += 1;
+                false
+            }
+            None => {
+                names.insert(name.to_string(), 1);
+                true
+            }
+        }
+    }
+
+    /// One endpoint fewer has (`ip`, `name`): whether the mapping lost it.
+    fn index_remove(&mut self, ip: Ipv4Addr, name: &str) -> bool {
+        let Some(names) = self.by_ip.get_mut(&ip) else {
+            return false;
+        };
+        let gone = match names.get_mut(name) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                names.remove(name);
+                true
+            }
+            None => false,
+        };
+        if names.is_empty() {
+            self.by_ip.remove(&ip);
+        }
+        gone
+    }
+
+    /// Removes one entry; whether the address → names mapping changed.
+    fn remove_entry(&mut self, key: &(u16, String), ip: Ipv4Addr) -> bool {
+        let Some(ips) = self.names.get_mut(key) else {
+            return false;
+        };
+        if ips.remove(&ip).is_none() {
+            return false;
+        }
+        if ips.is_empty() {
+            self.names.remove(key);
+        }
+        self.count -= 1;
+        self.rows_dirty = true;
+        self.index_remove(ip, &key.1)
     }
 
     /// Learns `ips` for `name` (normalised) at `endpoint` with `ttl` seconds. Whether the
@@ -87,36 +156,43 @@ impl FqdnCache {
         if ips.is_empty() {
             return false;
         }
-        // The common case (the same answer again, for the same endpoint) is a refresh: no
-        // allocation, no map write.
-        let key = (endpoint, name.to_string());
-        let known = |c: &FqdnCache, ip: &Ipv4Addr| {
-            c.names.get(&key).is_some_and(|l| l.contains_key(ip))
-                || c.names
-                    .iter()
-                    .any(|((_, n), learned)| n == name && learned.contains_key(ip))
-        };
-        let mut changed = ips.iter().any(|ip| !known(self, ip));
         let ttl = ttl.max(self.min_ttl);
         let expires = now + Duration::from_secs(u64::from(ttl));
-        let entry = self.names.entry(key).or_default();
         let seen = SystemTime::now();
-        for ip in ips {
-            let new = entry.insert(*ip, Learned { expires, seen, ttl }).is_none();
-            self.count += usize::from(new);
-            if !self.zombies.is_empty() {
+        let key = (endpoint, name.to_string());
+        let mut changed = false;
+        let mut added = Vec::new();
+        {
+            let entry = self.names.entry(key.clone()).or_default();
+            for ip in ips {
+                if entry.insert(*ip, Learned { expires, seen, ttl }).is_none() {
+                    added.push(*ip);
+                }
+            }
+        }
+        self.count += added.len();
+        for ip in added {
+            changed |= self.index_add(ip, name);
+        }
+        if !self.zombies.is_empty() {
+            for ip in ips {
                 self.zombies.remove(ip);
             }
         }
+        self.next_expiry = Some(self.next_expiry.map_or(expires, |t| t.min(expires)));
+        self.rows_dirty = true;
         // Per name: the ones that expire first go first (they were learned longest ago).
-        while entry.len() > self.max_ips_per_name {
-            let oldest = entry
+        while self
+            .names
+            .get(&key)
+            .is_some_and(|e| e.len() > self.max_ips_per_name)
+        {
+            let oldest = self.names[&key]
                 .iter()
                 .min_by_key(|(_, l)| l.expires)
                 .map(|(ip, _)| *ip)
                 .expect("non-empty");
-            entry.remove(&oldest);
-            self.count -= 1;
+            self.remove_entry(&key, oldest);
             changed = true;
         }
         // Node-wide: the entries closest to expiry go first.
@@ -127,12 +203,7 @@ impl FqdnCache {
                 .flat_map(|(k, ips)| ips.iter().map(move |(ip, l)| (l.expires, k.clone(), *ip)))
                 .min();
             let Some((_, key, ip)) = victim else { break };
-            if let Some(ips) = self.names.get_mut(&key) {
-                self.count -= usize::from(ips.remove(&ip).is_some());
-                if ips.is_empty() {
-                    self.names.remove(&key);
-                }
-            }
+            self.remove_entry(&key, ip);
             changed = true;
         }
         changed
@@ -141,62 +212,82 @@ impl FqdnCache {
     /// Drops what expired at `now`, except addresses in `live` (conntrack has connections to
     /// them), which stay as zombies until they are not. Whether the mapping changed.
     pub fn expire(&mut self, now: Instant, live: &HashSet<Ipv4Addr>) -> bool {
-        let before = self.ip_names();
+        let mut gone = Vec::new();
         let mut zombies = BTreeSet::new();
-        self.names.retain(|_, ips| {
-            ips.retain(|ip, l| {
+        let mut next: Option<Instant> = None;
+        for (key, ips) in &self.names {
+            for (ip, l) in ips {
                 if l.expires > now {
-                    return true;
-                }
-                if live.contains(ip) {
+                    next = Some(next.map_or(l.expires, |t| t.min(l.expires)));
+                } else if live.contains(ip) {
                     zombies.insert(*ip);
-                    return true;
+                } else {
+                    gone.push((key.clone(), *ip));
                 }
-                false
-            });
-            !ips.is_empty()
-        });
+            }
+        }
+        // A zombie is checked again at every expiry pass.
+        if !zombies.is_empty() {
+            next = Some(now);
+        }
+        if zombies != self.zombies {
+            self.rows_dirty = true;
+        }
         self.zombies = zombies;
-        self.recount();
-        before != self.ip_names()
+        self.next_expiry = next;
+        let mut changed = false;
+        for (key, ip) in gone {
+            changed |= self.remove_entry(&key, ip);
+        }
+        changed
     }
 
     /// Forgets an endpoint's entries. Whether the mapping changed.
     pub fn remove_endpoint(&mut self, endpoint: u16) -> bool {
-        let before = self.names.len();
-        self.names.retain(|(ep, _), _| *ep != endpoint);
-        self.recount();
-        before != self.names.len()
+        let gone: Vec<((u16, String), Ipv4Addr)> = self
+            .names
+            .iter()
+            .filter(|((ep, _), _)| *ep == endpoint)
+            .flat_map(|(k, ips)| ips.keys().map(move |ip| (k.clone(), *ip)))
+            .collect();
+        let mut changed = false;
+        for (key, ip) in gone {
+            changed |= self.remove_entry(&key, ip);
+        }
+        changed
     }
 
     /// Every learned address with the names it answered, sorted.
     pub fn ip_names(&self) -> BTreeMap<Ipv4Addr, Vec<String>> {
-        let mut out: BTreeMap<Ipv4Addr, Vec<String>> = BTreeMap::new();
-        for ((_, name), ips) in &self.names {
-            for ip in ips.keys() {
-                let names = out.entry(*ip).or_default();
-                if !names.contains(name) {
-                    names.push(name.clone());
-                }
-            }
-        }
-        for names in out.values_mut() {
-            names.sort();
-        }
-        out
+        self.by_ip
+            .iter()
+            .map(|(ip, names)| (*ip, names.keys().cloned().collect()))
+            .collect()
+    }
+
+    /// The learned addresses.
+    pub fn addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.by_ip.keys().copied()
     }
 
     /// The rows `ward fqdn cache list` shows.
-    pub fn rows(&self, now: Instant) -> Vec<CacheRow> {
-        let mut out = Vec::new();
+    pub fn rows(&mut self, now: Instant) -> Vec<CacheRow> {
+        self.rows_dirty = false;
+        let wall = SystemTime::now();
+        let mut out = Vec::with_capacity(self.count);
         for ((endpoint, name), ips) in &self.names {
             for (ip, l) in ips {
+                let expires = if l.expires >= now {
+                    wall + (l.expires - now)
+                } else {
+                    wall - (now - l.expires)
+                };
                 out.push(CacheRow {
                     endpoint: *endpoint,
                     name: name.clone(),
                     ip: *ip,
                     ttl: l.ttl,
-                    expires_in: l.expires.saturating_duration_since(now).as_secs(),
+                    expires,
                     zombie: l.expires <= now && self.zombies.contains(ip),
                     seen: l.seen,
                 });
