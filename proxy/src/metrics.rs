@@ -97,7 +97,7 @@ pub struct DnsMetrics {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DnsQueryLabels {
     verdict: &'static str,
-    rcode: String,
+    rcode: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -180,12 +180,9 @@ impl DnsMetrics {
 
     /// One query's outcome: `verdict` is FORWARDED, DROPPED or AUDIT; `rcode` what the client
     /// got (`NoError`, `Refused`, …, or `none` when it got nothing).
-    pub fn query(&self, verdict: &'static str, rcode: &str) {
+    pub fn query(&self, verdict: &'static str, rcode: &'static str) {
         self.queries
-            .get_or_create(&DnsQueryLabels {
-                verdict,
-                rcode: rcode.to_string(),
-            })
+            .get_or_create(&DnsQueryLabels { verdict, rcode })
             .inc();
     }
 

@@ -186,7 +186,7 @@ impl Session {
                     None => break,
                 },
                 r = self.reply.recv(&mut cbuf) => match r {
-                    Ok(n) => { last = Instant::now(); let m = cbuf[..n].to_vec(); self.query(&m).await },
+                    Ok(n) => { last = Instant::now(); self.query(&cbuf[..n]).await },
                     Err(e) => debug!(error = %e, client = %self.conn.client, "DNS reply socket"),
                 },
                 r = recv_upstream(self.upstream.as_ref(), &mut ubuf) => match r {
