@@ -50,6 +50,59 @@ impl Datapath {
         Ok(stats)
     }
 
+    /// Writes and deletes ipcache entries of remote addresses (no endpoint id), outside a
+    /// full [`Datapath::apply`]: addresses learned from DNS answers, whose identities the
+    /// policy entries already name. What the last apply wrote is kept current, so the next
+    /// full apply diffs against the maps as they are.
+    pub fn write_ipcache(
+        &mut self,
+        upserts: &[crate::IpcacheEntry],
+        deletes: &[crate::IpcacheEntry],
+    ) -> Result<MapDiff> {
+        let mut writes = Vec::with_capacity(upserts.len());
+        for e in upserts {
+            if e.endpoint_id != 0 {
+                return Err(Error::Invalid(format!(
+                    "ipcache {e:?}: an endpoint's entry is written by a full apply"
+                )));
+            }
+            writes.push(e.compile()?);
+        }
+        let mut removes = Vec::with_capacity(deletes.len());
+        for e in deletes {
+            removes.push(e.compile()?.0);
+        }
+        let name = map_names::IPCACHE;
+        let mut diff = MapDiff::default();
+        let result = (|| {
+            let mut m = self.lpm::<common::IpcacheKey, common::IpcacheValue>(name)?;
+            for (k, v) in &writes {
+                m.insert(&lpm_key(*k), *v, 0)
+                    .map_err(|source| Error::Map { name, source })?;
+                diff.written += 1;
+            }
+            for k in &removes {
+                tolerate_missing(m.remove(&lpm_key(*k)), name)?;
+                diff.deleted += 1;
+            }
+            Ok(())
+        })();
+        match (&result, self.applied.as_mut()) {
+            (Ok(()), Some((applied, _))) => {
+                for (k, v) in writes {
+                    applied.ipcache.insert(k, v);
+                }
+                for k in removes {
+                    applied.ipcache.remove(&k);
+                }
+            }
+            // Part of it may be written: the next apply reads the maps back.
+            (Err(_), _) => self.applied = None,
+            (Ok(()), None) => {}
+        }
+        result.map(|()| diff)
+    }
+
     /// Forgets what the last apply wrote: the next one reads the maps back from the kernel.
     pub fn resync(&mut self) {
         self.applied = None;

@@ -42,6 +42,31 @@ pub struct IpcacheEntry {
     pub endpoint_id: u16,
 }
 
+impl IpcacheEntry {
+    /// Its LPM key (prefix length, masked address) and value.
+    pub(crate) fn compile(&self) -> Result<((u32, IpcacheKey), IpcacheValue)> {
+        if self.prefix_len > 32 {
+            return Err(Error::Invalid(format!("ipcache {self:?}: prefix > 32")));
+        }
+        let masked = u32::from(self.addr)
+            & u32::MAX
+                .checked_shl(32 - u32::from(self.prefix_len))
+                .unwrap_or(0);
+        let key = (
+            u32::from(self.prefix_len),
+            IpcacheKey {
+                addr: masked.to_be_bytes(),
+            },
+        );
+        let val = IpcacheValue {
+            identity: self.identity,
+            endpoint_id: self.endpoint_id,
+            flags: 0,
+        };
+        Ok((key, val))
+    }
+}
+
 /// One L3/L4 policy map entry of one endpoint (Cilium's key + value).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyEntry {
@@ -169,24 +194,7 @@ impl DesiredState {
         let mut ipcache = BTreeMap::new();
         let mut policy = BTreeMap::new();
         for e in &self.ipcache {
-            if e.prefix_len > 32 {
-                return Err(Error::Invalid(format!("ipcache {e:?}: prefix > 32")));
-            }
-            let masked = u32::from(e.addr)
-                & u32::MAX
-                    .checked_shl(32 - u32::from(e.prefix_len))
-                    .unwrap_or(0);
-            let key = (
-                u32::from(e.prefix_len),
-                IpcacheKey {
-                    addr: masked.to_be_bytes(),
-                },
-            );
-            let val = IpcacheValue {
-                identity: e.identity,
-                endpoint_id: e.endpoint_id,
-                flags: 0,
-            };
+            let (key, val) = e.compile()?;
             if ipcache.insert(key, val).is_some_and(|old| old != val) {
                 return Err(Error::Invalid(format!(
                     "ipcache {e:?} conflicts with another entry"

@@ -16,7 +16,7 @@ use bpf_redirect::{ApplyStats, Hook};
 use l7_rules::diag::{Diagnostic, Origin, Severity};
 use l7_rules::engine::Engine;
 use l7_rules::source::{LineIndex, LoadError, PolicySet, PolicyStore};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, EndpointConfig};
 use crate::datapath::Kernel;
@@ -305,8 +305,10 @@ impl<K: Kernel> Controller<K> {
         let state = NodeState::from_desired(generation, &desired);
         let stats = self
             .kernel
-            .apply(&state.desired)
+            .apply(&state.kernel_state())
             .map_err(kernel("applying the maps"))?;
+        // The learned addresses' changes are in the maps now.
+        self.fqdn.clear_changes();
         let took = started.elapsed();
         let change_to_maps = modified.and_then(|m| SystemTime::now().duration_since(m).ok());
         self.metrics.applied(took, change_to_maps);
@@ -343,7 +345,7 @@ impl<K: Kernel> Controller<K> {
     fn update(&self, update: Update) -> Result<(Desired, Recompute), ControllerError> {
         Ok(self.desired.update(Update {
             host_ips: Some((self.host_addresses)()),
-            fqdn: Some(Arc::new(self.fqdn.ip_names())),
+            fqdn: self.fqdn.changes(),
             ..update
         })?)
     }
@@ -363,29 +365,47 @@ impl<K: Kernel> Controller<K> {
             let Some(endpoint) = endpoint else { continue };
             changed |= self.fqdn.learn(endpoint, &a.name, &a.ips, a.ttl, now);
         }
-        if changed {
-            self.write_fqdn("DNS answers");
-        }
+        let cached = now.elapsed();
+        let (computed, written) = if changed {
+            self.write_fqdn("DNS answers")
+        } else {
+            Default::default()
+        };
         for a in answers {
             let _ = a.done.send(());
         }
         if changed {
             info!(
                 answers = count,
+                cache_ms = cached.as_secs_f64() * 1000.0,
+                compute_ms = computed.as_secs_f64() * 1000.0,
+                write_ms = written.as_secs_f64() * 1000.0,
                 took_ms = now.elapsed().as_secs_f64() * 1000.0,
                 "DNS answers learned"
             );
         }
     }
 
-    /// Writes the cache's addresses to the maps (after a change of the cache).
-    fn write_fqdn(&mut self, why: &str) {
+    /// Writes the cache's changes to the maps; how long computing the new state and writing
+    /// it took. When the changed addresses' identities are all known already (the policy
+    /// entries stay as they are), only their ipcache entries are written: the common case,
+    /// whose cost is the changed addresses', not the cache's.
+    fn write_fqdn(&mut self, why: &str) -> (Duration, Duration) {
+        let started = Instant::now();
+        let mut times = (Duration::ZERO, Duration::ZERO);
         match self.update(Update::default()) {
             Ok((desired, recompute)) => {
-                if let Err(e) = self.commit(desired, recompute, None) {
+                times.0 = started.elapsed();
+                let written = if recompute == Recompute::default() {
+                    self.commit_learned(desired)
+                } else {
+                    self.commit(desired, recompute, None)
+                };
+                if let Err(e) = written {
                     warn!(error = %e, "writing {why} to the maps; retried");
                     self.retry = true;
                 }
+                times.1 = started.elapsed() - times.0;
             }
             Err(e) => warn!(error = %e, "computing {why}"),
         }
@@ -394,6 +414,38 @@ impl<K: Kernel> Controller<K> {
         if self.rows_at.elapsed() >= ROWS_EVERY {
             self.publish_rows();
         }
+        times
+    }
+
+    /// Commits `desired`, which differs from the current state in learned addresses only:
+    /// their ipcache entries are written and deleted one by one, and the snapshot published.
+    fn commit_learned(&mut self, desired: Desired) -> Result<(), ControllerError> {
+        let (old, new) = (self.desired.fqdn_peers(), desired.fqdn_peers());
+        let (mut upserts, mut deletes) = (Vec::new(), Vec::new());
+        for (ip, _) in self.fqdn.changes() {
+            match (old.get(&ip), new.get(&ip)) {
+                (Some(o), Some(n)) if o.identity == n.identity => {}
+                (_, Some(n)) => upserts.push(NodeState::fqdn_entry(ip, n)),
+                (Some(o), None) => deletes.push(NodeState::fqdn_entry(ip, o)),
+                (None, None) => {}
+            }
+        }
+        self.kernel
+            .write_ipcache(&upserts, &deletes)
+            .map_err(kernel("writing learned addresses to the ipcache"))?;
+        self.fqdn.clear_changes();
+        let generation = self.generation + 1;
+        let state = NodeState::from_desired(generation, &desired);
+        debug!(
+            generation,
+            written = upserts.len(),
+            deleted = deletes.len(),
+            "learned addresses written"
+        );
+        self.desired = desired;
+        self.generation = generation;
+        self.published.state.store(Arc::new(state));
+        Ok(())
     }
 
     fn publish_rows(&mut self) {
@@ -493,7 +545,11 @@ impl<K: Kernel> Controller<K> {
                     Ok(e) => e,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
                         if self.retry {
+                            self.retry = false;
                             self.apply_pending();
+                            if self.fqdn.has_changes() {
+                                self.write_fqdn("learned DNS addresses");
+                            }
                         }
                         continue;
                     }
@@ -828,6 +884,25 @@ mod tests {
             }
             self.applied.lock().unwrap().push(desired.clone());
             Ok(ApplyStats::default())
+        }
+        /// Recorded as the last applied state with the entries written and deleted.
+        fn write_ipcache(
+            &mut self,
+            upserts: &[bpf_redirect::IpcacheEntry],
+            deletes: &[bpf_redirect::IpcacheEntry],
+        ) -> bpf_redirect::Result<bpf_redirect::MapDiff> {
+            let mut applied = self.applied.lock().unwrap();
+            let mut next = applied.last().cloned().unwrap_or_default();
+            let key = |e: &bpf_redirect::IpcacheEntry| (e.addr, e.prefix_len);
+            next.ipcache
+                .retain(|e| !upserts.iter().chain(deletes).any(|u| key(u) == key(e)));
+            next.ipcache.extend(upserts.iter().cloned());
+            applied.push(next);
+            Ok(bpf_redirect::MapDiff {
+                written: upserts.len(),
+                deleted: deletes.len(),
+                unchanged: 0,
+            })
         }
         fn attach(
             &mut self,

@@ -16,6 +16,13 @@ use crate::state::NodeState;
 /// controller's unit tests record what they are asked instead.
 pub trait Kernel: Send + 'static {
     fn apply(&mut self, desired: &DesiredState) -> bpf_redirect::Result<ApplyStats>;
+    /// Writes and deletes remote addresses' ipcache entries alone (learned DNS addresses
+    /// whose identities the policy entries already name).
+    fn write_ipcache(
+        &mut self,
+        upserts: &[bpf_redirect::IpcacheEntry],
+        deletes: &[bpf_redirect::IpcacheEntry],
+    ) -> bpf_redirect::Result<bpf_redirect::MapDiff>;
     fn attach(&mut self, iface: &str, hook: Hook) -> bpf_redirect::Result<AttachOutcome>;
     fn detach(&mut self, iface: &str, hook: Hook) -> bpf_redirect::Result<bool>;
     fn attached(&self) -> bpf_redirect::Result<Vec<(String, Hook)>>;
@@ -30,6 +37,13 @@ pub trait Kernel: Send + 'static {
 impl Kernel for bpf_redirect::Datapath {
     fn apply(&mut self, desired: &DesiredState) -> bpf_redirect::Result<ApplyStats> {
         bpf_redirect::Datapath::apply(self, desired)
+    }
+    fn write_ipcache(
+        &mut self,
+        upserts: &[bpf_redirect::IpcacheEntry],
+        deletes: &[bpf_redirect::IpcacheEntry],
+    ) -> bpf_redirect::Result<bpf_redirect::MapDiff> {
+        bpf_redirect::Datapath::write_ipcache(self, upserts, deletes)
     }
     fn attach(&mut self, iface: &str, hook: Hook) -> bpf_redirect::Result<AttachOutcome> {
         bpf_redirect::Datapath::attach(self, iface, hook)

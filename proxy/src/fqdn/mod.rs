@@ -32,6 +32,8 @@ pub struct FqdnCache {
     /// Address → name → how many endpoints learned it: the mapping the maps are written from,
     /// kept alongside `names` so that a lookup or a listing of it is not a walk of the cache.
     by_ip: BTreeMap<Ipv4Addr, BTreeMap<String, u32>>,
+    /// Addresses whose names changed since the maps were last written from the cache.
+    changed: BTreeSet<Ipv4Addr>,
     /// Addresses kept past their TTL because connections to them are live.
     zombies: BTreeSet<Ipv4Addr>,
     /// Entries (endpoint, name, address) in `names`.
@@ -66,6 +68,7 @@ impl FqdnCache {
         FqdnCache {
             names: BTreeMap::new(),
             by_ip: BTreeMap::new(),
+            changed: BTreeSet::new(),
             zombies: BTreeSet::new(),
             count: 0,
             next_expiry: None,
@@ -100,6 +103,7 @@ impl FqdnCache {
             }
             None => {
                 names.insert(name.to_string(), 1);
+                self.changed.insert(ip);
                 true
             }
         }
@@ -123,6 +127,9 @@ impl FqdnCache {
         };
         if names.is_empty() {
             self.by_ip.remove(&ip);
+        }
+        if gone {
+            self.changed.insert(ip);
         }
         gone
     }
@@ -257,7 +264,26 @@ impl FqdnCache {
         changed
     }
 
+    /// The addresses whose names changed since [`FqdnCache::clear_changes`], with every name
+    /// each answers now (`None`: none any more).
+    pub fn changes(&self) -> Vec<(Ipv4Addr, Option<Vec<String>>)> {
+        self.changed
+            .iter()
+            .map(|ip| (*ip, self.by_ip.get(ip).map(|n| n.keys().cloned().collect())))
+            .collect()
+    }
+
+    pub fn has_changes(&self) -> bool {
+        !self.changed.is_empty()
+    }
+
+    /// The maps now hold what [`FqdnCache::changes`] returned.
+    pub fn clear_changes(&mut self) {
+        self.changed.clear();
+    }
+
     /// Every learned address with the names it answered, sorted.
+    #[cfg(test)]
     pub fn ip_names(&self) -> BTreeMap<Ipv4Addr, Vec<String>> {
         self.by_ip
             .iter()

@@ -17,7 +17,7 @@
 //! build over a random sequence of changes.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -64,8 +64,9 @@ pub struct Update {
     pub upsert: Vec<(u16, EndpointConfig)>,
     pub remove: Vec<u16>,
     pub host_ips: Option<Vec<Ipv4Addr>>,
-    /// Addresses learned from DNS answers, with the names they answered (all of them).
-    pub fqdn: Option<Arc<BTreeMap<Ipv4Addr, Vec<String>>>>,
+    /// Learned addresses whose names changed: every name each now answers, or `None` when
+    /// it answers none any more.
+    pub fqdn: Vec<(Ipv4Addr, Option<Vec<String>>)>,
 }
 
 /// The node's desired state: its inputs and every endpoint's computed entries.
@@ -85,10 +86,15 @@ pub struct Desired {
     /// The engine's toFQDNs selectors, compiled.
     pub(super) fqdn_selectors: Arc<l7_rules::l7::dns::FqdnSelectorSet>,
     /// Learned addresses and their names.
-    pub(super) fqdn: Arc<BTreeMap<Ipv4Addr, Vec<String>>>,
-    /// The peer of each learned address the selectors select (kept across updates: only an
-    /// address whose names changed, or every one after the selectors changed, is recomputed).
-    fqdn_peers: Arc<BTreeMap<Ipv4Addr, Arc<Peer>>>,
+    pub(super) fqdn: super::Learned,
+    /// The peer of each learned address the selectors select, unless the address is an
+    /// endpoint's, the node's, or a policy's /32 (those keep their own identity). Kept across
+    /// updates: only addresses whose names changed are recomputed, or every one after the
+    /// selectors, the endpoints or the node's addresses changed.
+    pub(super) fqdn_peers: super::FqdnPeers,
+    /// Per identity of learned addresses: the peer the identity table shows for it (the first
+    /// address given it that is still there) and how many addresses have it.
+    fqdn_ids: imbl::OrdMap<Identity, (Arc<Peer>, usize)>,
 }
 
 fn hash_of(v: &impl Hash) -> u64 {
@@ -140,16 +146,22 @@ impl Desired {
             cidrs: Vec::new(),
             host_ips: Vec::new(),
             fqdn_selectors: Arc::new(engine.fqdn_selector_set()),
-            fqdn: Arc::default(),
-            fqdn_peers: Arc::default(),
+            fqdn: Default::default(),
+            fqdn_peers: Default::default(),
+            fqdn_ids: Default::default(),
         };
         empty.update(Update {
             engine: Some(engine),
             upsert: endpoints.to_vec(),
             remove: Vec::new(),
             host_ips: Some(host_ips.to_vec()),
-            fqdn: None,
+            fqdn: Vec::new(),
         })
+    }
+
+    /// The learned addresses' peers.
+    pub fn fqdn_peers(&self) -> &super::FqdnPeers {
+        &self.fqdn_peers
     }
 
     pub fn endpoint_configs(&self) -> impl Iterator<Item = (u16, &EndpointConfig)> {
@@ -161,6 +173,14 @@ impl Desired {
         let mut next = self.clone();
         let mut whole_world = false;
         let mut selectors_changed = false;
+        // What the learned addresses' peers depend on besides their names.
+        let fqdn_whole = update.engine.is_some()
+            || !update.upsert.is_empty()
+            || !update.remove.is_empty()
+            || update
+                .host_ips
+                .as_ref()
+                .is_some_and(|ips| *ips != next.host_ips);
         if let Some(engine) = update.engine {
             let world = world_print(&engine, &next.settings);
             whole_world = world != next.world_print;
@@ -171,9 +191,13 @@ impl Desired {
             next.fqdn_selectors = Arc::new(selectors);
             next.engine = engine;
         }
-        let old_fqdn = next.fqdn.clone();
-        if let Some(fqdn) = update.fqdn {
-            next.fqdn = fqdn;
+        let mut fqdn_changed = Vec::with_capacity(update.fqdn.len());
+        for (ip, names) in update.fqdn {
+            match names {
+                Some(n) => next.fqdn.insert(ip, n.into()),
+                None => next.fqdn.remove(&ip),
+            };
+            fqdn_changed.push(ip);
         }
         for id in &update.remove {
             next.configs.remove(id);
@@ -206,29 +230,38 @@ impl Desired {
             cidrs.push((net, Arc::new(peer)));
         }
         // Addresses learned from DNS answers, as /32s with the identity of the selectors that
-        // select their names. The identity table keeps one peer per identity (the first
-        // address, by order); the ipcache gets every address.
-        let mut fqdn_peers = BTreeMap::new();
-        for (ip, names) in next.fqdn.iter() {
-            let kept = (!selectors_changed && old_fqdn.get(ip) == Some(names))
-                .then(|| next.fqdn_peers.get(ip))
-                .flatten();
-            let peer = match kept {
-                Some(p) => p.clone(),
-                None => {
-                    match Engine::fqdn_peer(IpAddr::V4(*ip), names.clone(), &next.fqdn_selectors) {
-                        Some(p) => Arc::new(p),
-                        None => continue,
-                    }
-                }
-            };
-            if identities.get(peer.identity).is_none() {
-                identities.insert(Peer::clone(&peer))?;
+        // select their names. The identity table gets one peer per such identity.
+        let own: HashSet<Ipv4Addr> = next
+            .configs
+            .values()
+            .flat_map(|c| c.ips.iter().copied())
+            .chain(next.host_ips.iter().copied())
+            .chain(cidrs.iter().filter_map(|(n, _)| match n {
+                IpNet::V4(v4) if v4.prefix_len() == 32 => Some(v4.addr()),
+                _ => None,
+            }))
+            .collect();
+        if fqdn_whole {
+            let old = std::mem::take(&mut next.fqdn_peers);
+            next.fqdn_ids = imbl::OrdMap::new();
+            let changed: HashSet<Ipv4Addr> = fqdn_changed.into_iter().collect();
+            let ips: Vec<Ipv4Addr> = next.fqdn.keys().copied().collect();
+            for ip in ips {
+                let kept = (!selectors_changed && !changed.contains(&ip))
+                    .then(|| old.get(&ip).cloned())
+                    .flatten();
+                next.set_fqdn_peer(ip, kept, &own);
             }
-            cidrs.push((IpNet::from(IpAddr::V4(*ip)), peer.clone()));
-            fqdn_peers.insert(*ip, peer);
+        } else {
+            for ip in fqdn_changed {
+                next.set_fqdn_peer(ip, None, &own);
+            }
         }
-        next.fqdn_peers = Arc::new(fqdn_peers);
+        for (peer, _) in next.fqdn_ids.values() {
+            if identities.get(peer.identity).is_none() {
+                identities.insert(Peer::clone(peer))?;
+            }
+        }
         cidrs.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
 
         // Identities that joined, left, or now stand for another peer.
@@ -380,6 +413,56 @@ fn patch(
 }
 
 impl Desired {
+    /// Recomputes the peer of learned address `ip` from its names (or takes `kept`, its peer
+    /// as it was): none when no selector selects them or the address is one of `own`.
+    fn set_fqdn_peer(&mut self, ip: Ipv4Addr, kept: Option<Arc<Peer>>, own: &HashSet<Ipv4Addr>) {
+        if let Some(old) = self.fqdn_peers.remove(&ip) {
+            self.forget_fqdn_id(&old);
+        }
+        if own.contains(&ip) {
+            return;
+        }
+        let peer = match kept {
+            Some(p) => p,
+            None => {
+                let Some(names) = self.fqdn.get(&ip) else {
+                    return;
+                };
+                match Engine::fqdn_peer(IpAddr::V4(ip), names.to_vec(), &self.fqdn_selectors) {
+                    Some(p) => Arc::new(p),
+                    None => return,
+                }
+            }
+        };
+        match self.fqdn_ids.get_mut(&peer.identity) {
+            Some((_, n)) => *n += 1,
+            None => {
+                self.fqdn_ids.insert(peer.identity, (peer.clone(), 1));
+            }
+        }
+        self.fqdn_peers.insert(ip, peer);
+    }
+
+    /// `gone` no longer stands for a learned address: its identity counts one fewer, and
+    /// when it was the one the identity table shows, another address of that identity does.
+    fn forget_fqdn_id(&mut self, gone: &Arc<Peer>) {
+        let id = gone.identity;
+        let Some((shown, n)) = self.fqdn_ids.get_mut(&id) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            self.fqdn_ids.remove(&id);
+            return;
+        }
+        if Arc::ptr_eq(shown, gone) {
+            // Rare (the shown address expired): a walk of the learned addresses.
+            if let Some(other) = self.fqdn_peers.values().find(|p| p.identity == id) {
+                *shown = other.clone();
+            }
+        }
+    }
+
     /// The host's entries, with the implicit allow of Ward's own metrics port.
     pub(super) fn host_entries(&self) -> Vec<PolicyEntry> {
         let Some(host) = &self.host else {
@@ -436,9 +519,23 @@ spec:
     toPorts: [{ports: [{port: http, protocol: TCP}]}]
   - toPorts: [{ports: [{port: http, protocol: TCP}]}]
 "#;
+        // Two toFQDNs selectors: an address answering names of both has a third identity.
+        let fqdn = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: fqdn-two, namespace: default}
+spec:
+  endpointSelector: {}
+  egress:
+  - toFQDNs: [{matchPattern: "*.a.test"}, {matchName: "x.b.test"}]
+    toPorts: [{ports: [{port: "443", protocol: TCP}]}]
+  - toFQDNs: [{matchName: "x.b.test"}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+"#;
         let mut sets = vec![
             l7_rules::source::load_sources(&[]).unwrap(),
             l7_rules::source::load_sources(&[("named.yaml".into(), named.into())]).unwrap(),
+            l7_rules::source::load_sources(&[("fqdn.yaml".into(), fqdn.into())]).unwrap(),
         ];
         for d in dirs {
             sets.push(l7_rules::source::load_paths(&[d]).unwrap());
@@ -485,7 +582,7 @@ spec:
     }
 
     fn sorted(state: &NodeState) -> String {
-        let d = &state.desired;
+        let d = state.kernel_state();
         let mut policy: Vec<String> = d.policy.iter().map(|p| format!("{p:?}")).collect();
         let mut ipcache: Vec<String> = d.ipcache.iter().map(|p| format!("{p:?}")).collect();
         let mut eps: Vec<String> = d.endpoints.iter().map(|p| format!("{p:?}")).collect();
@@ -517,16 +614,47 @@ spec:
             Desired::new(engines[0].clone(), settings.clone(), &[], &host_ip_sets[0]).unwrap();
         let mut engine = engines[0].clone();
         let mut host_ips = host_ip_sets[0].clone();
-        let (mut patched, mut untouched) = (0, 0);
-        for step in 0..400 {
+        // Learned addresses: outside every policy CIDR but one policy /32 (20.1.1.1) and one
+        // host address (192.0.2.1), which keep their own identities.
+        let pool: Vec<Ipv4Addr> = (1..=10)
+            .map(|i| Ipv4Addr::new(203, 0, 113, i))
+            .chain([Ipv4Addr::new(20, 1, 1, 1), Ipv4Addr::new(192, 0, 2, 1)])
+            .collect();
+        let names = [
+            "p.a.test.",
+            "q.a.test.",
+            "x.b.test.",
+            "api.github.com.",
+            "y.c.test.",
+        ];
+        let mut learned: BTreeMap<Ipv4Addr, Vec<String>> = BTreeMap::new();
+        let (mut patched, mut untouched, mut fqdn_written) = (0, 0, 0);
+        for step in 0..600 {
             let roll = next() % 100;
             let mut update = Update::default();
             let what;
-            if roll < 40 {
+            if roll < 25 {
+                // An address learns a name, or forgets all of its names.
+                let ip = pool[(next() % pool.len() as u64) as usize];
+                if next() % 4 == 0 {
+                    learned.remove(&ip);
+                    update.fqdn.push((ip, None));
+                    what = format!("forget {ip}");
+                } else {
+                    let n = names[(next() % names.len() as u64) as usize].to_string();
+                    let now = learned.entry(ip).or_default();
+                    if !now.contains(&n) {
+                        now.push(n.clone());
+                        now.sort();
+                    }
+                    update.fqdn.push((ip, Some(now.clone())));
+                    what = format!("learn {ip} {n}");
+                }
+            } else if roll < 55 {
                 let id = (next() % 12 + 1) as u16;
                 update.upsert.push((id, template(next(), id)));
                 what = format!("upsert {id}");
-            } else if roll < 60 {
+            } else if roll < 70 {
                 let ids: Vec<u16> = state.configs.keys().copied().collect();
                 if ids.is_empty() {
                     continue;
@@ -534,11 +662,11 @@ spec:
                 let id = ids[(next() % ids.len() as u64) as usize];
                 update.remove.push(id);
                 what = format!("remove {id}");
-            } else if roll < 85 {
-                // The named-port set a third of the time: its wildcard entries depend on
-                // every peer.
+            } else if roll < 90 {
+                // The named-port set or the toFQDNs one a third of the time: the first's
+                // wildcard entries depend on every peer, the second has learned identities.
                 let i = match next() % 3 {
-                    0 => 1,
+                    0 => 1 + (next() % 2) as usize,
                     _ => (next() % engines.len() as u64) as usize,
                 };
                 engine = engines[i].clone();
@@ -556,15 +684,91 @@ spec:
                 .iter()
                 .map(|(id, c)| (*id, c.clone()))
                 .collect();
-            let full = NodeState::build(1, engine.clone(), settings.clone(), &endpoints, &host_ips)
+            let (full, _) =
+                Desired::new(engine.clone(), settings.clone(), &endpoints, &host_ips).unwrap();
+            let (full, _) = full
+                .update(Update {
+                    fqdn: learned
+                        .iter()
+                        .map(|(ip, n)| (*ip, Some(n.clone())))
+                        .collect(),
+                    ..Update::default()
+                })
                 .unwrap();
+            let full = NodeState::from_desired(1, &full);
             let kept = NodeState::from_desired(1, &state);
             assert_eq!(sorted(&kept), sorted(&full), "step {step}: {what}");
             patched += stats.patched;
+            fqdn_written += usize::from(kept.fqdn_peers.values().any(|p| {
+                kept.desired
+                    .policy
+                    .iter()
+                    .any(|e| e.identity == p.identity.0)
+            }));
             untouched += usize::from(stats.whole == 0 && stats.patched == 0);
         }
         assert!(patched > 100, "only {patched} endpoints patched");
         assert!(untouched > 20, "only {untouched} steps recomputed nothing");
+        assert!(
+            fqdn_written > 20,
+            "only {fqdn_written} steps had learned addresses"
+        );
+    }
+
+    /// A learned address whose identity is known changes the ipcache alone; an identity
+    /// leaves the table (and the entries) with its last address.
+    #[test]
+    fn learned_addresses_change_the_ipcache_and_identities_leave_with_their_last_address() {
+        let settings = settings();
+        let engine = engines(&settings)[2].clone();
+        let (d, _) = Desired::new(
+            engine,
+            settings,
+            &[(1, template(0, 1))],
+            &[Ipv4Addr::new(10, 200, 0, 1)],
+        )
+        .unwrap();
+        let learn = |d: &Desired, ip: [u8; 4], names: Option<&[&str]>| {
+            d.update(Update {
+                fqdn: vec![(
+                    Ipv4Addr::from(ip),
+                    names.map(|n| n.iter().map(|s| s.to_string()).collect()),
+                )],
+                ..Update::default()
+            })
+            .unwrap()
+        };
+        let (d, first) = learn(&d, [203, 0, 113, 1], Some(&["p.a.test."]));
+        // A new identity: its entries are computed.
+        assert_eq!(first.identities, 1);
+        let a = d.fqdn_peers[&Ipv4Addr::new(203, 0, 113, 1)].identity;
+        let state = NodeState::from_desired(1, &d);
+        assert!(state.desired.policy.iter().any(|e| e.identity == a.0));
+        // A second address of the same identity: nothing recomputed.
+        let (d, second) = learn(&d, [203, 0, 113, 2], Some(&["q.a.test."]));
+        assert_eq!(second, Recompute::default());
+        assert_eq!(d.fqdn_peers[&Ipv4Addr::new(203, 0, 113, 2)].identity, a);
+        // The first (the one the table shows) now answers a name no selector selects; the
+        // identity stays for the second (which the table shows now), then leaves with it.
+        let (d, third) = learn(&d, [203, 0, 113, 1], Some(&["y.c.test."]));
+        assert_eq!(third.whole, 0);
+        assert_eq!(
+            d.identities.get(a).and_then(|p| p.ip),
+            Some(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 2)))
+        );
+        assert!(d.identities.get(a).is_some());
+        let (d, _) = learn(&d, [203, 0, 113, 2], None);
+        assert!(d.identities.get(a).is_none());
+        let state = NodeState::from_desired(2, &d);
+        assert!(!state.desired.policy.iter().any(|e| e.identity == a.0));
+        assert!(state
+            .kernel_state()
+            .ipcache
+            .iter()
+            .all(|e| e.identity != a.0));
+        // The node's own address keeps the host identity whatever it answers.
+        let (d, _) = learn(&d, [10, 200, 0, 1], Some(&["x.b.test."]));
+        assert!(d.fqdn_peers.is_empty());
     }
 
     #[test]

@@ -80,8 +80,13 @@ impl Settings {
     }
 }
 
-/// Learned addresses and the names each answered.
-pub type Learned = BTreeMap<Ipv4Addr, Vec<String>>;
+/// Learned addresses and the names each answered (a persistent map: snapshots share it, and a
+/// change of one address costs that address, not a copy).
+pub type Learned = imbl::OrdMap<Ipv4Addr, Arc<[String]>>;
+
+/// The peer of each learned address some `toFQDNs` selector selects (persistent, as
+/// [`Learned`]).
+pub type FqdnPeers = imbl::OrdMap<Ipv4Addr, Arc<Peer>>;
 
 /// An endpoint as the node knows it.
 #[derive(Clone, Debug)]
@@ -120,8 +125,13 @@ pub struct NodeState {
     host_ips: HashSet<Ipv4Addr>,
     host: Arc<Peer>,
     world: Arc<Peer>,
+    /// The policies' CIDRs, longest prefix first.
     cidrs: Vec<(IpNet, Arc<Peer>)>,
+    /// Learned addresses as /32s with their `toFQDNs` identities.
+    pub fqdn_peers: FqdnPeers,
     pub identities: IdentityTable,
+    /// The maps' contents, except the learned addresses' ipcache entries (see
+    /// [`NodeState::kernel_state`]).
     pub desired: DesiredState,
     /// L7 parsers that had no listener and were enforced at L3/L4 only.
     pub unproxied: Vec<L7Parser>,
@@ -132,7 +142,7 @@ pub struct NodeState {
     pub fqdn_selectors: Arc<l7_rules::l7::dns::FqdnSelectorSet>,
     /// The learned addresses, with the names they answered (those a selector selects are in
     /// the ipcache).
-    pub learned: Arc<Learned>,
+    pub learned: Learned,
 }
 
 /// The host endpoint's state, as `cilium endpoint list` shows `reserved:host`.
@@ -267,6 +277,7 @@ impl NodeState {
                 .unwrap_or_else(|| Arc::new(Peer::reserved(Reserved::Host))),
             world: Arc::new(Peer::reserved(Reserved::World)),
             cidrs: desired.cidrs.clone(),
+            fqdn_peers: desired.fqdn_peers.clone(),
             identities: desired.identities.clone(),
             desired: DesiredState {
                 endpoints: eps,
@@ -278,6 +289,30 @@ impl NodeState {
             fqdn_selectors: desired.fqdn_selectors.clone(),
             learned: desired.fqdn.clone(),
         }
+    }
+
+    /// A learned address's ipcache entry.
+    pub fn fqdn_entry(ip: Ipv4Addr, peer: &Peer) -> IpcacheEntry {
+        IpcacheEntry {
+            addr: ip,
+            prefix_len: 32,
+            identity: peer.identity.0,
+            endpoint_id: 0,
+        }
+    }
+
+    /// Everything the maps hold: [`NodeState::desired`] and the learned addresses.
+    pub fn kernel_state(&self) -> std::borrow::Cow<'_, DesiredState> {
+        if self.fqdn_peers.is_empty() {
+            return std::borrow::Cow::Borrowed(&self.desired);
+        }
+        let mut all = self.desired.clone();
+        all.ipcache.extend(
+            self.fqdn_peers
+                .iter()
+                .map(|(ip, peer)| NodeState::fqdn_entry(*ip, peer)),
+        );
+        std::borrow::Cow::Owned(all)
     }
 
     /// Resolves an address as the ipcache does: endpoint, host, longest policy CIDR, world.
@@ -302,7 +337,14 @@ impl NodeState {
                 endpoint: None,
             };
         }
-        if let Some((_, p)) = self.cidrs.iter().find(|(n, _)| n.contains(&ip)) {
+        // A policy's /32 first (a learned address never shadows it), then a learned address,
+        // then the longest policy prefix.
+        let cidr = self.cidrs.iter().find(|(n, _)| n.contains(&ip));
+        let fqdn = match cidr {
+            Some((n, _)) if n.prefix_len() == 32 => None,
+            _ => self.fqdn_peers.get(&v4),
+        };
+        if let Some(p) = fqdn.or(cidr.map(|(_, p)| p)) {
             return PeerInfo {
                 peer: p.clone(),
                 name: ip.to_string(),
