@@ -844,7 +844,7 @@ pub(crate) fn dns_table(table: &mut String, d: &serde_json::Value) {
             "burst_learn_p99_ms",
             "DNS answer → maps, dnsperf burst, p99 ≤ ms",
         ),
-        ("commit_p99_ms", "DNS learning: controller commit p99, ms"),
+        ("commit_p99_ms", "DNS scene: full policy commits p99, ms"),
         (
             "learn_batch_p99_ms",
             "DNS learning: answers → acks per batch p99, ms",

@@ -339,7 +339,8 @@ pub fn figures(smoke: bool) -> Result<serde_json::Value> {
         .stdout,
     )
     .into_owned();
-    // How long the controller's commits of learned addresses took (its log's `took_ms`).
+    // How long the controller's full commits took (its log's `took_ms`): learned addresses
+    // with known identities skip them, so these are the start and new learned identities.
     let log = s.ward_log();
     let commits = took_ms(&log, "policy applied");
     // And each batch of answers that changed the cache, from receipt to acks.
