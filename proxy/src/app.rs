@@ -123,13 +123,23 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
         flows.clone(),
         stop.clone(),
     )?;
-    let files = crate::sources::files::spawn(
-        cfg.policy_dirs.clone(),
-        policy.stamps,
-        cfg.policy_watch,
-        events.clone(),
-        stop.clone(),
-    )?;
+    let files = match cfg.policy_source {
+        crate::config::PolicySource::Files => crate::sources::files::spawn(
+            cfg.policy_dirs.clone(),
+            policy.stamps,
+            cfg.policy_watch,
+            events.clone(),
+            stop.clone(),
+        )?,
+        #[cfg(feature = "kubernetes")]
+        crate::config::PolicySource::Kubernetes => {
+            crate::sources::kube::spawn(cfg.kubernetes.clone(), events.clone(), stop.clone())?
+        }
+        #[cfg(not(feature = "kubernetes"))]
+        crate::config::PolicySource::Kubernetes => {
+            anyhow::bail!("this ward was built without the `kubernetes` feature")
+        }
+    };
     let learn = events.clone();
     let admin = Arc::new(AdminContext {
         published: published.clone(),

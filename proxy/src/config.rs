@@ -207,6 +207,28 @@ pub enum PolicyWatch {
     Poll,
 }
 
+/// Where policies come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicySource {
+    /// The files of `policy_dirs`.
+    #[default]
+    Files,
+    /// CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy and NetworkPolicy objects watched
+    /// on the Kubernetes API (`policy_dirs` is not read).
+    Kubernetes,
+}
+
+/// How to reach the Kubernetes API (`policy_source: kubernetes`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSection {
+    /// A kubeconfig file; without one, the in-cluster service account (then `KUBECONFIG`,
+    /// then `~/.kube/config`), as kube-rs's `Config::infer` does.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
 /// The node config as written.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -223,6 +245,11 @@ pub struct Config {
     pub audit: bool,
     #[serde(default = "default_policy_dirs")]
     pub policy_dirs: Vec<PathBuf>,
+    /// Where policies come from.
+    #[serde(default)]
+    pub policy_source: PolicySource,
+    #[serde(default)]
+    pub kubernetes: KubernetesSection,
     /// How policy changes are noticed.
     #[serde(default)]
     pub policy_watch: PolicyWatch,
@@ -388,6 +415,12 @@ impl Config {
                 message,
             })
         };
+        if self.policy_source == PolicySource::Kubernetes && !cfg!(feature = "kubernetes") {
+            issue(
+                "policy_source".into(),
+                "this ward was built without the `kubernetes` feature".into(),
+            );
+        }
         if self.listeners.http == 0 {
             issue("listeners.http".into(), "port 0 is not a port".into());
         }

@@ -463,7 +463,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// The policy files `ward run` starts from, read and checked for this node.
 fn initial_policy(cfg: &Config) -> Result<app::InitialPolicy, l7_rules::source::LoadError> {
-    let (stamps, texts) = sources::files::read_all(&cfg.policy_dirs)?;
+    // Kubernetes mode starts from no policy: its source lists the objects.
+    let dirs = match cfg.policy_source {
+        config::PolicySource::Files => cfg.policy_dirs.as_slice(),
+        config::PolicySource::Kubernetes => &[],
+    };
+    let (stamps, texts) = sources::files::read_all(dirs)?;
     let store = controller::initial_store(&texts)?;
     let set = controller::policy_set(&store, &texts, cfg)?;
     Ok(app::InitialPolicy {

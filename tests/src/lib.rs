@@ -14,6 +14,7 @@
 
 #[cfg(feature = "datapath")]
 pub mod datapath;
+pub mod kubeapi;
 pub mod netns;
 pub mod packet;
 

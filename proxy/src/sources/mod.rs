@@ -5,6 +5,8 @@
 
 pub mod admin;
 pub mod files;
+#[cfg(feature = "kubernetes")]
+pub mod kube;
 
 use std::path::PathBuf;
 use std::sync::mpsc;

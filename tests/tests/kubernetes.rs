@@ -1,0 +1,176 @@
+//! Kubernetes mode (`policy_source: kubernetes`) against the test API server
+//! (`ward_tests::kubeapi`), served over HTTP in the scene's node namespace to the real kube-rs
+//! client of `ward run`: policies come from CiliumNetworkPolicy objects, survive the API server
+//! going away and a 410 relist, and a bad object is refused by name while the rest enforces.
+//! Endpoints still come from the node config (the pods' watchers are not built yet).
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use ward_tests::kubeapi::KubeApi;
+use ward_tests::{in_netns, privileged, Scene};
+
+const LAND: &[&str] = &["-XPOST", "http://deathstar-1/v1/request-landing"];
+const EXHAUST: &[&str] = &["-XPUT", "http://deathstar-1/v1/exhaust-port"];
+
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    ward_tests::eventually(what, Duration::from_secs(5), f);
+}
+
+/// Star Wars' L7 rule as a CiliumNetworkPolicy object.
+fn rule1() -> Value {
+    json!({
+        "apiVersion": "cilium.io/v2",
+        "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": "rule1", "namespace": "default"},
+        "spec": {
+            "endpointSelector": {"matchLabels": {"org": "empire", "class": "deathstar"}},
+            "ingress": [{
+                "fromEndpoints": [{"matchLabels": {"org": "empire"}}],
+                "toPorts": [{
+                    "ports": [{"port": "80", "protocol": "TCP"}],
+                    "rules": {"http": [{"method": "POST", "path": "/v1/request-landing"}]}
+                }]
+            }]
+        }
+    })
+}
+
+#[test]
+fn policies_come_from_the_kubernetes_api() {
+    if !privileged("policies_come_from_the_kubernetes_api") {
+        return;
+    }
+    let mut s = Scene::new("k8");
+    s.add_pod(
+        "deathstar-1",
+        "default",
+        &[("org", "empire"), ("class", "deathstar")],
+    );
+    s.add_pod(
+        "tiefighter",
+        "default",
+        &[("org", "empire"), ("class", "tiefighter")],
+    );
+    s.add_pod(
+        "xwing",
+        "default",
+        &[("org", "alliance"), ("class", "xwing")],
+    );
+    s.start_deathstar("deathstar-1", 80);
+    // The API server listens on the node namespace's loopback, where `ward run` is.
+    let listener = in_netns(&s.node_ns, || TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let api = KubeApi::serve(listener);
+    let kubeconfig = s.dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).expect("kubeconfig");
+    s.node_config = format!(
+        "node: {{name: {}}}\npolicy_source: kubernetes\nkubernetes: {{kubeconfig: {}}}",
+        s.id,
+        kubeconfig.display()
+    );
+    s.start_ward();
+    eventually("the watchers listing and watching", || {
+        let r = api.requests();
+        r.iter()
+            .any(|l| l.contains("ciliumnetworkpolicies?") && l.contains("watch=true"))
+            && r.iter()
+                .any(|l| l.contains("networkpolicies?") && l.contains("watch=true"))
+    });
+    // No policy yet: everything lands, the exhaust port is open.
+    assert_eq!(s.curl("xwing", LAND), (0, "Ship landed\n".into()));
+    assert!(s.curl("tiefighter", EXHAUST).1.starts_with("Panic"));
+
+    // The object is created through the API: enforced.
+    let created = Instant::now();
+    api.apply(rule1());
+    eventually("the CNP from the API", || {
+        s.curl("tiefighter", EXHAUST).1 == "Access denied\r\n"
+    });
+    eprintln!(
+        "CNP created → enforced (seen by curl) in {} ms",
+        created.elapsed().as_millis()
+    );
+    assert_eq!(s.curl("tiefighter", LAND), (0, "Ship landed\n".into()));
+    assert_eq!(s.curl("xwing", LAND).0, 28, "xwing is dropped at L3/L4");
+
+    // A bad object is refused with its name and field; the good one keeps enforcing.
+    api.apply(json!({
+        "apiVersion": "cilium.io/v2",
+        "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": "broken", "namespace": "default"},
+        "spec": {
+            "endpointSelector": {"matchLabels": {"org": "alliance"}},
+            "egress": [{"toPorts": [{"ports": [{"port": "99999", "protocol": "TCP"}]}]}]
+        }
+    }));
+    eventually("the bad object in ward status", || {
+        let out = s.ward_cli(&["status"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.contains("CiliumNetworkPolicy default/broken") && text.contains("99999")
+    });
+    assert_eq!(s.curl("tiefighter", EXHAUST).1, "Access denied\r\n");
+    assert_eq!(s.curl("tiefighter", LAND), (0, "Ship landed\n".into()));
+    // A relabel (a change of the object) applies; so does fixing the bad one.
+    api.delete("CiliumNetworkPolicy", "default", "broken");
+
+    // The API server goes away for a while: verdicts do not change.
+    api.set_down(true);
+    let down = Instant::now();
+    while down.elapsed() < Duration::from_secs(4) {
+        assert_eq!(s.curl("tiefighter", EXHAUST).1, "Access denied\r\n");
+        assert_eq!(s.curl("tiefighter", LAND), (0, "Ship landed\n".into()));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before = api.requests().len();
+    api.set_down(false);
+    // The watchers come back (after their backoff, up to a few seconds).
+    ward_tests::eventually(
+        "the watchers watching again",
+        Duration::from_secs(20),
+        || {
+            api.requests()[before..]
+                .iter()
+                .any(|l| l.contains("ciliumnetworkpolicies?") && l.contains("watch=true"))
+        },
+    );
+
+    // A 410: the watchers' versions are compacted away and their streams cut, so they list
+    // again. The relist changes nothing, so nothing is sent to the controller.
+    let before = api.requests().len();
+    api.compact();
+    api.drop_watches();
+    ward_tests::eventually(
+        "the watchers relisting after 410",
+        Duration::from_secs(20),
+        || {
+            api.requests()[before..]
+                .iter()
+                .any(|l| l.contains("ciliumnetworkpolicies?") && !l.contains("watch=true"))
+        },
+    );
+    eventually("the relist logged as no change", || {
+        s.ward_log()
+            .lines()
+            .filter(|l| l.contains("kind=\"CiliumNetworkPolicy\"") && l.contains("listed"))
+            .count()
+            >= 2
+    });
+    let last_list = s
+        .ward_log()
+        .lines()
+        .rfind(|l| l.contains("kind=\"CiliumNetworkPolicy\"") && l.contains("listed"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(last_list.contains("changed=0"), "{last_list}");
+    for _ in 0..5 {
+        assert_eq!(s.curl("tiefighter", EXHAUST).1, "Access denied\r\n");
+    }
+
+    // Deleting the object restores the open deathstar.
+    api.delete("CiliumNetworkPolicy", "default", "rule1");
+    eventually("the CNP deleted", || {
+        s.curl("tiefighter", EXHAUST).1.starts_with("Panic")
+    });
+    assert_eq!(s.curl("xwing", LAND), (0, "Ship landed\n".into()));
+}
