@@ -37,12 +37,10 @@ fn rule1() -> Value {
     })
 }
 
-#[test]
-fn policies_come_from_the_kubernetes_api() {
-    if !privileged("policies_come_from_the_kubernetes_api") {
-        return;
-    }
-    let mut s = Scene::new("k8");
+/// The Star Wars pods, the test API server in the node namespace, and `ward run` in Kubernetes
+/// mode, its watchers started.
+fn scene(tag: &str) -> (Scene, KubeApi) {
+    let mut s = Scene::new(tag);
     s.add_pod(
         "deathstar-1",
         "default",
@@ -72,11 +70,27 @@ fn policies_come_from_the_kubernetes_api() {
     s.start_ward();
     eventually("the watchers listing and watching", || {
         let r = api.requests();
-        r.iter()
-            .any(|l| l.contains("ciliumnetworkpolicies?") && l.contains("watch=true"))
-            && r.iter()
-                .any(|l| l.contains("networkpolicies?") && l.contains("watch=true"))
+        [
+            "ciliumnetworkpolicies?",
+            "/networkpolicies?",
+            "namespaces?",
+            "services?",
+        ]
+        .iter()
+        .all(|kind| {
+            r.iter()
+                .any(|l| l.contains(kind) && l.contains("watch=true"))
+        })
     });
+    (s, api)
+}
+
+#[test]
+fn policies_come_from_the_kubernetes_api() {
+    if !privileged("policies_come_from_the_kubernetes_api") {
+        return;
+    }
+    let (s, api) = scene("k8");
     // No policy yet: everything lands, the exhaust port is open.
     assert_eq!(s.curl("xwing", LAND), (0, "Ship landed\n".into()));
     assert!(s.curl("tiefighter", EXHAUST).1.starts_with("Panic"));
@@ -173,4 +187,37 @@ fn policies_come_from_the_kubernetes_api() {
         s.curl("tiefighter", EXHAUST).1.starts_with("Panic")
     });
     assert_eq!(s.curl("xwing", LAND), (0, "Ship landed\n".into()));
+}
+
+/// A NetworkPolicy's namespaceSelector reads the Namespace objects' labels as they change.
+#[test]
+fn namespace_labels_from_the_api_change_verdicts() {
+    if !privileged("namespace_labels_from_the_api_change_verdicts") {
+        return;
+    }
+    let (s, api) = scene("kn");
+    let namespace = |team: &str| {
+        json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "default", "labels": {"team": team}}})
+    };
+    api.apply(namespace("rebels"));
+    api.apply(json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "from-empire-namespaces", "namespace": "default"},
+        "spec": {
+            "podSelector": {"matchLabels": {"class": "deathstar"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "empire"}}}]}]
+        }
+    }));
+    eventually("the namespace's pods denied", || {
+        s.curl("tiefighter", LAND).0 == 28
+    });
+    api.apply(namespace("empire"));
+    eventually("the relabelled namespace's pods allowed", || {
+        s.curl("tiefighter", LAND) == (0, "Ship landed\n".into())
+    });
+    api.apply(namespace("rebels"));
+    eventually("denied again", || s.curl("tiefighter", LAND).0 == 28);
 }

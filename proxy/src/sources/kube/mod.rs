@@ -1,5 +1,6 @@
 //! Kubernetes mode's policy source (`policy_source: kubernetes`): kube-rs watchers on
-//! CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy and NetworkPolicy, each object handed to
+//! CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy, and the Namespaces,
+//! Nodes and Services the policies' selectors read, each object handed to
 //! the controller as one policy document named `Kind namespace/name` (cluster-scoped:
 //! `Kind name`), so that it goes through the same per-document pipeline as a policy file: a bad
 //! object is refused with its name, line and field while the rest keeps enforcing, and its
@@ -11,9 +12,9 @@
 //! nothing is sent, and the last state keeps enforcing; the watchers retry with kube-rs's
 //! default backoff (0.8 s doubling to 30 s).
 //!
-//! Not yet: Pods, Namespaces, Services, Nodes (endpoints still come from the node config and
-//! `ward endpoint add`), Kubernetes Events or status conditions on refused objects, a local
-//! checkpoint for a restart with the API server down, readiness.
+//! Not yet: Pods (endpoints still come from the node config and `ward endpoint add`; remote pods
+//! get no identity), EndpointSlices, Kubernetes Events or status conditions on refused objects,
+//! a local checkpoint for a restart with the API server down, readiness.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -51,6 +52,12 @@ const KINDS: &[(&str, &str, &str, &str)] = &[
         "NetworkPolicy",
         "networkpolicies",
     ),
+    // Their labels feed namespaceSelector and namespace labels in identities.
+    ("", "v1", "Namespace", "namespaces"),
+    // Their labels feed host policies' nodeSelector.
+    ("", "v1", "Node", "nodes"),
+    // Their selectors feed toServices.
+    ("", "v1", "Service", "services"),
 ];
 
 /// The source's name in `ward status` and logs.
@@ -65,8 +72,9 @@ pub fn document_name(kind: &str, namespace: Option<&str>, name: &str) -> PathBuf
 }
 
 /// The policy document of an object: its `apiVersion`, `kind`, `metadata` (name, namespace,
-/// labels, annotations) and `spec`/`specs`, as YAML. Server-set fields are left out so that a
-/// status or resourceVersion change alone is no change.
+/// labels) and, for policies and Services, the rest but `status`, as YAML (a Namespace or a
+/// Node is its labels). Server-set fields are left out so that a status or resourceVersion
+/// change alone is no change.
 fn document(kind: &str, api_version: &str, obj: &DynamicObject) -> String {
     let mut meta = serde_json::Map::new();
     if let Some(n) = &obj.metadata.name {
@@ -82,7 +90,8 @@ fn document(kind: &str, api_version: &str, obj: &DynamicObject) -> String {
     doc.insert("apiVersion".into(), api_version.into());
     doc.insert("kind".into(), kind.into());
     doc.insert("metadata".into(), meta.into());
-    if let serde_json::Value::Object(data) = &obj.data {
+    let labels_only = matches!(kind, "Namespace" | "Node");
+    if let (serde_json::Value::Object(data), false) = (&obj.data, labels_only) {
         for (k, v) in data {
             if k != "status" {
                 doc.insert(k.clone(), v.clone());
