@@ -137,6 +137,12 @@ fn policies_come_from_the_kubernetes_api() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let before = api.requests().len();
+    let status = || String::from_utf8_lossy(&s.ward_cli(&["status"]).stdout).into_owned();
+    assert!(
+        status().contains("kubernetes CiliumNetworkPolicy watch"),
+        "ward status names the failing watch:\n{}",
+        status()
+    );
     api.set_down(false);
     // The watchers come back (after their backoff, up to a few seconds).
     ward_tests::eventually(
@@ -148,6 +154,9 @@ fn policies_come_from_the_kubernetes_api() {
                 .any(|l| l.contains("ciliumnetworkpolicies?") && l.contains("watch=true"))
         },
     );
+    eventually("the watch error cleared", || {
+        !status().contains("kubernetes CiliumNetworkPolicy watch")
+    });
 
     // A 410: the watchers' versions are compacted away and their streams cut, so they list
     // again. The relist changes nothing, so nothing is sent to the controller.

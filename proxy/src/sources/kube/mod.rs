@@ -117,7 +117,9 @@ pub fn spawn(
                 let client = match client(&cfg).await {
                     Ok(c) => c,
                     Err(e) => {
-                        source_error(&events, format!("cannot build a Kubernetes client: {e}"));
+                        let message = format!("cannot build a Kubernetes client: {e}");
+                        warn!("{SOURCE}: {message}");
+                        source_error(&events, SOURCE, message);
                         return;
                     }
                 };
@@ -155,14 +157,26 @@ async fn client(cfg: &KubernetesSection) -> anyhow::Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
-fn source_error(events: &mpsc::Sender<SourceEvent>, message: String) {
-    warn!("{SOURCE}: {message}");
+/// The name a kind's watcher reports its errors under (`ward status`).
+fn source_name(kind: &str) -> &'static str {
+    match kind {
+        "CiliumNetworkPolicy" => "kubernetes CiliumNetworkPolicy watch",
+        "CiliumClusterwideNetworkPolicy" => "kubernetes CiliumClusterwideNetworkPolicy watch",
+        "NetworkPolicy" => "kubernetes NetworkPolicy watch",
+        "Namespace" => "kubernetes Namespace watch",
+        "Node" => "kubernetes Node watch",
+        "Service" => "kubernetes Service watch",
+        _ => SOURCE,
+    }
+}
+
+fn source_error(events: &mpsc::Sender<SourceEvent>, source: &'static str, message: String) {
     let _ = events.send(SourceEvent::SourceError {
-        source: SOURCE,
+        source,
         diagnostics: vec![l7_rules::diag::Diagnostic {
             severity: l7_rules::diag::Severity::Error,
             origin: l7_rules::diag::Origin::File {
-                path: SOURCE.to_string(),
+                path: source.to_string(),
                 line: None,
                 document: 0,
             },
@@ -185,16 +199,41 @@ async fn watch_kind(
     // A relist being gathered.
     let mut relist: Option<BTreeMap<PathBuf, String>> = None;
     let mut failing = false;
+    let probe = api.clone();
     let mut stream = watcher::watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
-    while let Some(item) = stream.next().await {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        // While failing, a one-item list every second tells when the API answers again (a
+        // watch that resumes sends nothing until something changes).
+        let item = tokio::select! {
+            item = stream.next() => match item {
+                Some(i) => i,
+                None => break,
+            },
+            _ = tick.tick(), if failing => {
+                if probe.list(&kube::api::ListParams::default().limit(1)).await.is_ok() {
+                    info!(kind, "{SOURCE}: the API answers again");
+                    failing = false;
+                    let _ = events.send(SourceEvent::SourceRecovered {
+                        source: source_name(kind),
+                    });
+                }
+                continue;
+            }
+        };
         let event = match item {
             Ok(e) => e,
             Err(e) => {
                 if !failing {
                     warn!(kind, error = %e, "{SOURCE}: watch failed; the last state keeps enforcing, retrying");
                     failing = true;
+                    source_error(
+                        &events,
+                        source_name(kind),
+                        format!("watching {kind} objects: {e}; the last state keeps enforcing"),
+                    );
                 }
                 continue;
             }
@@ -202,6 +241,9 @@ async fn watch_kind(
         if failing {
             info!(kind, "{SOURCE}: watching again");
             failing = false;
+            let _ = events.send(SourceEvent::SourceRecovered {
+                source: source_name(kind),
+            });
         }
         let mut changes = Vec::new();
         match event {
