@@ -132,9 +132,12 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
             stop.clone(),
         )?,
         #[cfg(feature = "kubernetes")]
-        crate::config::PolicySource::Kubernetes => {
-            crate::sources::kube::spawn(cfg.kubernetes.clone(), events.clone(), stop.clone())?
-        }
+        crate::config::PolicySource::Kubernetes => crate::sources::kube::spawn(
+            cfg.kubernetes.clone(),
+            cfg.node.name.clone(),
+            events.clone(),
+            stop.clone(),
+        )?,
         #[cfg(not(feature = "kubernetes"))]
         crate::config::PolicySource::Kubernetes => {
             anyhow::bail!("this ward was built without the `kubernetes` feature")

@@ -628,6 +628,10 @@ impl<K: Kernel> Controller<K> {
                 self.apply_pending();
             }
             SourceEvent::FqdnLearned(a) => self.learned(vec![a]),
+            SourceEvent::EndpointUpsert { endpoint, reply } => {
+                let _ = reply.try_send(self.upsert_endpoint(endpoint));
+                self.apply_pending();
+            }
             SourceEvent::EndpointRemove { name, reply } => {
                 let _ = reply.try_send(self.remove_endpoint(&name));
                 // A pending change may have failed on this endpoint's vanished interface.
@@ -823,6 +827,66 @@ impl<K: Kernel> Controller<K> {
         }
         self.refresh_links();
         info!(name = %e.name, id, "endpoint added");
+        Ok(id)
+    }
+
+    /// Adds `e`, or changes the endpoint of its name in place: same id, its new labels,
+    /// addresses or interface in one commit, hooks moved only when the interface changed.
+    fn upsert_endpoint(&mut self, e: EndpointConfig) -> Result<u16, String> {
+        let Some((id, old)) = self
+            .desired
+            .endpoint_configs()
+            .find(|(_, o)| o.name == e.name && o.namespace == e.namespace)
+            .map(|(id, o)| (id, o.clone()))
+        else {
+            return self.add_endpoint(e);
+        };
+        if old == e {
+            return Ok(id);
+        }
+        let problems = crate::config::check_endpoint(&e);
+        if !problems.is_empty() {
+            return Err(problems
+                .iter()
+                .map(|(f, m)| format!("{f}: {m}"))
+                .collect::<Vec<_>>()
+                .join("; "));
+        }
+        for (other, o) in self.desired.endpoint_configs() {
+            if other == id {
+                continue;
+            }
+            if o.interface == e.interface {
+                return Err(format!(
+                    "interface {} is endpoint {:?}'s",
+                    e.interface, o.name
+                ));
+            }
+            if let Some(ip) = e.ips.iter().find(|ip| o.ips.contains(ip)) {
+                return Err(format!("{ip} belongs to endpoint {:?}", o.name));
+            }
+        }
+        if old.interface != e.interface {
+            self.attach_endpoint(&e.interface)
+                .map_err(|err| err.to_string())?;
+        }
+        let (desired, recompute) = self
+            .update(Update {
+                upsert: vec![(id, e.clone())],
+                ..Update::default()
+            })
+            .map_err(|e| e.to_string())?;
+        self.commit(desired, recompute, None)
+            .map_err(|e| e.to_string())?;
+        if old.interface != e.interface {
+            for hook in [Hook::FromEndpoint, Hook::ToEndpoint] {
+                if let Err(err) = self.kernel.detach(&old.interface, hook) {
+                    warn!(error = %err, iface = %old.interface, ?hook, "detaching an endpoint's old interface");
+                }
+            }
+            self.refresh_links();
+        }
+        info!(name = %e.name, id, "endpoint changed");
         Ok(id)
     }
 

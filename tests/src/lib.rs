@@ -155,6 +155,9 @@ pub struct Scene {
     pub node_config: String,
     /// The DNS listener's port, when the scene has one.
     pub dns_listener: Option<u16>,
+    /// Whether the node config lists the pods as endpoints (Kubernetes mode's scenes take
+    /// them from Pod objects instead).
+    pub config_endpoints: bool,
 }
 
 /// The DNS listener port scenes use.
@@ -192,6 +195,7 @@ impl Scene {
             outside: None,
             node_config: String::new(),
             dns_listener: None,
+            config_endpoints: true,
         };
         ip(&["netns", "add", &scene.node_ns]);
         scene.node(&["ip", "link", "set", "lo", "up"]);
@@ -453,8 +457,15 @@ impl Scene {
         let _ = writeln!(y, "admin_socket: {}", self.admin_socket().display());
         let _ = writeln!(y, "metrics: 127.0.0.1:9962");
         let _ = writeln!(y, "flow_log: {}", self.flow_log().display());
-        let _ = writeln!(y, "endpoints:");
-        for p in &self.pods {
+        // Without them, `endpoints: []` and no pod below.
+        let listed: &[Pod] = if self.config_endpoints {
+            let _ = writeln!(y, "endpoints:");
+            &self.pods
+        } else {
+            let _ = writeln!(y, "endpoints: []");
+            &[]
+        };
+        for p in listed {
             let _ = writeln!(y, "- name: {}", p.name);
             let _ = writeln!(y, "  namespace: {}", p.namespace);
             let labels: Vec<String> = p.labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();

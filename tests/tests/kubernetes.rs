@@ -40,7 +40,14 @@ fn rule1() -> Value {
 /// The Star Wars pods, the test API server in the node namespace, and `ward run` in Kubernetes
 /// mode, its watchers started.
 fn scene(tag: &str) -> (Scene, KubeApi) {
+    scene_with(tag, true)
+}
+
+/// As [`scene`]; `config_endpoints: false` leaves the pods out of the node config (they come
+/// from Pod objects).
+fn scene_with(tag: &str, config_endpoints: bool) -> (Scene, KubeApi) {
     let mut s = Scene::new(tag);
+    s.config_endpoints = config_endpoints;
     s.add_pod(
         "deathstar-1",
         "default",
@@ -229,4 +236,77 @@ fn namespace_labels_from_the_api_change_verdicts() {
     });
     api.apply(namespace("rebels"));
     eventually("denied again", || s.curl("tiefighter", LAND).0 == 28);
+}
+
+/// A Pod object as the API server has it once scheduled on this node and running.
+fn pod_object(s: &Scene, name: &str, labels: Value) -> Value {
+    let pod = s.pods.iter().find(|p| p.name == name).expect("pod");
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": labels},
+        "spec": {"nodeName": s.id, "containers": [{"name": "c",
+            "ports": [{"name": "http", "containerPort": 80}]}]},
+        "status": {"phase": "Running", "podIP": pod.ip.to_string()}
+    })
+}
+
+/// This node's Pods, watched on the API, are its endpoints: found on their host-side veth by
+/// route, enforced as they appear, changed in place when relabelled.
+#[test]
+fn this_nodes_pods_from_the_api_are_its_endpoints() {
+    if !privileged("this_nodes_pods_from_the_api_are_its_endpoints") {
+        return;
+    }
+    let (s, api) = scene_with("kp", false);
+    api.apply(rule1());
+    // No endpoint yet: nothing is enforced.
+    assert_eq!(s.curl("xwing", LAND), (0, "Ship landed\n".into()));
+    api.apply(pod_object(
+        &s,
+        "deathstar-1",
+        json!({"org": "empire", "class": "deathstar"}),
+    ));
+    api.apply(pod_object(
+        &s,
+        "tiefighter",
+        json!({"org": "empire", "class": "tiefighter"}),
+    ));
+    api.apply(pod_object(
+        &s,
+        "xwing",
+        json!({"org": "alliance", "class": "xwing"}),
+    ));
+    // A pod of another node is not this node's endpoint.
+    let mut elsewhere = pod_object(&s, "xwing", json!({"org": "empire"}));
+    elsewhere["metadata"]["name"] = json!("xwing-elsewhere");
+    elsewhere["spec"]["nodeName"] = json!("another-node");
+    elsewhere["status"]["podIP"] = json!("10.99.0.7");
+    api.apply(elsewhere);
+    eventually("the pods enforced", || {
+        s.curl("tiefighter", EXHAUST).1 == "Access denied\r\n"
+    });
+    assert_eq!(s.curl("tiefighter", LAND), (0, "Ship landed\n".into()));
+    assert_eq!(s.curl("xwing", LAND).0, 28, "xwing is dropped at L3/L4");
+    let list = String::from_utf8_lossy(&s.ward_cli(&["endpoint", "list"]).stdout).into_owned();
+    assert!(
+        list.contains("tiefighter") && !list.contains("xwing-elsewhere"),
+        "{list}"
+    );
+    // The tiefighter defects: relabelled in place, it is dropped like the xwing.
+    api.apply(pod_object(
+        &s,
+        "tiefighter",
+        json!({"org": "alliance", "class": "tiefighter"}),
+    ));
+    eventually("the relabelled pod dropped", || {
+        s.curl("tiefighter", LAND).0 == 28
+    });
+    api.apply(pod_object(
+        &s,
+        "xwing",
+        json!({"org": "empire", "class": "xwing"}),
+    ));
+    eventually("the relabelled xwing landing", || {
+        s.curl("xwing", LAND) == (0, "Ship landed\n".into())
+    });
 }

@@ -39,6 +39,12 @@ pub enum SourceEvent {
         endpoint: EndpointConfig,
         reply: Reply<u16>,
     },
+    /// A local endpoint added, or changed in place when one of that name exists (same id: its
+    /// hooks stay attached, so a relabelled pod is never unenforced in between).
+    EndpointUpsert {
+        endpoint: EndpointConfig,
+        reply: Reply<u16>,
+    },
     /// A local endpoint to remove, by name.
     EndpointRemove { name: String, reply: Reply<()> },
     /// Addresses an allowed DNS answer carried for a name some `toFQDNs` selector selects

@@ -29,6 +29,8 @@ use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 use tracing::{info, warn};
 
+pub mod pods;
+
 use super::{FileChange, FileContent, SourceEvent};
 use crate::config::KubernetesSection;
 
@@ -61,7 +63,7 @@ const KINDS: &[(&str, &str, &str, &str)] = &[
 ];
 
 /// The source's name in `ward status` and logs.
-const SOURCE: &str = "kubernetes";
+pub(crate) const SOURCE: &str = "kubernetes";
 
 /// The document name of an object: `Kind namespace/name`, or `Kind name` when cluster-scoped.
 pub fn document_name(kind: &str, namespace: Option<&str>, name: &str) -> PathBuf {
@@ -104,6 +106,7 @@ fn document(kind: &str, api_version: &str, obj: &DynamicObject) -> String {
 /// Starts the watchers on a thread of their own until `stop`.
 pub fn spawn(
     cfg: KubernetesSection,
+    node: Option<String>,
     events: mpsc::Sender<SourceEvent>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -134,6 +137,18 @@ pub fn spawn(
                         ar.api_version.clone(),
                         events.clone(),
                     )));
+                }
+                // This node's pods are its endpoints (beside the node config's).
+                match node {
+                    Some(node) => {
+                        let gvk = GroupVersionKind::gvk("", "v1", "Pod");
+                        let ar = ApiResource::from_gvk_with_plural(&gvk, "pods");
+                        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+                        tasks.push(tokio::spawn(pods::watch(api, node, events.clone())));
+                    }
+                    None => {
+                        warn!("{SOURCE}: `node.name` is not set: this node's pods are not watched")
+                    }
                 }
                 while !stop.load(Ordering::Relaxed) {
                     tokio::time::sleep(Duration::from_millis(100)).await;

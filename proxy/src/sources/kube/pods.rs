@@ -1,0 +1,220 @@
+//! This node's Pods as endpoints: a watcher on Pods whose `spec.nodeName` is the node's name
+//! (`node.name`). A running pod with an address becomes an endpoint (labels, namespace, its
+//! IPv4 address, named container ports), on the host-side interface that routes to its address
+//! (the longest route in this namespace's `/proc/net/route` without a gateway: another CNI
+//! created the veth). A changed pod is changed in place (same endpoint id, hooks kept); a pod
+//! gone, finished or without an address any more is removed.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::DynamicObject;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::Api;
+use tracing::{info, warn};
+
+use super::SOURCE;
+use crate::config::EndpointConfig;
+use crate::sources::SourceEvent;
+
+/// The interface the node routes `ip` through, directly (no gateway): the pod's host-side veth.
+/// `routes` is the text of `/proc/net/route`.
+pub fn interface_for(routes: &str, ip: Ipv4Addr) -> Option<String> {
+    const RTF_UP: u32 = 0x1;
+    const RTF_GATEWAY: u32 = 0x2;
+    let target = u32::from(ip);
+    let mut best: Option<(u32, String)> = None;
+    for line in routes.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 8 {
+            continue;
+        }
+        let hex = |s: &str| u32::from_str_radix(s, 16).ok();
+        let (Some(dest), Some(flags), Some(mask)) = (hex(f[1]), hex(f[3]), hex(f[7])) else {
+            continue;
+        };
+        // The kernel prints the network-order value as a host-order number.
+        let (dest, mask) = (
+            u32::from_be_bytes(dest.to_ne_bytes()),
+            u32::from_be_bytes(mask.to_ne_bytes()),
+        );
+        if flags & RTF_UP == 0 || flags & RTF_GATEWAY != 0 || target & mask != dest {
+            continue;
+        }
+        if best
+            .as_ref()
+            .is_none_or(|(m, _)| mask.count_ones() > m.count_ones())
+        {
+            best = Some((mask, f[0].to_string()));
+        }
+    }
+    best.map(|(_, i)| i)
+}
+
+/// The endpoint a pod object stands for on this node, or why it is none.
+fn endpoint(obj: &DynamicObject) -> Result<EndpointConfig, String> {
+    let data = &obj.data;
+    let phase = data["status"]["phase"].as_str().unwrap_or("");
+    if matches!(phase, "Succeeded" | "Failed") {
+        return Err(format!("it is {phase}"));
+    }
+    if data["spec"]["hostNetwork"].as_bool() == Some(true) {
+        return Err("it uses the host's network".into());
+    }
+    let ip: Ipv4Addr = data["status"]["podIP"]
+        .as_str()
+        .ok_or("it has no address yet")?
+        .parse()
+        .map_err(|_| "its address is not IPv4".to_string())?;
+    let routes = std::fs::read_to_string("/proc/net/route")
+        .map_err(|e| format!("reading /proc/net/route: {e}"))?;
+    let interface =
+        interface_for(&routes, ip).ok_or_else(|| format!("no interface routes to {ip}"))?;
+    let mut named_ports = BTreeMap::new();
+    for c in data["spec"]["containers"].as_array().into_iter().flatten() {
+        for p in c["ports"].as_array().into_iter().flatten() {
+            if let (Some(name), Some(port)) = (p["name"].as_str(), p["containerPort"].as_u64()) {
+                named_ports.insert(name.to_string(), port as u16);
+            }
+        }
+    }
+    Ok(EndpointConfig {
+        name: obj.metadata.name.clone().unwrap_or_default(),
+        namespace: obj
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        labels: obj.metadata.labels.clone().unwrap_or_default(),
+        ips: vec![ip],
+        interface,
+        named_ports,
+        audit: false,
+    })
+}
+
+/// Asks the controller, without blocking the watcher, and logs a refusal.
+fn ask<T: Send + 'static>(
+    events: &mpsc::Sender<SourceEvent>,
+    make: impl FnOnce(mpsc::SyncSender<Result<T, String>>) -> SourceEvent,
+    what: String,
+) {
+    let (tx, rx) = mpsc::sync_channel(1);
+    if events.send(make(tx)).is_err() {
+        return;
+    }
+    std::thread::spawn(move || match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => warn!("{SOURCE}: {what}: {e}"),
+        Err(_) => warn!("{SOURCE}: {what}: no answer from the controller"),
+    });
+}
+
+/// Watches this node's pods until the task is dropped.
+pub async fn watch(api: Api<DynamicObject>, node: String, events: mpsc::Sender<SourceEvent>) {
+    // Pod (namespace, name) → the endpoint sent for it.
+    let mut sent: BTreeMap<(String, String), EndpointConfig> = BTreeMap::new();
+    let mut relist: Option<BTreeMap<(String, String), EndpointConfig>> = None;
+    let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    let key = |o: &DynamicObject| {
+        (
+            o.metadata.namespace.clone().unwrap_or_default(),
+            o.metadata.name.clone().unwrap_or_default(),
+        )
+    };
+    let local = |o: &DynamicObject| match endpoint(o) {
+        Ok(e) => Some(e),
+        Err(why) => {
+            info!(pod = ?o.metadata.name, "{SOURCE}: not an endpoint (yet): {why}");
+            None
+        }
+    };
+    while let Some(item) = stream.next().await {
+        let mut now = match item {
+            Ok(Event::Init) => {
+                relist = Some(BTreeMap::new());
+                continue;
+            }
+            Ok(Event::InitApply(o)) => {
+                if let Some(e) = local(&o) {
+                    relist.get_or_insert_with(BTreeMap::new).insert(key(&o), e);
+                }
+                continue;
+            }
+            Ok(Event::InitDone) => relist.take().unwrap_or_default(),
+            Ok(Event::Apply(o)) => {
+                let mut now = sent.clone();
+                match local(&o) {
+                    Some(e) => now.insert(key(&o), e),
+                    None => now.remove(&key(&o)),
+                };
+                now
+            }
+            Ok(Event::Delete(o)) => {
+                let mut now = sent.clone();
+                now.remove(&key(&o));
+                now
+            }
+            Err(e) => {
+                warn!(error = %e, "{SOURCE}: watching this node's pods; endpoints stay as they are");
+                continue;
+            }
+        };
+        for (k, e) in &sent {
+            if !now.contains_key(k) {
+                let name = e.name.clone();
+                ask(
+                    &events,
+                    |reply| SourceEvent::EndpointRemove { name, reply },
+                    format!("removing pod {}/{}", k.0, k.1),
+                );
+            }
+        }
+        for (k, e) in &now {
+            if sent.get(k) != Some(e) {
+                let endpoint = e.clone();
+                ask(
+                    &events,
+                    |reply| SourceEvent::EndpointUpsert { endpoint, reply },
+                    format!("pod {}/{}", k.0, k.1),
+                );
+            }
+        }
+        sent = std::mem::take(&mut now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pod_interface_is_the_longest_direct_route() {
+        // 10.200.1.0/24 dev a, 10.200.1.2/32 dev b, default via 10.0.0.1 dev eth0, 10.200.2.0/24 dev c.
+        let routes =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+            eth0\t00000000\t0100000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+            a\t0001C80A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+            b\t0201C80A\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n\
+            c\t0002C80A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+        assert_eq!(
+            interface_for(routes, Ipv4Addr::new(10, 200, 1, 2)).as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            interface_for(routes, Ipv4Addr::new(10, 200, 1, 3)).as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            interface_for(routes, Ipv4Addr::new(10, 200, 2, 9)).as_deref(),
+            Some("c")
+        );
+        // Only through a gateway: not a local pod.
+        assert_eq!(interface_for(routes, Ipv4Addr::new(8, 8, 8, 8)), None);
+    }
+}
