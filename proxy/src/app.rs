@@ -83,6 +83,8 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
         Ok(counters) => metrics.read_kernel_drops(counters),
         Err(e) => warn!(error = %e, "cannot read the datapath counters; drops are not exported"),
     }
+    // What Kubernetes mode's watchers compare their first lists with (a checkpoint's).
+    let restored_documents = policy.texts.clone();
     let mut controller = Controller::start(
         cfg.clone(),
         policy.texts,
@@ -135,6 +137,12 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
         crate::config::PolicySource::Kubernetes => crate::sources::kube::spawn(
             cfg.kubernetes.clone(),
             cfg.node.name.clone(),
+            restored_documents,
+            cfg.endpoints
+                .iter()
+                .filter(|e| cfg.kubernetes.restored_pods.contains(&e.name))
+                .cloned()
+                .collect(),
             events.clone(),
             stop.clone(),
         )?,

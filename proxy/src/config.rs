@@ -220,13 +220,35 @@ pub enum PolicySource {
 }
 
 /// How to reach the Kubernetes API (`policy_source: kubernetes`).
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesSection {
     /// A kubeconfig file; without one, the in-cluster service account (then `KUBECONFIG`,
     /// then `~/.kube/config`), as kube-rs's `Config::infer` does.
     #[serde(default)]
     pub kubeconfig: Option<PathBuf>,
+    /// Where the last state (policy documents in force, endpoints) is kept for a restart
+    /// while the API server is unreachable.
+    #[serde(default = "default_checkpoint")]
+    pub checkpoint: PathBuf,
+    /// Not configured: the endpoints `ward run` restored from the checkpoint (pods, not the
+    /// node config's own endpoints).
+    #[serde(skip)]
+    pub restored_pods: Vec<String>,
+}
+
+impl Default for KubernetesSection {
+    fn default() -> Self {
+        KubernetesSection {
+            kubeconfig: None,
+            checkpoint: default_checkpoint(),
+            restored_pods: Vec::new(),
+        }
+    }
+}
+
+fn default_checkpoint() -> PathBuf {
+    PathBuf::from("/run/ward/kubernetes-checkpoint.json")
 }
 
 /// The node config as written.

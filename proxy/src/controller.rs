@@ -216,6 +216,8 @@ pub struct Controller<K: Kernel> {
     fqdn: crate::fqdn::FqdnCache,
     /// When `ward fqdn cache list`'s rows were last published.
     rows_at: Instant,
+    /// Policies or endpoints changed since the Kubernetes checkpoint was written.
+    checkpoint_dirty: bool,
 }
 
 impl<K: Kernel> Controller<K> {
@@ -270,6 +272,7 @@ impl<K: Kernel> Controller<K> {
             metrics,
             host_addresses,
             rows_at: Instant::now(),
+            checkpoint_dirty: false,
         };
         let desired = c.desired.clone();
         c.commit(desired, recompute, None)?;
@@ -594,6 +597,38 @@ impl<K: Kernel> Controller<K> {
             if !answers.is_empty() {
                 self.learned(answers);
             }
+            if self.checkpoint_dirty {
+                self.write_checkpoint();
+            }
+        }
+    }
+
+    /// Kubernetes mode: writes the policy documents in force and the endpoints for a restart
+    /// while the API server is unreachable.
+    fn write_checkpoint(&mut self) {
+        self.checkpoint_dirty = false;
+        if self.cfg.policy_source != crate::config::PolicySource::Kubernetes {
+            return;
+        }
+        let c = crate::state::checkpoint::Checkpoint {
+            documents: self
+                .texts
+                .iter()
+                .map(|(k, v)| (k.display().to_string(), v.clone()))
+                .collect(),
+            // The pods: every endpoint but the node config file's own.
+            endpoints: self
+                .desired
+                .endpoint_configs()
+                .filter(|(_, e)| {
+                    self.cfg.kubernetes.restored_pods.contains(&e.name)
+                        || !self.cfg.endpoints.iter().any(|c| c.name == e.name)
+                })
+                .map(|(_, e)| e.clone())
+                .collect(),
+        };
+        if let Err(e) = c.write(&self.cfg.kubernetes.checkpoint) {
+            warn!(error = %e, path = %self.cfg.kubernetes.checkpoint.display(), "writing the Kubernetes checkpoint");
         }
     }
 
@@ -624,15 +659,18 @@ impl<K: Kernel> Controller<K> {
                 }
             }
             SourceEvent::EndpointAdd { endpoint, reply } => {
+                self.checkpoint_dirty = true;
                 let _ = reply.try_send(self.add_endpoint(endpoint));
                 self.apply_pending();
             }
             SourceEvent::FqdnLearned(a) => self.learned(vec![a]),
             SourceEvent::EndpointUpsert { endpoint, reply } => {
+                self.checkpoint_dirty = true;
                 let _ = reply.try_send(self.upsert_endpoint(endpoint));
                 self.apply_pending();
             }
             SourceEvent::EndpointRemove { name, reply } => {
+                self.checkpoint_dirty = true;
                 let _ = reply.try_send(self.remove_endpoint(&name));
                 // A pending change may have failed on this endpoint's vanished interface.
                 self.apply_pending();
@@ -662,6 +700,7 @@ impl<K: Kernel> Controller<K> {
     /// (this node cannot enforce it) or cannot be written, the changes stay pending and are
     /// tried again with every later change.
     pub fn policy_files(&mut self, changes: Vec<FileChange>, modified: Option<SystemTime>) {
+        self.checkpoint_dirty = true;
         for c in changes {
             self.pending.insert(c.path, c.content);
         }
@@ -756,6 +795,7 @@ impl<K: Kernel> Controller<K> {
                 self.published.documents.store(Arc::new(documents(&store)));
                 self.store = store;
                 self.texts = texts;
+                self.checkpoint_dirty = true;
                 self.pending_modified = None;
                 self.pending_error = None;
                 self.metrics.reload("applied");

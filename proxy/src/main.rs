@@ -291,11 +291,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Run(a) => {
             init_tracing();
-            let cfg = match load_config(&a.config) {
+            let mut cfg = match load_config(&a.config) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            let policy = match initial_policy(&cfg) {
+            // Kubernetes mode starts from its checkpoint: the last state enforces until the
+            // API server answers (and the watchers' relists correct it).
+            let checkpoint = match cfg.policy_source {
+                config::PolicySource::Kubernetes => {
+                    state::checkpoint::Checkpoint::read(&cfg.kubernetes.checkpoint)
+                }
+                config::PolicySource::Files => None,
+            };
+            if let Some(c) = &checkpoint {
+                tracing::info!(
+                    documents = c.documents.len(),
+                    endpoints = c.endpoints.len(),
+                    path = %cfg.kubernetes.checkpoint.display(),
+                    "starting from the Kubernetes checkpoint"
+                );
+                for e in &c.endpoints {
+                    if !cfg.endpoints.iter().any(|o| o.name == e.name) {
+                        cfg.kubernetes.restored_pods.push(e.name.clone());
+                        cfg.endpoints.push(e.clone());
+                    }
+                }
+            }
+            let restored = checkpoint.map(|c| c.documents).unwrap_or_default();
+            let policy = match initial_policy(&cfg, &restored) {
                 Ok(p) => p,
                 Err(e) => {
                     controller::log_load_error(&e);
@@ -313,7 +336,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            match initial_policy(&cfg).map(|p| p.set) {
+            match initial_policy(&cfg, &Default::default()).map(|p| p.set) {
                 Ok(set) => {
                     for w in &set.warnings {
                         eprintln!("{w}");
@@ -462,7 +485,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// The policy files `ward run` starts from, read and checked for this node.
-fn initial_policy(cfg: &Config) -> Result<app::InitialPolicy, l7_rules::source::LoadError> {
+/// The policy `ward run` starts from: the policy files, or in Kubernetes mode the documents of
+/// its checkpoint (`restored`; when they no longer load, none: logged).
+fn initial_policy(
+    cfg: &Config,
+    restored: &std::collections::BTreeMap<String, String>,
+) -> Result<app::InitialPolicy, l7_rules::source::LoadError> {
+    if !restored.is_empty() {
+        let texts: std::collections::BTreeMap<PathBuf, String> = restored
+            .iter()
+            .map(|(k, v)| (PathBuf::from(k), v.clone()))
+            .collect();
+        let loaded = controller::initial_store(&texts).and_then(|store| {
+            let set = controller::policy_set(&store, &texts, cfg)?;
+            Ok((store, set))
+        });
+        match loaded {
+            Ok((store, set)) => {
+                return Ok(app::InitialPolicy {
+                    stamps: Default::default(),
+                    texts,
+                    store,
+                    set,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "the Kubernetes checkpoint's policies do not load; starting without them"
+                );
+                controller::log_load_error(&e);
+            }
+        }
+    }
     // Kubernetes mode starts from no policy: its source lists the objects.
     let dirs = match cfg.policy_source {
         config::PolicySource::Files => cfg.policy_dirs.as_slice(),

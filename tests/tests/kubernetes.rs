@@ -70,9 +70,11 @@ fn scene_with(tag: &str, config_endpoints: bool) -> (Scene, KubeApi) {
     let kubeconfig = s.dir.join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig()).expect("kubeconfig");
     s.node_config = format!(
-        "node: {{name: {}}}\npolicy_source: kubernetes\nkubernetes: {{kubeconfig: {}}}",
+        "node: {{name: {}}}\npolicy_source: kubernetes\n\
+         kubernetes: {{kubeconfig: {}, checkpoint: {}}}",
         s.id,
-        kubeconfig.display()
+        kubeconfig.display(),
+        s.dir.join("checkpoint.json").display()
     );
     s.start_ward();
     eventually("the watchers listing and watching", || {
@@ -309,4 +311,54 @@ fn this_nodes_pods_from_the_api_are_its_endpoints() {
     eventually("the relabelled xwing landing", || {
         s.curl("xwing", LAND) == (0, "Ship landed\n".into())
     });
+}
+
+/// `ward run` restarted while the API server is down enforces its checkpoint at once (policies
+/// and this node's pods), and corrects it from the first list once the server is back.
+#[test]
+fn a_restart_with_the_api_down_enforces_the_checkpoint() {
+    if !privileged("a_restart_with_the_api_down_enforces_the_checkpoint") {
+        return;
+    }
+    let (mut s, api) = scene_with("kc", false);
+    api.apply(pod_object(
+        &s,
+        "deathstar-1",
+        json!({"org": "empire", "class": "deathstar"}),
+    ));
+    api.apply(pod_object(
+        &s,
+        "tiefighter",
+        json!({"org": "empire", "class": "tiefighter"}),
+    ));
+    api.apply(pod_object(
+        &s,
+        "xwing",
+        json!({"org": "alliance", "class": "xwing"}),
+    ));
+    api.apply(rule1());
+    eventually("enforced", || {
+        s.curl("tiefighter", EXHAUST).1 == "Access denied\r\n"
+    });
+    let checkpoint = s.dir.join("checkpoint.json");
+    eventually("the checkpoint written", || {
+        let text = std::fs::read_to_string(&checkpoint).unwrap_or_default();
+        text.contains("CiliumNetworkPolicy default/rule1") && text.contains("tiefighter")
+    });
+    s.stop_ward();
+    api.set_down(true);
+    // Deleted while Ward is down: the first list after the restart must take it away.
+    api.delete("CiliumNetworkPolicy", "default", "rule1");
+    s.start_ward();
+    // At once, with no API server: the last state.
+    assert_eq!(s.curl("tiefighter", EXHAUST).1, "Access denied\r\n");
+    assert_eq!(s.curl("tiefighter", LAND), (0, "Ship landed\n".into()));
+    assert_eq!(s.curl("xwing", LAND).0, 28, "xwing is dropped at L3/L4");
+    api.set_down(false);
+    ward_tests::eventually(
+        "the deletion seen after the restart",
+        Duration::from_secs(20),
+        || s.curl("tiefighter", EXHAUST).1.starts_with("Panic"),
+    );
+    assert_eq!(s.curl("xwing", LAND), (0, "Ship landed\n".into()));
 }

@@ -14,6 +14,7 @@ use l7_rules::model::L7Parser;
 
 use crate::config::{Config, EndpointConfig, Enforcement};
 
+pub mod checkpoint;
 mod desired;
 mod entries;
 

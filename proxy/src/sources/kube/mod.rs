@@ -104,9 +104,14 @@ fn document(kind: &str, api_version: &str, obj: &DynamicObject) -> String {
 }
 
 /// Starts the watchers on a thread of their own until `stop`.
+/// `documents` and `pods` are what the controller starts with (a checkpoint's): the first
+/// list is compared with them, so an object deleted while Ward was down goes, and an unchanged
+/// one is not sent again.
 pub fn spawn(
     cfg: KubernetesSection,
     node: Option<String>,
+    documents: BTreeMap<PathBuf, String>,
+    pods: Vec<crate::config::EndpointConfig>,
     events: mpsc::Sender<SourceEvent>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -131,10 +136,17 @@ pub fn spawn(
                     let gvk = GroupVersionKind::gvk(group, version, kind);
                     let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
                     let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+                    let prefix = format!("{kind} ");
+                    let had: BTreeMap<PathBuf, String> = documents
+                        .iter()
+                        .filter(|(k, _)| k.to_string_lossy().starts_with(&prefix))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
                     tasks.push(tokio::spawn(watch_kind(
                         api,
                         kind,
                         ar.api_version.clone(),
+                        had,
                         events.clone(),
                     )));
                 }
@@ -144,7 +156,12 @@ pub fn spawn(
                         let gvk = GroupVersionKind::gvk("", "v1", "Pod");
                         let ar = ApiResource::from_gvk_with_plural(&gvk, "pods");
                         let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-                        tasks.push(tokio::spawn(pods::watch(api, node, events.clone())));
+                        tasks.push(tokio::spawn(pods::watch(
+                            api,
+                            node,
+                            pods.clone(),
+                            events.clone(),
+                        )));
                     }
                     None => {
                         warn!("{SOURCE}: `node.name` is not set: this node's pods are not watched")
@@ -207,10 +224,11 @@ async fn watch_kind(
     api: Api<DynamicObject>,
     kind: &'static str,
     api_version: String,
+    had: BTreeMap<PathBuf, String>,
     events: mpsc::Sender<SourceEvent>,
 ) {
     // What the controller has from this kind: document name → text.
-    let mut sent: BTreeMap<PathBuf, String> = BTreeMap::new();
+    let mut sent = had;
     // A relist being gathered.
     let mut relist: Option<BTreeMap<PathBuf, String>> = None;
     let mut failing = false;

@@ -115,9 +115,17 @@ fn ask<T: Send + 'static>(
 }
 
 /// Watches this node's pods until the task is dropped.
-pub async fn watch(api: Api<DynamicObject>, node: String, events: mpsc::Sender<SourceEvent>) {
-    // Pod (namespace, name) → the endpoint sent for it.
-    let mut sent: BTreeMap<(String, String), EndpointConfig> = BTreeMap::new();
+pub async fn watch(
+    api: Api<DynamicObject>,
+    node: String,
+    had: Vec<EndpointConfig>,
+    events: mpsc::Sender<SourceEvent>,
+) {
+    // Pod (namespace, name) → the endpoint sent for it (at first, the restored ones).
+    let mut sent: BTreeMap<(String, String), EndpointConfig> = had
+        .into_iter()
+        .map(|e| ((e.namespace.clone(), e.name.clone()), e))
+        .collect();
     let mut relist: Option<BTreeMap<(String, String), EndpointConfig>> = None;
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
