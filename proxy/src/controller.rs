@@ -399,11 +399,16 @@ impl<K: Kernel> Controller<K> {
         match self.update(Update::default()) {
             Ok((desired, recompute)) => {
                 times.0 = started.elapsed();
+                let ips: Vec<Ipv4Addr> =
+                    self.fqdn.changes().into_iter().map(|(ip, _)| ip).collect();
                 let written = if recompute == Recompute::default() {
-                    self.commit_learned(desired)
+                    self.commit_addresses(desired, &ips)
                 } else {
                     self.commit(desired, recompute, None)
                 };
+                if written.is_ok() {
+                    self.fqdn.clear_changes();
+                }
                 if let Err(e) = written {
                     warn!(error = %e, "writing {why} to the maps; retried");
                     self.retry = true;
@@ -420,35 +425,59 @@ impl<K: Kernel> Controller<K> {
         times
     }
 
-    /// Commits `desired`, which differs from the current state in learned addresses only:
-    /// their ipcache entries are written and deleted one by one, and the snapshot published.
-    fn commit_learned(&mut self, desired: Desired) -> Result<(), ControllerError> {
-        let (old, new) = (self.desired.fqdn_peers(), desired.fqdn_peers());
+    /// Commits `desired`, which differs from the current state only in what addresses `ips`
+    /// stand for by themselves (learned addresses, other nodes' pods), all with identities the
+    /// policy entries already name: their ipcache entries are written and deleted one by one,
+    /// and the snapshot published.
+    fn commit_addresses(
+        &mut self,
+        desired: Desired,
+        ips: &[Ipv4Addr],
+    ) -> Result<(), ControllerError> {
         let (mut upserts, mut deletes) = (Vec::new(), Vec::new());
-        for (ip, _) in self.fqdn.changes() {
-            match (old.get(&ip), new.get(&ip)) {
-                (Some(o), Some(n)) if o.identity == n.identity => {}
-                (_, Some(n)) => upserts.push(NodeState::fqdn_entry(ip, n)),
-                (Some(o), None) => deletes.push(NodeState::fqdn_entry(ip, o)),
+        for ip in ips {
+            match (self.desired.address_entry(*ip), desired.address_entry(*ip)) {
+                (Some(o), Some(n)) if o == n => {}
+                (_, Some(n)) => upserts.push(n),
+                (Some(o), None) => deletes.push(o),
                 (None, None) => {}
             }
         }
         self.kernel
             .write_ipcache(&upserts, &deletes)
-            .map_err(kernel("writing learned addresses to the ipcache"))?;
-        self.fqdn.clear_changes();
+            .map_err(kernel("writing addresses to the ipcache"))?;
         let generation = self.generation + 1;
         let state = NodeState::from_desired(generation, &desired);
         debug!(
             generation,
             written = upserts.len(),
             deleted = deletes.len(),
-            "learned addresses written"
+            "addresses written"
         );
         self.desired = desired;
         self.generation = generation;
         self.published.state.store(Arc::new(state));
         Ok(())
+    }
+
+    /// Other nodes' pods changed.
+    fn remote_pods(&mut self, changes: Vec<(Ipv4Addr, Option<crate::state::RemotePod>)>) {
+        let ips: Vec<Ipv4Addr> = changes.iter().map(|(ip, _)| *ip).collect();
+        let result = self
+            .update(Update {
+                remote: changes,
+                ..Update::default()
+            })
+            .and_then(|(desired, recompute)| {
+                if recompute == Recompute::default() {
+                    self.commit_addresses(desired, &ips)
+                } else {
+                    self.commit(desired, recompute, None)
+                }
+            });
+        if let Err(e) = result {
+            warn!(error = %e, "writing other nodes' pods to the maps");
+        }
     }
 
     fn publish_rows(&mut self) {
@@ -669,6 +698,7 @@ impl<K: Kernel> Controller<K> {
                 let _ = reply.try_send(self.upsert_endpoint(endpoint));
                 self.apply_pending();
             }
+            SourceEvent::RemotePods(changes) => self.remote_pods(changes),
             SourceEvent::EndpointRemove { name, reply } => {
                 self.checkpoint_dirty = true;
                 let _ = reply.try_send(self.remove_endpoint(&name));

@@ -46,8 +46,16 @@ fn scene(tag: &str) -> (Scene, KubeApi) {
 /// As [`scene`]; `config_endpoints: false` leaves the pods out of the node config (they come
 /// from Pod objects).
 fn scene_with(tag: &str, config_endpoints: bool) -> (Scene, KubeApi) {
+    scene_full(tag, config_endpoints, false)
+}
+
+/// As [`scene_with`]; `outside` adds the outside network (another node's pod stands there).
+fn scene_full(tag: &str, config_endpoints: bool, outside: bool) -> (Scene, KubeApi) {
     let mut s = Scene::new(tag);
     s.config_endpoints = config_endpoints;
+    if outside {
+        s.add_outside();
+    }
     s.add_pod(
         "deathstar-1",
         "default",
@@ -181,13 +189,27 @@ fn policies_come_from_the_kubernetes_api() {
                 .any(|l| l.contains("ciliumnetworkpolicies?") && !l.contains("watch=true"))
         },
     );
-    eventually("the relist logged as no change", || {
+    let relisted = || {
         s.ward_log()
             .lines()
             .filter(|l| l.contains("kind=\"CiliumNetworkPolicy\"") && l.contains("listed"))
             .count()
             >= 2
-    });
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !relisted() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        relisted(),
+        "no relist logged; requests since the compaction: {:?}\nlog: {}",
+        &api.requests()[before..],
+        s.ward_log()
+            .lines()
+            .filter(|l| l.contains("kubernetes"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let last_list = s
         .ward_log()
         .lines()
@@ -361,4 +383,54 @@ fn a_restart_with_the_api_down_enforces_the_checkpoint() {
         || s.curl("tiefighter", EXHAUST).1.starts_with("Panic"),
     );
     assert_eq!(s.curl("xwing", LAND), (0, "Ship landed\n".into()));
+}
+
+/// Another node's pod (here the outside network's address, reaching this node over its uplink)
+/// is judged by its labels: its Pod object gives the address its identity in the ipcache.
+#[test]
+fn another_nodes_pods_are_judged_by_their_labels() {
+    if !privileged("another_nodes_pods_are_judged_by_their_labels") {
+        return;
+    }
+    let (s, api) = scene_full("kr", true, true);
+    api.apply(rule1());
+    let deathstar = s.pods.iter().find(|p| p.name == "deathstar-1").unwrap().ip;
+    let land = [
+        "-XPOST".to_string(),
+        format!("http://{deathstar}/v1/request-landing"),
+    ];
+    let land: Vec<&str> = land.iter().map(String::as_str).collect();
+    // Unknown: the world, which rule1 does not allow.
+    eventually("the outside dropped", || s.curl("outside", &land).0 == 28);
+    let remote = |labels: Value| {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "tiefighter-2", "namespace": "default", "labels": labels},
+            "spec": {"nodeName": "node-2"},
+            "status": {"phase": "Running", "podIP": ward_tests::OUTSIDE_IP.to_string()}
+        })
+    };
+    api.apply(remote(json!({"org": "empire", "class": "tiefighter"})));
+    eventually("the other node's empire pod landing", || {
+        s.curl("outside", &land) == (0, "Ship landed\n".into())
+    });
+    // Judged at L7 too, as the empire pod it is.
+    let exhaust = format!("http://{deathstar}/v1/exhaust-port");
+    assert_eq!(
+        s.curl("outside", &["-XPUT", &exhaust]).1,
+        "Access denied\r\n"
+    );
+    // Relabelled to the alliance, or gone: dropped again.
+    api.apply(remote(json!({"org": "alliance"})));
+    eventually("the relabelled pod dropped", || {
+        s.curl("outside", &land).0 == 28
+    });
+    api.apply(remote(json!({"org": "empire"})));
+    eventually("landing again", || {
+        s.curl("outside", &land) == (0, "Ship landed\n".into())
+    });
+    api.delete("Pod", "default", "tiefighter-2");
+    eventually("the deleted pod dropped", || {
+        s.curl("outside", &land).0 == 28
+    });
 }

@@ -45,6 +45,8 @@ pub enum SourceEvent {
         endpoint: EndpointConfig,
         reply: Reply<u16>,
     },
+    /// Other nodes' pods that appeared, changed or went (`None`), by address.
+    RemotePods(Vec<(std::net::Ipv4Addr, Option<crate::state::RemotePod>)>),
     /// A local endpoint to remove, by name.
     EndpointRemove { name: String, reply: Reply<()> },
     /// Addresses an allowed DNS answer carried for a name some `toFQDNs` selector selects

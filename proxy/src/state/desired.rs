@@ -67,6 +67,16 @@ pub struct Update {
     /// Learned addresses whose names changed: every name each now answers, or `None` when
     /// it answers none any more.
     pub fqdn: Vec<(Ipv4Addr, Option<Vec<String>>)>,
+    /// Other nodes' pods that appeared, changed (by address) or went (`None`).
+    pub remote: Vec<(Ipv4Addr, Option<RemotePod>)>,
+}
+
+/// A pod of another node: what its identity is computed from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemotePod {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// The node's desired state: its inputs and every endpoint's computed entries.
@@ -95,6 +105,10 @@ pub struct Desired {
     /// Per identity of learned addresses: the peer the identity table shows for it (the first
     /// address given it that is still there) and how many addresses have it.
     fqdn_ids: imbl::OrdMap<Identity, (Arc<Peer>, usize)>,
+    /// Other nodes' pods by address, and their peers (their labels' identities), unless the
+    /// address is a local endpoint's, the node's, or a policy's /32.
+    remote_pods: imbl::OrdMap<Ipv4Addr, Arc<RemotePod>>,
+    pub(super) remote: super::addresses::AddressPeers,
 }
 
 fn hash_of(v: &impl Hash) -> u64 {
@@ -149,6 +163,8 @@ impl Desired {
             fqdn: Default::default(),
             fqdn_peers: Default::default(),
             fqdn_ids: Default::default(),
+            remote_pods: Default::default(),
+            remote: Default::default(),
         };
         empty.update(Update {
             engine: Some(engine),
@@ -156,12 +172,17 @@ impl Desired {
             remove: Vec::new(),
             host_ips: Some(host_ips.to_vec()),
             fqdn: Vec::new(),
+            remote: Vec::new(),
         })
     }
 
-    /// The learned addresses' peers.
-    pub fn fqdn_peers(&self) -> &super::FqdnPeers {
-        &self.fqdn_peers
+    /// The ipcache entry an address stands for by itself (another node's pod, or a learned
+    /// address), if any.
+    pub fn address_entry(&self, ip: Ipv4Addr) -> Option<bpf_redirect::IpcacheEntry> {
+        self.remote
+            .get(&ip)
+            .or_else(|| self.fqdn_peers.get(&ip))
+            .map(|p| super::NodeState::fqdn_entry(ip, p))
     }
 
     pub fn endpoint_configs(&self) -> impl Iterator<Item = (u16, &EndpointConfig)> {
@@ -190,6 +211,14 @@ impl Desired {
             selectors_changed = selectors != *next.fqdn_selectors;
             next.fqdn_selectors = Arc::new(selectors);
             next.engine = engine;
+        }
+        let mut remote_changed = Vec::with_capacity(update.remote.len());
+        for (ip, pod) in update.remote {
+            match pod {
+                Some(p) => next.remote_pods.insert(ip, Arc::new(p)),
+                None => next.remote_pods.remove(&ip),
+            };
+            remote_changed.push(ip);
         }
         let mut fqdn_changed = Vec::with_capacity(update.fqdn.len());
         for (ip, names) in update.fqdn {
@@ -231,7 +260,7 @@ impl Desired {
         }
         // Addresses learned from DNS answers, as /32s with the identity of the selectors that
         // select their names. The identity table gets one peer per such identity.
-        let own: HashSet<Ipv4Addr> = next
+        let mut own: HashSet<Ipv4Addr> = next
             .configs
             .values()
             .flat_map(|c| c.ips.iter().copied())
@@ -241,6 +270,31 @@ impl Desired {
                 _ => None,
             }))
             .collect();
+        // Other nodes' pods: their labels' identities (the same as a local pod's with those
+        // labels). Recomputed whole when what identities depend on changed.
+        let remote_ips: Vec<Ipv4Addr> = if fqdn_whole {
+            next.remote = Default::default();
+            next.remote_pods.keys().copied().collect()
+        } else {
+            remote_changed
+        };
+        for ip in remote_ips {
+            let peer = next
+                .remote_pods
+                .get(&ip)
+                .filter(|_| !own.contains(&ip))
+                .map(|pod| Arc::new(remote_peer(&engine, ip, pod)));
+            next.remote.set(ip, peer);
+        }
+        for peer in next.remote.shown() {
+            // Another peer with that identity (a local pod with the same labels) is already
+            // there: the table keeps the first.
+            if identities.get(peer.identity).is_none() {
+                identities.insert(Peer::clone(peer))?;
+            }
+        }
+        // A pod's address is its own, never a learned one.
+        own.extend(next.remote_pods.keys().copied());
         if fqdn_whole {
             let old = std::mem::take(&mut next.fqdn_peers);
             next.fqdn_ids = imbl::OrdMap::new();
@@ -324,6 +378,21 @@ impl Desired {
         next.cidrs = cidrs;
         Ok((next, stats))
     }
+}
+
+/// Another node's pod as policy sees it: its labels with its namespace's.
+fn remote_peer(engine: &Engine, ip: Ipv4Addr, pod: &RemotePod) -> Peer {
+    let spec = PeerSpec {
+        labels: pod.labels.clone(),
+        namespace: Some(pod.namespace.clone()),
+        ip: Some(IpAddr::V4(ip)),
+        fqdn: None,
+        named_ports: BTreeMap::new(),
+        entity: None,
+    };
+    let mut peer = engine.peer(&spec);
+    peer.display = format!("{}/{}", pod.namespace, pod.name);
+    peer
 }
 
 /// An endpoint's peer as policy sees it: its labels with its namespace's.
@@ -628,12 +697,37 @@ spec:
             "y.c.test.",
         ];
         let mut learned: BTreeMap<Ipv4Addr, Vec<String>> = BTreeMap::new();
-        let (mut patched, mut untouched, mut fqdn_written) = (0, 0, 0);
+        // Other nodes' pods: a pool with a local endpoint's address (10.200.1.2, endpoint 1
+        // when it exists) and an address the learned pool has too.
+        let remote_pool: Vec<Ipv4Addr> = (1..=5)
+            .map(|i| Ipv4Addr::new(198, 51, 100, i))
+            .chain([Ipv4Addr::new(10, 200, 1, 2), Ipv4Addr::new(203, 0, 113, 1)])
+            .collect();
+        let mut remote: BTreeMap<Ipv4Addr, RemotePod> = BTreeMap::new();
+        let (mut patched, mut untouched, mut fqdn_written, mut remote_seen) = (0, 0, 0, 0);
         for step in 0..600 {
             let roll = next() % 100;
             let mut update = Update::default();
             let what;
-            if roll < 25 {
+            if roll < 10 {
+                // Another node's pod appears, is relabelled, or goes.
+                let ip = remote_pool[(next() % remote_pool.len() as u64) as usize];
+                if next() % 3 == 0 {
+                    remote.remove(&ip);
+                    update.remote.push((ip, None));
+                    what = format!("remote pod {ip} gone");
+                } else {
+                    let t = template(next(), 1);
+                    let pod = RemotePod {
+                        namespace: t.namespace,
+                        name: format!("r{}", ip.octets()[3]),
+                        labels: t.labels,
+                    };
+                    remote.insert(ip, pod.clone());
+                    update.remote.push((ip, Some(pod)));
+                    what = format!("remote pod {ip}");
+                }
+            } else if roll < 25 {
                 // An address learns a name, or forgets all of its names.
                 let ip = pool[(next() % pool.len() as u64) as usize];
                 if next() % 4 == 0 {
@@ -692,6 +786,10 @@ spec:
                         .iter()
                         .map(|(ip, n)| (*ip, Some(n.clone())))
                         .collect(),
+                    remote: remote
+                        .iter()
+                        .map(|(ip, p)| (*ip, Some(p.clone())))
+                        .collect(),
                     ..Update::default()
                 })
                 .unwrap();
@@ -699,6 +797,7 @@ spec:
             let kept = NodeState::from_desired(1, &state);
             assert_eq!(sorted(&kept), sorted(&full), "step {step}: {what}");
             patched += stats.patched;
+            remote_seen += usize::from(!kept.remote_peers.is_empty());
             fqdn_written += usize::from(kept.fqdn_peers.values().any(|p| {
                 kept.desired
                     .policy
@@ -712,6 +811,10 @@ spec:
         assert!(
             fqdn_written > 20,
             "only {fqdn_written} steps had learned addresses"
+        );
+        assert!(
+            remote_seen > 100,
+            "only {remote_seen} steps had other nodes' pods"
         );
     }
 

@@ -14,11 +14,12 @@ use l7_rules::model::L7Parser;
 
 use crate::config::{Config, EndpointConfig, Enforcement};
 
+pub mod addresses;
 pub mod checkpoint;
 mod desired;
 mod entries;
 
-pub use desired::{Desired, Recompute, Update};
+pub use desired::{Desired, Recompute, RemotePod, Update};
 
 /// Settings that shape the view (from the node config).
 #[derive(Clone, Debug)]
@@ -130,6 +131,8 @@ pub struct NodeState {
     cidrs: Vec<(IpNet, Arc<Peer>)>,
     /// Learned addresses as /32s with their `toFQDNs` identities.
     pub fqdn_peers: FqdnPeers,
+    /// Other nodes' pods as /32s with their labels' identities.
+    pub remote_peers: imbl::OrdMap<Ipv4Addr, Arc<Peer>>,
     pub identities: IdentityTable,
     /// The maps' contents, except the learned addresses' ipcache entries (see
     /// [`NodeState::kernel_state`]).
@@ -279,6 +282,7 @@ impl NodeState {
             world: Arc::new(Peer::reserved(Reserved::World)),
             cidrs: desired.cidrs.clone(),
             fqdn_peers: desired.fqdn_peers.clone(),
+            remote_peers: desired.remote.peers().clone(),
             identities: desired.identities.clone(),
             desired: DesiredState {
                 endpoints: eps,
@@ -302,15 +306,17 @@ impl NodeState {
         }
     }
 
-    /// Everything the maps hold: [`NodeState::desired`] and the learned addresses.
+    /// Everything the maps hold: [`NodeState::desired`], the learned addresses and other
+    /// nodes' pods.
     pub fn kernel_state(&self) -> std::borrow::Cow<'_, DesiredState> {
-        if self.fqdn_peers.is_empty() {
+        if self.fqdn_peers.is_empty() && self.remote_peers.is_empty() {
             return std::borrow::Cow::Borrowed(&self.desired);
         }
         let mut all = self.desired.clone();
         all.ipcache.extend(
             self.fqdn_peers
                 .iter()
+                .chain(self.remote_peers.iter())
                 .map(|(ip, peer)| NodeState::fqdn_entry(*ip, peer)),
         );
         std::borrow::Cow::Owned(all)
@@ -335,6 +341,15 @@ impl NodeState {
                 peer: self.host.clone(),
                 name: "host".into(),
                 namespace: None,
+                endpoint: None,
+            };
+        }
+        // Another node's pod.
+        if let Some(p) = self.remote_peers.get(&v4) {
+            return PeerInfo {
+                peer: p.clone(),
+                name: p.display.clone(),
+                namespace: p.display.split_once('/').map(|(ns, _)| ns.to_string()),
                 endpoint: None,
             };
         }

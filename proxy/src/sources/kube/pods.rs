@@ -1,9 +1,13 @@
-//! This node's Pods as endpoints: a watcher on Pods whose `spec.nodeName` is the node's name
-//! (`node.name`). A running pod with an address becomes an endpoint (labels, namespace, its
-//! IPv4 address, named container ports), on the host-side interface that routes to its address
-//! (the longest route in this namespace's `/proc/net/route` without a gateway: another CNI
-//! created the veth). A changed pod is changed in place (same endpoint id, hooks kept); a pod
-//! gone, finished or without an address any more is removed.
+//! Pods, watched cluster-wide.
+//! - This node's (`spec.nodeName` = `node.name`) are its endpoints. A running pod with an
+//!   address becomes one (labels, namespace, its IPv4 address, named container ports) on the
+//!   host-side interface that routes to its address: the longest route in this namespace's
+//!   `/proc/net/route` without a gateway (another CNI created the veth). A changed pod is
+//!   changed in place (same endpoint id, hooks kept); a pod gone, finished or without an
+//!   address any more is removed.
+//! - Other nodes' pods are addresses with their labels' identities in the ipcache, so traffic
+//!   from them is judged by who they are (identities are computed from labels, so every node
+//!   gives a pod the same one without an allocator).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -20,6 +24,7 @@ use tracing::{info, warn};
 use super::SOURCE;
 use crate::config::EndpointConfig;
 use crate::sources::SourceEvent;
+use crate::state::RemotePod;
 
 /// The interface the node routes `ip` through, directly (no gateway): the pod's host-side veth.
 /// `routes` is the text of `/proc/net/route`.
@@ -114,7 +119,31 @@ fn ask<T: Send + 'static>(
     });
 }
 
-/// Watches this node's pods until the task is dropped.
+/// Another node's pod, by address, or why it is none.
+fn remote(obj: &DynamicObject) -> Option<(Ipv4Addr, RemotePod)> {
+    let data = &obj.data;
+    let phase = data["status"]["phase"].as_str().unwrap_or("");
+    if matches!(phase, "Succeeded" | "Failed")
+        || data["spec"]["hostNetwork"].as_bool() == Some(true)
+    {
+        return None;
+    }
+    let ip: Ipv4Addr = data["status"]["podIP"].as_str()?.parse().ok()?;
+    Some((
+        ip,
+        RemotePod {
+            namespace: obj
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            name: obj.metadata.name.clone().unwrap_or_default(),
+            labels: obj.metadata.labels.clone().unwrap_or_default(),
+        },
+    ))
+}
+
+/// Watches the pods until the task is dropped.
 pub async fn watch(
     api: Api<DynamicObject>,
     node: String,
@@ -127,7 +156,11 @@ pub async fn watch(
         .map(|e| ((e.namespace.clone(), e.name.clone()), e))
         .collect();
     let mut relist: Option<BTreeMap<(String, String), EndpointConfig>> = None;
-    let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    // Other nodes' pods, by address.
+    let mut remote_sent: BTreeMap<Ipv4Addr, RemotePod> = BTreeMap::new();
+    let mut remote_relist: Option<BTreeMap<Ipv4Addr, RemotePod>> = None;
+    let config = watcher::Config::default();
+    let on_node = |o: &DynamicObject| o.data["spec"]["nodeName"].as_str() == Some(node.as_str());
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
     let key = |o: &DynamicObject| {
         (
@@ -146,26 +179,56 @@ pub async fn watch(
         let mut now = match item {
             Ok(Event::Init) => {
                 relist = Some(BTreeMap::new());
+                remote_relist = Some(BTreeMap::new());
                 continue;
             }
             Ok(Event::InitApply(o)) => {
-                if let Some(e) = local(&o) {
+                if !on_node(&o) {
+                    if let Some((ip, pod)) = remote(&o) {
+                        remote_relist
+                            .get_or_insert_with(BTreeMap::new)
+                            .insert(ip, pod);
+                    }
+                } else if let Some(e) = local(&o) {
                     relist.get_or_insert_with(BTreeMap::new).insert(key(&o), e);
                 }
                 continue;
             }
-            Ok(Event::InitDone) => relist.take().unwrap_or_default(),
+            Ok(Event::InitDone) => {
+                let now = remote_relist.take().unwrap_or_default();
+                send_remote(&events, &remote_sent, &now);
+                remote_sent = now;
+                relist.take().unwrap_or_default()
+            }
             Ok(Event::Apply(o)) => {
                 let mut now = sent.clone();
-                match local(&o) {
-                    Some(e) => now.insert(key(&o), e),
-                    None => now.remove(&key(&o)),
-                };
+                now.remove(&key(&o));
+                let mut remote_now = remote_sent.clone();
+                remote_now.retain(|_, p| {
+                    (p.namespace.as_str(), p.name.as_str())
+                        != (key(&o).0.as_str(), key(&o).1.as_str())
+                });
+                if on_node(&o) {
+                    if let Some(e) = local(&o) {
+                        now.insert(key(&o), e);
+                    }
+                } else if let Some((ip, pod)) = remote(&o) {
+                    remote_now.insert(ip, pod);
+                }
+                send_remote(&events, &remote_sent, &remote_now);
+                remote_sent = remote_now;
                 now
             }
             Ok(Event::Delete(o)) => {
                 let mut now = sent.clone();
                 now.remove(&key(&o));
+                let mut remote_now = remote_sent.clone();
+                remote_now.retain(|_, p| {
+                    (p.namespace.as_str(), p.name.as_str())
+                        != (key(&o).0.as_str(), key(&o).1.as_str())
+                });
+                send_remote(&events, &remote_sent, &remote_now);
+                remote_sent = remote_now;
                 now
             }
             Err(e) => {
@@ -194,6 +257,26 @@ pub async fn watch(
             }
         }
         sent = std::mem::take(&mut now);
+    }
+}
+
+/// Sends what changed between two views of other nodes' pods.
+fn send_remote(
+    events: &mpsc::Sender<SourceEvent>,
+    before: &BTreeMap<Ipv4Addr, RemotePod>,
+    after: &BTreeMap<Ipv4Addr, RemotePod>,
+) {
+    let mut changes = Vec::new();
+    for (ip, p) in after {
+        if before.get(ip) != Some(p) {
+            changes.push((*ip, Some(p.clone())));
+        }
+    }
+    for ip in before.keys().filter(|ip| !after.contains_key(*ip)) {
+        changes.push((*ip, None));
+    }
+    if !changes.is_empty() {
+        let _ = events.send(SourceEvent::RemotePods(changes));
     }
 }
 
