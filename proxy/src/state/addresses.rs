@@ -24,6 +24,11 @@ impl AddressPeers {
         &self.peers
     }
 
+    /// The peer shown for `id`, when an address has it.
+    pub fn shown_for(&self, id: Identity) -> Option<&Arc<Peer>> {
+        self.ids.get(&id).map(|(p, _)| p)
+    }
+
     /// One peer per identity some address has.
     pub fn shown(&self) -> impl Iterator<Item = &Arc<Peer>> {
         self.ids.values().map(|(p, _)| p)

@@ -283,7 +283,25 @@ impl Desired {
                 .remote_pods
                 .get(&ip)
                 .filter(|_| !own.contains(&ip))
-                .map(|pod| Arc::new(remote_peer(&engine, ip, pod)));
+                .map(|pod| Arc::new(remote_peer(&engine, ip, pod)))
+                .filter(|p| {
+                    // Identities are hashes of labels: two label sets can collide. Such a pod
+                    // is left out (its traffic is judged as the world's, failing closed),
+                    // never judged with another pod's labels.
+                    let other = identities
+                        .get(p.identity)
+                        .map(|t| &t.labels)
+                        .or_else(|| next.remote.shown_for(p.identity).map(|t| &t.labels));
+                    let clash = other.is_some_and(|labels| *labels != p.labels);
+                    if clash {
+                        tracing::warn!(
+                            pod = %p.display,
+                            identity = p.identity.0,
+                            "another node's pod has the identity of other labels (a hash collision): its traffic is judged as the world's"
+                        );
+                    }
+                    !clash
+                });
             next.remote.set(ip, peer);
         }
         for peer in next.remote.shown() {
