@@ -95,6 +95,10 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
         crate::sys::local_ipv4_addresses,
     )?;
     controller.attach_all()?;
+    // File mode is ready now; Kubernetes mode once its watchers have listed.
+    if cfg.policy_source == crate::config::PolicySource::Files {
+        metrics.ready.set(1);
+    }
     let routing = ProxyRouting::default();
     routing
         .install()

@@ -699,6 +699,10 @@ impl<K: Kernel> Controller<K> {
                 self.apply_pending();
             }
             SourceEvent::RemotePods(changes) => self.remote_pods(changes),
+            SourceEvent::Synced { source } => {
+                info!("{source}: first state applied; ready");
+                self.metrics.ready.set(1);
+            }
             SourceEvent::EndpointRemove { name, reply } => {
                 self.checkpoint_dirty = true;
                 let _ = reply.try_send(self.remove_endpoint(&name));

@@ -215,6 +215,8 @@ pub struct Metrics {
     latency: Histogram,
     apply: Histogram,
     reloads: Family<ResultLabels, Counter>,
+    /// 1 once the node enforces its sources' first state (`GET /readyz` answers 200).
+    pub ready: Gauge,
 }
 
 impl Default for Metrics {
@@ -287,8 +289,15 @@ impl Metrics {
                     .clone()
             })
         });
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 once the node enforces its policy sources' first state (Kubernetes mode: every watcher has listed once)",
+            ready.clone(),
+        );
         let dns = DnsMetrics::register(&mut registry);
         Metrics {
+            ready,
             dns,
             registry,
             kernel: reader,
@@ -356,7 +365,8 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `addr`.
+/// Serves `GET /metrics` on `addr`, and `GET /readyz` (200 once ready, 503 before: a
+/// DaemonSet's readiness probe).
 pub async fn serve(
     addr: std::net::SocketAddr,
     metrics: Arc<Metrics>,
@@ -377,7 +387,16 @@ pub async fn serve(
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let metrics = metrics.clone();
                     async move {
-                        let resp = if req.uri().path() == "/metrics" {
+                        let resp = if req.uri().path() == "/readyz" {
+                            let ready = metrics.ready.get() == 1;
+                            let mut r = hyper::Response::new(Full::new(bytes::Bytes::from_static(
+                                if ready { b"ready\n" } else { b"not ready\n" },
+                            )));
+                            if !ready {
+                                *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                            }
+                            r
+                        } else if req.uri().path() == "/metrics" {
                             // The kernel counters are read by syscalls: off the runtime.
                             let text = tokio::task::spawn_blocking(move || metrics.render())
                                 .await

@@ -262,6 +262,22 @@ fn namespace_labels_from_the_api_change_verdicts() {
     eventually("denied again", || s.curl("tiefighter", LAND).0 == 28);
 }
 
+/// `GET /readyz` on the node's metrics port: the HTTP status.
+fn readyz(s: &Scene) -> String {
+    let out = s.node(&[
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "3",
+        "http://127.0.0.1:9962/readyz",
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A Pod object as the API server has it once scheduled on this node and running.
 fn pod_object(s: &Scene, name: &str, labels: Value) -> Value {
     let pod = s.pods.iter().find(|p| p.name == name).expect("pod");
@@ -372,8 +388,9 @@ fn a_restart_with_the_api_down_enforces_the_checkpoint() {
     // Deleted while Ward is down: the first list after the restart must take it away.
     api.delete("CiliumNetworkPolicy", "default", "rule1");
     s.start_ward();
-    // At once, with no API server: the last state.
+    // At once, with no API server: the last state, and not ready (no first list yet).
     assert_eq!(s.curl("tiefighter", EXHAUST).1, "Access denied\r\n");
+    assert_eq!(readyz(&s), "503");
     assert_eq!(s.curl("tiefighter", LAND), (0, "Ship landed\n".into()));
     assert_eq!(s.curl("xwing", LAND).0, 28, "xwing is dropped at L3/L4");
     api.set_down(false);
@@ -383,6 +400,7 @@ fn a_restart_with_the_api_down_enforces_the_checkpoint() {
         || s.curl("tiefighter", EXHAUST).1.starts_with("Panic"),
     );
     assert_eq!(s.curl("xwing", LAND), (0, "Ship landed\n".into()));
+    eventually("ready after the first lists", || readyz(&s) == "200");
 }
 
 /// Another node's pod (here the outside network's address, reaching this node over its uplink)

@@ -170,6 +170,8 @@ fn starwars_story() {
         metrics.contains("# TYPE ward_datapath_drops counter"),
         "{metrics}"
     );
+    // File mode is ready from the start.
+    assert_eq!(value("ward_ready"), 1.0);
 
     let id = s.id.clone();
     drop(s);

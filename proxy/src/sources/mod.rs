@@ -45,6 +45,9 @@ pub enum SourceEvent {
         endpoint: EndpointConfig,
         reply: Reply<u16>,
     },
+    /// The source's first state has been sent whole (Kubernetes mode: every watcher listed
+    /// once): the node is ready once it is applied.
+    Synced { source: &'static str },
     /// Other nodes' pods that appeared, changed or went (`None`), by address.
     RemotePods(Vec<(std::net::Ipv4Addr, Option<crate::state::RemotePod>)>),
     /// A local endpoint to remove, by name.

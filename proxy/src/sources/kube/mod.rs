@@ -132,6 +132,10 @@ pub fn spawn(
                     }
                 };
                 let mut tasks = Vec::new();
+                // Watchers still to list once; the last one says the source is synced.
+                let unsynced = Arc::new(std::sync::atomic::AtomicUsize::new(
+                    KINDS.len() + usize::from(node.is_some()),
+                ));
                 for (group, version, kind, plural) in KINDS {
                     let gvk = GroupVersionKind::gvk(group, version, kind);
                     let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
@@ -147,6 +151,7 @@ pub fn spawn(
                         kind,
                         ar.api_version.clone(),
                         had,
+                        Synced(Some(unsynced.clone())),
                         events.clone(),
                     )));
                 }
@@ -160,6 +165,7 @@ pub fn spawn(
                             api,
                             node,
                             pods.clone(),
+                            Synced(Some(unsynced.clone())),
                             events.clone(),
                         )));
                     }
@@ -187,6 +193,22 @@ async fn client(cfg: &KubernetesSection) -> anyhow::Result<Client> {
         None => kube::Config::infer().await?,
     };
     Ok(Client::try_from(config)?)
+}
+
+/// Counts the watchers that have not listed once yet; the last one to list tells the
+/// controller (after its own changes, which go first in the inbox).
+pub struct Synced(Option<Arc<std::sync::atomic::AtomicUsize>>);
+
+impl Synced {
+    /// This watcher listed: the first time, one fewer to wait for.
+    pub fn listed(&mut self, events: &mpsc::Sender<SourceEvent>) {
+        let Some(counter) = self.0.take() else {
+            return;
+        };
+        if counter.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let _ = events.send(SourceEvent::Synced { source: SOURCE });
+        }
+    }
 }
 
 /// The name a kind's watcher reports its errors under (`ward status`).
@@ -225,6 +247,7 @@ async fn watch_kind(
     kind: &'static str,
     api_version: String,
     had: BTreeMap<PathBuf, String>,
+    mut synced: Synced,
     events: mpsc::Sender<SourceEvent>,
 ) {
     // What the controller has from this kind: document name → text.
@@ -308,6 +331,13 @@ async fn watch_kind(
                     "{SOURCE}: listed"
                 );
                 sent = now;
+                if !changes.is_empty() {
+                    let _ = events.send(SourceEvent::PolicyFiles {
+                        changes: std::mem::take(&mut changes),
+                        modified: Some(SystemTime::now()),
+                    });
+                }
+                synced.listed(&events);
             }
             Event::Apply(obj) => {
                 let (name, text) = named(kind, &api_version, &obj);

@@ -148,6 +148,7 @@ pub async fn watch(
     api: Api<DynamicObject>,
     node: String,
     had: Vec<EndpointConfig>,
+    mut synced: super::Synced,
     events: mpsc::Sender<SourceEvent>,
 ) {
     // Pod (namespace, name) → the endpoint sent for it (at first, the restored ones).
@@ -176,6 +177,7 @@ pub async fn watch(
         }
     };
     while let Some(item) = stream.next().await {
+        let mut just_listed = false;
         let mut now = match item {
             Ok(Event::Init) => {
                 relist = Some(BTreeMap::new());
@@ -195,6 +197,7 @@ pub async fn watch(
                 continue;
             }
             Ok(Event::InitDone) => {
+                just_listed = true;
                 let now = remote_relist.take().unwrap_or_default();
                 send_remote(&events, &remote_sent, &now);
                 remote_sent = now;
@@ -257,6 +260,9 @@ pub async fn watch(
             }
         }
         sent = std::mem::take(&mut now);
+        if just_listed {
+            synced.listed(&events);
+        }
     }
 }
 
