@@ -658,6 +658,38 @@ endpoints:
         Config::parse("node.yaml", text, Path::new("/etc/ward"))
     }
 
+    /// The node config the DaemonSet ships (deploy/kubernetes/configmap.yaml) parses and
+    /// validates, in Kubernetes mode; the shipped CRDs carry Ward's `kafka` rules.
+    #[test]
+    fn the_shipped_kubernetes_config_and_crds_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
+        let cm: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(root.join("configmap.yaml")).unwrap())
+                .unwrap();
+        let node = cm["data"]["node.yaml"]
+            .as_str()
+            .unwrap()
+            .replace("NODE_NAME", "node-1");
+        let c = parse(&node).unwrap();
+        assert_eq!(c.policy_source, PolicySource::Kubernetes);
+        assert!(c.validate("node.yaml").is_empty());
+        for crd in [
+            "crds/ciliumnetworkpolicies.yaml",
+            "crds/ciliumclusterwidenetworkpolicies.yaml",
+        ] {
+            let text = std::fs::read_to_string(root.join(crd)).unwrap();
+            let v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+            assert_eq!(
+                v["kind"],
+                serde_yaml::Value::from("CustomResourceDefinition")
+            );
+            // Next to dns under every rules schema (ingress, egress, specs…).
+            let kafka = text.matches(" kafka:\n").count();
+            assert!(kafka > 0, "{crd}: no kafka rules");
+            assert_eq!(kafka, text.matches(" dns:\n").count(), "{crd}");
+        }
+    }
+
     #[test]
     fn the_documented_example_parses_and_paths_resolve() {
         let c = parse(GOOD).unwrap();
