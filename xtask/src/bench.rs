@@ -697,8 +697,11 @@ pub fn run(
         .context("ward_flows_lost_total missing from Ward's metrics")?;
     // The DNS proxy, in a scene of its own.
     let dns = crate::bench_dns::figures(opts.smoke)?;
+    // Kubernetes mode against the test API server, in a scene of its own.
+    let kubernetes = crate::bench_kube::figures(opts.smoke)?;
     let json = serde_json::json!({
         "dns": dns,
+        "kubernetes": kubernetes,
         "http1": {
             "direct_rps": direct_rps,
             "ward_rps": ward_rps,
@@ -784,6 +787,7 @@ pub fn run(
         );
     }
     dns_table(&mut table, &json["dns"]);
+    crate::bench_kube::table(&mut table, &json["kubernetes"]);
     for mode in ["inotify", "poll"] {
         let m = &json["policy_watch"][mode];
         let _ = writeln!(

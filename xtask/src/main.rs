@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_dns;
+mod bench_kube;
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -47,7 +48,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  test   install prerequisites (as root), build, run every test and policy case file\n  demo   the Star Wars story (see README)\n  bench  criterion benches and the end-to-end comparison (`--smoke` quick, `--e2e` only, `--baseline-bin PATH` another ward build in the same rounds, `--dns` only the DNS figures)"
+                "usage: cargo xtask <command>\n\n  test   install prerequisites (as root), build, run every test and policy case file\n  demo   the Star Wars story (see README)\n  bench  criterion benches and the end-to-end comparison (`--smoke` quick, `--e2e` only, `--baseline-bin PATH` another ward build in the same rounds, `--dns` only the DNS figures, `--kube` only the Kubernetes-mode figures)"
             );
             return ExitCode::from(2);
         }
@@ -442,6 +443,9 @@ fn bench(args: &[String]) -> Result<()> {
     if args.iter().any(|a| a == "--dns") {
         return bench_dns_only(smoke);
     }
+    if args.iter().any(|a| a == "--kube") {
+        return bench_kube_only(smoke);
+    }
     let baseline_bin = match args.iter().position(|a| a == "--baseline-bin") {
         Some(i) => Some(PathBuf::from(
             args.get(i + 1)
@@ -499,6 +503,21 @@ fn bench_dns_only(smoke: bool) -> Result<()> {
     std::fs::write(
         out.join("report-dns.json"),
         serde_json::to_string_pretty(&serde_json::json!({ "dns": dns }))?,
+    )?;
+    Ok(())
+}
+
+fn bench_kube_only(smoke: bool) -> Result<()> {
+    build_bench_ward(smoke)?;
+    let k = bench_kube::figures(smoke)?;
+    let mut table = String::new();
+    bench_kube::table(&mut table, &k);
+    println!("\n{table}");
+    let out = target_dir().join("bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(
+        out.join("report-kube.json"),
+        serde_json::to_string_pretty(&serde_json::json!({ "kubernetes": k }))?,
     )?;
     Ok(())
 }
