@@ -846,8 +846,10 @@ impl<K: Kernel> Controller<K> {
         }
     }
 
-    fn add_endpoint(&mut self, e: EndpointConfig) -> Result<u16, String> {
-        let problems = crate::config::check_endpoint(&e);
+    /// Why `e` cannot be endpoint `id` (a new one: `None`): an invalid field, or an
+    /// interface or address another endpoint has.
+    fn endpoint_conflict(&self, e: &EndpointConfig, id: Option<u16>) -> Result<(), String> {
+        let problems = crate::config::check_endpoint(e);
         if !problems.is_empty() {
             return Err(problems
                 .iter()
@@ -855,8 +857,11 @@ impl<K: Kernel> Controller<K> {
                 .collect::<Vec<_>>()
                 .join("; "));
         }
-        for (_, o) in self.desired.endpoint_configs() {
-            if o.name == e.name {
+        for (other, o) in self.desired.endpoint_configs() {
+            if Some(other) == id {
+                continue;
+            }
+            if id.is_none() && o.name == e.name {
                 return Err(format!("endpoint {:?} exists", e.name));
             }
             if o.interface == e.interface {
@@ -869,6 +874,11 @@ impl<K: Kernel> Controller<K> {
                 return Err(format!("{ip} belongs to endpoint {:?}", o.name));
             }
         }
+        Ok(())
+    }
+
+    fn add_endpoint(&mut self, e: EndpointConfig) -> Result<u16, String> {
+        self.endpoint_conflict(&e, None)?;
         let id = (1..HOST_ENDPOINT_ID)
             .find(|id| !self.desired.endpoint_configs().any(|(i, _)| i == *id))
             .ok_or("no endpoint id left")?;
@@ -918,28 +928,7 @@ impl<K: Kernel> Controller<K> {
         if old == e {
             return Ok(id);
         }
-        let problems = crate::config::check_endpoint(&e);
-        if !problems.is_empty() {
-            return Err(problems
-                .iter()
-                .map(|(f, m)| format!("{f}: {m}"))
-                .collect::<Vec<_>>()
-                .join("; "));
-        }
-        for (other, o) in self.desired.endpoint_configs() {
-            if other == id {
-                continue;
-            }
-            if o.interface == e.interface {
-                return Err(format!(
-                    "interface {} is endpoint {:?}'s",
-                    e.interface, o.name
-                ));
-            }
-            if let Some(ip) = e.ips.iter().find(|ip| o.ips.contains(ip)) {
-                return Err(format!("{ip} belongs to endpoint {:?}", o.name));
-            }
-        }
+        self.endpoint_conflict(&e, Some(id))?;
         if old.interface != e.interface {
             self.attach_endpoint(&e.interface)
                 .map_err(|err| err.to_string())?;

@@ -160,6 +160,8 @@ pub async fn watch(
     // Other nodes' pods, by address.
     let mut remote_sent: BTreeMap<Ipv4Addr, RemotePod> = BTreeMap::new();
     let mut remote_relist: Option<BTreeMap<Ipv4Addr, RemotePod>> = None;
+    // Their addresses by pod (namespace, name): one pod's event costs that pod alone.
+    let mut remote_ip: BTreeMap<(String, String), Ipv4Addr> = BTreeMap::new();
     let config = watcher::Config::default();
     let on_node = |o: &DynamicObject| o.data["spec"]["nodeName"].as_str() == Some(node.as_str());
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
@@ -200,38 +202,32 @@ pub async fn watch(
                 just_listed = true;
                 let now = remote_relist.take().unwrap_or_default();
                 send_remote(&events, &remote_sent, &now);
+                remote_ip = now
+                    .iter()
+                    .map(|(ip, p)| ((p.namespace.clone(), p.name.clone()), *ip))
+                    .collect();
                 remote_sent = now;
                 relist.take().unwrap_or_default()
             }
-            Ok(Event::Apply(o)) => {
+            Ok(event @ (Event::Apply(_) | Event::Delete(_))) => {
+                let (Event::Apply(o) | Event::Delete(o)) = &event else {
+                    continue;
+                };
+                let applied = matches!(event, Event::Apply(_));
+                let k = key(o);
                 let mut now = sent.clone();
-                now.remove(&key(&o));
-                let mut remote_now = remote_sent.clone();
-                remote_now.retain(|_, p| {
-                    (p.namespace.as_str(), p.name.as_str())
-                        != (key(&o).0.as_str(), key(&o).1.as_str())
-                });
-                if on_node(&o) {
-                    if let Some(e) = local(&o) {
-                        now.insert(key(&o), e);
+                now.remove(&k);
+                if applied && on_node(o) {
+                    if let Some(e) = local(o) {
+                        now.insert(k.clone(), e);
                     }
-                } else if let Some((ip, pod)) = remote(&o) {
-                    remote_now.insert(ip, pod);
                 }
-                send_remote(&events, &remote_sent, &remote_now);
-                remote_sent = remote_now;
-                now
-            }
-            Ok(Event::Delete(o)) => {
-                let mut now = sent.clone();
-                now.remove(&key(&o));
-                let mut remote_now = remote_sent.clone();
-                remote_now.retain(|_, p| {
-                    (p.namespace.as_str(), p.name.as_str())
-                        != (key(&o).0.as_str(), key(&o).1.as_str())
-                });
-                send_remote(&events, &remote_sent, &remote_now);
-                remote_sent = remote_now;
+                let moved = if applied && !on_node(o) {
+                    remote(o)
+                } else {
+                    None
+                };
+                remote_changed(&events, &mut remote_sent, &mut remote_ip, k, moved);
                 now
             }
             Err(e) => {
@@ -263,6 +259,32 @@ pub async fn watch(
         if just_listed {
             synced.listed(&events);
         }
+    }
+}
+
+/// One other-node pod `key` changed: it now stands at `now` (or nowhere). Sends the change.
+fn remote_changed(
+    events: &mpsc::Sender<SourceEvent>,
+    sent: &mut BTreeMap<Ipv4Addr, RemotePod>,
+    by_pod: &mut BTreeMap<(String, String), Ipv4Addr>,
+    key: (String, String),
+    now: Option<(Ipv4Addr, RemotePod)>,
+) {
+    let mut changes = Vec::new();
+    if let Some(old) = by_pod.remove(&key) {
+        if now.as_ref().map(|(ip, _)| *ip) != Some(old) && sent.remove(&old).is_some() {
+            changes.push((old, None));
+        }
+    }
+    if let Some((ip, pod)) = now {
+        if sent.get(&ip) != Some(&pod) {
+            sent.insert(ip, pod.clone());
+            changes.push((ip, Some(pod)));
+        }
+        by_pod.insert(key, ip);
+    }
+    if !changes.is_empty() {
+        let _ = events.send(SourceEvent::RemotePods(changes));
     }
 }
 
