@@ -235,6 +235,9 @@ pub struct KubernetesSection {
     /// node config's own endpoints).
     #[serde(skip)]
     pub restored_pods: Vec<String>,
+    /// Not configured: the pods' interfaces `ward-cni` reported, from the checkpoint.
+    #[serde(skip)]
+    pub restored_cni: Vec<crate::admin::api::CniAttachment>,
 }
 
 impl Default for KubernetesSection {
@@ -243,6 +246,7 @@ impl Default for KubernetesSection {
             kubeconfig: None,
             checkpoint: default_checkpoint(),
             restored_pods: Vec::new(),
+            restored_cni: Vec::new(),
         }
     }
 }

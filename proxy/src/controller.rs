@@ -218,6 +218,21 @@ pub struct Controller<K: Kernel> {
     rows_at: Instant,
     /// Policies or endpoints changed since the Kubernetes checkpoint was written.
     checkpoint_dirty: bool,
+    /// Kubernetes mode: this node's pods, and the interfaces `ward-cni` reported.
+    pods: Pods,
+}
+
+/// Kubernetes mode's pods on this node. A pod is an endpoint once it has an address (from its
+/// object, else from `ward-cni`) and an interface (from `ward-cni`, else the route the watcher
+/// found), until it goes or `ward-cni` DEL removes its sandbox.
+#[derive(Default)]
+struct Pods {
+    /// (namespace, name) → the endpoint its object stands for (address, interface: as seen).
+    seen: BTreeMap<(String, String), EndpointConfig>,
+    /// (namespace, name) → what `ward-cni` ADD reported.
+    cni: BTreeMap<(String, String), crate::admin::api::CniAttachment>,
+    /// Pods whose sandbox `ward-cni` DEL removed: no endpoint until another ADD.
+    deleted: std::collections::BTreeSet<(String, String)>,
 }
 
 impl<K: Kernel> Controller<K> {
@@ -273,7 +288,19 @@ impl<K: Kernel> Controller<K> {
             host_addresses,
             rows_at: Instant::now(),
             checkpoint_dirty: false,
+            pods: Pods::default(),
         };
+        // A restart from the checkpoint: its pods and their interfaces.
+        for e in c.cfg.endpoints.iter() {
+            if c.cfg.kubernetes.restored_pods.contains(&e.name) {
+                let key = (e.namespace.clone(), e.name.clone());
+                c.pods.seen.insert(key, e.clone());
+            }
+        }
+        for a in &c.cfg.kubernetes.restored_cni {
+            let key = (a.namespace.clone(), a.name.clone());
+            c.pods.cni.insert(key, a.clone());
+        }
         let desired = c.desired.clone();
         c.commit(desired, recompute, None)?;
         Ok(c)
@@ -655,6 +682,7 @@ impl<K: Kernel> Controller<K> {
                 })
                 .map(|(_, e)| e.clone())
                 .collect(),
+            cni: self.pods.cni.values().cloned().collect(),
         };
         if let Err(e) = c.write(&self.cfg.kubernetes.checkpoint) {
             warn!(error = %e, path = %self.cfg.kubernetes.checkpoint.display(), "writing the Kubernetes checkpoint");
@@ -693,9 +721,37 @@ impl<K: Kernel> Controller<K> {
                 self.apply_pending();
             }
             SourceEvent::FqdnLearned(a) => self.learned(vec![a]),
-            SourceEvent::EndpointUpsert { endpoint, reply } => {
+            SourceEvent::Pod { endpoint, reply } => {
                 self.checkpoint_dirty = true;
-                let _ = reply.try_send(self.upsert_endpoint(endpoint));
+                let key = (endpoint.namespace.clone(), endpoint.name.clone());
+                self.pods.seen.insert(key.clone(), endpoint);
+                let _ = reply.try_send(self.settle_pod(&key));
+                self.apply_pending();
+            }
+            SourceEvent::PodGone {
+                namespace,
+                name,
+                reply,
+            } => {
+                self.checkpoint_dirty = true;
+                let key = (namespace, name);
+                self.pods.seen.remove(&key);
+                self.pods.cni.remove(&key);
+                self.pods.deleted.remove(&key);
+                let _ = reply.try_send(self.settle_pod(&key).map(|_| ()));
+                self.apply_pending();
+            }
+            SourceEvent::CniAdd { attachment, reply } => {
+                let _ = reply.try_send(self.cni_add(attachment));
+                self.apply_pending();
+            }
+            SourceEvent::CniDel {
+                container_id,
+                namespace,
+                name,
+                reply,
+            } => {
+                let _ = reply.try_send(self.cni_del(&container_id, namespace, name));
                 self.apply_pending();
             }
             SourceEvent::RemotePods(changes) => self.remote_pods(changes),
@@ -953,11 +1009,97 @@ impl<K: Kernel> Controller<K> {
         Ok(id)
     }
 
+    /// `ward-cni` ADD: the pod's interface (and addresses, until its object has one).
+    fn cni_add(&mut self, a: crate::admin::api::CniAttachment) -> Result<Option<u16>, String> {
+        if self.cfg.policy_source != crate::config::PolicySource::Kubernetes {
+            return Err(
+                "ward-cni needs `policy_source: kubernetes` (a pod's labels come from \
+                 the API); this node's endpoints come from its config file"
+                    .into(),
+            );
+        }
+        if a.interface.is_empty() {
+            return Err("ward-cni ADD without a host-side interface".into());
+        }
+        info!(pod = %format!("{}/{}", a.namespace, a.name), interface = %a.interface, container = %a.container_id, "ward-cni ADD");
+        let key = (a.namespace.clone(), a.name.clone());
+        self.pods.deleted.remove(&key);
+        self.pods.cni.insert(key.clone(), a);
+        self.checkpoint_dirty = true;
+        self.settle_pod(&key)
+    }
+
+    /// `ward-cni` DEL: the sandbox goes, and with it the pod's endpoint. A DEL for a sandbox
+    /// that is not the pod's current one (an older one's, repeated) changes nothing.
+    fn cni_del(
+        &mut self,
+        container_id: &str,
+        namespace: String,
+        name: String,
+    ) -> Result<(), String> {
+        let key = (namespace, name);
+        if self
+            .pods
+            .cni
+            .get(&key)
+            .is_some_and(|a| a.container_id != container_id)
+        {
+            return Ok(());
+        }
+        info!(pod = %format!("{}/{}", key.0, key.1), container = %container_id, "ward-cni DEL");
+        self.pods.cni.remove(&key);
+        self.pods.deleted.insert(key.clone());
+        self.checkpoint_dirty = true;
+        self.settle_pod(&key).map(|_| ())
+    }
+
+    /// Makes pod `key`'s endpoint what its object and `ward-cni` say: added, changed in place,
+    /// removed, or none yet (it waits for an address or an interface).
+    fn settle_pod(&mut self, key: &(String, String)) -> Result<Option<u16>, String> {
+        let want = match self.pods.seen.get(key) {
+            Some(_) if self.pods.deleted.contains(key) => None,
+            Some(seen) => {
+                let mut e = seen.clone();
+                if let Some(a) = self.pods.cni.get(key) {
+                    e.interface = a.interface.clone();
+                    if e.ips.is_empty() {
+                        e.ips = a.ips.clone();
+                    }
+                }
+                if e.interface.is_empty() || e.ips.is_empty() {
+                    info!(pod = %format!("{}/{}", key.0, key.1), "pod waits for its address and interface (its object's address, a route to it, or ward-cni ADD)");
+                    None
+                } else {
+                    Some(e)
+                }
+            }
+            None => None,
+        };
+        match want {
+            Some(e) => self.upsert_endpoint(e).map(Some),
+            None => {
+                let had = self
+                    .desired
+                    .endpoint_configs()
+                    .any(|(_, e)| e.namespace == key.0 && e.name == key.1);
+                if had {
+                    self.remove_endpoint_in(&key.1, Some(&key.0))?;
+                }
+                Ok(None)
+            }
+        }
+    }
+
     fn remove_endpoint(&mut self, name: &str) -> Result<(), String> {
+        self.remove_endpoint_in(name, None)
+    }
+
+    /// Removes the endpoint `name` (of `namespace`, when given).
+    fn remove_endpoint_in(&mut self, name: &str, namespace: Option<&str>) -> Result<(), String> {
         let Some((id, e)) = self
             .desired
             .endpoint_configs()
-            .find(|(_, e)| e.name == name)
+            .find(|(_, e)| e.name == name && namespace.is_none_or(|ns| e.namespace == ns))
             .map(|(id, e)| (id, e.clone()))
         else {
             return Err(format!("no endpoint {name:?}"));

@@ -13,6 +13,8 @@
 mod admin;
 mod app;
 mod cli;
+#[cfg(feature = "kubernetes")]
+mod cni;
 mod config;
 mod controller;
 mod datapath;
@@ -240,6 +242,15 @@ fn main() -> ExitCode {
     // fault (on the DNS thread and the controller, measured as their top kernel symbol while
     // learning). Inherited by every thread started after this.
     let _ = nix::sys::prctl::set_thp_disable(true);
+    // Installed as `ward-cni` (a CNI plugin's name is its binary's), it is that plugin.
+    #[cfg(feature = "kubernetes")]
+    if std::env::args_os()
+        .next()
+        .and_then(|a| PathBuf::from(a).file_name().map(|n| n == "ward-cni"))
+        == Some(true)
+    {
+        return cni::main();
+    }
     let mut cli = Cli::parse();
     // Before any thread exists: see `mntns`.
     if let Cmd::Run(a) | Cmd::Uninstall(a) = &mut cli.cmd {
@@ -310,6 +321,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     path = %cfg.kubernetes.checkpoint.display(),
                     "starting from the Kubernetes checkpoint"
                 );
+                cfg.kubernetes.restored_cni = c.cni.clone();
                 for e in &c.endpoints {
                     if !cfg.endpoints.iter().any(|o| o.name == e.name) {
                         cfg.kubernetes.restored_pods.push(e.name.clone());

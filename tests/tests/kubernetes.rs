@@ -2,9 +2,11 @@
 //! (`ward_tests::kubeapi`), served over HTTP in the scene's node namespace to the real kube-rs
 //! client of `ward run`: policies come from CiliumNetworkPolicy objects, survive the API server
 //! going away and a 410 relist, and a bad object is refused by name while the rest enforces.
-//! Endpoints still come from the node config (the pods' watchers are not built yet).
+//! This node's pods come from Pod objects (found by route, or from `ward-cni` chained after the
+//! real `ptp` plugin); other nodes' pods give their addresses identities.
 
 use std::net::TcpListener;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -451,4 +453,203 @@ fn another_nodes_pods_are_judged_by_their_labels() {
     eventually("the deleted pod dropped", || {
         s.curl("outside", &land).0 == 28
     });
+}
+
+/// Runs a CNI plugin in the node namespace as a runtime does: `CNI_*` variables, the network
+/// configuration on stdin. Returns (exit code, stdout).
+fn cni(
+    node_ns: &str,
+    plugin: &Path,
+    command: &str,
+    netns: &str,
+    pod: &str,
+    conf: &Value,
+) -> (i32, Value) {
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", node_ns])
+        .arg(plugin)
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", format!("sandbox-{pod}"))
+        .env("CNI_NETNS", format!("/var/run/netns/{netns}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .env(
+            "CNI_ARGS",
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID=sandbox-{pod}"),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("run the CNI plugin");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().expect("CNI plugin output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_str(text.trim()).unwrap_or(Value::Null),
+    )
+}
+
+/// `ward-cni` chained after the real `ptp` plugin (containernetworking-plugins, with
+/// `host-local` IPAM), driven with the standard CNI environment and stdin: ADD waits for the
+/// pod's labels from the API, then the pod is an endpoint on the veth ptp created and its
+/// traffic is judged; CHECK agrees; DEL removes the endpoint though the Pod object remains.
+#[test]
+fn ward_cni_chained_after_ptp_makes_the_pod_an_endpoint() {
+    if !privileged("ward_cni_chained_after_ptp_makes_the_pod_an_endpoint") {
+        return;
+    }
+    let ptp = Path::new("/usr/lib/cni/ptp");
+    assert!(ptp.exists(), "containernetworking-plugins is not installed");
+    let (s, api) = scene_with("kn", false);
+    api.apply(pod_object(
+        &s,
+        "deathstar-1",
+        json!({"org": "empire", "class": "deathstar"}),
+    ));
+    api.apply(rule1());
+    // `ward` answers as `ward-cni` under that name, as the DaemonSet installs it.
+    let bin = s.dir.join("cni-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let ward_cni = bin.join("ward-cni");
+    std::os::unix::fs::symlink(ward_tests::ward_bin(), &ward_cni).unwrap();
+    let (code, version) = cni(&s.node_ns, &ward_cni, "VERSION", "none", "none", &json!({}));
+    assert_eq!(code, 0);
+    assert!(
+        version["supportedVersions"].to_string().contains("1.0.0"),
+        "{version}"
+    );
+
+    // The sandbox and its interface, made by the real ptp plugin.
+    let netns = format!("{}-cni", s.id);
+    std::process::Command::new("ip")
+        .args(["netns", "add", &netns])
+        .status()
+        .unwrap();
+    let ptp_conf = json!({
+        "cniVersion": "1.0.0", "name": "ward-test", "type": "ptp", "ipMasq": false,
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.201.0.0/24"}]],
+                 "routes": [{"dst": "0.0.0.0/0"}],
+                 "dataDir": s.dir.join("ipam").display().to_string()}
+    });
+    let (code, result) = cni(&s.node_ns, ptp, "ADD", &netns, "tiefighter-2", &ptp_conf);
+    assert_eq!(code, 0, "ptp ADD: {result}");
+    let pod_ip = result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let host_if = result["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["sandbox"].is_null())
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "ward-test", "type": "ward-cni",
+        "socket": s.admin_socket().display().to_string(), "timeout_seconds": 20,
+        "prevResult": result
+    });
+
+    // ADD before the Pod's labels are known: it waits for them.
+    let add = {
+        let (node_ns, conf, netns, ward_cni) = (
+            s.node_ns.clone(),
+            conf.clone(),
+            netns.clone(),
+            ward_cni.clone(),
+        );
+        std::thread::spawn(move || cni(&node_ns, &ward_cni, "ADD", &netns, "tiefighter-2", &conf))
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(!add.is_finished(), "ADD returned before the pod had labels");
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "tiefighter-2", "namespace": "default",
+                     "labels": {"org": "empire", "class": "tiefighter"}},
+        "spec": {"nodeName": s.id, "containers": [{"name": "c"}]},
+        "status": {"phase": "Pending"}
+    });
+    api.apply(pod.clone());
+    let (code, out) = add.join().unwrap();
+    assert_eq!(code, 0, "ward-cni ADD: {out}");
+    assert_eq!(
+        out["ips"], conf["prevResult"]["ips"],
+        "ADD passes the result on"
+    );
+    let list = || -> Vec<Value> {
+        let out = s.ward_cli(&["endpoint", "list", "-o", "json"]);
+        serde_json::from_slice(&out.stdout).expect("endpoint list JSON")
+    };
+    let ours = |l: &[Value]| l.iter().find(|e| e["name"] == "tiefighter-2").cloned();
+    let row = ours(&list()).expect("tiefighter-2 is an endpoint");
+    assert_eq!(row["interface"], json!(host_if), "{row}");
+    assert_eq!(row["ipv4"], json!([pod_ip]), "{row}");
+    // Its traffic is judged: an empire ship lands, the exhaust port is refused at L7.
+    let deathstar = s.pod("deathstar-1").ip;
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &netns, "curl", "-s", "--max-time", "3"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let land = format!("http://{deathstar}/v1/request-landing");
+    let exhaust = format!("http://{deathstar}/v1/exhaust-port");
+    assert_eq!(curl(&["-XPOST", &land]), (0, "Ship landed\n".into()));
+    assert_eq!(curl(&["-XPUT", &exhaust]).1, "Access denied\r\n");
+    // The kubelet reports the address: nothing changes.
+    pod["status"] = json!({"phase": "Running", "podIP": pod_ip});
+    api.apply(pod);
+    let (code, out) = cni(
+        &s.node_ns,
+        &ward_cni,
+        "CHECK",
+        &netns,
+        "tiefighter-2",
+        &conf,
+    );
+    assert_eq!(code, 0, "CHECK: {out}");
+    assert_eq!(curl(&["-XPUT", &exhaust]).1, "Access denied\r\n");
+
+    // DEL: the endpoint goes with the sandbox, though the Pod object is still there.
+    let (code, _) = cni(&s.node_ns, &ward_cni, "DEL", &netns, "tiefighter-2", &conf);
+    assert_eq!(code, 0);
+    assert_eq!(ours(&list()), None, "DEL removes the endpoint");
+    let (code, _) = cni(
+        &s.node_ns,
+        &ward_cni,
+        "CHECK",
+        &netns,
+        "tiefighter-2",
+        &conf,
+    );
+    assert_ne!(code, 0, "CHECK after DEL");
+    // A repeated DEL is fine.
+    assert_eq!(
+        cni(&s.node_ns, &ward_cni, "DEL", &netns, "tiefighter-2", &conf).0,
+        0
+    );
+    let (code, out) = cni(&s.node_ns, ptp, "DEL", &netns, "tiefighter-2", &ptp_conf);
+    assert_eq!(code, 0, "ptp DEL: {out}");
+    std::process::Command::new("ip")
+        .args(["netns", "del", &netns])
+        .status()
+        .unwrap();
 }

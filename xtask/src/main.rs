@@ -30,6 +30,8 @@ const APT_PACKAGES: &[&str] = &[
     "unbound",
     "bind9-dnsutils",
     "dnsperf",
+    // The real CNI plugins (ptp, host-local) `ward-cni` is chained after in the Kubernetes scenes.
+    "containernetworking-plugins",
 ];
 
 /// Python peers (pinned), installed into `target/ward-peers/venv`: grpcio is the independent

@@ -30,6 +30,37 @@ pub enum Request {
     BpfPolicyGet { endpoint: String },
     /// → `Vec<`[`FqdnRow`]`>`
     FqdnCacheList,
+    /// `ward-cni` ADD: a pod's interface. → [`CniAdded`]
+    CniAdd { attachment: CniAttachment },
+    /// `ward-cni` DEL: the pod's sandbox `container_id` is going. → `null`
+    CniDel {
+        container_id: String,
+        namespace: String,
+        name: String,
+    },
+}
+
+/// What `ward-cni` ADD reports: a pod's sandbox, its interface on this node and its
+/// addresses. The endpoint is built from it and the pod's labels in the API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniAttachment {
+    pub container_id: String,
+    /// The pod (`K8S_POD_NAMESPACE` / `K8S_POD_NAME`).
+    pub namespace: String,
+    pub name: String,
+    /// `CNI_NETNS` and `CNI_IFNAME`: the pod's side.
+    pub netns: String,
+    pub ifname: String,
+    /// The host-side interface the previous plugin created.
+    pub interface: String,
+    pub ips: Vec<std::net::Ipv4Addr>,
+}
+
+/// The answer to [`Request::CniAdd`]: the endpoint's id once the pod is an endpoint; none
+/// while its labels have not come from the API yet.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CniAdded {
+    pub endpoint: Option<u16>,
 }
 
 /// One learned address (`ward fqdn cache list`, like `cilium fqdn cache list`).

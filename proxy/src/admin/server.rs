@@ -155,6 +155,17 @@ fn handle(ctx: &AdminContext, req: Request) -> Result<serde_json::Value, String>
             ctx.endpoints.remove_endpoint(name.clone())?;
             json(EndpointRemoved { removed: name })
         }
+        Request::CniAdd { attachment } => json(crate::admin::api::CniAdded {
+            endpoint: ctx.endpoints.cni_add(attachment)?,
+        }),
+        Request::CniDel {
+            container_id,
+            namespace,
+            name,
+        } => {
+            ctx.endpoints.cni_del(container_id, namespace, name)?;
+            json(serde_json::Value::Null)
+        }
     }
 }
 

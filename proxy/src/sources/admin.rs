@@ -1,5 +1,5 @@
-//! The admin socket as a source: `ward endpoint add/remove` become endpoint events, and the
-//! caller waits for the controller's answer.
+//! The admin socket as a source: `ward endpoint add/remove` and `ward-cni`'s ADD/DEL become
+//! endpoint events, and the caller waits for the controller's answer.
 
 use std::sync::mpsc;
 use std::time::Duration;
@@ -38,5 +38,28 @@ impl AdminSource {
 
     pub fn remove_endpoint(&self, name: String) -> Result<(), String> {
         self.ask(|reply| SourceEvent::EndpointRemove { name, reply })
+    }
+
+    /// `ward-cni` ADD; answers the endpoint's id once the pod is one.
+    pub fn cni_add(
+        &self,
+        attachment: crate::admin::api::CniAttachment,
+    ) -> Result<Option<u16>, String> {
+        self.ask(|reply| SourceEvent::CniAdd { attachment, reply })
+    }
+
+    /// `ward-cni` DEL.
+    pub fn cni_del(
+        &self,
+        container_id: String,
+        namespace: String,
+        name: String,
+    ) -> Result<(), String> {
+        self.ask(|reply| SourceEvent::CniDel {
+            container_id,
+            namespace,
+            name,
+            reply,
+        })
     }
 }

@@ -39,11 +39,32 @@ pub enum SourceEvent {
         endpoint: EndpointConfig,
         reply: Reply<u16>,
     },
-    /// A local endpoint added, or changed in place when one of that name exists (same id: its
-    /// hooks stay attached, so a relabelled pod is never unenforced in between).
-    EndpointUpsert {
+    /// One of this node's pods as its object in the API says (its address and interface may
+    /// be unknown yet: empty). It is an endpoint once it has both, from the object, the route
+    /// to it or `ward-cni`; changed in place when one of that name exists (same id: its hooks
+    /// stay attached, so a relabelled pod is never unenforced in between). Answers the
+    /// endpoint's id, or none while it waits.
+    Pod {
         endpoint: EndpointConfig,
-        reply: Reply<u16>,
+        reply: Reply<Option<u16>>,
+    },
+    /// One of this node's pods is gone (or no endpoint any more: finished, host network).
+    PodGone {
+        namespace: String,
+        name: String,
+        reply: Reply<()>,
+    },
+    /// `ward-cni` ADD: a pod's interface and addresses.
+    CniAdd {
+        attachment: crate::admin::api::CniAttachment,
+        reply: Reply<Option<u16>>,
+    },
+    /// `ward-cni` DEL: the pod's sandbox is going; so is its endpoint.
+    CniDel {
+        container_id: String,
+        namespace: String,
+        name: String,
+        reply: Reply<()>,
     },
     /// The source's first state has been sent whole (Kubernetes mode: every watcher listed
     /// once): the node is ready once it is applied.

@@ -1,4 +1,5 @@
-//! Kubernetes mode's checkpoint: the policy documents in force and the endpoints, written
+//! Kubernetes mode's checkpoint: the policy documents in force, the endpoints and the pods'
+//! interfaces `ward-cni` reported, written
 //! after every change of either, so that a `ward run` restarted while the API server is
 //! unreachable enforces the last state at once instead of starting from nothing (and detaching
 //! the pods' hooks, which would leave them open). Written to a temporary file and renamed into
@@ -17,6 +18,9 @@ pub struct Checkpoint {
     pub documents: BTreeMap<String, String>,
     /// This node's pods (the endpoints that are not the node config file's).
     pub endpoints: Vec<EndpointConfig>,
+    /// The pods' interfaces `ward-cni` reported.
+    #[serde(default)]
+    pub cni: Vec<crate::admin::api::CniAttachment>,
 }
 
 impl Checkpoint {
@@ -63,6 +67,7 @@ mod tests {
         let c = Checkpoint {
             documents: [("CiliumNetworkPolicy default/a".into(), "kind: x\n".into())].into(),
             endpoints: Vec::new(),
+            cni: Vec::new(),
         };
         c.write(&path).unwrap();
         assert_eq!(Checkpoint::read(&path), Some(c));

@@ -1,10 +1,11 @@
 //! Pods, watched cluster-wide.
-//! - This node's (`spec.nodeName` = `node.name`) are its endpoints. A running pod with an
-//!   address becomes one (labels, namespace, its IPv4 address, named container ports) on the
-//!   host-side interface that routes to its address: the longest route in this namespace's
-//!   `/proc/net/route` without a gateway (another CNI created the veth). A changed pod is
-//!   changed in place (same endpoint id, hooks kept); a pod gone, finished or without an
-//!   address any more is removed.
+//! - This node's (`spec.nodeName` = `node.name`) are its endpoints (labels, namespace, its
+//!   IPv4 address, named container ports), sent to the controller as they change. The
+//!   interface is the one `ward-cni` ADD reported (the controller knows it), else the
+//!   host-side interface that routes to the pod's address: the longest route in this
+//!   namespace's `/proc/net/route` without a gateway (another CNI created the veth, before
+//!   Ward ran). A changed pod is changed in place (same endpoint id, hooks kept); a pod gone
+//!   or finished is removed.
 //! - Other nodes' pods are addresses with their labels' identities in the ipcache, so traffic
 //!   from them is judged by who they are (identities are computed from labels, so every node
 //!   gives a pod the same one without an allocator).
@@ -70,15 +71,23 @@ fn endpoint(obj: &DynamicObject) -> Result<EndpointConfig, String> {
     if data["spec"]["hostNetwork"].as_bool() == Some(true) {
         return Err("it uses the host's network".into());
     }
-    let ip: Ipv4Addr = data["status"]["podIP"]
-        .as_str()
-        .ok_or("it has no address yet")?
-        .parse()
-        .map_err(|_| "its address is not IPv4".to_string())?;
-    let routes = std::fs::read_to_string("/proc/net/route")
-        .map_err(|e| format!("reading /proc/net/route: {e}"))?;
-    let interface =
-        interface_for(&routes, ip).ok_or_else(|| format!("no interface routes to {ip}"))?;
+    // Without an address yet (ward-cni ADD comes before the kubelet reports one), or an
+    // interface routing to it (ward-cni reports it), the controller waits for them.
+    let ip: Option<Ipv4Addr> = match data["status"]["podIP"].as_str() {
+        Some(a) => Some(
+            a.parse()
+                .map_err(|_| "its address is not IPv4".to_string())?,
+        ),
+        None => None,
+    };
+    let interface = match ip {
+        Some(ip) => {
+            let routes = std::fs::read_to_string("/proc/net/route")
+                .map_err(|e| format!("reading /proc/net/route: {e}"))?;
+            interface_for(&routes, ip).unwrap_or_default()
+        }
+        None => String::new(),
+    };
     let mut named_ports = BTreeMap::new();
     for c in data["spec"]["containers"].as_array().into_iter().flatten() {
         for p in c["ports"].as_array().into_iter().flatten() {
@@ -95,7 +104,7 @@ fn endpoint(obj: &DynamicObject) -> Result<EndpointConfig, String> {
             .clone()
             .unwrap_or_else(|| "default".into()),
         labels: obj.metadata.labels.clone().unwrap_or_default(),
-        ips: vec![ip],
+        ips: ip.into_iter().collect(),
         interface,
         named_ports,
         audit: false,
@@ -237,10 +246,14 @@ pub async fn watch(
         };
         for (k, e) in &sent {
             if !now.contains_key(k) {
-                let name = e.name.clone();
+                let (namespace, name) = (e.namespace.clone(), e.name.clone());
                 ask(
                     &events,
-                    |reply| SourceEvent::EndpointRemove { name, reply },
+                    |reply| SourceEvent::PodGone {
+                        namespace,
+                        name,
+                        reply,
+                    },
                     format!("removing pod {}/{}", k.0, k.1),
                 );
             }
@@ -250,7 +263,7 @@ pub async fn watch(
                 let endpoint = e.clone();
                 ask(
                     &events,
-                    |reply| SourceEvent::EndpointUpsert { endpoint, reply },
+                    |reply| SourceEvent::Pod { endpoint, reply },
                     format!("pod {}/{}", k.0, k.1),
                 );
             }
