@@ -420,4 +420,7 @@ pub struct Catalog {
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pub services: Vec<ServiceDef>,
     pub nodes: BTreeMap<String, BTreeMap<String, String>>,
+    /// Nodes' `InternalIP`/`ExternalIP` addresses, by node name: on every other node, traffic
+    /// from them is the `remote-node` entity's.
+    pub node_addresses: BTreeMap<String, Vec<std::net::IpAddr>>,
 }

@@ -506,13 +506,37 @@ pub struct K8sPort {
     pub end_port: Option<i64>,
 }
 
-/// v1 Namespace (and v1 Node): only its name and labels matter (namespaceSelector,
-/// nodeSelector).
+/// v1 Namespace: only its name and labels matter (namespaceSelector).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Namespace {
     #[serde(default)]
     pub metadata: ObjectMeta,
+}
+
+/// v1 Node: its name, labels (nodeSelector) and addresses (the `remote-node` entity).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Node {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub status: NodeStatus,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    #[serde(default)]
+    pub addresses: Vec<NodeAddress>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NodeAddress {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub address: String,
 }
 
 /// v1 Service: only its name, namespace and pod selector matter (toServices).

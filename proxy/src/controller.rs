@@ -137,7 +137,7 @@ fn unenforced_fields(
     if cfg.uplink.is_some() {
         return Vec::new();
     }
-    let node_labels = Settings::from_config(cfg).node_label_set();
+    let node_labels = Settings::from_config(cfg).node_label_set(&set.catalog);
     let mut out = Vec::new();
     for p in &set.policies {
         let Subject::Nodes(sel) = &p.subject else {

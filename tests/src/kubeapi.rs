@@ -183,7 +183,14 @@ impl KubeApi {
             changed: Condvar::new(),
         });
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (s, st) = (shared.clone(), stop.clone());
+        let api = KubeApi { addr, shared, stop };
+        api.serve_also(listener);
+        api
+    }
+
+    /// Serves the same objects on another listener too (a second node's namespace).
+    pub fn serve_also(&self, listener: TcpListener) {
+        let (s, st) = (self.shared.clone(), self.stop.clone());
         listener
             .set_nonblocking(true)
             .expect("non-blocking listener");
@@ -207,16 +214,20 @@ impl KubeApi {
                 }
             }
         });
-        KubeApi { addr, shared, stop }
     }
 
     /// A kubeconfig for this server (plain HTTP, no credentials).
     pub fn kubeconfig(&self) -> String {
+        Self::kubeconfig_at(self.addr)
+    }
+
+    /// A kubeconfig for this server reached at `addr` (see [`KubeApi::serve_also`]).
+    pub fn kubeconfig_at(addr: SocketAddr) -> String {
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: http://{}\n\
              contexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n\
              current-context: test\nusers:\n- name: test\n  user: {{}}\n",
-            self.addr
+            addr
         )
     }
 

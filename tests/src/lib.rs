@@ -158,6 +158,9 @@ pub struct Scene {
     /// Whether the node config lists the pods as endpoints (Kubernetes mode's scenes take
     /// them from Pod objects instead).
     pub config_endpoints: bool,
+    /// The pods' addresses are `10.<pod_net>.N.2` (200 unless set before the first pod; a
+    /// second node of a two-node scene needs its own).
+    pub pod_net: u8,
 }
 
 /// The DNS listener port scenes use.
@@ -166,6 +169,10 @@ pub const DNS_LISTENER: u16 = 15053;
 /// The outside network's address, and the node's on its uplink.
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
 pub const NODE_UPLINK_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
+
+/// The two nodes' addresses on a two-node scene's underlay ([`Scene::join_underlay`]).
+pub const UNDERLAY_A: Ipv4Addr = Ipv4Addr::new(10, 250, 9, 1);
+pub const UNDERLAY_B: Ipv4Addr = Ipv4Addr::new(10, 250, 9, 2);
 
 impl Scene {
     /// Creates the node namespace and the scene's private directory.
@@ -196,6 +203,7 @@ impl Scene {
             node_config: String::new(),
             dns_listener: None,
             config_endpoints: true,
+            pod_net: 200,
         };
         ip(&["netns", "add", &scene.node_ns]);
         scene.node(&["ip", "link", "set", "lo", "up"]);
@@ -211,15 +219,16 @@ impl Scene {
         )
     }
 
-    /// Adds a pod with a veth to the node: pod `10.200.N.2/24`, host side `10.200.N.1/24`.
+    /// Adds a pod with a veth to the node: pod `10.<pod_net>.N.2/24`, host side
+    /// `10.<pod_net>.N.1/24`.
     pub fn add_pod(&mut self, name: &str, namespace: &str, labels: &[(&str, &str)]) -> Pod {
         let idx = self.pods.len() + 1;
         let netns = format!("{}-{idx}", self.id);
         let host_if = format!("{}h{idx}", self.id);
         let peer_if = format!("{}p{idx}", self.id);
         assert!(host_if.len() <= 15, "interface name {host_if} too long");
-        let pod_ip = Ipv4Addr::new(10, 200, idx as u8, 2);
-        let host_ip = Ipv4Addr::new(10, 200, idx as u8, 1);
+        let pod_ip = Ipv4Addr::new(10, self.pod_net, idx as u8, 2);
+        let host_ip = Ipv4Addr::new(10, self.pod_net, idx as u8, 1);
         netns::wire(
             &self.node_ns,
             &netns,
@@ -264,6 +273,45 @@ impl Scene {
         );
         self.uplink = Some(up);
         self.outside = Some(netns);
+    }
+
+    /// Joins this node and `other` by a veth "underlay" that becomes both nodes' `uplink`:
+    /// this side [`UNDERLAY_A`], the other [`UNDERLAY_B`], each node routing the other's pod
+    /// network (`10.<pod_net>.0.0/16`) through it. Call before either starts `ward run`.
+    pub fn join_underlay(&mut self, other: &mut Scene) {
+        assert_ne!(
+            self.pod_net, other.pod_net,
+            "two nodes need two pod networks"
+        );
+        let (a, b) = (format!("{}u", self.id), format!("{}u", other.id));
+        ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+        ip(&["link", "set", &a, "netns", &self.node_ns]);
+        ip(&["link", "set", &b, "netns", &other.node_ns]);
+        for (ns, dev, addr, via, net) in [
+            (&self.node_ns, &a, UNDERLAY_A, UNDERLAY_B, other.pod_net),
+            (&other.node_ns, &b, UNDERLAY_B, UNDERLAY_A, self.pod_net),
+        ] {
+            let n = |args: &[&str]| ip(&[&["-n", ns.as_str()][..], args].concat());
+            n(&["addr", "add", &format!("{addr}/24"), "dev", dev]);
+            n(&["link", "set", dev, "up"]);
+            n(&[
+                "route",
+                "add",
+                &format!("10.{net}.0.0/16"),
+                "via",
+                &via.to_string(),
+            ]);
+            must(Command::new("ip").args([
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ]));
+        }
+        self.uplink = Some(a);
+        other.uplink = Some(b);
     }
 
     /// The network namespace of `pod`, or of the outside network for `"outside"`.

@@ -653,3 +653,185 @@ fn ward_cni_chained_after_ptp_makes_the_pod_an_endpoint() {
         .status()
         .unwrap();
 }
+
+/// A Node object: its name, labels and InternalIP.
+fn node_object(name: &str, ip: std::net::Ipv4Addr) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "status": {"addresses": [{"type": "InternalIP", "address": ip.to_string()},
+                                 {"type": "Hostname", "address": name}]}
+    })
+}
+
+/// `curl` from a node's own namespace (the host); returns (exit code, stdout).
+fn curl_from_node(s: &Scene, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &s.node_ns, "curl", "-s", "--max-time", "3"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Two nodes, each a namespace with its own pods and its own `ward run` in Kubernetes mode,
+/// joined by a veth underlay that is both nodes' uplink (`from-netdev`), fed by one API server.
+/// A pod on node B is judged on node A by the identity of its labels (from its Pod object); an
+/// ingress L7 rule is enforced on the destination's node, an egress L7 rule on the source's;
+/// node B's address is `remote-node` on node A, node A's own is `host`.
+#[test]
+fn two_nodes_enforce_policy_across_the_underlay() {
+    if !privileged("two_nodes_enforce_policy_across_the_underlay") {
+        return;
+    }
+    let mut a = Scene::new("na");
+    let mut b = Scene::new("nb");
+    b.pod_net = 202;
+    a.config_endpoints = false;
+    b.config_endpoints = false;
+    let empire_ds = [("org", "empire"), ("class", "deathstar")];
+    let empire_tf = [("org", "empire"), ("class", "tiefighter")];
+    let alliance = [("org", "alliance"), ("class", "xwing")];
+    a.add_pod("deathstar-1", "default", &empire_ds);
+    b.add_pod("tiefighter-b", "default", &empire_tf);
+    b.add_pod("xwing-b", "default", &alliance);
+    a.join_underlay(&mut b);
+    a.start_deathstar("deathstar-1", 80);
+    // One API server, reached on each node's loopback.
+    let api =
+        KubeApi::serve(in_netns(&a.node_ns, || TcpListener::bind("127.0.0.1:0")).expect("bind"));
+    let on_b = in_netns(&b.node_ns, || TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let b_addr = on_b.local_addr().unwrap();
+    api.serve_also(on_b);
+    for (s, kubeconfig) in [
+        (&mut a, api.kubeconfig()),
+        (&mut b, KubeApi::kubeconfig_at(b_addr)),
+    ] {
+        let path = s.dir.join("kubeconfig");
+        std::fs::write(&path, kubeconfig).unwrap();
+        s.node_config = format!(
+            "node: {{name: {}}}\npolicy_source: kubernetes\n\
+             kubernetes: {{kubeconfig: {}, checkpoint: {}}}",
+            s.id,
+            path.display(),
+            s.dir.join("checkpoint.json").display()
+        );
+    }
+    api.apply(node_object(&a.id, ward_tests::UNDERLAY_A));
+    api.apply(node_object(&b.id, ward_tests::UNDERLAY_B));
+    for s in [&a, &b] {
+        for p in &s.pods {
+            let labels: serde_json::Map<String, Value> = p
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            api.apply(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": p.name, "namespace": "default", "labels": labels},
+                "spec": {"nodeName": s.id, "containers": [{"name": "c"}]},
+                "status": {"phase": "Running", "podIP": p.ip.to_string()}
+            }));
+        }
+    }
+    api.apply(rule1());
+    a.start_ward();
+    b.start_ward();
+    let deathstar = a.pod("deathstar-1").ip;
+    let land = format!("http://{deathstar}/v1/request-landing");
+    let exhaust = format!("http://{deathstar}/v1/exhaust-port");
+
+    // Cross-node L3/L4 and L7 on the destination's node: node A knows B's pods by their labels.
+    eventually("B's tiefighter landing on A", || {
+        b.curl("tiefighter-b", &["-XPOST", &land]) == (0, "Ship landed\n".into())
+    });
+    assert_eq!(
+        b.curl("tiefighter-b", &["-XPUT", &exhaust]).1,
+        "Access denied\r\n"
+    );
+    assert_eq!(
+        b.curl("xwing-b", &["-XPOST", &land]).0,
+        28,
+        "B's xwing is dropped at L3/L4 on A"
+    );
+    let on_a = a
+        .wait_flow(Duration::from_secs(3), |f| {
+            f["verdict"] == "DROPPED"
+                && f["l7"]["http"]["method"] == "PUT"
+                && f["source"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("tiefighter-b"))
+        })
+        .expect("node A's flow of the L7 deny, naming B's pod");
+    assert_eq!(on_a["policy"], "default/rule1");
+    assert!(
+        a.flows().iter().any(|f| f["verdict"] == "DROPPED"
+            && f["type"] == "l3l4"
+            && f["source"]["name"]
+                .as_str()
+                .is_some_and(|n| n.contains("xwing-b"))),
+        "node A's flow of the L3/L4 drop of B's xwing"
+    );
+
+    // An egress L7 rule is enforced on the source's node: B refuses what A would allow.
+    api.apply(json!({
+        "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": "tiefighter-b-out", "namespace": "default"},
+        "spec": {
+            "endpointSelector": {"matchLabels": {"class": "tiefighter"}},
+            "egress": [{
+                "toEndpoints": [{"matchLabels": {"class": "deathstar"}}],
+                "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}],
+                             "rules": {"http": [{"method": "GET"}]}}]
+            }]
+        }
+    }));
+    eventually("B's egress rule in force", || {
+        b.curl("tiefighter-b", &["-XPOST", &land]).1 == "Access denied\r\n"
+    });
+    b.wait_flow(Duration::from_secs(3), |f| {
+        f["verdict"] == "DROPPED"
+            && f["l7"]["http"]["method"] == "POST"
+            && f["policy"] == "default/tiefighter-b-out"
+    })
+    .expect("node B's flow of its egress deny");
+    api.delete("CiliumNetworkPolicy", "default", "tiefighter-b-out");
+    eventually("B's egress rule gone", || {
+        b.curl("tiefighter-b", &["-XPOST", &land]) == (0, "Ship landed\n".into())
+    });
+
+    // Entities: node A's own address is `host` (its pods accept it by default); node B's is
+    // `remote-node`, which rule1 does not allow until a policy names it.
+    assert_eq!(
+        curl_from_node(&a, &["-XPOST", &land]),
+        (0, "Ship landed\n".into())
+    );
+    assert_eq!(
+        curl_from_node(&b, &["-XPOST", &land]).0,
+        28,
+        "node B (remote-node) is not allowed by rule1"
+    );
+    api.apply(json!({
+        "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": "from-other-nodes", "namespace": "default"},
+        "spec": {
+            "endpointSelector": {"matchLabels": {"class": "deathstar"}},
+            "ingress": [{"fromEntities": ["remote-node"],
+                         "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}]
+        }
+    }));
+    eventually("node B allowed as remote-node", || {
+        curl_from_node(&b, &["-XPOST", &land]) == (0, "Ship landed\n".into())
+    });
+    let f = a
+        .wait_flow(Duration::from_secs(3), |f| {
+            f["source"]["identity"] == 6 && f["verdict"] == "FORWARDED"
+        })
+        .expect("node A's flow from remote-node");
+    assert_eq!(f["destination"]["port"], 80, "{f}");
+    // B's pods are still judged as themselves, not as their node.
+    assert_eq!(b.curl("xwing-b", &["-XPOST", &land]).0, 28);
+}

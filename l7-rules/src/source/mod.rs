@@ -90,8 +90,17 @@ pub(crate) fn assemble<'a>(
             Content::Namespace { name, labels } => {
                 set.catalog.namespaces.insert(name.clone(), labels.clone());
             }
-            Content::Node { name, labels } => {
+            Content::Node {
+                name,
+                labels,
+                addresses,
+            } => {
                 set.catalog.nodes.insert(name.clone(), labels.clone());
+                if !addresses.is_empty() {
+                    set.catalog
+                        .node_addresses
+                        .insert(name.clone(), addresses.clone());
+                }
             }
             Content::Service(s) => set.catalog.services.push(s.clone()),
         }

@@ -35,10 +35,12 @@ pub enum Content {
         name: String,
         labels: BTreeMap<String, String>,
     },
-    /// A node's labels (what a host policy's `nodeSelector` selects).
+    /// A node's labels (what a host policy's `nodeSelector` selects) and its IP addresses
+    /// (`InternalIP`, `ExternalIP`: the `remote-node` entity on the other nodes).
     Node {
         name: String,
         labels: BTreeMap<String, String>,
+        addresses: Vec<std::net::IpAddr>,
     },
     Service(ServiceDef),
 }
@@ -111,17 +113,38 @@ fn content(value: serde_yaml::Value, cx: &mut DocContext<'_>) -> Option<Content>
         ("networking.k8s.io/v1", "NetworkPolicy") => PolicyKind::NetworkPolicy,
         // Only their names and labels matter: what namespaceSelector and a host policy's
         // nodeSelector select.
-        ("v1", kind @ ("Namespace" | "Node")) => {
+        ("v1", "Namespace") => {
             let obj = typed::<raw::Namespace>(value, cx)?;
             let Some(name) = obj.metadata.name else {
-                cx.error("metadata.name", format!("a {kind} needs a name"));
+                cx.error("metadata.name", "a Namespace needs a name");
                 return None;
             };
             let labels = obj.metadata.labels;
-            return Some(if kind == "Node" {
-                Content::Node { name, labels }
-            } else {
-                Content::Namespace { name, labels }
+            return Some(Content::Namespace { name, labels });
+        }
+        ("v1", "Node") => {
+            let obj = typed::<raw::Node>(value, cx)?;
+            let Some(name) = obj.metadata.name else {
+                cx.error("metadata.name", "a Node needs a name");
+                return None;
+            };
+            let mut addresses = Vec::new();
+            for (i, a) in obj.status.addresses.iter().enumerate() {
+                if !matches!(a.kind.as_str(), "InternalIP" | "ExternalIP") {
+                    continue;
+                }
+                match a.address.parse() {
+                    Ok(ip) => addresses.push(ip),
+                    Err(_) => cx.error(
+                        &format!("status.addresses[{i}].address"),
+                        format!("{:?} is not an IP address", a.address),
+                    ),
+                }
+            }
+            return Some(Content::Node {
+                name,
+                labels: obj.metadata.labels,
+                addresses,
             });
         }
         ("v1", "Service") => {

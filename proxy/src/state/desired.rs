@@ -108,6 +108,8 @@ pub struct Desired {
     /// Other nodes' pods by address, and their peers (their labels' identities), unless the
     /// address is a local endpoint's, the node's, or a policy's /32.
     remote_pods: imbl::OrdMap<Ipv4Addr, Arc<RemotePod>>,
+    /// Other nodes' addresses (their Node objects'): `remote-node`, before any pod there.
+    remote_nodes: Arc<BTreeSet<Ipv4Addr>>,
     pub(super) remote: super::addresses::AddressPeers,
 }
 
@@ -164,6 +166,7 @@ impl Desired {
             fqdn_peers: Default::default(),
             fqdn_ids: Default::default(),
             remote_pods: Default::default(),
+            remote_nodes: Default::default(),
             remote: Default::default(),
         };
         empty.update(Update {
@@ -210,6 +213,11 @@ impl Desired {
             let selectors = engine.fqdn_selector_set();
             selectors_changed = selectors != *next.fqdn_selectors;
             next.fqdn_selectors = Arc::new(selectors);
+            next.remote_nodes = Arc::new(
+                next.settings
+                    .remote_node_addresses(&engine.set.catalog)
+                    .collect(),
+            );
             next.engine = engine;
         }
         let mut remote_changed = Vec::with_capacity(update.remote.len());
@@ -274,15 +282,25 @@ impl Desired {
         // labels). Recomputed whole when what identities depend on changed.
         let remote_ips: Vec<Ipv4Addr> = if fqdn_whole {
             next.remote = Default::default();
-            next.remote_pods.keys().copied().collect()
+            let mut ips: Vec<Ipv4Addr> = next.remote_pods.keys().copied().collect();
+            ips.extend(next.remote_nodes.iter().copied());
+            ips
         } else {
             remote_changed
         };
+        let remote_node = Arc::new(Peer::reserved(Reserved::RemoteNode));
         for ip in remote_ips {
+            if own.contains(&ip) {
+                next.remote.set(ip, None);
+                continue;
+            }
+            if next.remote_nodes.contains(&ip) {
+                next.remote.set(ip, Some(remote_node.clone()));
+                continue;
+            }
             let peer = next
                 .remote_pods
                 .get(&ip)
-                .filter(|_| !own.contains(&ip))
                 .map(|pod| Arc::new(remote_peer(&engine, ip, pod)))
                 .filter(|p| {
                     // Identities are hashes of labels: two label sets can collide. Such a pod
@@ -311,8 +329,9 @@ impl Desired {
                 identities.insert(Peer::clone(peer))?;
             }
         }
-        // A pod's address is its own, never a learned one.
+        // A pod's or a node's address is its own, never a learned one.
         own.extend(next.remote_pods.keys().copied());
+        own.extend(next.remote_nodes.iter().copied());
         if fqdn_whole {
             let old = std::mem::take(&mut next.fqdn_peers);
             next.fqdn_ids = imbl::OrdMap::new();
@@ -581,6 +600,7 @@ mod tests {
             audit: false,
             enforcement: Enforcement::Default,
             node_labels: [("node-access".to_string(), "restricted".to_string())].into(),
+            node_name: None,
             host_audit: false,
             metrics_port: Some(9962),
         }

@@ -30,6 +30,9 @@ pub struct Settings {
     pub audit: bool,
     pub enforcement: Enforcement,
     pub node_labels: BTreeMap<String, String>,
+    /// This node's name: its Node object's labels add to `node_labels`, and other Node
+    /// objects' addresses are `remote-node`.
+    pub node_name: Option<String>,
     /// The host endpoint is in audit mode.
     pub host_audit: bool,
     /// Ward's metrics port when it listens on a non-loopback address (a host policy must not
@@ -46,6 +49,7 @@ impl Settings {
             audit: c.audit,
             enforcement: c.enforcement,
             node_labels: c.node.labels.clone(),
+            node_name: c.node.name.clone(),
             host_audit: c.node.audit,
             metrics_port: c
                 .metrics
@@ -60,17 +64,38 @@ impl Settings {
             Enforcement::Always => l7_rules::engine::EnforcementMode::Always,
             Enforcement::Never => l7_rules::engine::EnforcementMode::Never,
         };
-        engine.node_labels = self.node_label_set();
+        engine.node_labels = self.node_label_set(&engine.set.catalog);
     }
 
-    /// The node's labels as a host policy's `nodeSelector` sees them.
-    pub fn node_label_set(&self) -> l7_rules::labels::LabelSet {
+    /// The node's labels as a host policy's `nodeSelector` sees them: the node config's, and
+    /// over them its Node object's (from the API, or a policy file).
+    pub fn node_label_set(&self, catalog: &l7_rules::model::Catalog) -> l7_rules::labels::LabelSet {
+        let mut labels = self.node_labels.clone();
+        if let Some(own) = self.node_name.as_ref().and_then(|n| catalog.nodes.get(n)) {
+            labels.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
         l7_rules::labels::LabelSet::new(
-            self.node_labels
+            labels
                 .iter()
                 .map(|(k, v)| l7_rules::labels::Label::new("k8s", k, v))
                 .collect(),
         )
+    }
+
+    /// Other nodes' addresses (their Node objects'): the `remote-node` entity.
+    pub fn remote_node_addresses<'a>(
+        &'a self,
+        catalog: &'a l7_rules::model::Catalog,
+    ) -> impl Iterator<Item = Ipv4Addr> + 'a {
+        catalog
+            .node_addresses
+            .iter()
+            .filter(move |(name, _)| self.node_name.as_ref() != Some(*name))
+            .flat_map(|(_, ips)| ips.iter())
+            .filter_map(|ip| match ip {
+                std::net::IpAddr::V4(v4) => Some(*v4),
+                std::net::IpAddr::V6(_) => None,
+            })
     }
 
     pub(super) fn proxy_port(&self, parser: L7Parser) -> Option<u16> {
@@ -446,6 +471,7 @@ spec:
             audit: false,
             enforcement: Enforcement::Default,
             node_labels: BTreeMap::new(),
+            node_name: None,
             host_audit: false,
             metrics_port: None,
         }
@@ -642,6 +668,51 @@ spec:
             ),
         ];
         NodeState::build(7, engine, settings(), &eps, &[Ipv4Addr::new(10, 200, 1, 1)]).unwrap()
+    }
+
+    /// Other nodes' Node objects give their addresses the `remote-node` identity, before a pod
+    /// at the same address; this node's own Node object does not (its addresses are `host`).
+    #[test]
+    fn other_nodes_addresses_are_remote_node() {
+        let nodes = "apiVersion: v1\nkind: Node\nmetadata: {name: node-b, labels: {zone: b}}\n\
+            status: {addresses: [{type: InternalIP, address: 10.250.9.2}, {type: Hostname, address: node-b}]}\n\
+            ---\napiVersion: v1\nkind: Node\nmetadata: {name: node-a, labels: {zone: a}}\n\
+            status: {addresses: [{type: InternalIP, address: 10.250.9.1}]}\n";
+        let set = l7_rules::source::load_sources(&[
+            ("rule1.yaml".into(), L7.into()),
+            ("nodes.yaml".into(), nodes.into()),
+        ])
+        .unwrap();
+        let mut settings = settings();
+        settings.node_name = Some("node-a".into());
+        let mut engine = Engine::new(set);
+        settings.apply_to(&mut engine);
+        assert!(
+            engine.node_labels.to_string().contains("zone=a"),
+            "{}",
+            engine.node_labels
+        );
+        let remote_pod = RemotePod {
+            namespace: "default".into(),
+            name: "on-the-node".into(),
+            labels: [("org".to_string(), "empire".to_string())].into(),
+        };
+        let (d, _) = Desired::new(Arc::new(engine), settings, &[], &[]).unwrap();
+        let (d, _) = d
+            .update(Update {
+                remote: vec![(Ipv4Addr::new(10, 250, 9, 2), Some(remote_pod))],
+                ..Update::default()
+            })
+            .unwrap();
+        let v = NodeState::from_desired(1, &d);
+        let r = |ip: &str| v.resolve(ip.parse().unwrap()).peer.identity;
+        assert_eq!(r("10.250.9.2"), Reserved::RemoteNode.identity());
+        assert_eq!(r("10.250.9.1"), Reserved::World.identity());
+        assert!(v
+            .kernel_state()
+            .ipcache
+            .iter()
+            .any(|e| e.addr == Ipv4Addr::new(10, 250, 9, 2) && e.identity == 6));
     }
 
     #[test]

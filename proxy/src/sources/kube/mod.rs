@@ -56,7 +56,7 @@ const KINDS: &[(&str, &str, &str, &str)] = &[
     ),
     // Their labels feed namespaceSelector and namespace labels in identities.
     ("", "v1", "Namespace", "namespaces"),
-    // Their labels feed host policies' nodeSelector.
+    // Their labels feed host policies' nodeSelector; the others' addresses are remote-node.
     ("", "v1", "Node", "nodes"),
     // Their selectors feed toServices.
     ("", "v1", "Service", "services"),
@@ -74,8 +74,8 @@ pub fn document_name(kind: &str, namespace: Option<&str>, name: &str) -> PathBuf
 }
 
 /// The policy document of an object: its `apiVersion`, `kind`, `metadata` (name, namespace,
-/// labels) and, for policies and Services, the rest but `status`, as YAML (a Namespace or a
-/// Node is its labels). Server-set fields are left out so that a status or resourceVersion
+/// labels) and, for policies and Services, the rest but `status`, as YAML (a Namespace is its
+/// labels, a Node its labels and addresses). Server-set fields are left out so that a status or resourceVersion
 /// change alone is no change.
 fn document(kind: &str, api_version: &str, obj: &DynamicObject) -> String {
     let mut meta = serde_json::Map::new();
@@ -98,6 +98,22 @@ fn document(kind: &str, api_version: &str, obj: &DynamicObject) -> String {
             if k != "status" {
                 doc.insert(k.clone(), v.clone());
             }
+        }
+    }
+    // A Node's addresses make it `remote-node` elsewhere; the rest of its status (conditions,
+    // heartbeats) changes all the time and matters to no policy.
+    if kind == "Node" {
+        let addresses: Vec<&serde_json::Value> = obj.data["status"]["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| matches!(a["type"].as_str(), Some("InternalIP" | "ExternalIP")))
+            .collect();
+        if !addresses.is_empty() {
+            doc.insert(
+                "status".into(),
+                serde_json::json!({ "addresses": addresses }),
+            );
         }
     }
     serde_yaml::to_string(&serde_json::Value::Object(doc)).unwrap_or_default()
