@@ -147,6 +147,7 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
                 .filter(|e| cfg.kubernetes.restored_pods.contains(&e.name))
                 .cloned()
                 .collect(),
+            published.status.clone(),
             events.clone(),
             stop.clone(),
         )?,

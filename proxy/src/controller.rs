@@ -39,6 +39,8 @@ pub struct Status {
     pub last_error: Option<String>,
     /// The hooks the datapath has attached.
     pub links: Vec<(String, Hook)>,
+    /// Each refused document (a file, or `Kind namespace/name`) and its errors.
+    pub rejected: BTreeMap<String, String>,
 }
 
 /// One change written to the maps.
@@ -781,7 +783,23 @@ impl<K: Kernel> Controller<K> {
         lines.extend(self.pending_error.clone());
         lines.extend(self.source_errors.values().cloned());
         let text = (!lines.is_empty()).then(|| lines.join("\n"));
-        self.set_status(|s| s.last_error = text);
+        let rejected: BTreeMap<String, String> = self
+            .rejected
+            .iter()
+            .filter_map(|(path, diags)| {
+                let errors: Vec<String> = diags
+                    .iter()
+                    .filter(|d| d.severity == Severity::Error)
+                    .map(|d| d.to_string())
+                    .collect();
+                (!errors.is_empty()).then(|| (path.display().to_string(), errors.join("\n")))
+            })
+            .collect();
+        self.metrics.rejected_documents.set(rejected.len() as i64);
+        self.set_status(|s| {
+            s.last_error = text;
+            s.rejected = rejected;
+        });
     }
 
     /// Policy files changed. Each file is all or nothing: a file with an error is refused

@@ -217,6 +217,9 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     /// 1 once the node enforces its sources' first state (`GET /readyz` answers 200).
     pub ready: Gauge,
+    /// Policy documents (files, or objects in Kubernetes mode) whose current version is
+    /// refused.
+    pub rejected_documents: Gauge,
 }
 
 impl Default for Metrics {
@@ -295,9 +298,16 @@ impl Metrics {
             "1 once the node enforces its policy sources' first state (Kubernetes mode: every watcher has listed once)",
             ready.clone(),
         );
+        let rejected_documents = Gauge::default();
+        registry.register(
+            "policy_rejected_documents",
+            "Policy documents (files, or Kubernetes objects) whose current version is refused; their previous version stays in force",
+            rejected_documents.clone(),
+        );
         let dns = DnsMetrics::register(&mut registry);
         Metrics {
             ready,
+            rejected_documents,
             dns,
             registry,
             kernel: reader,

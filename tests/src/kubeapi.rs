@@ -20,8 +20,11 @@
 //! without their last chunk), [`KubeApi::compact`] (older versions answer 410), and
 //! [`KubeApi::set_delay`] (every response late).
 //!
-//! What it does not do: authentication, RBAC, admission, validation, defaulting, writes over
-//! HTTP (tests change objects through [`KubeApi::apply`] and [`KubeApi::delete`]), protobuf,
+//! Writes over HTTP: only Events (POST, and PATCH as a JSON merge patch), which Ward posts for
+//! refused objects; tests read them with [`KubeApi::objects`].
+//!
+//! What it does not do: authentication, RBAC, admission, validation, defaulting, other writes
+//! over HTTP (tests change objects through [`KubeApi::apply`] and [`KubeApi::delete`]), protobuf,
 //! HTTP/2, server-side apply, `resourceVersionMatch`, consistent snapshots across `continue`
 //! pages (a page is cut from the objects of the moment, by name), and watch caches per
 //! resource (one version counter for everything, as etcd has).
@@ -55,7 +58,7 @@ impl Resource {
     }
 }
 
-/// The kinds Ward watches.
+/// The kinds Ward watches, and Events.
 pub const RESOURCES: &[Resource] = &[
     Resource {
         group: "",
@@ -112,6 +115,14 @@ pub const RESOURCES: &[Resource] = &[
         plural: "ciliumclusterwidenetworkpolicies",
         kind: "CiliumClusterwideNetworkPolicy",
         namespaced: false,
+    },
+    // Written by Ward (refused objects), the one kind this server takes writes of.
+    Resource {
+        group: "events.k8s.io",
+        version: "v1",
+        plural: "events",
+        kind: "Event",
+        namespaced: true,
     },
 ];
 
@@ -233,64 +244,19 @@ impl KubeApi {
 
     /// Creates or replaces an object (by `apiVersion`, `kind`, namespace and name). Sets its
     /// `resourceVersion`, `uid`, `creationTimestamp` and `generation`; returns the version.
-    pub fn apply(&self, mut obj: Value) -> u64 {
-        let api_version = obj["apiVersion"].as_str().unwrap_or_default().to_string();
-        let kind = obj["kind"].as_str().unwrap_or_default().to_string();
-        let r = resource_of_kind(&api_version, &kind)
-            .unwrap_or_else(|| panic!("kubeapi: unknown kind {api_version} {kind}"));
-        let name = obj["metadata"]["name"]
-            .as_str()
-            .expect("metadata.name")
-            .to_string();
-        let ns = if r.namespaced {
-            obj["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or("default")
-                .to_string()
-        } else {
-            String::new()
-        };
-        let mut s = self.shared.lock();
-        s.rv += 1;
-        let rv = s.rv;
-        let key = (r.plural, ns.clone(), name);
-        let before = s.objects.get(&key).cloned();
-        let meta = obj["metadata"].as_object_mut().expect("metadata object");
-        if r.namespaced {
-            meta.insert("namespace".into(), json!(ns));
-        }
-        meta.insert("resourceVersion".into(), json!(rv.to_string()));
-        match &before {
-            Some(b) => {
-                for k in ["uid", "creationTimestamp"] {
-                    meta.insert(k.into(), b["metadata"][k].clone());
-                }
-                let g = b["metadata"]["generation"].as_u64().unwrap_or(1);
-                meta.insert("generation".into(), json!(g + 1));
-            }
-            None => {
-                s.uid += 1;
-                meta.insert(
-                    "uid".into(),
-                    json!(format!("00000000-0000-4000-8000-{:012}", s.uid)),
-                );
-                meta.insert("creationTimestamp".into(), json!("2026-01-01T00:00:00Z"));
-                meta.insert("generation".into(), json!(1));
-            }
-        }
-        s.objects.insert(key, obj.clone());
-        s.events.push(Event {
-            rv,
-            plural: r.plural,
-            kind: r.kind,
-            before,
-            after: Some(obj),
-        });
-        drop(s);
-        self.shared.changed.notify_all();
-        rv
+    pub fn apply(&self, obj: Value) -> u64 {
+        store_object(&self.shared, obj).0
     }
 
+    /// The objects of `kind` (e.g. the Events Ward posted).
+    pub fn objects(&self, kind: &str) -> Vec<Value> {
+        let s = self.shared.lock();
+        s.objects
+            .iter()
+            .filter(|(_, o)| o["kind"] == kind)
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
     /// Deletes an object; whether it was there.
     pub fn delete(&self, kind: &str, namespace: &str, name: &str) -> bool {
         let r = RESOURCES
@@ -642,11 +608,9 @@ fn serve_conn(shared: &Shared, conn: TcpStream) {
                 }
             }
         }
-        if content_length > 0 {
-            let mut body = vec![0u8; content_length];
-            if reader.read_exact(&mut body).is_err() {
-                return;
-            }
+        let mut body = vec![0u8; content_length];
+        if content_length > 0 && reader.read_exact(&mut body).is_err() {
+            return;
         }
         let (delay, failure) = {
             let mut s = shared.lock();
@@ -674,8 +638,7 @@ fn serve_conn(shared: &Shared, conn: TcpStream) {
             continue;
         }
         if method != "GET" {
-            let body = status(405, "MethodNotAllowed", "this test server is read-only");
-            if respond(&mut conn, 405, &body, &[]).is_err() || close {
+            if write(shared, &mut conn, &method, &target, &body).is_err() || close {
                 return;
             }
             continue;
@@ -704,6 +667,89 @@ fn serve_conn(shared: &Shared, conn: TcpStream) {
         };
         if result.is_err() || close {
             return;
+        }
+    }
+}
+
+/// POST (create) or PATCH (JSON merge patch) of an Event; anything else is refused.
+fn write(
+    shared: &Shared,
+    conn: &mut TcpStream,
+    method: &str,
+    target: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let Some(t) = parse_target(target) else {
+        return respond(conn, 404, &status(404, "NotFound", "no such path"), &[]);
+    };
+    if t.resource.plural != "events" {
+        let body = status(
+            405,
+            "MethodNotAllowed",
+            "this test server takes writes of Events only",
+        );
+        return respond(conn, 405, &body, &[]);
+    }
+    let Ok(mut obj) = serde_json::from_slice::<Value>(body) else {
+        return respond(
+            conn,
+            400,
+            &status(400, "BadRequest", "the body is not JSON"),
+            &[],
+        );
+    };
+    let ns = t.namespace.clone().unwrap_or_else(|| "default".into());
+    let key = |name: &str| (t.resource.plural, ns.clone(), name.to_string());
+    match (method, &t.name) {
+        ("POST", None) => {
+            obj["apiVersion"] = json!(t.resource.api_version());
+            obj["kind"] = json!(t.resource.kind);
+            obj["metadata"]["namespace"] = json!(ns);
+            let Some(name) = obj["metadata"]["name"].as_str().map(str::to_string) else {
+                let body = status(422, "Invalid", "metadata.name is required");
+                return respond(conn, 422, &body, &[]);
+            };
+            if shared.lock().objects.contains_key(&key(&name)) {
+                let body = status(409, "AlreadyExists", "the object exists");
+                return respond(conn, 409, &body, &[]);
+            }
+            let (_, stored) = store_object(shared, obj);
+            respond(conn, 201, &stored, &[])
+        }
+        ("PATCH", Some(name)) => {
+            let Some(mut current) = shared.lock().objects.get(&key(name)).cloned() else {
+                return respond(conn, 404, &status(404, "NotFound", "no such object"), &[]);
+            };
+            merge_patch(&mut current, &obj);
+            let (_, stored) = store_object(shared, current);
+            respond(conn, 200, &stored, &[])
+        }
+        _ => {
+            let body = status(
+                405,
+                "MethodNotAllowed",
+                "POST a collection or PATCH an object",
+            );
+            respond(conn, 405, &body, &[])
+        }
+    }
+}
+
+/// RFC 7386: objects merge key by key, `null` removes, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let t = target.as_object_mut().expect("an object");
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
         }
     }
 }
@@ -915,6 +961,66 @@ fn watch_stream(shared: &Shared, conn: &mut TcpStream, t: &Target) -> std::io::R
             s = g;
         }
     }
+}
+
+/// Creates or replaces an object (see [`KubeApi::apply`]); returns its version and itself.
+fn store_object(shared: &Shared, mut obj: Value) -> (u64, Value) {
+    let api_version = obj["apiVersion"].as_str().unwrap_or_default().to_string();
+    let kind = obj["kind"].as_str().unwrap_or_default().to_string();
+    let r = resource_of_kind(&api_version, &kind)
+        .unwrap_or_else(|| panic!("kubeapi: unknown kind {api_version} {kind}"));
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .expect("metadata.name")
+        .to_string();
+    let ns = if r.namespaced {
+        obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string()
+    } else {
+        String::new()
+    };
+    let mut s = shared.lock();
+    s.rv += 1;
+    let rv = s.rv;
+    let key = (r.plural, ns.clone(), name);
+    let before = s.objects.get(&key).cloned();
+    let meta = obj["metadata"].as_object_mut().expect("metadata object");
+    if r.namespaced {
+        meta.insert("namespace".into(), json!(ns));
+    }
+    meta.insert("resourceVersion".into(), json!(rv.to_string()));
+    match &before {
+        Some(b) => {
+            for k in ["uid", "creationTimestamp"] {
+                meta.insert(k.into(), b["metadata"][k].clone());
+            }
+            let g = b["metadata"]["generation"].as_u64().unwrap_or(1);
+            meta.insert("generation".into(), json!(g + 1));
+        }
+        None => {
+            s.uid += 1;
+            meta.insert(
+                "uid".into(),
+                json!(format!("00000000-0000-4000-8000-{:012}", s.uid)),
+            );
+            meta.insert("creationTimestamp".into(), json!("2026-01-01T00:00:00Z"));
+            meta.insert("generation".into(), json!(1));
+        }
+    }
+    s.objects.insert(key, obj.clone());
+    let stored = obj.clone();
+    s.events.push(Event {
+        rv,
+        plural: r.plural,
+        kind: r.kind,
+        before,
+        after: Some(obj),
+    });
+    drop(s);
+    shared.changed.notify_all();
+    (rv, stored)
 }
 
 #[cfg(test)]

@@ -144,84 +144,134 @@ fn policies_come_from_the_kubernetes_api() {
     });
     assert_eq!(s.curl("tiefighter", EXHAUST).1, "Access denied\r\n");
     assert_eq!(s.curl("tiefighter", LAND), (0, "Ship landed\n".into()));
-    // A relabel (a change of the object) applies; so does fixing the bad one.
-    api.delete("CiliumNetworkPolicy", "default", "broken");
-
-    // The API server goes away for a while: verdicts do not change.
-    api.set_down(true);
-    let down = Instant::now();
-    while down.elapsed() < Duration::from_secs(4) {
-        assert_eq!(s.curl("tiefighter", EXHAUST).1, "Access denied\r\n");
-        assert_eq!(s.curl("tiefighter", LAND), (0, "Ship landed\n".into()));
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let before = api.requests().len();
-    let status = || String::from_utf8_lossy(&s.ward_cli(&["status"]).stdout).into_owned();
-    assert!(
-        status().contains("kubernetes CiliumNetworkPolicy watch"),
-        "ward status names the failing watch:\n{}",
-        status()
-    );
-    api.set_down(false);
-    // The watchers come back (after their backoff, up to a few seconds).
-    ward_tests::eventually(
-        "the watchers watching again",
-        Duration::from_secs(20),
-        || {
-            api.requests()[before..]
-                .iter()
-                .any(|l| l.contains("ciliumnetworkpolicies?") && l.contains("watch=true"))
-        },
-    );
-    eventually("the watch error cleared", || {
-        !status().contains("kubernetes CiliumNetworkPolicy watch")
+    // It is surfaced on the object as a Kubernetes Event, and counted.
+    eventually("a PolicyRejected Event about the bad object", || {
+        api.objects("Event").iter().any(|e| {
+            e["reason"] == "PolicyRejected"
+                && e["type"] == "Warning"
+                && e["regarding"]["kind"] == "CiliumNetworkPolicy"
+                && e["regarding"]["name"] == "broken"
+                && e["note"].as_str().is_some_and(|n| n.contains("99999"))
+        })
     });
+    assert!(metrics(&s).contains("ward_policy_rejected_documents 1\n"));
+    api.delete("CiliumNetworkPolicy", "default", "broken");
+    eventually("the refusal cleared", || {
+        metrics(&s).contains("ward_policy_rejected_documents 0\n")
+    });
+    // Reported once: no Event storm while it stayed refused.
+    let reported = api
+        .objects("Event")
+        .iter()
+        .filter(|e| e["regarding"]["name"] == "broken")
+        .count();
+    assert_eq!(reported, 1);
 
-    // A 410: the watchers' versions are compacted away and their streams cut, so they list
-    // again. The relist changes nothing, so nothing is sent to the controller.
-    let before = api.requests().len();
-    api.compact();
-    api.drop_watches();
-    ward_tests::eventually(
-        "the watchers relisting after 410",
-        Duration::from_secs(20),
-        || {
-            api.requests()[before..]
-                .iter()
-                .any(|l| l.contains("ciliumnetworkpolicies?") && !l.contains("watch=true"))
-        },
-    );
-    let relisted = || {
-        s.ward_log()
+    // Faults, while a loop of requests checks every verdict: the API server gone for 10 s,
+    // 429s with Retry-After, and a 410 relist. Not one verdict may change.
+    let wrong = std::sync::atomic::AtomicUsize::new(0);
+    let asked = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            use std::sync::atomic::Ordering::Relaxed;
+            while !done.load(Relaxed) {
+                let denied = s.curl("tiefighter", EXHAUST).1 == "Access denied\r\n";
+                let landed = s.curl("tiefighter", LAND) == (0, "Ship landed\n".into());
+                let dropped = s
+                    .exec(
+                        "xwing",
+                        &["curl", "-s", "--max-time", "1", LAND[0], LAND[1]],
+                    )
+                    .status
+                    .code()
+                    == Some(28);
+                asked.fetch_add(3, Relaxed);
+                wrong.fetch_add(
+                    usize::from(!denied) + usize::from(!landed) + usize::from(!dropped),
+                    Relaxed,
+                );
+            }
+        });
+        // The loop stops when this scope ends, also by a failed assertion.
+        let _stop = StopOnDrop(&done);
+        // A 410 first (while the watchers' backoff is short: after the outage below it is up
+        // to 30 s): their versions are compacted away and their streams cut, so they list again. The relist changes nothing, so nothing is sent to the controller.
+        let before = api.requests().len();
+        api.compact();
+        api.drop_watches();
+        ward_tests::eventually(
+            "the watchers relisting after 410",
+            Duration::from_secs(20),
+            || {
+                api.requests()[before..]
+                    .iter()
+                    .any(|l| l.contains("ciliumnetworkpolicies?") && !l.contains("watch=true"))
+            },
+        );
+        let relisted = || {
+            s.ward_log()
+                .lines()
+                .filter(|l| l.contains("kind=\"CiliumNetworkPolicy\"") && l.contains("listed"))
+                .count()
+                >= 2
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !relisted() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            relisted(),
+            "no relist logged; requests since the compaction: {:?}\nlog: {}",
+            &api.requests()[before..],
+            s.ward_log()
+                .lines()
+                .filter(|l| l.contains("kubernetes"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let last_list = s
+            .ward_log()
             .lines()
-            .filter(|l| l.contains("kind=\"CiliumNetworkPolicy\"") && l.contains("listed"))
-            .count()
-            >= 2
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !relisted() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        relisted(),
-        "no relist logged; requests since the compaction: {:?}\nlog: {}",
-        &api.requests()[before..],
-        s.ward_log()
-            .lines()
-            .filter(|l| l.contains("kubernetes"))
-            .collect::<Vec<_>>()
-            .join("\n")
+            .rfind(|l| l.contains("kind=\"CiliumNetworkPolicy\"") && l.contains("listed"))
+            .unwrap_or_default()
+            .to_string();
+        assert!(last_list.contains("changed=0"), "{last_list}");
+        api.set_down(true);
+        std::thread::sleep(Duration::from_secs(10));
+        let before = api.requests().len();
+        let status = || String::from_utf8_lossy(&s.ward_cli(&["status"]).stdout).into_owned();
+        assert!(
+            status().contains("kubernetes CiliumNetworkPolicy watch"),
+            "ward status names the failing watch:\n{}",
+            status()
+        );
+        // Back, but answering 429 with Retry-After to the first requests.
+        api.fail_next(4, 429, 1);
+        api.set_down(false);
+        // The watchers come back (after their backoff, up to a few seconds).
+        ward_tests::eventually(
+            "the watchers watching again",
+            Duration::from_secs(30),
+            || {
+                api.requests()[before..]
+                    .iter()
+                    .any(|l| l.contains("ciliumnetworkpolicies?") && l.contains("watch=true"))
+            },
+        );
+        ward_tests::eventually("the watch error cleared", Duration::from_secs(10), || {
+            !status().contains("kubernetes CiliumNetworkPolicy watch")
+        });
+
+        std::thread::sleep(Duration::from_secs(1));
+    });
+    let (asked, wrong) = (asked.into_inner(), wrong.into_inner());
+    eprintln!("verdicts checked through the faults: {asked}, wrong: {wrong}");
+    assert!(asked > 20, "the request loop ran ({asked})");
+    assert_eq!(
+        wrong, 0,
+        "a verdict changed while the API server failed or relisted"
     );
-    let last_list = s
-        .ward_log()
-        .lines()
-        .rfind(|l| l.contains("kind=\"CiliumNetworkPolicy\"") && l.contains("listed"))
-        .unwrap_or_default()
-        .to_string();
-    assert!(last_list.contains("changed=0"), "{last_list}");
-    for _ in 0..5 {
-        assert_eq!(s.curl("tiefighter", EXHAUST).1, "Access denied\r\n");
-    }
 
     // Deleting the object restores the open deathstar.
     api.delete("CiliumNetworkPolicy", "default", "rule1");
@@ -265,6 +315,27 @@ fn namespace_labels_from_the_api_change_verdicts() {
 }
 
 /// `GET /readyz` on the node's metrics port: the HTTP status.
+/// Sets its flag when dropped.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The node's `/metrics` text.
+fn metrics(s: &Scene) -> String {
+    let out = s.node(&[
+        "curl",
+        "-s",
+        "--max-time",
+        "3",
+        "http://127.0.0.1:9962/metrics",
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn readyz(s: &Scene) -> String {
     let out = s.node(&[
         "curl",

@@ -12,9 +12,10 @@
 //! nothing is sent, and the last state keeps enforcing; the watchers retry with kube-rs's
 //! default backoff (0.8 s doubling to 30 s).
 //!
-//! Not yet: Pods (endpoints still come from the node config and `ward endpoint add`; remote pods
-//! get no identity), EndpointSlices, Kubernetes Events or status conditions on refused objects,
-//! a local checkpoint for a restart with the API server down, readiness.
+//! A refused object gets a Kubernetes Event ([`events`]). Pods are [`pods`]' (this node's are its
+//! endpoints, the others' addresses get their labels' identities).
+//!
+//! Not yet: EndpointSlices, status conditions on refused objects.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 use tracing::{info, warn};
 
+pub mod events;
 pub mod pods;
 
 use super::{FileChange, FileContent, SourceEvent};
@@ -128,6 +130,7 @@ pub fn spawn(
     node: Option<String>,
     documents: BTreeMap<PathBuf, String>,
     pods: Vec<crate::config::EndpointConfig>,
+    status: Arc<arc_swap::ArcSwap<crate::controller::Status>>,
     events: mpsc::Sender<SourceEvent>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -147,7 +150,11 @@ pub fn spawn(
                         return;
                     }
                 };
-                let mut tasks = Vec::new();
+                let mut tasks = vec![tokio::spawn(events::report(
+                    client.clone(),
+                    node.clone(),
+                    status,
+                ))];
                 // Watchers still to list once; the last one says the source is synced.
                 let unsynced = Arc::new(std::sync::atomic::AtomicUsize::new(
                     KINDS.len() + usize::from(node.is_some()),
