@@ -118,9 +118,24 @@ impl Engine {
             for f in p.ingress.filters.iter().chain(&p.egress.filters) {
                 if let PeerSelector::Any(terms) = &*f.peers {
                     for t in terms {
-                        if let PeerTerm::Cidr { net, except } = t {
-                            out.push(*net);
-                            out.extend(except.iter().copied());
+                        match t {
+                            PeerTerm::Cidr { net, except } => {
+                                out.push(*net);
+                                out.extend(except.iter().copied());
+                            }
+                            // A Service without selector stands for its EndpointSlices'
+                            // addresses, which need their CIDR identities.
+                            PeerTerm::Service { .. } | PeerTerm::ServiceSelector { .. } => {
+                                let catalog = &self.set.catalog;
+                                for svc in catalog
+                                    .services
+                                    .iter()
+                                    .filter(|s| s.selector.is_none() && t.names_service(s))
+                                {
+                                    out.extend(svc.addresses(catalog).map(IpNet::from));
+                                }
+                            }
+                            _ => {}
                         }
                     }
                 }

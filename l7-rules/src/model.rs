@@ -209,20 +209,28 @@ impl PeerTerm {
                     .any(|n| crate::l7::dns::pattern_matches(pattern, n)),
                 _ => false,
             },
-            PeerTerm::Service { namespace, name } => catalog
+            PeerTerm::Service { .. } | PeerTerm::ServiceSelector { .. } => catalog
                 .services
                 .iter()
-                .filter(|s| s.namespace == *namespace && s.name == *name)
-                .any(|s| s.selects(peer)),
+                .filter(|s| self.names_service(s))
+                .any(|s| s.selects(peer, catalog)),
+        }
+    }
+
+    /// Whether this `toServices` term names `svc` (by name, or by a selector of its labels).
+    pub fn names_service(&self, svc: &ServiceDef) -> bool {
+        match self {
+            PeerTerm::Service { namespace, name } => {
+                svc.namespace == *namespace && svc.name == *name
+            }
             PeerTerm::ServiceSelector {
                 namespace,
                 selector,
-            } => catalog
-                .services
-                .iter()
-                .filter(|s| namespace.as_ref().is_none_or(|ns| *ns == s.namespace))
-                .filter(|s| selector.matches(&s.labels))
-                .any(|s| s.selects(peer)),
+            } => {
+                namespace.as_ref().is_none_or(|ns| *ns == svc.namespace)
+                    && selector.matches(&svc.labels)
+            }
+            _ => false,
         }
     }
 }
@@ -400,16 +408,49 @@ pub struct ServiceDef {
     pub selector: Option<BTreeMap<String, String>>,
 }
 
+/// An EndpointSlice: addresses behind a Service.
+#[derive(Clone, Debug)]
+pub struct EndpointSliceDef {
+    pub namespace: String,
+    pub name: String,
+    /// Its Service's name (in the same namespace).
+    pub service: String,
+    /// Its ready endpoints' addresses.
+    pub addresses: Vec<std::net::IpAddr>,
+}
+
 impl ServiceDef {
-    fn selects(&self, peer: &Peer) -> bool {
+    /// Whether `peer` is behind this Service: a pod its selector selects, or, for a Service
+    /// without selector (Cilium's only kind for `toServices`), an address of its
+    /// EndpointSlices, as the /32 (/128) CIDR identity it has.
+    fn selects(&self, peer: &Peer, catalog: &Catalog) -> bool {
         let Some(sel) = &self.selector else {
-            return false;
+            let ip = match &peer.kind {
+                PeerKind::Cidr(net) if net.prefix_len() == net.max_prefix_len() => net.addr(),
+                PeerKind::Fqdn { ip, .. } => *ip,
+                _ => return false,
+            };
+            return self.addresses(catalog).any(|a| a == ip);
         };
         peer.kind == PeerKind::Endpoint
             && peer.labels.namespace() == Some(self.namespace.as_str())
             && sel
                 .iter()
                 .all(|(k, v)| peer.labels.values(Some(SOURCE_K8S), k).any(|x| x == v))
+    }
+}
+
+impl ServiceDef {
+    /// The addresses of this Service's EndpointSlices.
+    pub fn addresses<'a>(
+        &'a self,
+        catalog: &'a Catalog,
+    ) -> impl Iterator<Item = std::net::IpAddr> + 'a {
+        catalog
+            .endpoint_slices
+            .iter()
+            .filter(|s| s.namespace == self.namespace && s.service == self.name)
+            .flat_map(|s| s.addresses.iter().copied())
     }
 }
 
@@ -423,4 +464,6 @@ pub struct Catalog {
     /// Nodes' `InternalIP`/`ExternalIP` addresses, by node name: on every other node, traffic
     /// from them is the `remote-node` entity's.
     pub node_addresses: BTreeMap<String, Vec<std::net::IpAddr>>,
+    /// EndpointSlices (what a Service without selector stands for).
+    pub endpoint_slices: Vec<EndpointSliceDef>,
 }

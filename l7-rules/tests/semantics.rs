@@ -1274,6 +1274,53 @@ spec:
 }
 
 #[test]
+fn a_service_without_selector_is_its_endpoint_slices_addresses() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: external-db, namespace: default}
+spec: {ports: [{port: 5432}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: external-db-1
+  namespace: default
+  labels: {kubernetes.io/service-name: external-db}
+addressType: IPv4
+endpoints:
+- addresses: [192.0.2.10]
+- addresses: [192.0.2.12]
+  conditions: {ready: false}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: service-rule}
+spec:
+  endpointSelector: {matchLabels: {id: app2}}
+  egress:
+  - toServices:
+    - k8sService: {serviceName: external-db, namespace: default}
+"#;
+    let e = engine(yaml);
+    // The address needs a CIDR identity, as a toCIDR's would.
+    assert!(e.policy_cidrs().contains(&"192.0.2.10/32".parse().unwrap()));
+    assert!(allowed(&e, ask("id=app2", "cidr:192.0.2.10", 5432)));
+    assert!(!allowed(&e, ask("id=app2", "cidr:192.0.2.11", 5432)));
+    assert!(
+        !allowed(&e, ask("id=app2", "cidr:192.0.2.12", 5432)),
+        "a not-ready endpoint is not behind the Service"
+    );
+    // A slice must name its Service.
+    let bad = load_err(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s, namespace: default}\nendpoints: []\n",
+    );
+    assert!(bad
+        .errors()
+        .any(|d| d.field == "metadata.labels" && d.message.contains("service-name")));
+}
+
+#[test]
 fn map_entries_match_decisions() {
     use l7_rules::identity::{IdentityTable, Peer};
     let e = engine(STARWARS_L7);

@@ -394,7 +394,10 @@ impl Scene {
 
     /// Waits until `port` accepts TCP connections inside the pod.
     pub fn wait_port(&self, pod: &str, port: u16) {
-        let ip = self.pod(pod).ip;
+        let ip = match (&self.outside, pod) {
+            (Some(_), "outside") => OUTSIDE_IP,
+            _ => self.pod(pod).ip,
+        };
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             let out = self.exec(

@@ -906,3 +906,69 @@ fn two_nodes_enforce_policy_across_the_underlay() {
     // B's pods are still judged as themselves, not as their node.
     assert_eq!(b.curl("xwing-b", &["-XPOST", &land]).0, 28);
 }
+
+/// `toServices` of a Service without selector is its EndpointSlices' addresses (here the
+/// outside network's server): allowed while a slice lists it, not after. Slices the
+/// EndpointSlice controller makes (for Services with selectors) do not count.
+#[test]
+fn to_services_follows_the_endpoint_slices_of_a_service_without_selector() {
+    if !privileged("to_services_follows_the_endpoint_slices_of_a_service_without_selector") {
+        return;
+    }
+    let (mut s, api) = scene_full("ke", true, true);
+    s.start_deathstar("outside", 80);
+    let outside = format!("http://{}/v1/request-landing", ward_tests::OUTSIDE_IP);
+    let land = ["-XPOST", outside.as_str()];
+    assert_eq!(s.curl("tiefighter", &land), (0, "Ship landed\n".into()));
+    api.apply(json!({
+        "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": "to-external-db", "namespace": "default"},
+        "spec": {
+            "endpointSelector": {"matchLabels": {"class": "tiefighter"}},
+            "egress": [{"toServices": [{"k8sService": {"serviceName": "external-db", "namespace": "default"}}]}]
+        }
+    }));
+    api.apply(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "external-db", "namespace": "default"},
+        "spec": {"ports": [{"port": 80}]}
+    }));
+    // No endpoints yet: nothing is behind the Service.
+    eventually("the egress policy in force", || {
+        s.curl("tiefighter", &land).0 == 28
+    });
+    let slice = |name: &str, ip: &str, managed_by: Option<&str>| {
+        let mut labels = json!({"kubernetes.io/service-name": "external-db"});
+        if let Some(m) = managed_by {
+            labels["endpointslice.kubernetes.io/managed-by"] = json!(m);
+        }
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": "default", "labels": labels},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+            "ports": [{"port": 80, "protocol": "TCP"}]
+        })
+    };
+    // A controller-made slice (as for a Service with selector) does not count.
+    api.apply(slice(
+        "external-db-auto",
+        &ward_tests::OUTSIDE_IP.to_string(),
+        Some("endpointslice-controller.k8s.io"),
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.curl("tiefighter", &land).0, 28);
+    api.apply(slice(
+        "external-db-1",
+        &ward_tests::OUTSIDE_IP.to_string(),
+        None,
+    ));
+    eventually("the slice's address allowed", || {
+        s.curl("tiefighter", &land) == (0, "Ship landed\n".into())
+    });
+    // The address moves: the old one is refused.
+    api.apply(slice("external-db-1", "10.250.0.9", None));
+    eventually("the old address refused", || {
+        s.curl("tiefighter", &land).0 == 28
+    });
+}

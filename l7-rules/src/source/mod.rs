@@ -103,6 +103,7 @@ pub(crate) fn assemble<'a>(
                 }
             }
             Content::Service(s) => set.catalog.services.push(s.clone()),
+            Content::EndpointSlice(s) => set.catalog.endpoint_slices.push(s.clone()),
         }
     }
     crate::lint::cross_policy_warnings(&set.policies, &mut set.warnings);

@@ -43,6 +43,8 @@ pub enum Content {
         addresses: Vec<std::net::IpAddr>,
     },
     Service(ServiceDef),
+    /// The addresses behind a Service, for `toServices` of a Service without selector.
+    EndpointSlice(EndpointSliceDef),
 }
 
 impl Content {
@@ -160,6 +162,49 @@ fn content(value: serde_yaml::Value, cx: &mut DocContext<'_>) -> Option<Content>
                 selector: svc.spec.selector,
             }));
         }
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            let slice = typed::<raw::EndpointSlice>(value, cx)?;
+            let Some(name) = slice.metadata.name else {
+                cx.error("metadata.name", "an EndpointSlice needs a name");
+                return None;
+            };
+            let Some(service) = slice
+                .metadata
+                .labels
+                .get("kubernetes.io/service-name")
+                .cloned()
+            else {
+                cx.error(
+                    "metadata.labels",
+                    "an EndpointSlice needs the `kubernetes.io/service-name` label (its Service)",
+                );
+                return None;
+            };
+            let mut addresses = Vec::new();
+            if matches!(slice.address_type.as_deref(), None | Some("IPv4" | "IPv6")) {
+                for (i, e) in slice.endpoints.iter().enumerate() {
+                    // Kubernetes: an endpoint without the condition counts as ready.
+                    if e.conditions.ready == Some(false) {
+                        continue;
+                    }
+                    for (j, a) in e.addresses.iter().enumerate() {
+                        match a.parse() {
+                            Ok(ip) => addresses.push(ip),
+                            Err(_) => cx.error(
+                                &format!("endpoints[{i}].addresses[{j}]"),
+                                format!("{a:?} is not an IP address"),
+                            ),
+                        }
+                    }
+                }
+            }
+            return Some(Content::EndpointSlice(EndpointSliceDef {
+                namespace: slice.metadata.namespace.unwrap_or_else(|| "default".into()),
+                name,
+                service,
+                addresses,
+            }));
+        }
         (_, "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy") => {
             cx.error(
                 "apiVersion",
@@ -174,7 +219,7 @@ fn content(value: serde_yaml::Value, cx: &mut DocContext<'_>) -> Option<Content>
         _ => {
             cx.error(
                 "kind",
-                format!("unsupported kind {kind:?} ({api}); expected CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy, Namespace or Service"),
+                format!("unsupported kind {kind:?} ({api}); expected CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy, Namespace, Node, Service or EndpointSlice"),
             );
             return None;
         }

@@ -1,6 +1,6 @@
 //! Kubernetes mode's policy source (`policy_source: kubernetes`): kube-rs watchers on
 //! CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy, and the Namespaces,
-//! Nodes and Services the policies' selectors read, each object handed to
+//! Nodes, Services and EndpointSlices the policies' selectors read, each object handed to
 //! the controller as one policy document named `Kind namespace/name` (cluster-scoped:
 //! `Kind name`), so that it goes through the same per-document pipeline as a policy file: a bad
 //! object is refused with its name, line and field while the rest keeps enforcing, and its
@@ -15,7 +15,9 @@
 //! A refused object gets a Kubernetes Event ([`events`]). Pods are [`pods`]' (this node's are its
 //! endpoints, the others' addresses get their labels' identities).
 //!
-//! Not yet: EndpointSlices, status conditions on refused objects.
+//! EndpointSlices count for Services without selector (toServices).
+//!
+//! Not yet: status conditions on refused objects.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -62,7 +64,27 @@ const KINDS: &[(&str, &str, &str, &str)] = &[
     ("", "v1", "Node", "nodes"),
     // Their selectors feed toServices.
     ("", "v1", "Service", "services"),
+    // A Service without selector stands for its slices' addresses in toServices (those of
+    // Services with selectors, made by the EndpointSlice controller, are left out: the
+    // selector says the same, and they change with every pod).
+    ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
 ];
+
+/// The label the EndpointSlice controller puts on the slices it makes from selectors.
+const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
+const SLICE_CONTROLLER: &str = "endpointslice-controller.k8s.io";
+
+/// Whether an object of `kind` counts for policy (see [`KINDS`]).
+fn wanted(kind: &str, obj: &DynamicObject) -> bool {
+    kind != "EndpointSlice"
+        || obj
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(MANAGED_BY))
+            .map(String::as_str)
+            != Some(SLICE_CONTROLLER)
+}
 
 /// The source's name in `ward status` and logs.
 pub(crate) const SOURCE: &str = "kubernetes";
@@ -243,6 +265,7 @@ fn source_name(kind: &str) -> &'static str {
         "Namespace" => "kubernetes Namespace watch",
         "Node" => "kubernetes Node watch",
         "Service" => "kubernetes Service watch",
+        "EndpointSlice" => "kubernetes EndpointSlice watch",
         _ => SOURCE,
     }
 }
@@ -328,8 +351,10 @@ async fn watch_kind(
         match event {
             Event::Init => relist = Some(BTreeMap::new()),
             Event::InitApply(obj) => {
-                let (name, text) = named(kind, &api_version, &obj);
-                relist.get_or_insert_with(BTreeMap::new).insert(name, text);
+                if wanted(kind, &obj) {
+                    let (name, text) = named(kind, &api_version, &obj);
+                    relist.get_or_insert_with(BTreeMap::new).insert(name, text);
+                }
             }
             Event::InitDone => {
                 let now = relist.take().unwrap_or_default();
@@ -361,6 +386,15 @@ async fn watch_kind(
                     });
                 }
                 synced.listed(&events);
+            }
+            Event::Apply(obj) if !wanted(kind, &obj) => {
+                let (name, _) = named(kind, &api_version, &obj);
+                if sent.remove(&name).is_some() {
+                    changes.push(FileChange {
+                        path: name,
+                        content: FileContent::Removed,
+                    });
+                }
             }
             Event::Apply(obj) => {
                 let (name, text) = named(kind, &api_version, &obj);
