@@ -144,7 +144,7 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
             restored_documents,
             cfg.endpoints
                 .iter()
-                .filter(|e| cfg.kubernetes.restored_pods.contains(&e.name))
+                .filter(|e| cfg.kubernetes.restored_pods.contains(&e.qualified()))
                 .cloned()
                 .collect(),
             published.status.clone(),

@@ -93,6 +93,21 @@ pub struct EndpointConfig {
     pub audit: bool,
 }
 
+impl EndpointConfig {
+    /// `namespace/name`.
+    pub fn qualified(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Whether `spec` names this endpoint: `namespace/name`, or its name alone.
+    pub fn is(&self, spec: &str) -> bool {
+        match spec.split_once('/') {
+            Some((ns, name)) => self.namespace == ns && self.name == name,
+            None => self.name == spec,
+        }
+    }
+}
+
 fn default_namespace() -> String {
     "default".into()
 }
@@ -232,7 +247,7 @@ pub struct KubernetesSection {
     #[serde(default = "default_checkpoint")]
     pub checkpoint: PathBuf,
     /// Not configured: the endpoints `ward run` restored from the checkpoint (pods, not the
-    /// node config's own endpoints).
+    /// node config's own endpoints), as `namespace/name`.
     #[serde(skip)]
     pub restored_pods: Vec<String>,
     /// Not configured: the pods' interfaces `ward-cni` reported, from the checkpoint.

@@ -294,7 +294,7 @@ impl<K: Kernel> Controller<K> {
         };
         // A restart from the checkpoint: its pods and their interfaces.
         for e in c.cfg.endpoints.iter() {
-            if c.cfg.kubernetes.restored_pods.contains(&e.name) {
+            if c.cfg.kubernetes.restored_pods.contains(&e.qualified()) {
                 let key = (e.namespace.clone(), e.name.clone());
                 c.pods.seen.insert(key, e.clone());
             }
@@ -679,8 +679,12 @@ impl<K: Kernel> Controller<K> {
                 .desired
                 .endpoint_configs()
                 .filter(|(_, e)| {
-                    self.cfg.kubernetes.restored_pods.contains(&e.name)
-                        || !self.cfg.endpoints.iter().any(|c| c.name == e.name)
+                    self.cfg.kubernetes.restored_pods.contains(&e.qualified())
+                        || !self
+                            .cfg
+                            .endpoints
+                            .iter()
+                            .any(|c| c.qualified() == e.qualified())
                 })
                 .map(|(_, e)| e.clone())
                 .collect(),
@@ -935,8 +939,8 @@ impl<K: Kernel> Controller<K> {
             if Some(other) == id {
                 continue;
             }
-            if id.is_none() && o.name == e.name {
-                return Err(format!("endpoint {:?} exists", e.name));
+            if id.is_none() && o.name == e.name && o.namespace == e.namespace {
+                return Err(format!("endpoint {} exists", e.qualified()));
             }
             if o.interface == e.interface {
                 return Err(format!(
@@ -1112,15 +1116,32 @@ impl<K: Kernel> Controller<K> {
         self.remove_endpoint_in(name, None)
     }
 
-    /// Removes the endpoint `name` (of `namespace`, when given).
+    /// Removes the endpoint `name` (of `namespace`, when given; `name` may also be
+    /// `namespace/name`). A bare name two namespaces share is refused as ambiguous.
     fn remove_endpoint_in(&mut self, name: &str, namespace: Option<&str>) -> Result<(), String> {
-        let Some((id, e)) = self
+        let spec = match namespace {
+            Some(ns) => format!("{ns}/{name}"),
+            None => name.to_string(),
+        };
+        let found: Vec<(u16, EndpointConfig)> = self
             .desired
             .endpoint_configs()
-            .find(|(_, e)| e.name == name && namespace.is_none_or(|ns| e.namespace == ns))
+            .filter(|(_, e)| e.is(&spec))
             .map(|(id, e)| (id, e.clone()))
-        else {
-            return Err(format!("no endpoint {name:?}"));
+            .collect();
+        let (id, e) = match found.as_slice() {
+            [] => return Err(format!("no endpoint {spec:?}")),
+            [one] => one.clone(),
+            more => {
+                return Err(format!(
+                    "{spec:?} names {} endpoints ({}): give namespace/name",
+                    more.len(),
+                    more.iter()
+                        .map(|(_, e)| e.qualified())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            }
         };
         // What it learned from DNS goes with it.
         self.fqdn.remove_endpoint(id);
@@ -1439,6 +1460,55 @@ spec:
             .endpoint_by_name("tiefighter")
             .is_none());
         assert_eq!(published.status.load().links.len(), 2);
+    }
+
+    /// Pods of one name in two namespaces are two endpoints; a bare name that both have is
+    /// refused as ambiguous, `namespace/name` is not. A pod waits for an interface, and goes
+    /// when it is gone.
+    #[test]
+    fn pods_are_endpoints_by_namespace_and_name() {
+        let kernel = Recorder::default();
+        let mut c = started(kernel.clone());
+        let published = c.published();
+        let pod = |ns: &str, n: u8, interface: &str| {
+            let mut e = endpoint("redis-0", "redis", n);
+            e.namespace = ns.into();
+            e.interface = interface.into();
+            e
+        };
+        let ask = |c: &mut Controller<Recorder>, endpoint: EndpointConfig| {
+            let (reply, answer) = mpsc::sync_channel(1);
+            c.handle(SourceEvent::Pod { endpoint, reply });
+            answer.recv().unwrap()
+        };
+        assert!(matches!(ask(&mut c, pod("a", 20, "lxc20")), Ok(Some(_))));
+        assert!(matches!(ask(&mut c, pod("b", 21, "lxc21")), Ok(Some(_))));
+        // No interface yet: it waits, no endpoint.
+        assert_eq!(ask(&mut c, pod("c", 22, "")), Ok(None));
+        let state = published.state.load_full();
+        assert!(state.endpoint_by_name("a/redis-0").is_some());
+        assert!(state.endpoint_by_name("b/redis-0").is_some());
+        assert!(state.endpoint_by_name("c/redis-0").is_none());
+        let (reply, answer) = mpsc::sync_channel(1);
+        c.handle(SourceEvent::EndpointRemove {
+            name: "redis-0".into(),
+            reply,
+        });
+        assert!(answer
+            .recv()
+            .unwrap()
+            .unwrap_err()
+            .contains("a/redis-0, b/redis-0"));
+        let (reply, answer) = mpsc::sync_channel(1);
+        c.handle(SourceEvent::PodGone {
+            namespace: "a".into(),
+            name: "redis-0".into(),
+            reply,
+        });
+        assert_eq!(answer.recv().unwrap(), Ok(()));
+        let state = published.state.load_full();
+        assert!(state.endpoint_by_name("a/redis-0").is_none());
+        assert!(state.endpoint_by_name("b/redis-0").is_some());
     }
 
     /// Events that arrive together are applied together: one map write for a burst of file

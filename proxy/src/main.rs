@@ -323,8 +323,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 cfg.kubernetes.restored_cni = c.cni.clone();
                 for e in &c.endpoints {
-                    if !cfg.endpoints.iter().any(|o| o.name == e.name) {
-                        cfg.kubernetes.restored_pods.push(e.name.clone());
+                    if !cfg.endpoints.iter().any(|o| o.qualified() == e.qualified()) {
+                        cfg.kubernetes.restored_pods.push(e.qualified());
                         cfg.endpoints.push(e.clone());
                     }
                 }

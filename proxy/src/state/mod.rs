@@ -412,8 +412,9 @@ impl NodeState {
         ips
     }
 
+    /// The endpoint `name` names (`namespace/name`, or a name alone: the first of that name).
     pub fn endpoint_by_name(&self, name: &str) -> Option<&EndpointInfo> {
-        self.endpoints.iter().find(|e| e.config.name == name)
+        self.endpoints.iter().find(|e| e.config.is(name))
     }
 
     /// Number of policy documents loaded.
