@@ -253,6 +253,9 @@ pub struct KubernetesSection {
     /// Not configured: the pods' interfaces `ward-cni` reported, from the checkpoint.
     #[serde(skip)]
     pub restored_cni: Vec<crate::admin::api::CniAttachment>,
+    /// Not configured: other nodes' pods, from the checkpoint.
+    #[serde(skip)]
+    pub restored_remote: Vec<(std::net::Ipv4Addr, crate::state::RemotePod)>,
 }
 
 impl Default for KubernetesSection {
@@ -262,6 +265,7 @@ impl Default for KubernetesSection {
             checkpoint: default_checkpoint(),
             restored_pods: Vec::new(),
             restored_cni: Vec::new(),
+            restored_remote: Vec::new(),
         }
     }
 }

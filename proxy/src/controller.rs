@@ -222,7 +222,14 @@ pub struct Controller<K: Kernel> {
     checkpoint_dirty: bool,
     /// Kubernetes mode: this node's pods, and the interfaces `ward-cni` reported.
     pods: Pods,
+    /// Other nodes' pods changed since the checkpoint was written: written at most every
+    /// [`CHECKPOINT_EVERY`] (there can be many, and they change often).
+    remote_dirty: bool,
+    checkpoint_at: Instant,
 }
+
+/// The least time between two checkpoints written for other nodes' pods alone.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// Kubernetes mode's pods on this node. A pod is an endpoint once it has an address (from its
 /// object, else from `ward-cni`) and an interface (from `ward-cni`, else the route the watcher
@@ -291,6 +298,8 @@ impl<K: Kernel> Controller<K> {
             rows_at: Instant::now(),
             checkpoint_dirty: false,
             pods: Pods::default(),
+            remote_dirty: false,
+            checkpoint_at: Instant::now(),
         };
         // A restart from the checkpoint: its pods and their interfaces.
         for e in c.cfg.endpoints.iter() {
@@ -305,6 +314,17 @@ impl<K: Kernel> Controller<K> {
         }
         let desired = c.desired.clone();
         c.commit(desired, recompute, None)?;
+        let remote: Vec<_> = c
+            .cfg
+            .kubernetes
+            .restored_remote
+            .iter()
+            .map(|(ip, p)| (*ip, Some(p.clone())))
+            .collect();
+        if !remote.is_empty() {
+            c.remote_pods(remote);
+            c.remote_dirty = false;
+        }
         Ok(c)
     }
 
@@ -507,6 +527,13 @@ impl<K: Kernel> Controller<K> {
         if let Err(e) = result {
             warn!(error = %e, "writing other nodes' pods to the maps");
         }
+        self.remote_dirty = true;
+    }
+
+    /// Other nodes' pods are due in the checkpoint: how long until then.
+    fn remote_checkpoint_in(&self) -> Option<Duration> {
+        self.remote_dirty
+            .then(|| CHECKPOINT_EVERY.saturating_sub(self.checkpoint_at.elapsed()))
     }
 
     fn publish_rows(&mut self) {
@@ -596,15 +623,25 @@ impl<K: Kernel> Controller<K> {
                 self.expire_fqdn();
                 next_gc = Instant::now() + FQDN_GC;
             }
-            let first = if self.retry || !self.fqdn.is_empty() || self.fqdn.rows_dirty() {
-                let wait = if self.fqdn.is_empty() {
+            let first = if self.retry
+                || !self.fqdn.is_empty()
+                || self.fqdn.rows_dirty()
+                || self.remote_dirty
+            {
+                let mut wait = if self.fqdn.is_empty() {
                     RETRY
                 } else {
                     next_gc.saturating_duration_since(Instant::now())
                 };
+                if let Some(due) = self.remote_checkpoint_in() {
+                    wait = wait.min(due);
+                }
                 match inbox.recv_timeout(wait) {
                     Ok(e) => e,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if self.remote_checkpoint_in() == Some(Duration::ZERO) {
+                            self.write_checkpoint();
+                        }
                         if self.retry {
                             self.retry = false;
                             self.apply_pending();
@@ -655,7 +692,7 @@ impl<K: Kernel> Controller<K> {
             if !answers.is_empty() {
                 self.learned(answers);
             }
-            if self.checkpoint_dirty {
+            if self.checkpoint_dirty || self.remote_checkpoint_in() == Some(Duration::ZERO) {
                 self.write_checkpoint();
             }
         }
@@ -665,6 +702,8 @@ impl<K: Kernel> Controller<K> {
     /// while the API server is unreachable.
     fn write_checkpoint(&mut self) {
         self.checkpoint_dirty = false;
+        self.remote_dirty = false;
+        self.checkpoint_at = Instant::now();
         if self.cfg.policy_source != crate::config::PolicySource::Kubernetes {
             return;
         }
@@ -689,6 +728,11 @@ impl<K: Kernel> Controller<K> {
                 .map(|(_, e)| e.clone())
                 .collect(),
             cni: self.pods.cni.values().cloned().collect(),
+            remote: self
+                .desired
+                .remote_pods()
+                .map(|(ip, p)| (ip, p.clone()))
+                .collect(),
         };
         if let Err(e) = c.write(&self.cfg.kubernetes.checkpoint) {
             warn!(error = %e, path = %self.cfg.kubernetes.checkpoint.display(), "writing the Kubernetes checkpoint");

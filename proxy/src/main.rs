@@ -322,6 +322,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "starting from the Kubernetes checkpoint"
                 );
                 cfg.kubernetes.restored_cni = c.cni.clone();
+                cfg.kubernetes.restored_remote = c.remote.clone();
                 for e in &c.endpoints {
                     if !cfg.endpoints.iter().any(|o| o.qualified() == e.qualified()) {
                         cfg.kubernetes.restored_pods.push(e.qualified());

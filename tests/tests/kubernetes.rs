@@ -483,7 +483,7 @@ fn another_nodes_pods_are_judged_by_their_labels() {
     if !privileged("another_nodes_pods_are_judged_by_their_labels") {
         return;
     }
-    let (s, api) = scene_full("kr", true, true);
+    let (mut s, api) = scene_full("kr", true, true);
     api.apply(rule1());
     let deathstar = s.pods.iter().find(|p| p.name == "deathstar-1").unwrap().ip;
     let land = [
@@ -511,6 +511,19 @@ fn another_nodes_pods_are_judged_by_their_labels() {
         s.curl("outside", &["-XPUT", &exhaust]).1,
         "Access denied\r\n"
     );
+    // A restart while the API server is down keeps the other node's pods (the checkpoint):
+    // judged as the empire pod at once, not as the world.
+    let checkpoint = s.dir.join("checkpoint.json");
+    eventually("the other node's pod in the checkpoint", || {
+        std::fs::read_to_string(&checkpoint)
+            .unwrap_or_default()
+            .contains("tiefighter-2")
+    });
+    s.stop_ward();
+    api.set_down(true);
+    s.start_ward();
+    assert_eq!(s.curl("outside", &land), (0, "Ship landed\n".into()));
+    api.set_down(false);
     // Relabelled to the alliance, or gone: dropped again.
     api.apply(remote(json!({"org": "alliance"})));
     eventually("the relabelled pod dropped", || {

@@ -1,5 +1,5 @@
 //! Kubernetes mode's checkpoint: the policy documents in force, the endpoints and the pods'
-//! interfaces `ward-cni` reported, written
+//! interfaces `ward-cni` reported, and other nodes' pods, written
 //! after every change of either, so that a `ward run` restarted while the API server is
 //! unreachable enforces the last state at once instead of starting from nothing (and detaching
 //! the pods' hooks, which would leave them open). Written to a temporary file and renamed into
@@ -21,6 +21,9 @@ pub struct Checkpoint {
     /// The pods' interfaces `ward-cni` reported.
     #[serde(default)]
     pub cni: Vec<crate::admin::api::CniAttachment>,
+    /// Other nodes' pods, by address (their traffic keeps its identity after a restart).
+    #[serde(default)]
+    pub remote: Vec<(std::net::Ipv4Addr, crate::state::RemotePod)>,
 }
 
 impl Checkpoint {
@@ -68,6 +71,14 @@ mod tests {
             documents: [("CiliumNetworkPolicy default/a".into(), "kind: x\n".into())].into(),
             endpoints: Vec::new(),
             cni: Vec::new(),
+            remote: vec![(
+                std::net::Ipv4Addr::new(10, 1, 2, 3),
+                crate::state::RemotePod {
+                    namespace: "default".into(),
+                    name: "p".into(),
+                    labels: [("app".to_string(), "x".to_string())].into(),
+                },
+            )],
         };
         c.write(&path).unwrap();
         assert_eq!(Checkpoint::read(&path), Some(c));

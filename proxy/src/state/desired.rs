@@ -72,7 +72,7 @@ pub struct Update {
 }
 
 /// A pod of another node: what its identity is computed from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RemotePod {
     pub namespace: String,
     pub name: String,
@@ -186,6 +186,11 @@ impl Desired {
             .get(&ip)
             .or_else(|| self.fqdn_peers.get(&ip))
             .map(|p| super::NodeState::fqdn_entry(ip, p))
+    }
+
+    /// Other nodes' pods, by address.
+    pub fn remote_pods(&self) -> impl Iterator<Item = (Ipv4Addr, &RemotePod)> {
+        self.remote_pods.iter().map(|(ip, p)| (*ip, &**p))
     }
 
     pub fn endpoint_configs(&self) -> impl Iterator<Item = (u16, &EndpointConfig)> {

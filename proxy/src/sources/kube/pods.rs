@@ -157,6 +157,7 @@ pub async fn watch(
     api: Api<DynamicObject>,
     node: String,
     had: Vec<EndpointConfig>,
+    had_remote: Vec<(Ipv4Addr, RemotePod)>,
     mut synced: super::Synced,
     events: mpsc::Sender<SourceEvent>,
 ) {
@@ -166,11 +167,14 @@ pub async fn watch(
         .map(|e| ((e.namespace.clone(), e.name.clone()), e))
         .collect();
     let mut relist: Option<BTreeMap<(String, String), EndpointConfig>> = None;
-    // Other nodes' pods, by address.
-    let mut remote_sent: BTreeMap<Ipv4Addr, RemotePod> = BTreeMap::new();
+    // Other nodes' pods, by address (at first, the restored ones).
+    let mut remote_sent: BTreeMap<Ipv4Addr, RemotePod> = had_remote.into_iter().collect();
     let mut remote_relist: Option<BTreeMap<Ipv4Addr, RemotePod>> = None;
     // Their addresses by pod (namespace, name): one pod's event costs that pod alone.
-    let mut remote_ip: BTreeMap<(String, String), Ipv4Addr> = BTreeMap::new();
+    let mut remote_ip: BTreeMap<(String, String), Ipv4Addr> = remote_sent
+        .iter()
+        .map(|(ip, p)| ((p.namespace.clone(), p.name.clone()), *ip))
+        .collect();
     let config = watcher::Config::default();
     let on_node = |o: &DynamicObject| o.data["spec"]["nodeName"].as_str() == Some(node.as_str());
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
