@@ -147,7 +147,6 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
                 .filter(|e| cfg.kubernetes.restored_pods.contains(&e.qualified()))
                 .cloned()
                 .collect(),
-            cfg.kubernetes.restored_remote.clone(),
             published.status.clone(),
             events.clone(),
             stop.clone(),

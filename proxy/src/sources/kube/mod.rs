@@ -144,15 +144,14 @@ fn document(kind: &str, api_version: &str, obj: &DynamicObject) -> String {
 }
 
 /// Starts the watchers on a thread of their own until `stop`.
-/// `documents`, `pods` and `remote` (other nodes' pods) are what the controller starts with (a
-/// checkpoint's): the first list is compared with them, so an object deleted while Ward was down goes, and an unchanged
-/// one is not sent again.
+/// `documents`, `pods` and `cfg.restored_remote` (other nodes' pods) are what the controller
+/// starts with (a checkpoint's): the first list is compared with them, so an object deleted
+/// while Ward was down goes, and an unchanged one is not sent again.
 pub fn spawn(
     cfg: KubernetesSection,
     node: Option<String>,
     documents: BTreeMap<PathBuf, String>,
     pods: Vec<crate::config::EndpointConfig>,
-    remote: Vec<(std::net::Ipv4Addr, crate::state::RemotePod)>,
     status: Arc<arc_swap::ArcSwap<crate::controller::Status>>,
     events: mpsc::Sender<SourceEvent>,
     stop: Arc<AtomicBool>,
@@ -211,7 +210,7 @@ pub fn spawn(
                             api,
                             node,
                             pods.clone(),
-                            remote.clone(),
+                            cfg.restored_remote.clone(),
                             Synced(Some(unsynced.clone())),
                             events.clone(),
                         )));
