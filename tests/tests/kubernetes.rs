@@ -683,17 +683,7 @@ fn ward_cni_chained_after_ptp_makes_the_pod_an_endpoint() {
     assert_eq!(row["ipv4"], json!([pod_ip]), "{row}");
     // Its traffic is judged: an empire ship lands, the exhaust port is refused at L7.
     let deathstar = s.pod("deathstar-1").ip;
-    let curl = |args: &[&str]| {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &netns, "curl", "-s", "--max-time", "3"])
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    };
+    let curl = |args: &[&str]| curl_in(&netns, args);
     let land = format!("http://{deathstar}/v1/request-landing");
     let exhaust = format!("http://{deathstar}/v1/exhaust-port");
     assert_eq!(curl(&["-XPOST", &land]), (0, "Ship landed\n".into()));
@@ -748,10 +738,11 @@ fn node_object(name: &str, ip: std::net::Ipv4Addr) -> Value {
     })
 }
 
-/// `curl` from a node's own namespace (the host); returns (exit code, stdout).
-fn curl_from_node(s: &Scene, args: &[&str]) -> (i32, String) {
+/// `curl` from a network namespace that is no scene pod (a node's own, a CNI sandbox);
+/// returns (exit code, stdout).
+fn curl_in(netns: &str, args: &[&str]) -> (i32, String) {
     let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &s.node_ns, "curl", "-s", "--max-time", "3"])
+        .args(["netns", "exec", netns, "curl", "-s", "--max-time", "3"])
         .args(args)
         .output()
         .unwrap();
@@ -890,11 +881,11 @@ fn two_nodes_enforce_policy_across_the_underlay() {
     // Entities: node A's own address is `host` (its pods accept it by default); node B's is
     // `remote-node`, which rule1 does not allow until a policy names it.
     assert_eq!(
-        curl_from_node(&a, &["-XPOST", &land]),
+        curl_in(&a.node_ns, &["-XPOST", &land]),
         (0, "Ship landed\n".into())
     );
     assert_eq!(
-        curl_from_node(&b, &["-XPOST", &land]).0,
+        curl_in(&b.node_ns, &["-XPOST", &land]).0,
         28,
         "node B (remote-node) is not allowed by rule1"
     );
@@ -908,7 +899,7 @@ fn two_nodes_enforce_policy_across_the_underlay() {
         }
     }));
     eventually("node B allowed as remote-node", || {
-        curl_from_node(&b, &["-XPOST", &land]) == (0, "Ship landed\n".into())
+        curl_in(&b.node_ns, &["-XPOST", &land]) == (0, "Ship landed\n".into())
     });
     let f = a
         .wait_flow(Duration::from_secs(3), |f| {
