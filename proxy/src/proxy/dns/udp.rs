@@ -136,6 +136,7 @@ fn start(
         }
         return;
     }
+    debug!(%client, %orig_dst, "DNS session starts");
     let (tx, rx) = mpsc::channel(SESSION_QUEUE);
     let _ = tx.try_send(first);
     sessions.insert(key, tx);
@@ -171,6 +172,9 @@ impl Session {
         let timer = tokio::time::sleep(IDLE);
         tokio::pin!(timer);
         let mut last = Instant::now();
+        // Closed once the session decided to end: the listener then starts a new session for
+        // the client's next datagram, and this one only finishes what it already took.
+        let mut inbox_open = true;
         loop {
             // The next thing to wake for: the oldest query's deadline, or the idle end.
             let wake = match self.deadlines.front() {
@@ -181,9 +185,10 @@ impl Session {
                 timer.as_mut().reset(wake.into());
             }
             tokio::select! {
-                m = rx.recv() => match m {
+                m = rx.recv(), if inbox_open => match m {
                     Some(m) => { last = Instant::now(); self.query(&m).await },
-                    None => break,
+                    None if self.pending.is_empty() => break,
+                    None => inbox_open = false,
                 },
                 r = self.reply.recv(&mut cbuf) => match r {
                     Ok(n) => { last = Instant::now(); self.query(&cbuf[..n]).await },
@@ -199,16 +204,57 @@ impl Session {
                 },
                 _ = &mut timer => {
                     if !self.expire() && self.pending.is_empty() && last.elapsed() >= IDLE {
-                        break;
+                        // A datagram may have arrived just as the idle time ran out (a client
+                        // retrying every IDLE does that): it is this session's to serve.
+                        let mut late = self.arrived(&mut rx, &mut cbuf);
+                        if late.is_empty() && inbox_open {
+                            rx.close();
+                            inbox_open = false;
+                            late = self.arrived(&mut rx, &mut cbuf);
+                        }
+                        if late.is_empty() {
+                            break;
+                        }
+                        last = Instant::now();
+                        for m in late {
+                            self.query(&m).await;
+                        }
                     }
                 }
                 _ = shutdown.changed() => break,
             }
         }
-        for _ in self.pending.drain() {
-            self.dns.finished();
+        // The reply socket goes first, right after the last look at its queue: from then on
+        // the client's datagrams reach the listener, which starts a new session.
+        let Session {
+            dns,
+            reply,
+            pending,
+            conn,
+            ..
+        } = self;
+        drop(reply);
+        debug!(client = %conn.client, "DNS session ends");
+        for _ in pending {
+            dns.finished();
         }
-        self.dns.close_session();
+        dns.close_session();
+    }
+
+    /// The datagrams already queued for this session, on its inbox or its reply socket.
+    fn arrived(&self, rx: &mut mpsc::Receiver<Vec<u8>>, buf: &mut [u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            out.push(m);
+        }
+        // Straight from the socket: tokio's `try_recv` answers from the readiness its reactor
+        // last saw, which lags the kernel's queue by as much as a datagram that just came.
+        let fd = self.reply.as_raw_fd();
+        while let Ok(n) = nix::sys::socket::recv(fd, buf, nix::sys::socket::MsgFlags::MSG_DONTWAIT)
+        {
+            out.push(buf[..n].to_vec());
+        }
+        out
     }
 
     async fn query(&mut self, msg: &[u8]) {
