@@ -292,7 +292,9 @@ fn open_loop(
                             std::thread::sleep(due - now);
                         }
                         stream.write_all(req.as_bytes())?;
-                        read_response(&mut stream, &mut buf)?;
+                        read_response(&mut stream, &mut buf).with_context(|| {
+                            format!("request {i} of the {rate}/s loop to {addr}{path}")
+                        })?;
                         out.push(due.elapsed().as_secs_f64() * 1000.0);
                         i += CONNS;
                     }

@@ -98,20 +98,21 @@ fn open_loop(
     rate: u32,
     secs: u32,
     first: u32,
-) -> Result<Vec<f64>> {
+) -> Result<(Vec<f64>, u64)> {
     const SOCKS: u32 = 8;
     let total = rate * secs;
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
-    let lat = in_netns(netns, move || -> Result<Vec<f64>> {
+    let lat = in_netns(netns, move || -> Result<(Vec<f64>, u64)> {
         let start = Instant::now() + Duration::from_millis(200);
         let handles: Vec<_> = (0..SOCKS)
             .map(|w| {
-                std::thread::spawn(move || -> Result<Vec<f64>> {
+                std::thread::spawn(move || -> Result<(Vec<f64>, u64)> {
                     let sock = UdpSocket::bind("0.0.0.0:0")?;
                     sock.connect(server)?;
                     sock.set_read_timeout(Some(Duration::from_secs(2)))?;
                     let mut buf = [0u8; 1500];
                     let mut out = Vec::new();
+                    let mut lost = 0u64;
                     let mut i = w;
                     while i < total {
                         let due = start + interval * i;
@@ -121,31 +122,53 @@ fn open_loop(
                         }
                         let q = query(i as u16, &fresh((first + i) % NAMES));
                         sock.send(&q)?;
-                        loop {
-                            let n = sock.recv(&mut buf)?;
-                            if n >= 2 && buf[..2] == q[..2] {
-                                break;
+                        let answered = loop {
+                            match sock.recv(&mut buf) {
+                                Ok(n) if n >= 2 && buf[..2] == q[..2] => break true,
+                                Ok(_) => {}
+                                // UDP: no answer within the read timeout is a lost query,
+                                // counted (a stub resolver would retry it).
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) =>
+                                {
+                                    break false
+                                }
+                                Err(e) => return Err(e.into()),
                             }
+                        };
+                        if answered {
+                            out.push(due.elapsed().as_secs_f64() * 1000.0);
+                        } else {
+                            lost += 1;
                         }
-                        out.push(due.elapsed().as_secs_f64() * 1000.0);
                         i += SOCKS;
                     }
-                    Ok(out)
+                    Ok((out, lost))
                 })
             })
             .collect();
         let mut all = Vec::new();
+        let mut lost = 0;
         for h in handles {
-            all.extend(
-                h.join()
-                    .map_err(|_| anyhow::anyhow!("driver thread panicked"))??,
-            );
+            let (l, n) = h
+                .join()
+                .map_err(|_| anyhow::anyhow!("driver thread panicked"))??;
+            all.extend(l);
+            lost += n;
         }
-        Ok(all)
+        Ok((all, lost))
     })?;
-    let mut lat = lat;
+    let (mut lat, lost) = lat;
     lat.sort_by(f64::total_cmp);
-    Ok(lat)
+    // A few lost datagrams are UDP; more than 1 % is a fault worth failing the bench for.
+    if lost * 100 > u64::from(total) {
+        bail!("{lost} of {total} queries to {server} got no answer within 2 s");
+    }
+    Ok((lat, lost))
 }
 
 /// A metric's value from Ward's exposition text.
@@ -291,7 +314,7 @@ pub fn figures(smoke: bool) -> Result<serde_json::Value> {
     // first second learns a new address per query (the answer→maps figure is taken over this
     // run alone; `burst_learn_p99_ms` is the dnsperf rounds' 150k-queries/s burst of new names).
     let netns = s.pod("client").netns.clone();
-    let d = open_loop(
+    let (d, d_lost) = open_loop(
         &netns,
         SocketAddr::from((server.ip, 5353)),
         2000,
@@ -312,7 +335,7 @@ pub fn figures(smoke: bool) -> Result<serde_json::Value> {
         .into_owned()
     };
     let before = scrape(&s);
-    let w = open_loop(
+    let (w, w_lost) = open_loop(
         &netns,
         SocketAddr::from((server.ip, 53)),
         2000,
@@ -321,7 +344,7 @@ pub fn figures(smoke: bool) -> Result<serde_json::Value> {
     )?;
     // Again on the same names, all in the maps now: the proxy's own added latency.
     let after = scrape(&s);
-    let w2 = open_loop(
+    let (w2, w2_lost) = open_loop(
         &netns,
         SocketAddr::from((server.ip, 53)),
         2000,
@@ -358,6 +381,8 @@ pub fn figures(smoke: bool) -> Result<serde_json::Value> {
         "direct_tcp_qps": median(direct_tcp.clone()),
         "ward_tcp_qps": median(ward_tcp.clone()),
         "ward_tcp_over_direct": median(ward_tcp) / median(direct_tcp).max(1.0),
+        "lost_direct": d_lost,
+        "lost_ward": w_lost + w2_lost,
         "direct_p50_us": pct(&d, 0.50) * 1000.0,
         "direct_p99_us": pct(&d, 0.99) * 1000.0,
         "ward_p50_added_us": (pct(&w2, 0.50) - pct(&d, 0.50)) * 1000.0,
