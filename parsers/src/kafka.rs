@@ -311,6 +311,82 @@ impl<'a> TopicNames<'a> {
     }
 }
 
+/// `UNSUPPORTED_VERSION`: the ApiVersions answer to a client newer than Ward (KIP-511).
+pub const UNSUPPORTED_VERSION: i16 = 35;
+
+/// The versions of `api_key` Ward can inspect: what `kafka-protocol` decodes, without the
+/// versions that name topics only by ID (Produce v13+, Fetch v13+, OffsetCommit v10+), whose
+/// topics a rule could not see. `None` for keys `kafka-protocol` does not know.
+pub fn inspectable_versions(api_key: i16) -> Option<(i16, i16)> {
+    let key = ApiKey::try_from(api_key).ok()?;
+    let range = key.valid_versions();
+    let cap = match key {
+        ApiKey::Produce | ApiKey::Fetch => 12,
+        ApiKey::OffsetCommit => 9,
+        _ => i16::MAX,
+    };
+    Some((range.min, range.max.min(cap)))
+}
+
+/// Narrows a broker's ApiVersions response (`frame` without its size prefix, for a request of
+/// `version`) to what Ward can inspect ([`inspectable_versions`]): keys Ward does not know are
+/// left out, the others' ranges intersected, so a client never picks a version Ward would have
+/// to refuse. Returns the framed response; `None` if it does not decode.
+pub fn narrow_api_versions(version: i16, frame: &[u8]) -> Option<Vec<u8>> {
+    use kafka_protocol::messages::ApiVersionsResponse;
+    let key = ApiKey::ApiVersions;
+    let header_version = key.response_header_version(version);
+    let mut rest = frame;
+    let header = ResponseHeader::decode(&mut rest, header_version).ok()?;
+    let mut body = ApiVersionsResponse::decode(&mut rest, version).ok()?;
+    body.api_keys
+        .retain_mut(|k| match inspectable_versions(k.api_key) {
+            Some((min, max)) => {
+                k.min_version = k.min_version.max(min);
+                k.max_version = k.max_version.min(max);
+                k.min_version <= k.max_version
+            }
+            None => false,
+        });
+    let mut out = Vec::with_capacity(frame.len() + FRAME_PREFIX_LEN);
+    out.put_i32(0);
+    header.encode(&mut out, header_version).ok()?;
+    body.encode(&mut out, version).ok()?;
+    let len = i32::try_from(out.len() - FRAME_PREFIX_LEN).ok()?;
+    out[..FRAME_PREFIX_LEN].copy_from_slice(&len.to_be_bytes());
+    Some(out)
+}
+
+/// The answer to an ApiVersions request of a version newer than Ward knows (KIP-511): a v0
+/// response with `UNSUPPORTED_VERSION` and the ApiVersions range Ward speaks, so the client
+/// retries with that. `frame` is the request without its size prefix; `None` when it is not an
+/// ApiVersions request or too short for a correlation id.
+pub fn unsupported_api_versions(frame: &[u8]) -> Option<Vec<u8>> {
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use kafka_protocol::messages::ApiVersionsResponse;
+    if frame.len() < MIN_REQUEST_LEN || i16::from_be_bytes([frame[0], frame[1]]) != 18 {
+        return None;
+    }
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let (min, max) = inspectable_versions(ApiKey::ApiVersions as i16)?;
+    let body = ApiVersionsResponse::default()
+        .with_error_code(UNSUPPORTED_VERSION)
+        .with_api_keys(vec![ApiVersion::default()
+            .with_api_key(ApiKey::ApiVersions as i16)
+            .with_min_version(min)
+            .with_max_version(max)]);
+    let mut out = Vec::with_capacity(32);
+    out.put_i32(0);
+    ResponseHeader::default()
+        .with_correlation_id(correlation_id)
+        .encode(&mut out, 0)
+        .ok()?;
+    body.encode(&mut out, 0).ok()?;
+    let len = i32::try_from(out.len() - FRAME_PREFIX_LEN).ok()?;
+    out[..FRAME_PREFIX_LEN].copy_from_slice(&len.to_be_bytes());
+    Some(out)
+}
+
 /// The keys whose bodies are walked: the six topic-bearing kinds Cilium parses, and
 /// FindCoordinator (for its deny response).
 fn api_key_has_body_walker(api_key: i16) -> bool {

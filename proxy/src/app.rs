@@ -65,6 +65,16 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
             Some((port, udp, tcp))
         }
     };
+    // The Kafka listener, when configured.
+    let kafka_listener = match cfg.listeners.kafka {
+        None => None,
+        Some(port) => Some((
+            port,
+            crate::proxy::transport::bind_transparent(port).with_context(|| {
+                format!("binding the transparent Kafka listener on TCP port {port}")
+            })?,
+        )),
+    };
     // 2. Datapath: maps, desired state, hooks, routing.
     let metrics = Arc::new(Metrics::new());
     let mut dp = Datapath::open(&cfg.pin_root)
@@ -78,6 +88,10 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
     if let Some((port, _, tcp)) = &dns_listeners {
         bpf_redirect::register_listener(&cfg.pin_root, *port, tcp)
             .context("registering the DNS TCP listener with the datapath")?;
+    }
+    if let Some((port, tcp)) = &kafka_listener {
+        bpf_redirect::register_listener(&cfg.pin_root, *port, tcp)
+            .context("registering the Kafka listener with the datapath")?;
     }
     match bpf_redirect::CounterReader::open(&cfg.pin_root) {
         Ok(counters) => metrics.read_kernel_drops(counters),
@@ -197,6 +211,16 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
                 Some(t)
             }
         };
+        let kafka_thread = match kafka_listener {
+            None => None,
+            Some((port, tcp)) => {
+                let kafka = Arc::new(crate::proxy::kafka::KafkaProxy::new(proxy.clone()));
+                let t = crate::proxy::kafka::start(kafka, tcp, rx.clone())
+                    .context("starting the Kafka proxy thread")?;
+                info!(port, "transparent Kafka listener ready");
+                Some(t)
+            }
+        };
         let workers = crate::proxy::Workers::start(threads, proxy)
             .context("starting the proxy worker threads")?;
         info!(threads, "proxy workers started");
@@ -225,6 +249,9 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
         let _ = proxy_task.await;
         let _ = admin_task.await;
         if let Some(t) = dns_thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        if let Some(t) = kafka_thread {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
         let _ = std::fs::remove_file(&cfg.admin_socket);

@@ -3,7 +3,7 @@
 
 use serde_json::value::RawValue;
 
-use super::from_event::{DnsEvent, HttpEvent};
+use super::from_event::{DnsEvent, HttpEvent, KafkaEvent};
 use super::model::{Flow, FlowRecord, HttpInfo, L7Info, POLICY_DENIED};
 
 /// Appends `flow`'s JSON (without the newline) to `out`.
@@ -46,6 +46,7 @@ pub fn write_http(e: &HttpEvent, out: &mut Vec<u8>) -> serde_json::Result<()> {
                 code: e.code,
             }),
             dns: None,
+            kafka: None,
         }),
         policy: policy.as_deref(),
         summary: &summary,
@@ -110,6 +111,54 @@ pub fn write_dns(e: &DnsEvent, out: &mut Vec<u8>) -> serde_json::Result<()> {
             protocol: "dns",
             http: None,
             dns: Some(info),
+            kafka: None,
+        }),
+        policy: policy.as_deref(),
+        summary: &summary,
+        reason: Some(reason.as_str()).filter(|r| !r.is_empty()),
+    };
+    serde_json::to_writer(out, &record)
+}
+
+pub fn write_kafka(e: &KafkaEvent, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    let time = humantime::format_rfc3339_micros(e.time).to_string();
+    let info = e.info();
+    let summary = format!(
+        "{} -> {} kafka-request {} ({} v{} correlation {}{}{})",
+        e.source.text,
+        e.destination.text,
+        e.verdict,
+        info.api_key,
+        info.api_version,
+        info.correlation_id,
+        if info.topics.is_empty() {
+            String::new()
+        } else {
+            format!(" topics {}", info.topics.join(","))
+        },
+        if info.error_code != 0 {
+            format!(", answered error {}", info.error_code)
+        } else {
+            String::new()
+        },
+    );
+    let policy = e.why.policy();
+    let reason = e.reason();
+    let record: FlowRecord<&str, &RawValue> = FlowRecord {
+        time: &time,
+        verdict: e.verdict,
+        kind: "l7",
+        drop_reason: (e.verdict == "DROPPED").then_some(POLICY_DENIED),
+        direction: e.direction,
+        source: &e.source.json,
+        destination: &e.destination.json,
+        protocol: "TCP",
+        tcp_flags: None,
+        l7: Some(L7Info {
+            protocol: "kafka",
+            http: None,
+            dns: None,
+            kafka: Some(info),
         }),
         policy: policy.as_deref(),
         summary: &summary,

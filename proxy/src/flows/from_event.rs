@@ -257,6 +257,61 @@ impl DnsEvent {
     }
 }
 
+/// One Kafka request's outcome, as the proxy hands it to the flow log.
+#[derive(Clone, Debug)]
+pub struct KafkaEvent {
+    pub time: SystemTime,
+    pub verdict: &'static str,
+    pub direction: &'static str,
+    /// The client.
+    pub source: Arc<SharedPeer>,
+    /// The broker.
+    pub destination: Arc<SharedPeer>,
+    /// `None` when the frame did not parse.
+    pub api_key: Option<i16>,
+    pub api_version: i16,
+    pub correlation_id: i32,
+    pub topics: Vec<String>,
+    pub client_id: Option<String>,
+    pub error_code: i16,
+    pub why: Why,
+}
+
+impl KafkaEvent {
+    /// The explanation of the verdict.
+    pub fn reason(&self) -> String {
+        match &self.why {
+            Why::Check { reason, .. } => reason.to_string(),
+            Why::Decision(d) => {
+                let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+                d.explain(Some(&L7Request::Kafka(l7_rules::l7::kafka::KafkaRequest {
+                    api_key: self.api_key.unwrap_or(-1),
+                    api_version: self.api_version,
+                    client_id: self.client_id.as_deref(),
+                    topics: &topics,
+                })))
+            }
+        }
+    }
+
+    /// The flow's `l7.kafka`.
+    pub fn info(&self) -> super::model::KafkaInfo {
+        super::model::KafkaInfo {
+            api_key: match self.api_key {
+                Some(k) => {
+                    parsers::kafka::api_key_name(k).map_or_else(|| k.to_string(), str::to_string)
+                }
+                None => "unparsed".into(),
+            },
+            api_version: self.api_version,
+            correlation_id: self.correlation_id,
+            topics: self.topics.clone(),
+            error_code: self.error_code,
+            client_id: self.client_id.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

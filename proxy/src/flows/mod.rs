@@ -7,7 +7,7 @@ pub mod from_event;
 pub mod model;
 pub mod writer;
 
-pub use from_event::{DnsAnswer, DnsEvent, HttpEvent, SharedPeer, Why};
+pub use from_event::{DnsAnswer, DnsEvent, HttpEvent, KafkaEvent, SharedPeer, Why};
 pub use model::{Flow, FlowPeer};
 pub use writer::{FlowLogConfig, FlowWriter};
 
@@ -69,6 +69,7 @@ pub(crate) mod fixtures {
                     code: 403,
                 }),
                 dns: None,
+                kafka: None,
             }),
             policy: Some("default/rule1".into()),
             summary: "default/tiefighter:56934 (ID:42250) -> default/deathstar-1:80 (ID:27476) \

@@ -69,6 +69,22 @@ pub struct DnsInfo {
     pub kind: String,
 }
 
+/// A Kafka request (Hubble's `l7.kafka`, with every topic instead of the first).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct KafkaInfo {
+    /// The API key's name (`produce`, `fetch`, …), or its number when unknown.
+    pub api_key: String,
+    pub api_version: i16,
+    pub correlation_id: i32,
+    /// The topics the request names, in order; empty for keys without topics.
+    pub topics: Vec<String>,
+    /// The error code Ward answered a denied request with (0 when forwarded).
+    pub error_code: i16,
+    /// The client ID; `None` when redacted or not sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct L7Info<S = String> {
     pub protocol: S,
@@ -76,6 +92,8 @@ pub struct L7Info<S = String> {
     pub http: Option<HttpInfo<S>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaInfo>,
 }
 
 /// One flow line. The field names are the flow-log contract.

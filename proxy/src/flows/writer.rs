@@ -33,6 +33,7 @@ enum Record {
     Flow(Box<Flow>),
     Http(HttpEvent),
     Dns(Box<super::DnsEvent>),
+    Kafka(Box<super::KafkaEvent>),
     /// Everything queued before it is on disk: acknowledge.
     Flush(mpsc::SyncSender<()>),
 }
@@ -71,6 +72,7 @@ impl LogFile {
             Record::Flow(f) => super::encode::write_flow(f, line)?,
             Record::Http(e) => super::encode::write_http(e, line)?,
             Record::Dns(e) => super::encode::write_dns(e, line)?,
+            Record::Kafka(e) => super::encode::write_kafka(e, line)?,
             Record::Flush(ack) => {
                 self.out.flush()?;
                 let _ = ack.try_send(());
@@ -178,6 +180,10 @@ impl FlowWriter {
 
     pub fn send_dns(&self, e: super::DnsEvent) {
         self.enqueue(Record::Dns(Box::new(e)));
+    }
+
+    pub fn send_kafka(&self, e: super::KafkaEvent) {
+        self.enqueue(Record::Kafka(Box::new(e)));
     }
 
     pub fn send_http(&self, e: HttpEvent) {

@@ -7,6 +7,7 @@ pub mod conn;
 pub mod context;
 pub mod dns;
 pub mod http;
+pub mod kafka;
 pub mod transport;
 
 use std::net::SocketAddr;

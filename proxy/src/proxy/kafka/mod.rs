@@ -1,0 +1,374 @@
+//! The transparent Kafka proxy: one upstream connection to the broker the client dialled per
+//! client connection. Every request frame is parsed ([`parsers::kafka`]) and judged by the one
+//! decision API; an allowed one goes to the broker byte for byte, a denied one is answered by
+//! Ward with the request's own response type at its version (`TOPIC_AUTHORIZATION_FAILED` per
+//! topic, see [`parsers::kafka::deny_response`]). Responses reach the client in request order:
+//! the connection keeps what it owes the client, in order, and a local answer waits behind the
+//! broker responses owed before it.
+//!
+//! What is never forwarded unjudged:
+//! - a frame that does not parse (unknown key, a version Ward cannot read, a malformed header
+//!   or topic list) closes the connection with a flow and a log line;
+//! - a denied request Ward has no answer for (a denied `acks=0` Produce, which gets no
+//!   response from a broker either, or a key without a deny encoder) closes the connection.
+//!
+//! The broker's ApiVersions response is narrowed to the versions Ward can inspect
+//! ([`parsers::kafka::narrow_api_versions`]), and an ApiVersions request newer than Ward gets
+//! the KIP-511 answer, so clients only pick versions Ward reads.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Buf, BytesMut};
+use l7_rules::engine::{L7Request, Verdict};
+use l7_rules::model::Protocol;
+use parsers::kafka::{KafkaError, KafkaRequest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use super::conn::{ConnPolicy, ConnState};
+use super::context::Proxy;
+use crate::flows::{KafkaEvent, Why};
+
+/// Starts the Kafka proxy on a thread of its own until `shutdown` fires.
+pub fn start(
+    kafka: Arc<KafkaProxy>,
+    tcp: std::net::TcpListener,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("kafka".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let tcp = match tokio::net::TcpListener::from_std(tcp) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "Kafka: the listener");
+                        return;
+                    }
+                };
+                let mut stop = shutdown.clone();
+                loop {
+                    tokio::select! {
+                        r = tcp.accept() => match r {
+                            Ok((stream, client)) => {
+                                tokio::spawn(serve_conn(kafka.clone(), stream, client));
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "Kafka: accept failed");
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        },
+                        _ = stop.changed() => break,
+                    }
+                }
+            });
+            rt.shutdown_timeout(Duration::from_millis(200));
+        })
+}
+
+/// What the Kafka connections share.
+pub struct KafkaProxy {
+    pub proxy: Arc<Proxy>,
+}
+
+/// What the connection owes the client, in request order.
+enum Owed {
+    /// The broker's response to a forwarded request.
+    Broker { api_key: i16, version: i16 },
+    /// Ward's answer to a denied request, framed.
+    Local(Vec<u8>),
+}
+
+/// What to do with one request frame.
+enum Judged {
+    Forward(KafkaRequest),
+    Answer(Vec<u8>),
+    Close,
+}
+
+/// Splits the complete frames (without their size prefix) off the front of `buf`.
+fn frames(buf: &mut BytesMut) -> Result<Vec<BytesMut>, KafkaError> {
+    let mut out = Vec::new();
+    loop {
+        match parsers::kafka::frame(buf)? {
+            parsers::Status::Complete(f, used) => {
+                let len = f.len();
+                let mut whole = buf.split_to(used);
+                whole.advance(used - len);
+                out.push(whole);
+            }
+            parsers::Status::NeedMore => return Ok(out),
+        }
+    }
+}
+
+/// Serves one client connection.
+pub async fn serve_conn(k: Arc<KafkaProxy>, stream: TcpStream, client: SocketAddr) {
+    let orig_dst = match stream.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, "getsockname failed");
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let conn = ConnState::with_protocol(client, orig_dst, Protocol::Tcp);
+    let upstream = match k.proxy.upstreams.connect(orig_dst).await {
+        Ok(u) => u,
+        Err(e) => {
+            warn!(error = %e, %client, %orig_dst, "Kafka: cannot connect to the broker");
+            return;
+        }
+    };
+    let (mut cr, mut cw) = stream.into_split();
+    let (mut ur, mut uw) = tokio::io::split(upstream);
+    let mut cbuf = BytesMut::with_capacity(8192);
+    let mut ubuf = BytesMut::with_capacity(8192);
+    let mut owed: VecDeque<Owed> = VecDeque::new();
+    let mut client_open = true;
+    loop {
+        if !client_open && owed.is_empty() {
+            break;
+        }
+        tokio::select! {
+            r = cr.read_buf(&mut cbuf), if client_open => {
+                match r {
+                    Ok(0) => { client_open = false; continue; }
+                    Ok(_) => {}
+                    Err(e) => { debug!(error = %e, %client, "Kafka client read"); break; }
+                }
+                let reqs = match frames(&mut cbuf) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        info!(error = %e, %client, %orig_dst, "Kafka framing error: connection closed");
+                        k.refused(&conn, None, &e.to_string());
+                        break;
+                    }
+                };
+                let mut close = false;
+                for frame in reqs {
+                    let start = Instant::now();
+                    match k.judge(&conn, &frame) {
+                        Judged::Forward(req) => {
+                            if uw.write_all(&(frame.len() as u32).to_be_bytes()).await.is_err()
+                                || uw.write_all(&frame).await.is_err()
+                            {
+                                close = true;
+                                break;
+                            }
+                            if !req.no_response {
+                                owed.push_back(Owed::Broker { api_key: req.api_key, version: req.api_version });
+                            }
+                            k.proxy.metrics.request("kafka", "FORWARDED", start.elapsed());
+                        }
+                        Judged::Answer(bytes) => {
+                            k.proxy.metrics.request("kafka", "DROPPED", start.elapsed());
+                            owed.push_back(Owed::Local(bytes));
+                        }
+                        Judged::Close => {
+                            k.proxy.metrics.request("kafka", "DROPPED", start.elapsed());
+                            close = true;
+                            break;
+                        }
+                    }
+                }
+                if flush_local(&mut owed, &mut cw).await.is_err() || close {
+                    break;
+                }
+            }
+            r = ur.read_buf(&mut ubuf) => {
+                match r {
+                    Ok(0) => { debug!(%client, %orig_dst, "Kafka broker closed"); break; }
+                    Ok(_) => {}
+                    Err(e) => { debug!(error = %e, %orig_dst, "Kafka broker read"); break; }
+                }
+                let resps = match frames(&mut ubuf) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        warn!(error = %e, %orig_dst, "Kafka broker framing error: connection closed");
+                        break;
+                    }
+                };
+                let mut failed = false;
+                for resp in resps {
+                    let Some(Owed::Broker { api_key, version }) = owed.pop_front() else {
+                        warn!(%orig_dst, "a Kafka response to no forwarded request: connection closed");
+                        failed = true;
+                        break;
+                    };
+                    let narrowed = (api_key == 18)
+                        .then(|| parsers::kafka::narrow_api_versions(version, &resp))
+                        .flatten();
+                    let w = match &narrowed {
+                        Some(b) => cw.write_all(b).await,
+                        None => match cw.write_all(&(resp.len() as u32).to_be_bytes()).await {
+                            Ok(()) => cw.write_all(&resp).await,
+                            Err(e) => Err(e),
+                        },
+                    };
+                    if w.is_err() || flush_local(&mut owed, &mut cw).await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                }
+                if failed {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Writes the local answers at the front of `owed` (those no broker response is owed before).
+async fn flush_local(
+    owed: &mut VecDeque<Owed>,
+    cw: &mut tokio::net::tcp::OwnedWriteHalf,
+) -> std::io::Result<()> {
+    while let Some(Owed::Local(_)) = owed.front() {
+        let Some(Owed::Local(b)) = owed.pop_front() else {
+            unreachable!("checked above");
+        };
+        cw.write_all(&b).await?;
+    }
+    Ok(())
+}
+
+impl KafkaProxy {
+    pub fn new(proxy: Arc<Proxy>) -> KafkaProxy {
+        KafkaProxy { proxy }
+    }
+
+    /// Judges one request frame of `conn`'s client.
+    fn judge(&self, conn: &ConnState, frame: &[u8]) -> Judged {
+        let req = match parsers::kafka::parse_request(frame) {
+            Ok(r) => r,
+            Err(e) => {
+                // KIP-511: a client newer than Ward learns the ApiVersions range Ward speaks.
+                if let (KafkaError::UnsupportedVersion { api_key: 18, .. }, Some(b)) =
+                    (&e, parsers::kafka::unsupported_api_versions(frame))
+                {
+                    debug!(client = %conn.client, "Kafka ApiVersions newer than Ward: answered UNSUPPORTED_VERSION");
+                    return Judged::Answer(b);
+                }
+                info!(error = %e, client = %conn.client, "Kafka request Ward cannot inspect: connection closed");
+                self.refused(conn, Some(frame), &format!("{e}: never forwarded unjudged"));
+                return Judged::Close;
+            }
+        };
+        let view = self.proxy.view.load();
+        let policy = conn.policy(&view);
+        let mut topics: Vec<&str> = req.topics.iter().map(String::as_str).collect();
+        // A topic named only by its ID is one no topic rule covers (the ID→name map is not
+        // built yet; ApiVersions narrowing keeps clients on versions that name topics).
+        if req.topic_ids_only {
+            topics.push("");
+        }
+        let decision =
+            policy
+                .policy
+                .decide(Some(&L7Request::Kafka(l7_rules::l7::kafka::KafkaRequest {
+                    api_key: req.api_key,
+                    api_version: req.api_version,
+                    client_id: req.client_id.as_deref(),
+                    topics: &topics,
+                })));
+        let direction = decision
+            .direction
+            .unwrap_or(policy.default_direction)
+            .as_str();
+        match decision.verdict {
+            Verdict::Deny => {
+                let answer = parsers::kafka::deny_response(&req, frame);
+                let (verdict_code, reason) = match (&answer, req.no_response) {
+                    (Some(_), _) => (parsers::kafka::TOPIC_AUTHORIZATION_FAILED, None),
+                    (None, true) => (
+                        0,
+                        Some("a denied acks=0 Produce gets no response: connection closed"),
+                    ),
+                    (None, false) => (
+                        0,
+                        Some("no deny response for this API key: connection closed"),
+                    ),
+                };
+                if let Some(r) = reason {
+                    info!(client = %conn.client, api_key = req.api_key, "{r}");
+                }
+                let mut event = self.event(&policy, &req, "DROPPED", Why::Decision(decision));
+                event.direction = direction;
+                event.error_code = verdict_code;
+                self.proxy.flows.send_kafka(event);
+                match answer {
+                    Some(b) => Judged::Answer(b),
+                    None => Judged::Close,
+                }
+            }
+            v => {
+                let verdict = if v == Verdict::Audit {
+                    "AUDIT"
+                } else {
+                    "FORWARDED"
+                };
+                let mut event = self.event(&policy, &req, verdict, Why::Decision(decision));
+                event.direction = direction;
+                self.proxy.flows.send_kafka(event);
+                Judged::Forward(req)
+            }
+        }
+    }
+
+    /// A flow for a frame refused before any rule ran.
+    fn refused(&self, conn: &ConnState, frame: Option<&[u8]>, reason: &str) {
+        let view = self.proxy.view.load();
+        let policy = conn.policy(&view);
+        let field = |r: std::ops::Range<usize>| frame.and_then(|f| f.get(r));
+        let event = KafkaEvent {
+            time: SystemTime::now(),
+            verdict: "DROPPED",
+            direction: policy.default_direction.as_str(),
+            source: policy.src_peer.clone(),
+            destination: policy.dst_peer.clone(),
+            api_key: field(0..2).map(|b| i16::from_be_bytes([b[0], b[1]])),
+            api_version: field(2..4).map_or(-1, |b| i16::from_be_bytes([b[0], b[1]])),
+            correlation_id: field(4..8)
+                .map_or(-1, |b| i32::from_be_bytes([b[0], b[1], b[2], b[3]])),
+            topics: Vec::new(),
+            client_id: None,
+            error_code: 0,
+            why: Why::Check {
+                policy: None,
+                reason: reason.into(),
+            },
+        };
+        self.proxy.flows.send_kafka(event);
+    }
+
+    fn event(
+        &self,
+        policy: &ConnPolicy,
+        req: &KafkaRequest,
+        verdict: &'static str,
+        why: Why,
+    ) -> KafkaEvent {
+        KafkaEvent {
+            time: SystemTime::now(),
+            verdict,
+            direction: policy.default_direction.as_str(),
+            source: policy.src_peer.clone(),
+            destination: policy.dst_peer.clone(),
+            api_key: Some(req.api_key),
+            api_version: req.api_version,
+            correlation_id: req.correlation_id,
+            topics: req.topics.clone(),
+            client_id: req.client_id.clone(),
+            error_code: 0,
+            why,
+        }
+    }
+}
