@@ -155,6 +155,8 @@ pub struct Scene {
     pub node_config: String,
     /// The DNS listener's port, when the scene has one.
     pub dns_listener: Option<u16>,
+    /// The Kafka listener's port, when the scene has one.
+    pub kafka_listener: Option<u16>,
     /// Whether the node config lists the pods as endpoints (Kubernetes mode's scenes take
     /// them from Pod objects instead).
     pub config_endpoints: bool,
@@ -165,6 +167,8 @@ pub struct Scene {
 
 /// The DNS listener port scenes use.
 pub const DNS_LISTENER: u16 = 15053;
+/// The Kafka listener port scenes use.
+pub const KAFKA_LISTENER: u16 = 15092;
 
 /// The outside network's address, and the node's on its uplink.
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
@@ -202,6 +206,7 @@ impl Scene {
             outside: None,
             node_config: String::new(),
             dns_listener: None,
+            kafka_listener: None,
             config_endpoints: true,
             pod_net: 200,
         };
@@ -497,14 +502,14 @@ impl Scene {
             let _ = writeln!(y, "uplink: {u}");
         }
         let _ = writeln!(y, "policy_dirs: [policies]");
-        match self.dns_listener {
-            Some(dns) => {
-                let _ = writeln!(y, "listeners: {{http: {HTTP_LISTENER}, dns: {dns}}}");
-            }
-            None => {
-                let _ = writeln!(y, "listeners: {{http: {HTTP_LISTENER}}}");
-            }
+        let mut listeners = format!("http: {HTTP_LISTENER}");
+        if let Some(dns) = self.dns_listener {
+            let _ = write!(listeners, ", dns: {dns}");
         }
+        if let Some(kafka) = self.kafka_listener {
+            let _ = write!(listeners, ", kafka: {kafka}");
+        }
+        let _ = writeln!(y, "listeners: {{{listeners}}}");
         let _ = writeln!(y, "admin_socket: {}", self.admin_socket().display());
         let _ = writeln!(y, "metrics: 127.0.0.1:9962");
         let _ = writeln!(y, "flow_log: {}", self.flow_log().display());
