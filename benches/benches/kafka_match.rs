@@ -25,12 +25,14 @@ fn bench(c: &mut Criterion) {
             api_version: 12,
             client_id: Some("c"),
             topics: &topics,
+            broker_discovery: false,
         };
         let produce = KafkaRequest {
             api_key: 0,
             api_version: 9,
             client_id: Some("c"),
             topics: &topics,
+            broker_discovery: false,
         };
         g.bench_with_input(BenchmarkId::new("fetch_two_topics_allow", n), &n, |b, _| {
             b.iter(|| black_box(check(&rules, black_box(&fetch))))

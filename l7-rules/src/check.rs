@@ -476,6 +476,7 @@ pub fn answer(engine: &Engine, q: &Question) -> Result<Answer, QuestionError> {
             api_version: *api_version,
             client_id: client_id.as_deref(),
             topics: &topic_refs,
+            broker_discovery: false,
         })),
         Some(L7Question::Dns { name }) => Some(L7Request::Dns { name }),
     };

@@ -274,7 +274,12 @@ pub fn parse_request(frame: &[u8]) -> Result<KafkaRequest, KafkaError> {
         }
         request.topic_ids_only = names.ids_only;
         request.topics = names.names.into_iter().map(str::to_owned).collect();
-        if api_key == ApiKey::Metadata as i16 && body.topics.as_ref().is_some_and(Vec::is_empty) {
+        // An empty list is "all topics" in Metadata v0 only; from v1 it asks for no topic
+        // (brokers and cluster only), and `null` is "all".
+        if api_key == ApiKey::Metadata as i16
+            && version == 0
+            && body.topics.as_ref().is_some_and(Vec::is_empty)
+        {
             request.all_topics = true;
         }
     }
@@ -1184,6 +1189,88 @@ mod tests {
 
     fn topic_id(i: usize) -> uuid::Uuid {
         uuid::Uuid::from_bytes([u8::try_from(i + 1).unwrap(); 16])
+    }
+
+    #[test]
+    fn metadata_empty_list_is_all_topics_in_v0_only() {
+        for (version, all) in [(0, true), (1, false), (12, false)] {
+            let body = MetadataRequest::default().with_topics(Some(vec![]));
+            let frame = encode_request(ApiKey::Metadata, version, &body);
+            let req = parse_request(&frame).unwrap();
+            assert_eq!(req.all_topics, all, "v{version}");
+            assert!(req.topics.is_empty());
+        }
+        let frame = encode_request(
+            ApiKey::Metadata,
+            12,
+            &MetadataRequest::default().with_topics(None),
+        );
+        assert!(parse_request(&frame).unwrap().all_topics);
+    }
+
+    #[test]
+    fn api_versions_are_narrowed_to_what_ward_inspects() {
+        use kafka_protocol::messages::api_versions_response::ApiVersion;
+        let range = |k: i16, min: i16, max: i16| {
+            ApiVersion::default()
+                .with_api_key(k)
+                .with_min_version(min)
+                .with_max_version(max)
+        };
+        let body = ApiVersionsResponse::default().with_api_keys(vec![
+            range(0, 3, 13),
+            range(1, 4, 17),
+            range(3, 0, 12),
+            range(18, 0, 4),
+            range(9999, 0, 1),
+        ]);
+        let mut frame = Vec::new();
+        ResponseHeader::default()
+            .with_correlation_id(CORRELATION)
+            .encode(&mut frame, 0)
+            .unwrap();
+        body.encode(&mut frame, 3).unwrap();
+        let out = narrow_api_versions(3, &frame).unwrap();
+        assert_eq!(
+            i32::from_be_bytes(out[..4].try_into().unwrap()) as usize,
+            out.len() - FRAME_PREFIX_LEN
+        );
+        let mut rest = &out[FRAME_PREFIX_LEN..];
+        let header = ResponseHeader::decode(&mut rest, 0).unwrap();
+        assert_eq!(header.correlation_id, CORRELATION);
+        let got = ApiVersionsResponse::decode(&mut rest, 3).unwrap();
+        let got: Vec<(i16, i16, i16)> = got
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, k.min_version, k.max_version))
+            .collect();
+        // Fetch stops before the versions that name topics by ID (Produce at what
+        // `kafka-protocol` knows, below its ID versions); the unknown key is gone.
+        assert_eq!(got, vec![(0, 3, 11), (1, 4, 12), (3, 0, 12), (18, 0, 4)]);
+    }
+
+    #[test]
+    fn a_newer_api_versions_request_gets_the_kip_511_answer() {
+        let mut frame = encode_request(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+        frame[3] = 99; // version 99
+        let req = &frame[..];
+        assert!(matches!(
+            parse_request(req),
+            Err(KafkaError::UnsupportedVersion {
+                api_key: 18,
+                version: 99
+            })
+        ));
+        let out = unsupported_api_versions(req).unwrap();
+        let mut rest = &out[FRAME_PREFIX_LEN..];
+        assert_eq!(
+            ResponseHeader::decode(&mut rest, 0).unwrap().correlation_id,
+            CORRELATION
+        );
+        let body = ApiVersionsResponse::decode(&mut rest, 0).unwrap();
+        assert_eq!(body.error_code, UNSUPPORTED_VERSION);
+        assert_eq!(body.api_keys.len(), 1);
+        assert_eq!(body.api_keys[0].api_key, 18);
     }
 
     fn encode_request(key: ApiKey, version: i16, body: &impl Encodable) -> Vec<u8> {

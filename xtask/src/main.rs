@@ -40,7 +40,13 @@ const PIP_PACKAGES: &[&str] = &[
     "grpcio==1.85.1",
     "grpcio-tools==1.85.1",
     "grpcio-health-checking==1.85.1",
+    // The Kafka client the Kafka scene drives (pure Python, its own protocol code).
+    "kafka-python==3.0.12",
 ];
+
+/// The Kafka broker the Kafka scene runs: tansu, an Apache-Kafka-compatible broker in Rust,
+/// with in-memory storage (the `dynostore` feature).
+const TANSU: &str = "tansu@0.6.0";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -155,7 +161,7 @@ fn python_peers() -> Result<()> {
     let python = venv.join("bin/python");
     let have = python.exists()
         && Command::new(&python)
-            .args(["-c", "import grpc, grpc_tools, grpc_health"])
+            .args(["-c", "import grpc, grpc_tools, grpc_health, kafka"])
             .output()
             .is_ok_and(|o| o.status.success());
     if have {
@@ -167,6 +173,28 @@ fn python_peers() -> Result<()> {
         .args(PIP_PACKAGES))
 }
 
+/// Builds tansu once per machine into cargo's bin directory (9–16 min on 2 cores, then
+/// cached), and tells the tests where it is (`WARD_TANSU`).
+fn kafka_broker() -> Result<()> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    let bin = home.join("bin/tansu");
+    let version_ok = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "tansu 0.6.0");
+    let features_ok = std::fs::read_to_string(home.join(".crates2.json"))
+        .is_ok_and(|t| t.contains("\"dynostore\""));
+    if !(version_ok && features_ok) {
+        eprintln!("xtask: building the tansu Kafka broker (once per machine; 9–16 min on 2 cores)");
+        run(cargo().args(["install", "--locked", TANSU, "--features", "dynostore"]))?;
+    }
+    std::env::set_var("WARD_TANSU", &bin);
+    Ok(())
+}
+
 fn test(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
@@ -176,6 +204,7 @@ fn test(args: &[String]) -> Result<()> {
     }
     prerequisites()?;
     python_peers()?;
+    kafka_broker()?;
     if !quick {
         run(cargo().args(["fmt", "--all", "--", "--check"]))?;
         run(cargo().args([

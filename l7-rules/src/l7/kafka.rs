@@ -52,6 +52,9 @@ pub struct KafkaRequest<'a> {
     /// `None` for header v0 (treated as empty).
     pub client_id: Option<&'a str>,
     pub topics: &'a [&'a str],
+    /// Metadata v1+ with an empty topic list: brokers and cluster only, no topic data (Ward's
+    /// extension: a rule whose keys include Metadata allows it whatever its topic).
+    pub broker_discovery: bool,
 }
 
 impl KafkaRule {
@@ -97,6 +100,11 @@ pub fn check<R: std::borrow::Borrow<KafkaRule>>(
         },
         ..*req
     };
+    if req.broker_discovery && req.api_key == 3 && req.topics.is_empty() {
+        if let Some(i) = rules.iter().position(|r| r.borrow().matches_header(req)) {
+            return KafkaVerdict::Allowed { rules: vec![i] };
+        }
+    }
     let topic_kind = parsers::kafka::is_topic_kind(req.api_key);
     // Bit i set = topic i still uncovered (requests rarely carry more than a few topics).
     let mut remaining: Vec<bool> = vec![true; req.topics.len()];
@@ -157,6 +165,7 @@ mod tests {
             api_version: 5,
             client_id: Some("c1"),
             topics,
+            broker_discovery: false,
         }
     }
 
@@ -183,6 +192,30 @@ mod tests {
                 uncovered: vec!["payments".into()]
             }
         );
+    }
+
+    #[test]
+    fn broker_discovery_metadata_passes_a_topic_rule_of_a_role_with_metadata() {
+        let produce = parsers::kafka::ROLE_PRODUCE;
+        let rules = vec![rule(produce, Some("orders"))];
+        let discovery = KafkaRequest {
+            broker_discovery: true,
+            ..req(3, &[])
+        };
+        assert!(matches!(
+            check(&rules, &discovery),
+            KafkaVerdict::Allowed { .. }
+        ));
+        // Not for all topics, and not for a role without Metadata.
+        assert!(!matches!(
+            check(&rules, &req(3, &[])),
+            KafkaVerdict::Allowed { .. }
+        ));
+        let fetch_only = vec![rule(&[1], Some("orders"))];
+        assert!(!matches!(
+            check(&fetch_only, &discovery),
+            KafkaVerdict::Allowed { .. }
+        ));
     }
 
     #[test]

@@ -289,6 +289,7 @@ impl KafkaEvent {
                     api_version: self.api_version,
                     client_id: self.client_id.as_deref(),
                     topics: &topics,
+                    broker_discovery: false,
                 })))
             }
         }

@@ -278,6 +278,11 @@ impl KafkaProxy {
                     api_version: req.api_version,
                     client_id: req.client_id.as_deref(),
                     topics: &topics,
+                    broker_discovery: req.api_key == 3
+                        && req.api_version >= 1
+                        && !req.all_topics
+                        && req.topics.is_empty()
+                        && !req.topic_ids_only,
                 })));
         let direction = decision
             .direction
