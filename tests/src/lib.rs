@@ -52,6 +52,20 @@ pub fn privileged(test: &str) -> bool {
 }
 
 /// The workspace's target directory (honours `CARGO_TARGET_DIR`).
+/// The Python of the peers' venv (grpcio, kafka-python; installed by `cargo xtask test`),
+/// or `WARD_PEERS_PYTHON`.
+pub fn peers_python() -> PathBuf {
+    let p = std::env::var_os("WARD_PEERS_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("ward-peers/venv/bin/python"));
+    assert!(
+        p.exists(),
+        "{} is missing: `cargo xtask test` installs the Python peers into it",
+        p.display()
+    );
+    p
+}
+
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

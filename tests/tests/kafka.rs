@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
-use ward_tests::{privileged, target_dir, Scene, KAFKA_LISTENER};
+use ward_tests::{peers_python, privileged, Scene, KAFKA_LISTENER};
 
 const POLICY: &str = r#"apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -26,18 +26,6 @@ spec:
         - role: consume
           topic: orders
 "#;
-
-fn peers_python() -> PathBuf {
-    let p = std::env::var_os("WARD_PEERS_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("ward-peers/venv/bin/python"));
-    assert!(
-        p.exists(),
-        "{} is missing: `cargo xtask test` installs kafka-python into it",
-        p.display()
-    );
-    p
-}
 
 fn tansu() -> PathBuf {
     let p = std::env::var_os("WARD_TANSU")

@@ -1,9 +1,8 @@
 //! L7 scenes with real peers: seed 001's header rule with curl, HTTP/2 (prior knowledge) to a
 //! real h2c origin (nginx), and gRPC allow/deny seen by a real grpcio client.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use ward_tests::{privileged, scene_policy, target_dir, Scene};
+use ward_tests::{peers_python, privileged, scene_policy, Scene};
 
 /// Policy changes apply asynchronously: waits up to 3 s for `f`.
 fn eventually(what: &str, f: impl Fn() -> bool) {
@@ -357,19 +356,6 @@ fn allowed_upgrade_is_tunnelled_and_denied_upgrade_gets_403() {
         client("POST", "/v1/request-landing"),
         "HTTP/1.1 101 Switching Protocols\nHELLO\n"
     );
-}
-
-/// The Python of the venv with grpcio (installed by `cargo xtask test`).
-fn peers_python() -> PathBuf {
-    let p = std::env::var_os("WARD_PEERS_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("ward-peers/venv/bin/python"));
-    assert!(
-        p.exists(),
-        "{} is missing: `cargo xtask test` installs grpcio into it",
-        p.display()
-    );
-    p
 }
 
 const ECHO_PROTO: &str = r#"syntax = "proto3";
