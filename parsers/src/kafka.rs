@@ -33,6 +33,13 @@ pub const MIN_REQUEST_LEN: usize = 8;
 const LINEAR_DEDUP_MAX: usize = 16;
 /// `TOPIC_AUTHORIZATION_FAILED`, the error Cilium's deny responses carry.
 pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+/// `GROUP_AUTHORIZATION_FAILED`: Ward's deny of a consumer-group API.
+pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
+/// `CLUSTER_AUTHORIZATION_FAILED`: Ward's deny of a cluster API (and of an idempotent
+/// producer's InitProducerId, which Kafka authorizes on the cluster).
+pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
+/// `TRANSACTIONAL_ID_AUTHORIZATION_FAILED`: Ward's deny of a transaction API.
+pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
 
 /// Every name [`api_key_from_name`] accepts, with its key. Keys 0–33 carry Cilium's names
 /// (PROXY:`pkg/policy/api/kafka/kafka.go` `APIKeyMap`), which equal Apache Kafka's lower-cased
@@ -127,12 +134,16 @@ pub const TOPIC_KINDS: &[i16] = &[
     0, 1, 2, 3, 4, 5, 6, 8, 9, 19, 20, 21, 23, 24, 27, 28, 34, 35, 37,
 ];
 
-/// API keys of the `role: produce` shorthand: Produce, Metadata, ApiVersions.
-pub const ROLE_PRODUCE: &[i16] = &[0, 3, 18];
+/// API keys of the `role: produce` shorthand: Cilium's Produce, Metadata and ApiVersions, and
+/// (Ward's extension, docs/policy-semantics.md §4.2) the keys an idempotent or transactional
+/// producer of today needs: InitProducerId, AddPartitionsToTxn and EndTxn.
+pub const ROLE_PRODUCE: &[i16] = &[0, 3, 18, 22, 24, 26];
 
-/// API keys of the `role: consume` shorthand: Fetch, ListOffsets, Metadata, OffsetCommit,
-/// OffsetFetch, FindCoordinator, JoinGroup, Heartbeat, LeaveGroup, SyncGroup, ApiVersions.
-pub const ROLE_CONSUME: &[i16] = &[1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 18];
+/// API keys of the `role: consume` shorthand: Cilium's Fetch, ListOffsets, Metadata,
+/// OffsetCommit, OffsetFetch, FindCoordinator, JoinGroup, Heartbeat, LeaveGroup, SyncGroup and
+/// ApiVersions, and (Ward's extension) the KIP-848 consumer-group ConsumerGroupHeartbeat and
+/// ConsumerGroupDescribe.
+pub const ROLE_CONSUME: &[i16] = &[1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 18, 68, 69];
 
 /// The API key for a policy's `apiKey` name, case-insensitively: Cilium's names (`offsets`,
 /// `produce`, …) and the current Apache Kafka names (`listoffsets`, `saslauthenticate`, …).
@@ -163,9 +174,14 @@ pub enum KafkaError {
     /// The size prefix is negative.
     #[error("negative Kafka frame size {0}")]
     NegativeFrameLength(i32),
-    /// The size prefix exceeds [`MAX_FRAME_LEN`].
-    #[error("Kafka frame of {0} bytes exceeds {MAX_FRAME_LEN}")]
-    FrameTooLarge(usize),
+    /// The size prefix exceeds the maximum frame size ([`MAX_FRAME_LEN`] by default).
+    #[error("Kafka frame of {len} bytes exceeds the maximum of {max}")]
+    FrameTooLarge {
+        /// The size prefix.
+        len: usize,
+        /// The maximum in force.
+        max: usize,
+    },
     /// The frame is shorter than a request header.
     #[error("Kafka request of {0} bytes is shorter than a request header")]
     TooShort(usize),
@@ -224,18 +240,89 @@ pub struct KafkaRequest {
     pub no_response: bool,
     /// Length of the request header within the frame; the body starts there.
     pub header_len: usize,
+    /// Fetch v7+: the KIP-227 fetch session the request names (`session_id`,
+    /// `session_epoch`); `None` for other requests.
+    pub fetch_session: Option<FetchSession>,
+}
+
+/// A Fetch request's KIP-227 session fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchSession {
+    /// 0 = no session (a full fetch).
+    pub id: i32,
+    /// 0 = create a session (full fetch), -1 = no session / close `id`, > 0 = an incremental
+    /// fetch on session `id`: the topics listed are only those added or changed, and the
+    /// broker answers for every partition the session holds.
+    pub epoch: i32,
+}
+
+impl FetchSession {
+    /// An incremental fetch on an existing session.
+    pub fn is_incremental(self) -> bool {
+        self.id != 0 && self.epoch > 0
+    }
+}
+
+/// `FETCH_SESSION_ID_NOT_FOUND`: the answer to an incremental fetch on a session Ward cannot
+/// vouch for; the client starts over with a full fetch.
+pub const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+
+/// The `session_id` of a Fetch response (v7+; `frame` without its size prefix), or `None`.
+pub fn fetch_response_session_id(version: i16, frame: &[u8]) -> Option<i32> {
+    if version < 7 {
+        return None;
+    }
+    let key = ApiKey::Fetch;
+    let mut r = Reader {
+        buf: frame,
+        flexible: key.response_header_version(version) >= 1,
+    };
+    r.skip(4).ok()?; // correlation_id
+    if r.flexible {
+        r.skip_tagged_fields().ok()?;
+    }
+    r.skip(4 + 2).ok()?; // throttle_time_ms, error_code
+    r.i32().ok()
+}
+
+/// Ward's answer to an incremental Fetch (v7+) it will not forward: `FETCH_SESSION_ID_NOT_FOUND`
+/// at the top level, at the request's version, framed. `None` for other requests.
+pub fn fetch_session_not_found(req: &KafkaRequest) -> Option<Vec<u8>> {
+    if req.api_key != ApiKey::Fetch as i16 || req.api_version < 7 {
+        return None;
+    }
+    let key = ApiKey::Fetch;
+    let version = req.api_version;
+    let mut out = Vec::with_capacity(64);
+    out.put_i32(0);
+    ResponseHeader::default()
+        .with_correlation_id(req.correlation_id)
+        .encode(&mut out, key.response_header_version(version))
+        .ok()?;
+    kafka_protocol::messages::FetchResponse::default()
+        .with_error_code(FETCH_SESSION_ID_NOT_FOUND)
+        .encode(&mut out, version)
+        .ok()?;
+    let size = i32::try_from(out.len() - FRAME_PREFIX_LEN).ok()?;
+    out[..FRAME_PREFIX_LEN].copy_from_slice(&size.to_be_bytes());
+    Some(out)
 }
 
 /// Splits one frame off the front of `buf` (4-byte big-endian size prefix). The complete value is
 /// the frame without its prefix; `consumed` includes the prefix.
 pub fn frame(buf: &[u8]) -> Result<Status<&[u8]>, KafkaError> {
+    frame_within(buf, MAX_FRAME_LEN)
+}
+
+/// [`frame`] with a maximum frame size of `max` bytes (without the prefix).
+pub fn frame_within(buf: &[u8], max: usize) -> Result<Status<&[u8]>, KafkaError> {
     let Some(prefix) = buf.first_chunk::<FRAME_PREFIX_LEN>() else {
         return Ok(Status::NeedMore);
     };
     let size = i32::from_be_bytes(*prefix);
     let len = usize::try_from(size).map_err(|_| KafkaError::NegativeFrameLength(size))?;
-    if len > MAX_FRAME_LEN {
-        return Err(KafkaError::FrameTooLarge(len));
+    if len > max {
+        return Err(KafkaError::FrameTooLarge { len, max });
     }
     match buf.get(FRAME_PREFIX_LEN..FRAME_PREFIX_LEN + len) {
         Some(frame) => Ok(Status::Complete(frame, FRAME_PREFIX_LEN + len)),
@@ -257,10 +344,12 @@ pub fn parse_request(frame: &[u8]) -> Result<KafkaRequest, KafkaError> {
         all_topics: false,
         no_response: false,
         header_len,
+        fetch_session: None,
     };
     if api_key_has_body_walker(api_key) {
         let body = walk_body(api_key, version, &frame[header_len..], false)?;
         request.no_response = api_key == ApiKey::Produce as i16 && body.acks == 0;
+        request.fetch_session = body.fetch_session;
         let mut names = TopicNames::default();
         match &body.topics {
             Some(topics) => names.add(topics),
@@ -325,12 +414,43 @@ pub const UNSUPPORTED_VERSION: i16 = 35;
 pub fn inspectable_versions(api_key: i16) -> Option<(i16, i16)> {
     let key = ApiKey::try_from(api_key).ok()?;
     let range = key.valid_versions();
+    // SaslHandshake v0 is followed by raw SASL tokens without Kafka framing, which Ward
+    // cannot judge; v1 wraps them in SaslAuthenticate requests.
+    let min = if key == ApiKey::SaslHandshake {
+        range.min.max(1)
+    } else {
+        range.min
+    };
     let cap = match key {
         ApiKey::Produce | ApiKey::Fetch => 12,
         ApiKey::OffsetCommit => 9,
+        // v4+ batches transactions for broker-to-broker verification; clients send v0–3.
+        ApiKey::AddPartitionsToTxn => 3,
         _ => i16::MAX,
     };
-    Some((range.min, range.max.min(cap)))
+    Some((min, range.max.min(cap)))
+}
+
+/// Ward's answer to a SaslHandshake v0, after which the client would send raw SASL tokens Ward
+/// cannot frame: `UNSUPPORTED_VERSION`, framed (the proxy then closes the connection). `None`
+/// for other requests.
+pub fn refuse_sasl_handshake_v0(req: &KafkaRequest) -> Option<Vec<u8>> {
+    if req.api_key != ApiKey::SaslHandshake as i16 || req.api_version != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(16);
+    out.put_i32(0);
+    ResponseHeader::default()
+        .with_correlation_id(req.correlation_id)
+        .encode(&mut out, 0)
+        .ok()?;
+    kafka_protocol::messages::SaslHandshakeResponse::default()
+        .with_error_code(UNSUPPORTED_VERSION)
+        .encode(&mut out, 0)
+        .ok()?;
+    let size = i32::try_from(out.len() - FRAME_PREFIX_LEN).ok()?;
+    out[..FRAME_PREFIX_LEN].copy_from_slice(&size.to_be_bytes());
+    Some(out)
 }
 
 /// Narrows a broker's ApiVersions response (`frame` without its size prefix, for a request of
@@ -392,10 +512,56 @@ pub fn unsupported_api_versions(frame: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The keys whose bodies are walked: the six topic-bearing kinds Cilium parses, and
-/// FindCoordinator (for its deny response).
+/// The keys whose bodies are walked: the six topic-bearing kinds Cilium parses,
+/// AddPartitionsToTxn (topics, Ward's extension), and FindCoordinator and InitProducerId (for
+/// their deny responses).
 fn api_key_has_body_walker(api_key: i16) -> bool {
-    (0..=3).contains(&api_key) || (8..=10).contains(&api_key)
+    (0..=3).contains(&api_key) || (8..=10).contains(&api_key) || api_key == 22 || api_key == 24
+}
+
+/// The error code Ward's deny response to `req` carries (docs/policy-semantics.md §4.3): per
+/// topic `TOPIC_AUTHORIZATION_FAILED` for the topic-bearing keys, `GROUP_AUTHORIZATION_FAILED`
+/// for group APIs (and FindCoordinator of a group), `TRANSACTIONAL_ID_AUTHORIZATION_FAILED` for
+/// transaction APIs (and FindCoordinator or InitProducerId of a transactional ID),
+/// `CLUSTER_AUTHORIZATION_FAILED` for cluster APIs and an idempotent producer's InitProducerId.
+/// `None` when Ward has no deny response for the key: the connection is closed instead.
+pub fn deny_error_code(req: &KafkaRequest, frame: &[u8]) -> Option<i16> {
+    let key = ApiKey::try_from(req.api_key).ok()?;
+    let transactional = || {
+        let body = frame.get(req.header_len..)?;
+        walk(req.api_key, req.api_version, body, false).ok()
+    };
+    Some(match key {
+        ApiKey::Produce
+        | ApiKey::Fetch
+        | ApiKey::ListOffsets
+        | ApiKey::Metadata
+        | ApiKey::OffsetCommit
+        | ApiKey::OffsetFetch
+        | ApiKey::AddPartitionsToTxn => TOPIC_AUTHORIZATION_FAILED,
+        ApiKey::FindCoordinator => match transactional()?.key_type {
+            1 => TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+            _ => GROUP_AUTHORIZATION_FAILED,
+        },
+        ApiKey::InitProducerId => match transactional()?.transactional_id {
+            Some(_) => TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+            None => CLUSTER_AUTHORIZATION_FAILED,
+        },
+        ApiKey::JoinGroup
+        | ApiKey::Heartbeat
+        | ApiKey::LeaveGroup
+        | ApiKey::SyncGroup
+        | ApiKey::ListGroups
+        | ApiKey::OffsetDelete
+        | ApiKey::ConsumerGroupHeartbeat => GROUP_AUTHORIZATION_FAILED,
+        ApiKey::AddOffsetsToTxn | ApiKey::EndTxn => TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+        ApiKey::DescribeAcls
+        | ApiKey::DescribeCluster
+        | ApiKey::ListTransactions
+        | ApiKey::GetTelemetrySubscriptions
+        | ApiKey::PushTelemetry => CLUSTER_AUTHORIZATION_FAILED,
+        _ => return None,
+    })
 }
 
 fn parse_header(frame: &[u8]) -> Result<(i16, i16, RequestHeader, usize), KafkaError> {
@@ -426,18 +592,58 @@ fn parse_header(frame: &[u8]) -> Result<(i16, i16, RequestHeader, usize), KafkaE
 /// whole frame including the size prefix; `None` for other keys, for Produce with `acks = 0` (the
 /// client expects no response), or if `frame` does not parse.
 pub fn deny_response(req: &KafkaRequest, frame: &[u8]) -> Option<Vec<u8>> {
+    use kafka_protocol::messages as m;
     let key = ApiKey::try_from(req.api_key).ok()?;
-    if !api_key_has_body_walker(req.api_key) || req.no_response {
+    if req.no_response {
         return None;
     }
+    let code = deny_error_code(req, frame)?;
     let (_, _, _, header_len) = parse_header(frame).ok()?;
-    let body = walk_body(req.api_key, req.api_version, &frame[header_len..], true).ok()?;
     let version = req.api_version;
     let header = ResponseHeader::default().with_correlation_id(req.correlation_id);
     let header_version = key.response_header_version(version);
     let mut out = Vec::with_capacity(256);
     out.put_i32(0);
     header.encode(&mut out, header_version).ok()?;
+    // Keys answered with a top-level error code alone.
+    macro_rules! top_level {
+        ($t:ty) => {
+            <$t>::default()
+                .with_error_code(code)
+                .encode(&mut out, version)
+        };
+    }
+    let generic = match key {
+        ApiKey::JoinGroup => Some(top_level!(m::JoinGroupResponse)),
+        ApiKey::Heartbeat => Some(top_level!(m::HeartbeatResponse)),
+        ApiKey::LeaveGroup => Some(top_level!(m::LeaveGroupResponse)),
+        ApiKey::SyncGroup => Some(top_level!(m::SyncGroupResponse)),
+        ApiKey::ListGroups => Some(top_level!(m::ListGroupsResponse)),
+        ApiKey::OffsetDelete => Some(top_level!(m::OffsetDeleteResponse)),
+        ApiKey::ConsumerGroupHeartbeat => Some(top_level!(m::ConsumerGroupHeartbeatResponse)),
+        ApiKey::InitProducerId => Some(
+            m::InitProducerIdResponse::default()
+                .with_error_code(code)
+                .with_producer_id(m::ProducerId(-1))
+                .with_producer_epoch(-1)
+                .encode(&mut out, version),
+        ),
+        ApiKey::AddOffsetsToTxn => Some(top_level!(m::AddOffsetsToTxnResponse)),
+        ApiKey::EndTxn => Some(top_level!(m::EndTxnResponse)),
+        ApiKey::DescribeAcls => Some(top_level!(m::DescribeAclsResponse)),
+        ApiKey::DescribeCluster => Some(top_level!(m::DescribeClusterResponse)),
+        ApiKey::ListTransactions => Some(top_level!(m::ListTransactionsResponse)),
+        ApiKey::GetTelemetrySubscriptions => Some(top_level!(m::GetTelemetrySubscriptionsResponse)),
+        ApiKey::PushTelemetry => Some(top_level!(m::PushTelemetryResponse)),
+        _ => None,
+    };
+    if let Some(encoded) = generic {
+        encoded.ok()?;
+        let size = i32::try_from(out.len() - FRAME_PREFIX_LEN).ok()?;
+        out[..FRAME_PREFIX_LEN].copy_from_slice(&size.to_be_bytes());
+        return Some(out);
+    }
+    let body = walk_body(req.api_key, req.api_version, &frame[header_len..], true).ok()?;
     let encoded = match key {
         ApiKey::Produce => deny_produce(&body).encode(&mut out, version),
         ApiKey::Fetch => deny_fetch(&body, version).encode(&mut out, version),
@@ -445,7 +651,10 @@ pub fn deny_response(req: &KafkaRequest, frame: &[u8]) -> Option<Vec<u8>> {
         ApiKey::Metadata => deny_metadata(&body, version).encode(&mut out, version),
         ApiKey::OffsetCommit => deny_offset_commit(&body).encode(&mut out, version),
         ApiKey::OffsetFetch => deny_offset_fetch(&body, version).encode(&mut out, version),
-        ApiKey::FindCoordinator => deny_find_coordinator(&body, version).encode(&mut out, version),
+        ApiKey::FindCoordinator => {
+            deny_find_coordinator(&body, version, code).encode(&mut out, version)
+        }
+        ApiKey::AddPartitionsToTxn => deny_add_partitions_to_txn(&body).encode(&mut out, version),
         _ => return None,
     };
     encoded.ok()?;
@@ -647,9 +856,35 @@ fn deny_offset_fetch(
     }
 }
 
+fn deny_add_partitions_to_txn(
+    body: &Body<'_>,
+) -> kafka_protocol::messages::AddPartitionsToTxnResponse {
+    use kafka_protocol::messages::add_partitions_to_txn_response::*;
+    AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(
+        topics_of(body)
+            .iter()
+            .map(|t| {
+                AddPartitionsToTxnTopicResult::default()
+                    .with_name(topic_name(t.name))
+                    .with_results_by_partition(
+                        t.partitions
+                            .iter()
+                            .map(|&p| {
+                                AddPartitionsToTxnPartitionResult::default()
+                                    .with_partition_index(p)
+                                    .with_partition_error_code(TOPIC_AUTHORIZATION_FAILED)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    )
+}
+
 fn deny_find_coordinator(
     body: &Body<'_>,
     version: i16,
+    code: i16,
 ) -> kafka_protocol::messages::FindCoordinatorResponse {
     use find_coordinator_response::*;
     if version >= 4 {
@@ -661,13 +896,13 @@ fn deny_find_coordinator(
                         .with_key(StrBytes::from_string((*k).to_owned()))
                         .with_node_id(BrokerId(-1))
                         .with_port(-1)
-                        .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+                        .with_error_code(code)
                 })
                 .collect(),
         );
     }
     FindCoordinatorResponse::default()
-        .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+        .with_error_code(code)
         .with_node_id(BrokerId(-1))
         .with_port(-1)
 }
@@ -702,6 +937,12 @@ struct Body<'a> {
     walked_topics: bool,
     groups: Vec<Group<'a>>,
     coordinator_keys: Vec<&'a str>,
+    /// FindCoordinator `key_type` (0 = group, 1 = transaction).
+    key_type: i8,
+    /// InitProducerId `transactional_id` (`None` for an idempotent producer).
+    transactional_id: Option<&'a str>,
+    /// Fetch v7+ session fields.
+    fetch_session: Option<FetchSession>,
 }
 
 type Walk<T> = Result<T, &'static str>;
@@ -924,7 +1165,10 @@ fn walk(api_key: i16, v: i16, body: &[u8], keep: bool) -> Walk<Body<'_>> {
                 r.skip(1)?; // isolation_level
             }
             if v >= 7 {
-                r.skip(8)?; // session_id, session_epoch
+                out.fetch_session = Some(FetchSession {
+                    id: r.i32()?,
+                    epoch: r.i32()?,
+                });
             }
             out.topics = r.topics(
                 false,
@@ -1048,7 +1292,7 @@ fn walk(api_key: i16, v: i16, body: &[u8], keep: bool) -> Walk<Body<'_>> {
                 r.string()?; // key
             }
             if v >= 1 {
-                r.skip(1)?; // key_type
+                out.key_type = r.take(1)?[0] as i8;
             }
             if v >= 4 {
                 let n = r.array()?;
@@ -1057,7 +1301,16 @@ fn walk(api_key: i16, v: i16, body: &[u8], keep: bool) -> Walk<Body<'_>> {
                 }
             }
         }
-        _ => return Err("no body walker for this api key"),
+        ApiKey::InitProducerId => {
+            out.walked_topics = false;
+            out.transactional_id = r.nullable_string()?;
+        }
+        ApiKey::AddPartitionsToTxn if v <= 3 => {
+            r.string()?; // v3_and_below_transactional_id
+            r.skip(8 + 2)?; // v3_and_below_producer_id, v3_and_below_producer_epoch
+            out.topics = r.topics(false, keep, named, |r| r.i32())?;
+        }
+        _ => return Err("no body walker for this api key and version"),
     }
     Ok(out)
 }
@@ -1160,7 +1413,7 @@ mod tests {
             assert!(!is_topic_kind(key), "{key}");
         }
         assert_eq!(TOPIC_KINDS.len(), 19);
-        assert_eq!(ROLE_PRODUCE, &[0, 3, 18]);
+        assert_eq!(ROLE_PRODUCE, &[0, 3, 18, 22, 24, 26]);
         assert!(ROLE_CONSUME.iter().all(|k| api_key_name(*k).is_some()));
     }
 
@@ -1347,7 +1600,10 @@ mod tests {
             ),
             (
                 b"\x06\x40\x00\x01",
-                Err(KafkaError::FrameTooLarge(MAX_FRAME_LEN + 1)),
+                Err(KafkaError::FrameTooLarge {
+                    len: MAX_FRAME_LEN + 1,
+                    max: MAX_FRAME_LEN,
+                }),
             ),
         ];
         for (buf, want) in cases {
@@ -1791,11 +2047,243 @@ mod tests {
                     .iter()
                     .map(|c| (c.key.as_str(), c.error_code))
                     .collect();
-                assert_eq!(got, [("g1", 29), ("g2", 29)], "v{version}");
+                assert_eq!(got, [("g1", 30), ("g2", 30)], "v{version}");
             } else {
-                assert_eq!(resp.error_code, 29, "v{version}");
+                assert_eq!(resp.error_code, 30, "v{version}");
+            }
+            if version >= 1 {
+                // A transaction coordinator: TRANSACTIONAL_ID_AUTHORIZATION_FAILED.
+                let (_, deny) =
+                    parse_and_deny(ApiKey::FindCoordinator, version, &body.with_key_type(1));
+                let resp: FindCoordinatorResponse =
+                    decode_response(ApiKey::FindCoordinator, version, &deny);
+                let code = resp
+                    .coordinators
+                    .first()
+                    .map_or(resp.error_code, |c| c.error_code);
+                assert_eq!(code, 53, "v{version}");
             }
         }
+    }
+
+    #[test]
+    fn group_transaction_and_cluster_apis_get_their_own_authorization_error() {
+        use kafka_protocol::messages::*;
+        // Encodes a default request of `key` at every version, denies it, and returns the
+        // top-level error code of the decoded response.
+        macro_rules! every_version {
+            ($key:expr, $req:expr, $resp:ty, $code:expr) => {
+                for version in versions($key) {
+                    let (_, deny) = parse_and_deny($key, version, &$req);
+                    let resp: $resp = decode_response($key, version, &deny);
+                    assert_eq!(resp.error_code, $code, "{:?} v{version}", $key);
+                    let frame = encode_request($key, version, &$req);
+                    let req = parse_request(&frame).unwrap();
+                    assert_eq!(deny_error_code(&req, &frame), Some($code));
+                }
+            };
+        }
+        let group = GroupId(StrBytes::from_static_str("g1"));
+        every_version!(
+            ApiKey::JoinGroup,
+            JoinGroupRequest::default()
+                .with_group_id(group.clone())
+                .with_protocol_type(StrBytes::from_static_str("consumer")),
+            JoinGroupResponse,
+            30
+        );
+        every_version!(
+            ApiKey::Heartbeat,
+            HeartbeatRequest::default().with_group_id(group.clone()),
+            HeartbeatResponse,
+            30
+        );
+        every_version!(
+            ApiKey::LeaveGroup,
+            LeaveGroupRequest::default().with_group_id(group.clone()),
+            LeaveGroupResponse,
+            30
+        );
+        every_version!(
+            ApiKey::SyncGroup,
+            SyncGroupRequest::default().with_group_id(group.clone()),
+            SyncGroupResponse,
+            30
+        );
+        every_version!(
+            ApiKey::ListGroups,
+            ListGroupsRequest::default(),
+            ListGroupsResponse,
+            30
+        );
+        every_version!(
+            ApiKey::OffsetDelete,
+            OffsetDeleteRequest::default().with_group_id(group.clone()),
+            OffsetDeleteResponse,
+            30
+        );
+        every_version!(
+            ApiKey::ConsumerGroupHeartbeat,
+            ConsumerGroupHeartbeatRequest::default().with_group_id(group.clone()),
+            ConsumerGroupHeartbeatResponse,
+            30
+        );
+        let txn = TransactionalId(StrBytes::from_static_str("t1"));
+        every_version!(
+            ApiKey::InitProducerId,
+            InitProducerIdRequest::default().with_transactional_id(Some(txn.clone())),
+            InitProducerIdResponse,
+            53
+        );
+        every_version!(
+            ApiKey::InitProducerId,
+            InitProducerIdRequest::default().with_transactional_id(None),
+            InitProducerIdResponse,
+            31
+        );
+        every_version!(
+            ApiKey::AddOffsetsToTxn,
+            AddOffsetsToTxnRequest::default()
+                .with_transactional_id(txn.clone())
+                .with_group_id(group.clone()),
+            AddOffsetsToTxnResponse,
+            53
+        );
+        every_version!(
+            ApiKey::EndTxn,
+            EndTxnRequest::default().with_transactional_id(txn.clone()),
+            EndTxnResponse,
+            53
+        );
+        every_version!(
+            ApiKey::DescribeCluster,
+            DescribeClusterRequest::default(),
+            DescribeClusterResponse,
+            31
+        );
+        every_version!(
+            ApiKey::ListTransactions,
+            ListTransactionsRequest::default(),
+            ListTransactionsResponse,
+            31
+        );
+        // KIP-714 client telemetry (librdkafka asks for it after ApiVersions).
+        every_version!(
+            ApiKey::GetTelemetrySubscriptions,
+            GetTelemetrySubscriptionsRequest::default(),
+            GetTelemetrySubscriptionsResponse,
+            31
+        );
+        every_version!(
+            ApiKey::PushTelemetry,
+            PushTelemetryRequest::default(),
+            PushTelemetryResponse,
+            31
+        );
+        // A key Ward has no answer for: no deny response, so the proxy closes the connection.
+        let frame = encode_request(ApiKey::CreateTopics, 5, &CreateTopicsRequest::default());
+        let req = parse_request(&frame).unwrap();
+        assert_eq!(deny_error_code(&req, &frame), None);
+        assert_eq!(deny_response(&req, &frame), None);
+    }
+
+    #[test]
+    fn sasl_handshake_v0_is_refused_and_v1_is_inspectable() {
+        use kafka_protocol::messages::*;
+        let body =
+            SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"));
+        let frame = encode_request(ApiKey::SaslHandshake, 0, &body);
+        let req = parse_request(&frame).unwrap();
+        let answer = refuse_sasl_handshake_v0(&req).unwrap();
+        let resp: SaslHandshakeResponse = decode_response(ApiKey::SaslHandshake, 0, &answer);
+        assert_eq!(resp.error_code, UNSUPPORTED_VERSION);
+        let v1 = parse_request(&encode_request(ApiKey::SaslHandshake, 1, &body)).unwrap();
+        assert_eq!(refuse_sasl_handshake_v0(&v1), None);
+        assert_eq!(inspectable_versions(17), Some((1, 1)));
+    }
+
+    #[test]
+    fn fetch_sessions_are_read_and_refused_by_session_not_found() {
+        use kafka_protocol::messages::*;
+        for version in versions(ApiKey::Fetch) {
+            let body = FetchRequest::default()
+                .with_session_id(42)
+                .with_session_epoch(3);
+            let frame = encode_request(ApiKey::Fetch, version, &body);
+            let req = parse_request(&frame).unwrap();
+            if version < 7 {
+                assert_eq!(req.fetch_session, None);
+                assert_eq!(fetch_session_not_found(&req), None);
+                continue;
+            }
+            assert_eq!(req.fetch_session, Some(FetchSession { id: 42, epoch: 3 }));
+            assert!(req.fetch_session.unwrap().is_incremental());
+            let answer = fetch_session_not_found(&req).unwrap();
+            let resp: FetchResponse = decode_response(ApiKey::Fetch, version, &answer);
+            assert_eq!((resp.error_code, resp.session_id), (70, 0), "v{version}");
+            // The session id of a broker's response.
+            let mut out = Vec::new();
+            ResponseHeader::default()
+                .with_correlation_id(7)
+                .encode(&mut out, ApiKey::Fetch.response_header_version(version))
+                .unwrap();
+            FetchResponse::default()
+                .with_session_id(99)
+                .encode(&mut out, version)
+                .unwrap();
+            assert_eq!(
+                fetch_response_session_id(version, &out),
+                Some(99),
+                "v{version}"
+            );
+            assert_eq!(fetch_response_session_id(version, &out[..9]), None);
+        }
+    }
+
+    #[test]
+    fn add_partitions_to_txn_names_its_topics_and_is_denied_per_partition() {
+        use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+        use kafka_protocol::messages::*;
+        let body = AddPartitionsToTxnRequest::default()
+            .with_v3_and_below_transactional_id(TransactionalId(StrBytes::from_static_str("t1")))
+            .with_v3_and_below_topics(
+                TOPICS
+                    .iter()
+                    .map(|t| {
+                        AddPartitionsToTxnTopic::default()
+                            .with_name(name(t))
+                            .with_partitions(vec![0, 1])
+                    })
+                    .collect(),
+            );
+        for version in 0..=3 {
+            let (req, deny) = parse_and_deny(ApiKey::AddPartitionsToTxn, version, &body);
+            assert_eq!(req.topics, want_topics(), "v{version}");
+            let resp: AddPartitionsToTxnResponse =
+                decode_response(ApiKey::AddPartitionsToTxn, version, &deny);
+            let codes: Vec<i16> = resp
+                .results_by_topic_v3_and_below
+                .iter()
+                .flat_map(|t| {
+                    t.results_by_partition
+                        .iter()
+                        .map(|p| p.partition_error_code)
+                })
+                .collect();
+            assert_eq!(codes.len(), TOPICS.len() * 2, "v{version}");
+            assert!(codes.iter().all(|c| *c == 29), "v{version}");
+        }
+        // v4+ (broker-to-broker batches) is not inspectable: refused, never forwarded.
+        let frame = encode_request(
+            ApiKey::AddPartitionsToTxn,
+            4,
+            &AddPartitionsToTxnRequest::default(),
+        );
+        assert!(matches!(
+            parse_request(&frame),
+            Err(KafkaError::MalformedBody { api_key: 24, .. })
+        ));
+        assert_eq!(inspectable_versions(24), Some((0, 3)));
     }
 
     #[test]

@@ -214,7 +214,10 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
         let kafka_thread = match kafka_listener {
             None => None,
             Some((port, tcp)) => {
-                let kafka = Arc::new(crate::proxy::kafka::KafkaProxy::new(proxy.clone()));
+                let kafka = Arc::new(crate::proxy::kafka::KafkaProxy::new(
+                    proxy.clone(),
+                    &cfg.kafka,
+                ));
                 let t = crate::proxy::kafka::start(kafka, tcp, rx.clone())
                     .context("starting the Kafka proxy thread")?;
                 info!(port, "transparent Kafka listener ready");

@@ -210,6 +210,32 @@ impl Default for DnsSection {
     }
 }
 
+/// The Kafka proxy (`kafka:` in the node config).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSection {
+    /// Largest request or response frame, bytes (the broker's `socket.request.max.bytes`,
+    /// 100 MiB by default). A larger size prefix closes the connection.
+    #[serde(default = "default_kafka_max_frame_bytes")]
+    pub max_frame_bytes: usize,
+    /// Leave the client ID out of flows (it can name a user or a host).
+    #[serde(default)]
+    pub redact_client_id: bool,
+}
+
+fn default_kafka_max_frame_bytes() -> usize {
+    parsers::kafka::MAX_FRAME_LEN
+}
+
+impl Default for KafkaSection {
+    fn default() -> Self {
+        KafkaSection {
+            max_frame_bytes: default_kafka_max_frame_bytes(),
+            redact_client_id: false,
+        }
+    }
+}
+
 /// How the policy-file source notices changes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -303,6 +329,9 @@ pub struct Config {
     /// The DNS proxy and `toFQDNs` learning.
     #[serde(default)]
     pub dns: DnsSection,
+    /// The Kafka proxy.
+    #[serde(default)]
+    pub kafka: KafkaSection,
     /// Threads that own client connections (like nginx's `worker_processes`); default: one
     /// per CPU.
     #[serde(default)]
@@ -505,6 +534,12 @@ impl Config {
             issue(
                 "dns.max_release_delay_ms".into(),
                 "must be at most 5000".into(),
+            );
+        }
+        if !(1024..=1 << 30).contains(&self.kafka.max_frame_bytes) {
+            issue(
+                "kafka.max_frame_bytes".into(),
+                "must be 1024..=1073741824 (1 KiB to 1 GiB)".into(),
             );
         }
         if self.proxy_threads == Some(0) {

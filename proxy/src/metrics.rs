@@ -101,6 +101,12 @@ struct DnsQueryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KafkaRequestLabels {
+    api_key: &'static str,
+    verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrnoLabels {
     errno: String,
 }
@@ -205,6 +211,7 @@ impl DnsMetrics {
 pub struct Metrics {
     /// The DNS proxy's counters.
     pub dns: DnsMetrics,
+    kafka_requests: Family<KafkaRequestLabels, Counter>,
     registry: Registry,
     kernel: Arc<OnceLock<bpf_redirect::CounterReader>>,
     change_to_maps: Histogram,
@@ -305,7 +312,14 @@ impl Metrics {
             rejected_documents.clone(),
         );
         let dns = DnsMetrics::register(&mut registry);
+        let kafka_requests = Family::<KafkaRequestLabels, Counter>::default();
+        registry.register(
+            "kafka_requests",
+            "Kafka requests handled by the proxy, by API key and verdict",
+            kafka_requests.clone(),
+        );
         Metrics {
+            kafka_requests,
             ready,
             rejected_documents,
             dns,
@@ -338,6 +352,14 @@ impl Metrics {
             }
         }
         self.latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// One Kafka request: `api_key` its name (`produce`, …, or `unknown`), `verdict`
+    /// FORWARDED, DROPPED or AUDIT. (It is also counted by [`Self::request`].)
+    pub fn kafka_request(&self, api_key: &'static str, verdict: &'static str) {
+        self.kafka_requests
+            .get_or_create(&KafkaRequestLabels { api_key, verdict })
+            .inc();
     }
 
     /// The counter of flows the flow log had to drop.

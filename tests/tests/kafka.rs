@@ -1,5 +1,8 @@
-//! The transparent Kafka proxy with real peers: the tansu broker (in memory) in a pod, and
-//! kafka-python as the producer and consumer in others, on the real datapath under `ward run`.
+//! The transparent Kafka proxy with real peers on the real datapath under `ward run`: the tansu
+//! broker (in memory) in a pod, and two clients on independent codebases, kafka-python (pure
+//! Python) and confluent-kafka (librdkafka, C), which negotiate different versions. Crafted
+//! frames (a stolen fetch session, SaslHandshake v0, a TLS ClientHello, 10,000 random frames)
+//! come from raw sockets in the same pods.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,6 +21,9 @@ spec:
         kafka:
         - role: produce
           topic: orders
+        # HQ may look `audit` up, so its producing there is denied at Produce itself.
+        - apiKey: metadata
+          topic: audit
   - fromEndpoints: [{matchLabels: {app: empire-outpost}}]
     toPorts:
     - ports: [{port: "9092", protocol: TCP}]
@@ -41,9 +47,11 @@ fn tansu() -> PathBuf {
     p
 }
 
-fn py(s: &Scene, pod: &str, script: &str) -> String {
+/// Runs a Python script in `pod` with `BS` (the bootstrap address) defined; stdout + stderr.
+fn py(s: &Scene, pod: &str, bootstrap: &str, script: &str) -> String {
     let python = peers_python();
-    let out = s.exec(pod, &[python.to_str().unwrap(), "-c", script]);
+    let script = format!("BS = {bootstrap:?}\n{script}");
+    let out = s.exec(pod, &[python.to_str().unwrap(), "-c", &script]);
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -51,9 +59,240 @@ fn py(s: &Scene, pod: &str, script: &str) -> String {
     )
 }
 
+const KAFKA_PYTHON_PRODUCE: &str = r#"
+import kafka, kafka.errors
+# Idempotent (kafka-python's default): InitProducerId is in `role: produce` (Ward's extension).
+p = kafka.KafkaProducer(bootstrap_servers=BS, acks="all", request_timeout_ms=5000,
+                        max_block_ms=5000)
+p.send("orders", b"kp-1").get(timeout=10)
+print("orders delivered")
+p.close()
+# kafka-python's idempotent producer keeps a topic authorization error as a sticky error for
+# every later send, so the denied send goes through a plain producer.
+p = kafka.KafkaProducer(bootstrap_servers=BS, acks=1, request_timeout_ms=5000,
+                        max_block_ms=5000, enable_idempotence=False)
+try:
+    p.send("audit", b"secret").get(timeout=10)
+    print("audit delivered")
+except kafka.errors.KafkaError as e:
+    print("audit refused", type(e).__name__)
+p.send("orders", b"kp-2").get(timeout=10)
+print("orders delivered again")
+p.close()
+"#;
+
+const CONFLUENT_PRODUCE: &str = r#"
+from confluent_kafka import Producer
+def send(p, topic, value):
+    out = []
+    p.produce(topic, value, on_delivery=lambda err, msg: out.append(err))
+    p.flush(15)
+    return out[0] if out else "no report"
+# Idempotent: InitProducerId is in `role: produce` (Ward's extension).
+p = Producer({"bootstrap.servers": BS, "acks": "all", "message.timeout.ms": 10000,
+              "enable.idempotence": True})
+err = send(p, "orders", b"ck-1")
+print("orders", "delivered" if err is None else err)
+# After a permanent error librdkafka's idempotent producer bumps its epoch (KIP-360), which
+# tansu 0.6 answers PRODUCER_FENCED; the denied send goes through a plain producer.
+p = Producer({"bootstrap.servers": BS, "acks": "1", "message.timeout.ms": 10000})
+send = lambda topic, value, send=send: send(p, topic, value)
+err = send("audit", b"secret")
+print("audit", "delivered" if err is None else "refused " + err.name())
+err = send("orders", b"ck-2")
+print("orders again", "delivered" if err is None else err)
+"#;
+
+const KAFKA_PYTHON_CONSUME: &str = r#"
+import kafka
+c = kafka.KafkaConsumer(bootstrap_servers=BS, auto_offset_reset="earliest",
+                        enable_auto_commit=False, consumer_timeout_ms=8000,
+                        request_timeout_ms=6000)
+c.assign([kafka.TopicPartition("orders", 0)])
+got = sorted(m.value.decode() for m in c)
+print("consumed", ",".join(got))
+c.close()
+"#;
+
+const CONFLUENT_CONSUME: &str = r#"
+from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING
+c = Consumer({"bootstrap.servers": BS, "group.id": "outpost", "enable.auto.commit": False})
+c.assign([TopicPartition("orders", 0, OFFSET_BEGINNING)])
+got = []
+for _ in range(40):
+    m = c.poll(0.5)
+    if m is None:
+        if len(got) >= 4:
+            break
+        continue
+    if m.error():
+        print("error", m.error().name())
+        continue
+    got.append(m.value().decode())
+print("consumed", ",".join(sorted(got)))
+c.close()
+"#;
+
+/// Raw frames: `frame(key, version, body)` with a v1 request header (client id "raw").
+const RAW: &str = r#"
+import socket, struct
+def frame(key, version, body, corr=7):
+    h = struct.pack(">hhih", key, version, corr, 3) + b"raw"
+    return struct.pack(">i", len(h) + len(body)) + h + body
+def exchange(payload, timeout=5, half_close=False):
+    s = socket.create_connection((BS.split(":")[0], 9092), timeout=timeout)
+    s.sendall(payload)
+    if half_close:
+        s.shutdown(socket.SHUT_WR)
+    data = b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                data += b"<closed>"
+                break
+            data += chunk
+            if len(data) >= 4 and len(data) >= 4 + struct.unpack(">i", data[:4])[0]:
+                break
+    except socket.timeout:
+        data += b"<timeout>"
+    s.close()
+    return data
+"#;
+
+const STOLEN_FETCH_SESSION: &str = r#"
+# Fetch v7 (not flexible): an incremental fetch (epoch 1) on a session id this connection never
+# created, with no topics: the broker would answer for every partition of session 12345.
+body = struct.pack(">iiiibii", -1, 100, 1, 1 << 20, 0, 12345, 1) + struct.pack(">i", 0) * 2
+r = exchange(frame(1, 7, body))
+corr, throttle, err, session = struct.unpack(">iihi", r[4:18])
+print("fetch", corr, err, session)
+"#;
+
+const SASL_V0: &str = r#"
+s = socket.create_connection((BS.split(":")[0], 9092), timeout=5)
+s.sendall(frame(17, 0, struct.pack(">h", 5) + b"PLAIN"))
+r = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    r += chunk
+corr, err = struct.unpack(">ih", r[4:10])
+print("sasl", corr, err, "closed")
+"#;
+
+const TLS_HELLO: &str = r#"
+import ssl
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+try:
+    with socket.create_connection((BS.split(":")[0], 9092), timeout=5) as s:
+        ctx.wrap_socket(s).do_handshake()
+    print("tls handshake completed")
+except (ssl.SSLError, OSError) as e:
+    print("tls refused", type(e).__name__)
+"#;
+
+/// 10,000 random or malformed frames, one connection each, from 16 threads, while a producer
+/// on its own connection keeps delivering to `orders`.
+const FLOOD: &str = r#"
+import random, threading, time, kafka
+random.seed(14)
+keys = list(range(0, 76))
+def payload(i):
+    kind = i % 6
+    n = random.randrange(0, 200)
+    junk = random.randbytes(n)
+    if kind == 0:
+        return junk                                         # no framing at all
+    if kind == 1:
+        return struct.pack(">i", n) + junk                  # framed garbage
+    if kind == 2:                                           # a real header, random body
+        return frame(random.choice(keys), random.randrange(0, 18), junk, corr=i)
+    if kind == 3:                                           # absurd or negative sizes
+        return struct.pack(">i", random.choice([-1, -(1 << 31), (1 << 31) - 1, 200 << 20]))
+    if kind == 4:                                           # a truncated frame
+        f = frame(0, 9, junk)
+        return f[: random.randrange(1, len(f))]
+    # A known key at a random version with a hostile count.
+    return frame(random.choice([0, 1, 2, 3, 8, 9, 24]), random.randrange(0, 13),
+                 struct.pack(">i", (1 << 31) - 1) + junk)
+counts = {"sent": 0}
+lock = threading.Lock()
+def worker(start):
+    for i in range(start, 10000, 16):
+        try:
+            # Ward reads the frames, then the end of the stream, and closes.
+            exchange(payload(i), timeout=2, half_close=True)
+        except OSError:
+            pass
+        with lock:
+            counts["sent"] += 1
+ok = failed = 0
+stop = False
+def legit():
+    global ok, failed
+    p = kafka.KafkaProducer(bootstrap_servers=BS, acks=1, request_timeout_ms=5000,
+                            max_block_ms=5000, enable_idempotence=False)
+    while not stop:
+        try:
+            p.send("orders", b"during-flood").get(timeout=10)
+            ok += 1
+        except Exception as e:
+            failed += 1
+            print("legit failure", type(e).__name__, e)
+        time.sleep(0.1)
+    p.close()
+t = threading.Thread(target=legit)
+t.start()
+time.sleep(1)
+began = time.time()
+workers = [threading.Thread(target=worker, args=(k,)) for k in range(16)]
+for w in workers: w.start()
+for w in workers: w.join()
+stop = True
+t.join()
+print("flood sent", counts["sent"], "legit ok", ok, "failed", failed,
+      "in %.1f s" % (time.time() - began))
+"#;
+
+const ACKS0_AUDIT: &str = r#"
+import kafka, time
+p = kafka.KafkaProducer(bootstrap_servers=BS, acks=0, max_block_ms=5000,
+                        enable_idempotence=False)
+p.send("audit", b"fire-and-forget")
+p.flush(timeout=5)
+time.sleep(1)
+p.close(timeout=2)
+print("acks0 sent")
+"#;
+
+/// Read in the broker's own pod: not through Ward.
+const DIRECT_AUDIT: &str = r#"
+import kafka
+c = kafka.KafkaConsumer(bootstrap_servers=BS, auto_offset_reset="earliest",
+                        enable_auto_commit=False, consumer_timeout_ms=4000)
+c.assign([kafka.TopicPartition("audit", 0)])
+print("audit holds", len([m for m in c]))
+c.close()
+"#;
+
+fn metrics(s: &Scene) -> String {
+    let out = s.node(&[
+        "curl",
+        "-s",
+        "--max-time",
+        "3",
+        "http://127.0.0.1:9962/metrics",
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
-fn kafka_python_produce_and_consume_are_judged_by_topic() {
-    if !privileged("kafka_python_produce_and_consume_are_judged_by_topic") {
+fn two_kafka_clients_are_judged_by_topic_and_crafted_frames_never_pass() {
+    if !privileged("two_kafka_clients_are_judged_by_topic_and_crafted_frames_never_pass") {
         return;
     }
     let mut s = Scene::new("kf");
@@ -97,25 +336,14 @@ fn kafka_python_produce_and_consume_are_judged_by_topic() {
     }
     s.write_policy("kafka.yaml", POLICY);
     s.start_ward();
-    let bootstrap = format!("{}:9092", broker.ip);
-    let produce = format!(
-        r#"
-import kafka, kafka.errors
-p = kafka.KafkaProducer(bootstrap_servers="{bootstrap}", enable_idempotence=False, acks=1,
-                        request_timeout_ms=5000, max_block_ms=5000, retries=0)
-p.send("orders", b"order-1").get(timeout=10)
-print("orders delivered")
-try:
-    p.send("audit", b"secret").get(timeout=10)
-    print("audit delivered")
-except kafka.errors.KafkaError as e:
-    print("audit refused", type(e).__name__)
-p.send("orders", b"order-2").get(timeout=10)
-print("orders delivered again")
-p.close()
-"#
-    );
-    let out = py(&s, "hq", &produce);
+    let bs = format!("{}:9092", broker.ip);
+    // `ward status` does not list Kafka as unproxied.
+    let status = String::from_utf8_lossy(&s.ward_cli(&["status"]).stdout).into_owned();
+    assert!(!status.to_lowercase().contains("unproxied"), "{status}");
+
+    // A producer allowed on `orders` delivers; `audit` gets the authorization error, and the
+    // same producer then still delivers: with each client.
+    let out = py(&s, "hq", &bs, KAFKA_PYTHON_PRODUCE);
     assert!(
         out.contains("orders delivered\n"),
         "{out}\n{}",
@@ -126,59 +354,132 @@ p.close()
         "{out}"
     );
     assert!(out.contains("orders delivered again"), "{out}");
-    let consume = format!(
-        r#"
-import kafka
-c = kafka.KafkaConsumer(bootstrap_servers="{bootstrap}", auto_offset_reset="earliest",
-                        enable_auto_commit=False, consumer_timeout_ms=8000,
-                        request_timeout_ms=6000)
-c.assign([kafka.TopicPartition("orders", 0)])
-got = [m.value for m in c]
-print("consumed", b",".join(got).decode())
-c.close()
-"#
-    );
-    let out = py(&s, "outpost", &consume);
+    let out = py(&s, "hq", &bs, CONFLUENT_PRODUCE);
     assert!(
-        out.contains("consumed order-1,order-2"),
+        out.contains("orders delivered\n"),
         "{out}\n{}",
         s.ward_log()
     );
-    // The consumer may not produce.
+    assert!(
+        out.contains("audit refused TOPIC_AUTHORIZATION_FAILED"),
+        "{out}"
+    );
+    assert!(out.contains("orders again delivered"), "{out}");
+
+    // A consumer allowed to consume `orders` reads the messages, with each client.
+    for script in [KAFKA_PYTHON_CONSUME, CONFLUENT_CONSUME] {
+        let out = py(&s, "outpost", &bs, script);
+        assert!(
+            out.contains("consumed ck-1,ck-2,kp-1,kp-2"),
+            "{out}\n{}",
+            s.ward_log()
+        );
+    }
+    // A consumer producing is denied.
     let out = py(
         &s,
         "outpost",
-        &format!(
-            r#"
-import kafka, kafka.errors
-p = kafka.KafkaProducer(bootstrap_servers="{bootstrap}", enable_idempotence=False, acks=1,
-                        request_timeout_ms=5000, max_block_ms=5000, retries=0)
-try:
-    p.send("orders", b"from-outpost").get(timeout=10)
-    print("delivered")
-except kafka.errors.KafkaError as e:
-    print("refused", type(e).__name__)
-"#
-        ),
+        &bs,
+        r#"
+from confluent_kafka import Producer
+p = Producer({"bootstrap.servers": BS, "message.timeout.ms": 8000})
+out = []
+p.produce("orders", b"from-outpost", on_delivery=lambda err, msg: out.append(err))
+p.flush(10)
+print("outpost produce", "delivered" if out and out[0] is None else out)
+"#,
     );
-    assert!(out.contains("refused"), "{out}");
+    assert!(
+        !out.contains("outpost produce delivered") && out.contains("AUTHORIZATION_FAILED"),
+        "{out}"
+    );
+
+    // A denied acks=0 Produce has no response: Ward drops it and closes the connection; a
+    // consumer reading `audit` straight from the broker's pod finds nothing, not even the
+    // acks=1 attempts above.
+    let out = py(&s, "hq", &bs, ACKS0_AUDIT);
+    assert!(out.contains("acks0 sent"), "{out}");
+    s.wait_flow(Duration::from_secs(3), |f| {
+        f["l7"]["kafka"]["topics"][0] == "audit"
+            && f["l7"]["kafka"]["api_key"] == "produce"
+            && f["verdict"] == "DROPPED"
+            && f["l7"]["kafka"]["error_code"] == 0
+    })
+    .expect("a flow for the dropped acks=0 produce");
+    assert!(
+        s.ward_log()
+            .contains("a denied acks=0 Produce gets no response"),
+        "{}",
+        s.ward_log()
+    );
+    let out = py(&s, "kafka", &bs, DIRECT_AUDIT);
+    assert!(out.contains("audit holds 0"), "{out}");
+
+    // An incremental fetch on a session this connection did not create.
+    let out = py(&s, "outpost", &bs, &format!("{RAW}{STOLEN_FETCH_SESSION}"));
+    assert!(out.contains("fetch 7 70 0"), "{out}\n{}", s.ward_log());
+    // SaslHandshake v0: UNSUPPORTED_VERSION, then the connection is closed.
+    let out = py(&s, "hq", &bs, &format!("{RAW}{SASL_V0}"));
+    assert!(out.contains("sasl 7 35 closed"), "{out}");
+    // A TLS ClientHello: refused, with a flow saying why.
+    let out = py(&s, "hq", &bs, &format!("{RAW}{TLS_HELLO}"));
+    assert!(out.contains("tls refused"), "{out}");
+    s.wait_flow(Duration::from_secs(3), |f| {
+        f["verdict"] == "DROPPED"
+            && f["l7"]["kafka"].is_object()
+            && f.to_string().contains("TLS ClientHello")
+    })
+    .expect("a flow for the TLS ClientHello");
+
+    // 10,000 random or malformed frames leave the proxy serving other connections.
+    let out = py(&s, "hq", &bs, &format!("{RAW}{FLOOD}"));
+    assert!(out.contains("flood sent 10000 "), "{out}");
+    assert!(out.contains(" failed 0"), "{out}");
+    let ok: u32 = out
+        .split("legit ok ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(ok > 0, "{out}");
+    let out = py(&s, "hq", &bs, CONFLUENT_PRODUCE);
+    assert!(
+        out.contains("orders delivered\n"),
+        "{out}\n{}",
+        s.ward_log()
+    );
+
     // An unlisted pod is dropped at L3/L4: no connection at all.
     let out = s.exec(
         "xwing",
-        &[
-            "curl",
-            "-s",
-            "--max-time",
-            "2",
-            &format!("telnet://{bootstrap}"),
-        ],
+        &["curl", "-s", "--max-time", "2", &format!("telnet://{bs}")],
     );
     assert_eq!(out.status.code(), Some(28), "{out:?}");
-    // Flows name the API key, the topics and the error code.
+
+    // The versions each client negotiated are logged: librdkafka and kafka-python produce
+    // with different versions.
+    let log = s.ward_log();
+    let produce_versions: std::collections::BTreeSet<&str> = log
+        .lines()
+        .filter(|l| l.contains("Kafka API version in use") && l.contains("api=produce"))
+        .filter_map(|l| l.split("version=").nth(1))
+        .filter_map(|t| t.split_whitespace().next())
+        .collect();
+    assert!(produce_versions.len() >= 2, "{produce_versions:?}\n{log}");
+
+    // Flows name the API key, the topics and the error code; metrics count by key.
     let f = s
         .wait_flow(Duration::from_secs(3), |f| {
-            f["l7"]["kafka"]["topics"][0] == "audit" && f["verdict"] == "DROPPED"
+            f["l7"]["kafka"]["topics"][0] == "audit"
+                && f["verdict"] == "DROPPED"
+                && f["l7"]["kafka"]["error_code"] == 29
         })
         .expect("a flow for the denied audit request");
-    assert_eq!(f["l7"]["kafka"]["error_code"], 29);
+    assert_eq!(f["l7"]["kafka"]["api_key"], "produce");
+    let m = metrics(&s);
+    assert!(
+        m.contains(r#"ward_kafka_requests_total{api_key="produce",verdict="DROPPED"}"#)
+            && m.contains(r#"ward_kafka_requests_total{api_key="fetch",verdict="FORWARDED"}"#),
+        "{m}"
+    );
 }

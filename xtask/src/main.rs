@@ -42,6 +42,8 @@ const PIP_PACKAGES: &[&str] = &[
     "grpcio-health-checking==1.85.1",
     // The Kafka client the Kafka scene drives (pure Python, its own protocol code).
     "kafka-python==3.0.12",
+    // The second Kafka client, on another codebase: librdkafka (bundled in the wheel).
+    "confluent-kafka==2.16.1",
 ];
 
 /// The Kafka broker the Kafka scene runs: tansu, an Apache-Kafka-compatible broker in Rust,
@@ -161,7 +163,10 @@ fn python_peers() -> Result<()> {
     let python = venv.join("bin/python");
     let have = python.exists()
         && Command::new(&python)
-            .args(["-c", "import grpc, grpc_tools, grpc_health, kafka"])
+            .args([
+                "-c",
+                "import grpc, grpc_tools, grpc_health, kafka, confluent_kafka",
+            ])
             .output()
             .is_ok_and(|o| o.status.success());
     if have {

@@ -76,9 +76,10 @@ pub enum KafkaVerdict {
     Denied { uncovered: Vec<String> },
 }
 
-/// Keys whose topics Cilium's Kafka parser reads (§4.2): for every other key a request counts
-/// as carrying no topic, so a topic-restricted rule never matches it.
-pub const PARSED_TOPIC_KEYS: [i16; 6] = [0, 1, 2, 3, 8, 9];
+/// Keys whose topics Cilium's Kafka parser reads (§4.2), and AddPartitionsToTxn (24, Ward's
+/// extension with the `role: produce` keys): for every other key a request counts as carrying
+/// no topic, so a topic-restricted rule never matches it.
+pub const PARSED_TOPIC_KEYS: [i16; 7] = [0, 1, 2, 3, 8, 9, 24];
 
 /// OR of rules with topic coverage. An empty rule list denies everything.
 pub fn check<R: std::borrow::Borrow<KafkaRule>>(
@@ -216,6 +217,25 @@ mod tests {
             check(&fetch_only, &discovery),
             KafkaVerdict::Allowed { .. }
         ));
+    }
+
+    #[test]
+    fn roles_cover_the_keys_of_todays_producers_and_consumers() {
+        let produce = [rule(parsers::kafka::ROLE_PRODUCE, Some("orders"))];
+        let allowed = |rules: &[KafkaRule], k, t: &[&str]| {
+            matches!(check(rules, &req(k, t)), KafkaVerdict::Allowed { .. })
+        };
+        // InitProducerId and EndTxn carry no topic: the role's topic rule matches outright.
+        assert!(allowed(&produce, 22, &[]));
+        assert!(allowed(&produce, 26, &[]));
+        // AddPartitionsToTxn's topics must be covered, as Produce's.
+        assert!(allowed(&produce, 24, &["orders"]));
+        assert!(!allowed(&produce, 24, &["orders", "audit"]));
+        assert!(!allowed(&produce, 1, &["orders"]), "fetch is not produce");
+        let consume = [rule(parsers::kafka::ROLE_CONSUME, Some("orders"))];
+        assert!(allowed(&consume, 68, &[]), "KIP-848 ConsumerGroupHeartbeat");
+        assert!(allowed(&consume, 69, &[]), "KIP-848 ConsumerGroupDescribe");
+        assert!(!allowed(&consume, 22, &[]), "InitProducerId is not consume");
     }
 
     #[test]

@@ -14,7 +14,18 @@
 //!
 //! The broker's ApiVersions response is narrowed to the versions Ward can inspect
 //! ([`parsers::kafka::narrow_api_versions`]), and an ApiVersions request newer than Ward gets
-//! the KIP-511 answer, so clients only pick versions Ward reads.
+//! the KIP-511 answer, so clients only pick versions Ward reads. SaslHandshake v0 (raw SASL
+//! tokens follow it) is answered `UNSUPPORTED_VERSION` and the connection closed; a TLS
+//! ClientHello is refused with a flow saying why.
+//!
+//! Fetch sessions (KIP-227): an incremental fetch lists only the partitions it adds, and the
+//! broker answers for every partition its session holds. Ward binds each session to the
+//! connection whose full fetch created it, remembers every topic the session was given, and
+//! judges each incremental fetch over all of them, so a policy change that revokes a topic
+//! takes effect at the next fetch. An incremental fetch on a session this connection did not
+//! create, or whose topics are no longer all allowed, is answered `FETCH_SESSION_ID_NOT_FOUND`:
+//! the client falls back to a full fetch, which is judged topic by topic. The cost is one rule
+//! check over the session's topics per fetch instead of over the changed ones.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -31,6 +42,7 @@ use tracing::{debug, info, warn};
 
 use super::conn::{ConnPolicy, ConnState};
 use super::context::Proxy;
+use crate::config::KafkaSection;
 use crate::flows::{KafkaEvent, Why};
 
 /// Starts the Kafka proxy on a thread of its own until `shutdown` fires.
@@ -76,28 +88,51 @@ pub fn start(
 /// What the Kafka connections share.
 pub struct KafkaProxy {
     pub proxy: Arc<Proxy>,
+    /// Largest frame either side may send.
+    max_frame: usize,
+    /// Leave client IDs out of flows.
+    redact_client_id: bool,
 }
+
+/// Fetch sessions remembered per connection; a client uses one per broker connection.
+const MAX_FETCH_SESSIONS: usize = 8;
 
 /// What the connection owes the client, in request order.
 enum Owed {
-    /// The broker's response to a forwarded request.
-    Broker { api_key: i16, version: i16 },
+    /// The broker's response to a forwarded request; `new_fetch_session` holds the topics of a
+    /// full fetch that asks for a session, until the response says its id.
+    Broker {
+        api_key: i16,
+        version: i16,
+        new_fetch_session: Option<Vec<String>>,
+    },
     /// Ward's answer to a denied request, framed.
     Local(Vec<u8>),
 }
 
 /// What to do with one request frame.
 enum Judged {
-    Forward(KafkaRequest),
+    Forward(KafkaRequest, Option<Vec<String>>),
     Answer(Vec<u8>),
+    /// Answer, then close once everything owed before it is written.
+    AnswerAndClose(Vec<u8>),
     Close,
 }
 
+/// A client connection as the judge sees it.
+struct KafkaConn {
+    conn: ConnState,
+    /// API keys whose version in use has been logged.
+    logged: u128,
+    /// Fetch sessions the broker created for this connection, with every topic each was given.
+    fetch_sessions: VecDeque<(i32, Vec<String>)>,
+}
+
 /// Splits the complete frames (without their size prefix) off the front of `buf`.
-fn frames(buf: &mut BytesMut) -> Result<Vec<BytesMut>, KafkaError> {
+fn frames(buf: &mut BytesMut, max: usize) -> Result<Vec<BytesMut>, KafkaError> {
     let mut out = Vec::new();
     loop {
-        match parsers::kafka::frame(buf)? {
+        match parsers::kafka::frame_within(buf, max)? {
             parsers::Status::Complete(f, used) => {
                 let len = f.len();
                 let mut whole = buf.split_to(used);
@@ -119,7 +154,11 @@ pub async fn serve_conn(k: Arc<KafkaProxy>, stream: TcpStream, client: SocketAdd
         }
     };
     let _ = stream.set_nodelay(true);
-    let conn = ConnState::with_protocol(client, orig_dst, Protocol::Tcp);
+    let mut kc = KafkaConn {
+        conn: ConnState::with_protocol(client, orig_dst, Protocol::Tcp),
+        logged: 0,
+        fetch_sessions: VecDeque::new(),
+    };
     let upstream = match k.proxy.upstreams.connect(orig_dst).await {
         Ok(u) => u,
         Err(e) => {
@@ -133,6 +172,7 @@ pub async fn serve_conn(k: Arc<KafkaProxy>, stream: TcpStream, client: SocketAdd
     let mut ubuf = BytesMut::with_capacity(8192);
     let mut owed: VecDeque<Owed> = VecDeque::new();
     let mut client_open = true;
+    let mut first_read = true;
     loop {
         if !client_open && owed.is_empty() {
             break;
@@ -140,23 +180,37 @@ pub async fn serve_conn(k: Arc<KafkaProxy>, stream: TcpStream, client: SocketAdd
         tokio::select! {
             r = cr.read_buf(&mut cbuf), if client_open => {
                 match r {
-                    Ok(0) => { client_open = false; continue; }
+                    // Kafka clients never half-close: the client is gone, and so is the need
+                    // for the broker's answers (a broker that never answers cannot hold the
+                    // connection).
+                    Ok(0) => break,
                     Ok(_) => {}
                     Err(e) => { debug!(error = %e, %client, "Kafka client read"); break; }
                 }
-                let reqs = match frames(&mut cbuf) {
+                if std::mem::take(&mut first_read) && looks_like_tls(&cbuf) {
+                    info!(%client, %orig_dst, "TLS ClientHello on a Kafka L7 port: connection closed");
+                    k.refused(&kc.conn, None, "TLS ClientHello on a Kafka L7 port: Ward judges plaintext Kafka only; connection closed");
+                    k.proxy.metrics.kafka_request("unknown", "DROPPED");
+                    break;
+                }
+                let reqs = match frames(&mut cbuf, k.max_frame) {
                     Ok(f) => f,
                     Err(e) => {
                         info!(error = %e, %client, %orig_dst, "Kafka framing error: connection closed");
-                        k.refused(&conn, None, &e.to_string());
+                        k.refused(&kc.conn, None, &e.to_string());
+                        k.proxy.metrics.kafka_request("unknown", "DROPPED");
                         break;
                     }
                 };
                 let mut close = false;
                 for frame in reqs {
                     let start = Instant::now();
-                    match k.judge(&conn, &frame) {
-                        Judged::Forward(req) => {
+                    let name = frame
+                        .first_chunk::<2>()
+                        .and_then(|b| parsers::kafka::api_key_name(i16::from_be_bytes(*b)))
+                        .unwrap_or("unknown");
+                    match k.judge(&mut kc, &frame) {
+                        Judged::Forward(req, new_fetch_session) => {
                             if uw.write_all(&(frame.len() as u32).to_be_bytes()).await.is_err()
                                 || uw.write_all(&frame).await.is_err()
                             {
@@ -164,16 +218,31 @@ pub async fn serve_conn(k: Arc<KafkaProxy>, stream: TcpStream, client: SocketAdd
                                 break;
                             }
                             if !req.no_response {
-                                owed.push_back(Owed::Broker { api_key: req.api_key, version: req.api_version });
+                                owed.push_back(Owed::Broker {
+                                    api_key: req.api_key,
+                                    version: req.api_version,
+                                    new_fetch_session,
+                                });
                             }
                             k.proxy.metrics.request("kafka", "FORWARDED", start.elapsed());
+                            k.proxy.metrics.kafka_request(name, "FORWARDED");
                         }
                         Judged::Answer(bytes) => {
                             k.proxy.metrics.request("kafka", "DROPPED", start.elapsed());
+                            k.proxy.metrics.kafka_request(name, "DROPPED");
                             owed.push_back(Owed::Local(bytes));
+                        }
+                        Judged::AnswerAndClose(bytes) => {
+                            k.proxy.metrics.request("kafka", "DROPPED", start.elapsed());
+                            k.proxy.metrics.kafka_request(name, "DROPPED");
+                            owed.push_back(Owed::Local(bytes));
+                            // Read no more; the loop ends once the answer is written.
+                            client_open = false;
+                            break;
                         }
                         Judged::Close => {
                             k.proxy.metrics.request("kafka", "DROPPED", start.elapsed());
+                            k.proxy.metrics.kafka_request(name, "DROPPED");
                             close = true;
                             break;
                         }
@@ -189,7 +258,7 @@ pub async fn serve_conn(k: Arc<KafkaProxy>, stream: TcpStream, client: SocketAdd
                     Ok(_) => {}
                     Err(e) => { debug!(error = %e, %orig_dst, "Kafka broker read"); break; }
                 }
-                let resps = match frames(&mut ubuf) {
+                let resps = match frames(&mut ubuf, k.max_frame) {
                     Ok(f) => f,
                     Err(e) => {
                         warn!(error = %e, %orig_dst, "Kafka broker framing error: connection closed");
@@ -198,11 +267,23 @@ pub async fn serve_conn(k: Arc<KafkaProxy>, stream: TcpStream, client: SocketAdd
                 };
                 let mut failed = false;
                 for resp in resps {
-                    let Some(Owed::Broker { api_key, version }) = owed.pop_front() else {
+                    let Some(Owed::Broker { api_key, version, new_fetch_session }) = owed.pop_front() else {
                         warn!(%orig_dst, "a Kafka response to no forwarded request: connection closed");
                         failed = true;
                         break;
                     };
+                    if let Some(topics) = new_fetch_session {
+                        match parsers::kafka::fetch_response_session_id(version, &resp) {
+                            Some(id) if id != 0 => {
+                                kc.fetch_sessions.retain(|(s, _)| *s != id);
+                                if kc.fetch_sessions.len() == MAX_FETCH_SESSIONS {
+                                    kc.fetch_sessions.pop_front();
+                                }
+                                kc.fetch_sessions.push_back((id, topics));
+                            }
+                            _ => {}
+                        }
+                    }
                     let narrowed = (api_key == 18)
                         .then(|| parsers::kafka::narrow_api_versions(version, &resp))
                         .flatten();
@@ -226,6 +307,11 @@ pub async fn serve_conn(k: Arc<KafkaProxy>, stream: TcpStream, client: SocketAdd
     }
 }
 
+/// A TLS handshake record (content type 22, version 3.x) where a Kafka size prefix belongs.
+fn looks_like_tls(buf: &[u8]) -> bool {
+    matches!(buf, [0x16, 0x03, 0x00..=0x04, ..])
+}
+
 /// Writes the local answers at the front of `owed` (those no broker response is owed before).
 async fn flush_local(
     owed: &mut VecDeque<Owed>,
@@ -241,12 +327,17 @@ async fn flush_local(
 }
 
 impl KafkaProxy {
-    pub fn new(proxy: Arc<Proxy>) -> KafkaProxy {
-        KafkaProxy { proxy }
+    pub fn new(proxy: Arc<Proxy>, cfg: &KafkaSection) -> KafkaProxy {
+        KafkaProxy {
+            proxy,
+            max_frame: cfg.max_frame_bytes,
+            redact_client_id: cfg.redact_client_id,
+        }
     }
 
-    /// Judges one request frame of `conn`'s client.
-    fn judge(&self, conn: &ConnState, frame: &[u8]) -> Judged {
+    /// Judges one request frame of `kc`'s client.
+    fn judge(&self, kc: &mut KafkaConn, frame: &[u8]) -> Judged {
+        let conn = &kc.conn;
         let req = match parsers::kafka::parse_request(frame) {
             Ok(r) => r,
             Err(e) => {
@@ -262,6 +353,26 @@ impl KafkaProxy {
                 return Judged::Close;
             }
         };
+        let key_bit = 1u128 << req.api_key.clamp(0, 127);
+        if kc.logged & key_bit == 0 {
+            kc.logged |= key_bit;
+            info!(
+                client = %conn.client,
+                broker = %conn.orig_dst,
+                api = %parsers::kafka::api_key_name(req.api_key).unwrap_or("unknown"),
+                version = req.api_version,
+                "Kafka API version in use"
+            );
+        }
+        if let Some(b) = parsers::kafka::refuse_sasl_handshake_v0(&req) {
+            info!(client = %conn.client, "Kafka SaslHandshake v0 (unframed SASL tokens follow): answered UNSUPPORTED_VERSION, connection closed");
+            self.refused(
+                conn,
+                Some(frame),
+                "SaslHandshake v0 sends SASL tokens Ward cannot frame: UNSUPPORTED_VERSION, connection closed",
+            );
+            return Judged::AnswerAndClose(b);
+        }
         let view = self.proxy.view.load();
         let policy = conn.policy(&view);
         let mut topics: Vec<&str> = req.topics.iter().map(String::as_str).collect();
@@ -269,6 +380,27 @@ impl KafkaProxy {
         // built yet; ApiVersions narrowing keeps clients on versions that name topics).
         if req.topic_ids_only {
             topics.push("");
+        }
+        // An incremental fetch is answered for every partition of its session: judge them all.
+        let session = req.fetch_session.filter(|s| s.is_incremental());
+        let mut session_topics: Option<Vec<String>> = None;
+        if let Some(fs) = session {
+            let Some((_, known)) = kc.fetch_sessions.iter_mut().find(|(id, _)| *id == fs.id) else {
+                return self.refuse_session(
+                    &policy,
+                    &req,
+                    "an incremental fetch on a fetch session this connection did not create",
+                );
+            };
+            for t in &req.topics {
+                if !known.contains(t) {
+                    known.push(t.clone());
+                }
+            }
+            session_topics = Some(known.clone());
+        }
+        if let Some(known) = &session_topics {
+            topics = known.iter().map(String::as_str).collect();
         }
         let decision =
             policy
@@ -289,25 +421,38 @@ impl KafkaProxy {
             .unwrap_or(policy.default_direction)
             .as_str();
         match decision.verdict {
+            Verdict::Deny if session.is_some() => {
+                let id = session.map_or(0, |s| s.id);
+                kc.fetch_sessions.retain(|(s, _)| *s != id);
+                let mut event = self.event(&policy, &req, "DROPPED", Why::Decision(decision));
+                event.direction = direction;
+                event.topics = session_topics.unwrap_or_default();
+                event.error_code = parsers::kafka::FETCH_SESSION_ID_NOT_FOUND;
+                self.proxy.flows.send_kafka(event);
+                match parsers::kafka::fetch_session_not_found(&req) {
+                    Some(b) => Judged::Answer(b),
+                    None => Judged::Close,
+                }
+            }
             Verdict::Deny => {
                 let answer = parsers::kafka::deny_response(&req, frame);
-                let (verdict_code, reason) = match (&answer, req.no_response) {
-                    (Some(_), _) => (parsers::kafka::TOPIC_AUTHORIZATION_FAILED, None),
-                    (None, true) => (
-                        0,
-                        Some("a denied acks=0 Produce gets no response: connection closed"),
-                    ),
-                    (None, false) => (
-                        0,
-                        Some("no deny response for this API key: connection closed"),
-                    ),
+                let code = answer
+                    .as_ref()
+                    .and(parsers::kafka::deny_error_code(&req, frame))
+                    .unwrap_or(0);
+                let reason = match (&answer, req.no_response) {
+                    (Some(_), _) => None,
+                    (None, true) => {
+                        Some("a denied acks=0 Produce gets no response: connection closed")
+                    }
+                    (None, false) => Some("no deny response for this API key: connection closed"),
                 };
                 if let Some(r) = reason {
                     info!(client = %conn.client, api_key = req.api_key, "{r}");
                 }
                 let mut event = self.event(&policy, &req, "DROPPED", Why::Decision(decision));
                 event.direction = direction;
-                event.error_code = verdict_code;
+                event.error_code = code;
                 self.proxy.flows.send_kafka(event);
                 match answer {
                     Some(b) => Judged::Answer(b),
@@ -323,8 +468,36 @@ impl KafkaProxy {
                 let mut event = self.event(&policy, &req, verdict, Why::Decision(decision));
                 event.direction = direction;
                 self.proxy.flows.send_kafka(event);
-                Judged::Forward(req)
+                // A full fetch that asks for a session (epoch 0): its topics seed the session.
+                let new_session = match req.fetch_session {
+                    Some(fs) if fs.epoch <= 0 => {
+                        kc.fetch_sessions.retain(|(id, _)| *id != fs.id);
+                        (fs.epoch == 0).then(|| req.topics.clone())
+                    }
+                    _ => None,
+                };
+                Judged::Forward(req, new_session)
             }
+        }
+    }
+
+    /// Answers an incremental fetch Ward will not forward with `FETCH_SESSION_ID_NOT_FOUND`.
+    fn refuse_session(&self, policy: &ConnPolicy, req: &KafkaRequest, reason: &str) -> Judged {
+        debug!(session = ?req.fetch_session, "Kafka: {reason}: FETCH_SESSION_ID_NOT_FOUND");
+        let mut event = self.event(
+            policy,
+            req,
+            "DROPPED",
+            Why::Check {
+                policy: None,
+                reason: format!("{reason}: answered FETCH_SESSION_ID_NOT_FOUND").into(),
+            },
+        );
+        event.error_code = parsers::kafka::FETCH_SESSION_ID_NOT_FOUND;
+        self.proxy.flows.send_kafka(event);
+        match parsers::kafka::fetch_session_not_found(req) {
+            Some(b) => Judged::Answer(b),
+            None => Judged::Close,
         }
     }
 
@@ -371,7 +544,11 @@ impl KafkaProxy {
             api_version: req.api_version,
             correlation_id: req.correlation_id,
             topics: req.topics.clone(),
-            client_id: req.client_id.clone(),
+            client_id: if self.redact_client_id {
+                None
+            } else {
+                req.client_id.clone()
+            },
             error_code: 0,
             why,
         }
