@@ -476,6 +476,17 @@ print("outpost produce", "delivered" if out and out[0] is None else out)
         })
         .expect("a flow for the denied audit request");
     assert_eq!(f["l7"]["kafka"]["api_key"], "produce");
+    // `ward observe --protocol kafka` prints Hubble-like lines, and only Kafka's.
+    let out = s.ward_cli(&["observe", "--protocol", "kafka"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l.contains("default/hq:")
+            && l.contains("-> default/kafka:9092 ")
+            && l.contains(" kafka-request DROPPED (produce v")
+            && l.ends_with("topics audit, answered error 29)")),
+        "{text}"
+    );
+    assert!(text.lines().all(|l| l.contains("kafka-request")), "{text}");
     let m = metrics(&s);
     assert!(
         m.contains(r#"ward_kafka_requests_total{api_key="produce",verdict="DROPPED"}"#)

@@ -52,7 +52,7 @@ impl Filter {
         if let Some(p) = &self.protocol {
             let p = p.to_ascii_lowercase();
             let ok = match p.as_str() {
-                "http" | "dns" => f.l7.as_ref().is_some_and(|l| l.protocol == p),
+                "http" | "dns" | "kafka" => f.l7.as_ref().is_some_and(|l| l.protocol == p),
                 other => f.protocol.eq_ignore_ascii_case(other),
             };
             if !ok {
@@ -234,6 +234,19 @@ mod tests {
             protocol: Some("udp".into()),
             ..Default::default()
         });
+        no(Filter {
+            protocol: Some("kafka".into()),
+            ..Default::default()
+        });
+        let mut kafka = l7_deny();
+        if let Some(l7) = kafka.l7.as_mut() {
+            l7.protocol = "kafka".into();
+        }
+        assert!(Filter {
+            protocol: Some("kafka".into()),
+            ..Default::default()
+        }
+        .matches(&kafka));
         no(Filter {
             since: Some(SystemTime::now()),
             ..Default::default()
