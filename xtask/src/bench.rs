@@ -701,8 +701,11 @@ pub fn run(
     let dns = crate::bench_dns::figures(opts.smoke)?;
     // Kubernetes mode against the test API server, in a scene of its own.
     let kubernetes = crate::bench_kube::figures(opts.smoke)?;
+    // The Kafka proxy, in a scene of its own.
+    let kafka = crate::bench_kafka::figures(opts.smoke, peers_python)?;
     let json = serde_json::json!({
         "dns": dns,
+        "kafka": kafka,
         "kubernetes": kubernetes,
         "http1": {
             "direct_rps": direct_rps,
@@ -790,6 +793,7 @@ pub fn run(
     }
     dns_table(&mut table, &json["dns"]);
     crate::bench_kube::table(&mut table, &json["kubernetes"]);
+    crate::bench_kafka::table(&mut table, &json["kafka"]);
     for mode in ["inotify", "poll"] {
         let m = &json["policy_watch"][mode];
         let _ = writeln!(

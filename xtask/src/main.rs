@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_dns;
+mod bench_kafka;
 mod bench_kube;
 
 use anyhow::{bail, Context, Result};
@@ -58,7 +59,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  test   install prerequisites (as root), build, run every test and policy case file\n  demo   the Star Wars story (see README)\n  bench  criterion benches and the end-to-end comparison (`--smoke` quick, `--e2e` only, `--baseline-bin PATH` another ward build in the same rounds, `--dns` only the DNS figures, `--kube` only the Kubernetes-mode figures)"
+                "usage: cargo xtask <command>\n\n  test   install prerequisites (as root), build, run every test and policy case file\n  demo   the Star Wars story (see README)\n  bench  criterion benches and the end-to-end comparison (`--smoke` quick, `--e2e` only, `--baseline-bin PATH` another ward build in the same rounds, `--dns` only the DNS figures, `--kube` only the Kubernetes-mode figures, `--kafka` only the Kafka figures)"
             );
             return ExitCode::from(2);
         }
@@ -482,6 +483,9 @@ fn bench(args: &[String]) -> Result<()> {
     if args.iter().any(|a| a == "--kube") {
         return bench_kube_only(smoke);
     }
+    if args.iter().any(|a| a == "--kafka") {
+        return bench_kafka_only(smoke);
+    }
     let baseline_bin = match args.iter().position(|a| a == "--baseline-bin") {
         Some(i) => Some(PathBuf::from(
             args.get(i + 1)
@@ -491,6 +495,7 @@ fn bench(args: &[String]) -> Result<()> {
     };
     prerequisites()?;
     python_peers()?;
+    kafka_broker()?;
     if !e2e_only {
         let mut c = cargo();
         c.args(["bench", "-p", "ward-benches"]);
@@ -543,6 +548,28 @@ fn bench_dns_only(smoke: bool) -> Result<()> {
     Ok(())
 }
 
+/// `--kafka`: only the Kafka figures, printed and written to `target/bench/report-kafka.json`.
+fn bench_kafka_only(smoke: bool) -> Result<()> {
+    if !is_root() {
+        bail!("the Kafka bench needs root (network namespaces, eBPF)");
+    }
+    prerequisites()?;
+    python_peers()?;
+    kafka_broker()?;
+    build_bench_ward(smoke)?;
+    let k = bench_kafka::figures(smoke, &target_dir().join("ward-peers/venv/bin/python"))?;
+    let mut table = String::new();
+    bench_kafka::table(&mut table, &k);
+    println!("\n{table}");
+    let out = target_dir().join("bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(
+        out.join("report-kafka.json"),
+        serde_json::to_string_pretty(&serde_json::json!({ "kafka": k }))?,
+    )?;
+    Ok(())
+}
+
 fn bench_kube_only(smoke: bool) -> Result<()> {
     build_bench_ward(smoke)?;
     let k = bench_kube::figures(smoke)?;
@@ -581,6 +608,9 @@ fn bench_e2e(smoke: bool, baseline_bin: Option<PathBuf>) -> Result<()> {
         ("dns", "direct_qps"),
         ("dns", "ward_qps"),
         ("dns", "ward_tcp_qps"),
+        ("kafka", "direct_produce_mbps"),
+        ("kafka", "ward_produce_mbps"),
+        ("kafka", "ward_consume_mbps"),
     ] {
         if report.get(section, key) <= 0.0 {
             bail!("bench figure {section}.{key} is zero");

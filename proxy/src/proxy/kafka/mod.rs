@@ -32,7 +32,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use l7_rules::engine::{L7Request, Verdict};
 use l7_rules::model::Protocol;
 use parsers::kafka::{KafkaError, KafkaRequest};
@@ -128,20 +128,37 @@ struct KafkaConn {
     fetch_sessions: VecDeque<(i32, Vec<String>)>,
 }
 
-/// Splits the complete frames (without their size prefix) off the front of `buf`.
+/// Splits the complete frames, each with its size prefix, off the front of `buf`.
 fn frames(buf: &mut BytesMut, max: usize) -> Result<Vec<BytesMut>, KafkaError> {
     let mut out = Vec::new();
     loop {
         match parsers::kafka::frame_within(buf, max)? {
-            parsers::Status::Complete(f, used) => {
-                let len = f.len();
-                let mut whole = buf.split_to(used);
-                whole.advance(used - len);
-                out.push(whole);
-            }
+            parsers::Status::Complete(_, used) => out.push(buf.split_to(used)),
             parsers::Status::NeedMore => return Ok(out),
         }
     }
+}
+
+/// Spare room a read gets at least.
+const READ_CHUNK: usize = 64 * 1024;
+/// Most room reserved ahead for a frame still arriving (it grows as its bytes come).
+const RESERVE_AHEAD_MAX: usize = 1024 * 1024;
+
+/// Makes room for the next read: at least [`READ_CHUNK`], or what the frame at the front still
+/// needs (up to [`RESERVE_AHEAD_MAX`]), so a large Produce arrives in large reads.
+fn reserve_for_read(buf: &mut BytesMut) {
+    let pending = buf
+        .first_chunk::<{ parsers::kafka::FRAME_PREFIX_LEN }>()
+        .and_then(|p| usize::try_from(i32::from_be_bytes(*p)).ok())
+        .map_or(0, |len| {
+            (len + parsers::kafka::FRAME_PREFIX_LEN).saturating_sub(buf.len())
+        });
+    buf.reserve(pending.clamp(READ_CHUNK, RESERVE_AHEAD_MAX));
+}
+
+/// A frame without its size prefix.
+fn body(frame: &[u8]) -> &[u8] {
+    &frame[parsers::kafka::FRAME_PREFIX_LEN..]
 }
 
 /// Serves one client connection.
@@ -178,7 +195,7 @@ pub async fn serve_conn(k: Arc<KafkaProxy>, stream: TcpStream, client: SocketAdd
             break;
         }
         tokio::select! {
-            r = cr.read_buf(&mut cbuf), if client_open => {
+            r = async { reserve_for_read(&mut cbuf); cr.read_buf(&mut cbuf).await }, if client_open => {
                 match r {
                     // Kafka clients never half-close: the client is gone, and so is the need
                     // for the broker's answers (a broker that never answers cannot hold the
@@ -205,15 +222,14 @@ pub async fn serve_conn(k: Arc<KafkaProxy>, stream: TcpStream, client: SocketAdd
                 let mut close = false;
                 for frame in reqs {
                     let start = Instant::now();
-                    let name = frame
+                    let name = body(&frame)
                         .first_chunk::<2>()
                         .and_then(|b| parsers::kafka::api_key_name(i16::from_be_bytes(*b)))
                         .unwrap_or("unknown");
-                    match k.judge(&mut kc, &frame) {
+                    match k.judge(&mut kc, body(&frame)) {
                         Judged::Forward(req, new_fetch_session) => {
-                            if uw.write_all(&(frame.len() as u32).to_be_bytes()).await.is_err()
-                                || uw.write_all(&frame).await.is_err()
-                            {
+                            // The frame judged, prefix and all, byte for byte.
+                            if uw.write_all(&frame).await.is_err() {
                                 close = true;
                                 break;
                             }
@@ -252,7 +268,7 @@ pub async fn serve_conn(k: Arc<KafkaProxy>, stream: TcpStream, client: SocketAdd
                     break;
                 }
             }
-            r = ur.read_buf(&mut ubuf) => {
+            r = async { reserve_for_read(&mut ubuf); ur.read_buf(&mut ubuf).await } => {
                 match r {
                     Ok(0) => { debug!(%client, %orig_dst, "Kafka broker closed"); break; }
                     Ok(_) => {}
@@ -273,7 +289,7 @@ pub async fn serve_conn(k: Arc<KafkaProxy>, stream: TcpStream, client: SocketAdd
                         break;
                     };
                     if let Some(topics) = new_fetch_session {
-                        match parsers::kafka::fetch_response_session_id(version, &resp) {
+                        match parsers::kafka::fetch_response_session_id(version, body(&resp)) {
                             Some(id) if id != 0 => {
                                 kc.fetch_sessions.retain(|(s, _)| *s != id);
                                 if kc.fetch_sessions.len() == MAX_FETCH_SESSIONS {
@@ -285,15 +301,9 @@ pub async fn serve_conn(k: Arc<KafkaProxy>, stream: TcpStream, client: SocketAdd
                         }
                     }
                     let narrowed = (api_key == 18)
-                        .then(|| parsers::kafka::narrow_api_versions(version, &resp))
+                        .then(|| parsers::kafka::narrow_api_versions(version, body(&resp)))
                         .flatten();
-                    let w = match &narrowed {
-                        Some(b) => cw.write_all(b).await,
-                        None => match cw.write_all(&(resp.len() as u32).to_be_bytes()).await {
-                            Ok(()) => cw.write_all(&resp).await,
-                            Err(e) => Err(e),
-                        },
-                    };
+                    let w = cw.write_all(narrowed.as_deref().unwrap_or(&resp)).await;
                     if w.is_err() || flush_local(&mut owed, &mut cw).await.is_err() {
                         failed = true;
                         break;

@@ -1,0 +1,257 @@
+//! The Kafka end-to-end bench: confluent-kafka (librdkafka) producing and consuming 1 KiB
+//! records against two tansu brokers in one pod, one on a port without Kafka rules (direct,
+//! L3/L4 only) and one on a `rules.kafka` port (through Ward's Kafka proxy), in alternating
+//! rounds of one run; the added produce latency at a fixed rate; Ward's CPU per MB.
+
+use anyhow::{bail, Context, Result};
+use std::time::Duration;
+use ward_tests::{Scene, KAFKA_LISTENER};
+
+use crate::bench::{cpu_seconds, median};
+
+const POLICY: &str = r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: bench-kafka, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: kafka}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {role: kafka-client}}]
+    toPorts:
+    - ports: [{port: "9092", protocol: TCP}]
+      rules:
+        kafka:
+        - {role: produce, topic: bench}
+        - {role: consume, topic: bench}
+    - ports: [{port: "9093", protocol: TCP}]
+"#;
+
+/// The client: `produce` (as fast as it can for SECS, acks=1), `consume` (N records from
+/// OFFSET), or `latency` (RATE records/s for SECS, linger 0, each record's delivery time).
+const DRIVER: &str = r#"
+import json, sys, time
+from confluent_kafka import Producer, Consumer, TopicPartition
+bs, mode = sys.argv[1], sys.argv[2]
+payload = b"x" * 1024
+base = {"bootstrap.servers": bs, "enable.idempotence": False}
+if mode == "produce":
+    secs = float(sys.argv[3])
+    p = Producer({**base, "acks": "1", "linger.ms": 5, "queue.buffering.max.messages": 200000})
+    done = [0, 0]
+    def cb(err, msg):
+        done[0 if err is None else 1] += 1
+    start = time.time()
+    while time.time() - start < secs:
+        for _ in range(500):
+            try:
+                p.produce("bench", payload, on_delivery=cb)
+            except BufferError:
+                p.poll(0.005)
+        p.poll(0)
+    p.flush(60)
+    took = time.time() - start
+    print(json.dumps({"records": done[0], "failed": done[1], "secs": took}))
+elif mode == "consume":
+    offset, n = int(sys.argv[3]), int(sys.argv[4])
+    c = Consumer({**base, "group.id": "bench", "enable.auto.commit": False,
+                  "fetch.wait.max.ms": 10})
+    c.assign([TopicPartition("bench", 0, offset)])
+    got, nbytes, start, idle = 0, 0, time.time(), time.time()
+    while got < n and time.time() - idle < 5:
+        msgs = c.consume(1000, 0.5)
+        for m in msgs:
+            if m.error() is None:
+                got += 1
+                nbytes += len(m.value())
+        if msgs:
+            idle = time.time()
+    took = time.time() - start
+    c.close()
+    print(json.dumps({"records": got, "bytes": nbytes, "secs": took}))
+else:
+    rate, secs = int(sys.argv[3]), float(sys.argv[4])
+    p = Producer({**base, "acks": "1", "linger.ms": 0})
+    lat = []
+    def cb(err, msg, t0):
+        if err is None:
+            lat.append(time.perf_counter() - t0)
+    # Warm the connection first.
+    p.produce("bench", payload)
+    p.flush(10)
+    start = time.perf_counter()
+    for i in range(int(rate * secs)):
+        due = start + i / rate
+        while True:
+            now = time.perf_counter()
+            if now >= due:
+                break
+            p.poll(due - now)
+        t0 = time.perf_counter()
+        p.produce("bench", payload, on_delivery=lambda err, msg, t0=t0: cb(err, msg, t0))
+    p.flush(30)
+    lat.sort()
+    q = lambda f: lat[min(len(lat) - 1, int(f * (len(lat) - 1)))] * 1000 if lat else 0.0
+    print(json.dumps({"records": len(lat), "p50_ms": q(0.5), "p99_ms": q(0.99)}))
+"#;
+
+fn driver(s: &Scene, python: &str, args: &[&str]) -> Result<serde_json::Value> {
+    let dir = s.dir.to_string_lossy().into_owned();
+    let mut cmd = vec![python, "-c", DRIVER];
+    cmd.extend_from_slice(args);
+    let out = s.exec("client", &cmd);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .with_context(|| {
+            format!(
+                "the Kafka bench driver {args:?} printed no result ({dir}):\n{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    Ok(serde_json::from_str(line)?)
+}
+
+/// The Kafka figures (`"kafka"` in the report).
+pub fn figures(smoke: bool, python: &std::path::Path) -> Result<serde_json::Value> {
+    let (rounds, secs, rate, rate_secs) = if smoke {
+        (1, 1.0, 200, 1.0)
+    } else {
+        (3, 5.0, 500, 10.0)
+    };
+    let tansu = std::env::var_os("WARD_TANSU").context("WARD_TANSU is not set")?;
+    let tansu = tansu.to_string_lossy().into_owned();
+    let python = python.to_string_lossy().into_owned();
+    let mut s = Scene::new("bkf");
+    s.add_pod("client", "default", &[("role", "kafka-client")]);
+    let broker = s.add_pod("kafka", "default", &[("app", "kafka")]);
+    s.kafka_listener = Some(KAFKA_LISTENER);
+    for port in [9092, 9093] {
+        let url = format!("tcp://{}:{port}", broker.ip);
+        s.spawn_in(
+            "kafka",
+            &[
+                &tansu,
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            &format!("tansu-{port}.log"),
+        );
+        s.wait_port("kafka", port);
+        let out = s.exec(
+            "kafka",
+            &[
+                &tansu,
+                "topic",
+                "create",
+                "--broker",
+                &url,
+                "--partitions",
+                "1",
+                "bench",
+            ],
+        );
+        if !out.status.success() {
+            bail!("tansu topic create on {port}: {out:?}");
+        }
+    }
+    s.write_policy("bench-kafka.yaml", POLICY);
+    s.start_ward();
+    std::thread::sleep(Duration::from_millis(500));
+    let ward_pid = s.ward_pid().context("ward pid")?;
+    let addr = |port: u16| format!("{}:{port}", broker.ip);
+    let (direct, ward) = (addr(9093), addr(9092));
+    let mut offsets = [0u64; 2];
+    let (mut dp, mut wp, mut dc, mut wc, mut cpu_ms_per_mb) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let mbps = |v: &serde_json::Value, bytes: f64| bytes / 1e6 / v["secs"].as_f64().unwrap_or(1.0);
+    for _ in 0..rounds {
+        for (i, bs) in [&direct, &ward].into_iter().enumerate() {
+            let cpu0 = cpu_seconds(ward_pid);
+            let p = driver(&s, &python, &[bs, "produce", &secs.to_string()])?;
+            let records = p["records"].as_u64().unwrap_or(0);
+            if records == 0 || p["failed"].as_u64().unwrap_or(0) > 0 {
+                bail!("Kafka bench produce through {bs}: {p}\n{}", s.ward_log());
+            }
+            let c = driver(
+                &s,
+                &python,
+                &[bs, "consume", &offsets[i].to_string(), &records.to_string()],
+            )?;
+            if c["records"].as_u64() != Some(records) {
+                bail!("Kafka bench consume through {bs} read {c}, {records} were produced");
+            }
+            offsets[i] += records;
+            let produced = mbps(&p, records as f64 * 1024.0);
+            let consumed = mbps(&c, c["bytes"].as_f64().unwrap_or(0.0));
+            if i == 0 {
+                dp.push(produced);
+                dc.push(consumed);
+            } else {
+                wp.push(produced);
+                wc.push(consumed);
+                let mb = 2.0 * records as f64 * 1024.0 / 1e6;
+                cpu_ms_per_mb.push((cpu_seconds(ward_pid) - cpu0) * 1000.0 / mb);
+            }
+        }
+    }
+    let lat = |bs: &str| {
+        driver(
+            &s,
+            &python,
+            &[bs, "latency", &rate.to_string(), &rate_secs.to_string()],
+        )
+    };
+    let (dl, wl) = (lat(&direct)?, lat(&ward)?);
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    let json = serde_json::json!({
+        "direct_produce_mbps": median(dp.clone()),
+        "ward_produce_mbps": median(wp.clone()),
+        "produce_over_direct": median(wp) / median(dp).max(1e-9),
+        "direct_consume_mbps": median(dc.clone()),
+        "ward_consume_mbps": median(wc.clone()),
+        "consume_over_direct": median(wc) / median(dc).max(1e-9),
+        "direct_p50_ms": f(&dl, "p50_ms"),
+        "direct_p99_ms": f(&dl, "p99_ms"),
+        "ward_p50_added_ms": f(&wl, "p50_ms") - f(&dl, "p50_ms"),
+        "ward_p99_added_ms": f(&wl, "p99_ms") - f(&dl, "p99_ms"),
+        "latency_rate_per_s": rate,
+        "ward_cpu_ms_per_mb": median(cpu_ms_per_mb),
+        "record_bytes": 1024,
+    });
+    drop(s);
+    Ok(json)
+}
+
+/// The Kafka rows of the table.
+pub(crate) fn table(table: &mut String, k: &serde_json::Value) {
+    use std::fmt::Write;
+    for (key, label) in [
+        ("direct_produce_mbps", "Kafka produce direct, MB/s"),
+        ("ward_produce_mbps", "Kafka produce through Ward, MB/s"),
+        ("produce_over_direct", "Kafka produce Ward / direct"),
+        ("direct_consume_mbps", "Kafka consume direct, MB/s"),
+        ("ward_consume_mbps", "Kafka consume through Ward, MB/s"),
+        ("consume_over_direct", "Kafka consume Ward / direct"),
+        (
+            "ward_p50_added_ms",
+            "Kafka produce added p50 (fixed rate), ms",
+        ),
+        (
+            "ward_p99_added_ms",
+            "Kafka produce added p99 (fixed rate), ms",
+        ),
+        ("ward_cpu_ms_per_mb", "Kafka Ward CPU ms per MB"),
+    ] {
+        let _ = writeln!(
+            table,
+            "{label:<44} {:>12.3}",
+            k[key].as_f64().unwrap_or(0.0)
+        );
+    }
+}
