@@ -169,6 +169,33 @@ corr, throttle, err, session = struct.unpack(">iihi", r[4:18])
 print("fetch", corr, err, session)
 "#;
 
+/// Three requests in one write: a Fetch (forwarded; its response passes through as it
+/// arrives), a Produce the consumer may not send (answered by Ward) and a Metadata
+/// (forwarded). The responses must come back in request order.
+const PIPELINED: &str = r#"
+s = socket.create_connection((BS.split(":")[0], 9092), timeout=5)
+name = struct.pack(">h", 6) + b"orders"
+fetch = struct.pack(">iiiib", -1, 100, 1, 1 << 20, 0) + struct.pack(">i", 1) + name \
+    + struct.pack(">i", 1) + struct.pack(">iqi", 0, 0, 1 << 20)
+produce = struct.pack(">hhi", -1, 1, 1000) + struct.pack(">i", 1) + name \
+    + struct.pack(">i", 1) + struct.pack(">ii", 0, -1)
+metadata = struct.pack(">i", 1) + name
+s.sendall(frame(1, 4, fetch, corr=1) + frame(0, 3, produce, corr=2) + frame(3, 1, metadata, corr=3))
+def read_exact(n):
+    b = b""
+    while len(b) < n:
+        chunk = s.recv(n - len(b))
+        if not chunk:
+            raise EOFError("closed")
+        b += chunk
+    return b
+order = []
+for _ in range(3):
+    size = struct.unpack(">i", read_exact(4))[0]
+    order.append(struct.unpack(">i", read_exact(size)[:4])[0])
+print("pipelined", order)
+"#;
+
 const SASL_V0: &str = r#"
 s = socket.create_connection((BS.split(":")[0], 9092), timeout=5)
 s.sendall(frame(17, 0, struct.pack(">h", 5) + b"PLAIN"))
@@ -418,6 +445,13 @@ print("outpost produce", "delivered" if out and out[0] is None else out)
     // An incremental fetch on a session this connection did not create.
     let out = py(&s, "outpost", &bs, &format!("{RAW}{STOLEN_FETCH_SESSION}"));
     assert!(out.contains("fetch 7 70 0"), "{out}\n{}", s.ward_log());
+    // Responses come back in request order around a local answer.
+    let out = py(&s, "outpost", &bs, &format!("{RAW}{PIPELINED}"));
+    assert!(
+        out.contains("pipelined [1, 2, 3]"),
+        "{out}\n{}",
+        s.ward_log()
+    );
     // SaslHandshake v0: UNSUPPORTED_VERSION, then the connection is closed.
     let out = py(&s, "hq", &bs, &format!("{RAW}{SASL_V0}"));
     assert!(out.contains("sasl 7 35 closed"), "{out}");

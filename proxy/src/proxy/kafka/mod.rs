@@ -145,14 +145,18 @@ const READ_CHUNK: usize = 64 * 1024;
 const RESERVE_AHEAD_MAX: usize = 1024 * 1024;
 
 /// Makes room for the next read: at least [`READ_CHUNK`], or what the frame at the front still
-/// needs (up to [`RESERVE_AHEAD_MAX`]), so a large Produce arrives in large reads.
-fn reserve_for_read(buf: &mut BytesMut) {
-    let pending = buf
-        .first_chunk::<{ parsers::kafka::FRAME_PREFIX_LEN }>()
-        .and_then(|p| usize::try_from(i32::from_be_bytes(*p)).ok())
-        .map_or(0, |len| {
-            (len + parsers::kafka::FRAME_PREFIX_LEN).saturating_sub(buf.len())
-        });
+/// needs (up to [`RESERVE_AHEAD_MAX`]), so a large frame arrives in large reads. `passing` is
+/// what is still to come of a response being passed through (then `buf` holds no prefix).
+fn reserve_for_read(buf: &mut BytesMut, passing: usize) {
+    let pending = if passing > 0 {
+        passing.saturating_sub(buf.len())
+    } else {
+        buf.first_chunk::<{ parsers::kafka::FRAME_PREFIX_LEN }>()
+            .and_then(|p| usize::try_from(i32::from_be_bytes(*p)).ok())
+            .map_or(0, |len| {
+                (len + parsers::kafka::FRAME_PREFIX_LEN).saturating_sub(buf.len())
+            })
+    };
     buf.reserve(pending.clamp(READ_CHUNK, RESERVE_AHEAD_MAX));
 }
 
@@ -190,12 +194,14 @@ pub async fn serve_conn(k: Arc<KafkaProxy>, stream: TcpStream, client: SocketAdd
     let mut owed: VecDeque<Owed> = VecDeque::new();
     let mut client_open = true;
     let mut first_read = true;
+    // Bytes of the broker response being passed through that are still to come.
+    let mut response_left = 0usize;
     loop {
         if !client_open && owed.is_empty() {
             break;
         }
         tokio::select! {
-            r = async { reserve_for_read(&mut cbuf); cr.read_buf(&mut cbuf).await }, if client_open => {
+            r = async { reserve_for_read(&mut cbuf, 0); cr.read_buf(&mut cbuf).await }, if client_open => {
                 match r {
                     // Kafka clients never half-close: the client is gone, and so is the need
                     // for the broker's answers (a broker that never answers cannot hold the
@@ -264,56 +270,104 @@ pub async fn serve_conn(k: Arc<KafkaProxy>, stream: TcpStream, client: SocketAdd
                         }
                     }
                 }
-                if flush_local(&mut owed, &mut cw).await.is_err() || close {
+                // Mid-response, the answers wait: `relay` writes them when it ends.
+                if (response_left == 0 && flush_local(&mut owed, &mut cw).await.is_err()) || close {
                     break;
                 }
             }
-            r = async { reserve_for_read(&mut ubuf); ur.read_buf(&mut ubuf).await } => {
+            r = async { reserve_for_read(&mut ubuf, response_left); ur.read_buf(&mut ubuf).await } => {
                 match r {
                     Ok(0) => { debug!(%client, %orig_dst, "Kafka broker closed"); break; }
                     Ok(_) => {}
                     Err(e) => { debug!(error = %e, %orig_dst, "Kafka broker read"); break; }
                 }
-                let resps = match frames(&mut ubuf, k.max_frame) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        warn!(error = %e, %orig_dst, "Kafka broker framing error: connection closed");
-                        break;
-                    }
-                };
-                let mut failed = false;
-                for resp in resps {
-                    let Some(Owed::Broker { api_key, version, new_fetch_session }) = owed.pop_front() else {
-                        warn!(%orig_dst, "a Kafka response to no forwarded request: connection closed");
-                        failed = true;
-                        break;
-                    };
-                    if let Some(topics) = new_fetch_session {
-                        match parsers::kafka::fetch_response_session_id(version, body(&resp)) {
-                            Some(id) if id != 0 => {
-                                kc.fetch_sessions.retain(|(s, _)| *s != id);
-                                if kc.fetch_sessions.len() == MAX_FETCH_SESSIONS {
-                                    kc.fetch_sessions.pop_front();
-                                }
-                                kc.fetch_sessions.push_back((id, topics));
-                            }
-                            _ => {}
-                        }
-                    }
-                    let narrowed = (api_key == 18)
-                        .then(|| parsers::kafka::narrow_api_versions(version, body(&resp)))
-                        .flatten();
-                    let w = cw.write_all(narrowed.as_deref().unwrap_or(&resp)).await;
-                    if w.is_err() || flush_local(&mut owed, &mut cw).await.is_err() {
-                        failed = true;
-                        break;
-                    }
-                }
-                if failed {
+                if let Err(e) = relay(&mut ubuf, &mut response_left, &mut owed, &mut kc, &mut cw, k.max_frame).await {
+                    warn!(error = %e, %client, %orig_dst, "Kafka broker response: connection closed");
                     break;
                 }
             }
         }
+    }
+}
+
+/// Writes the broker's responses in `ubuf` to the client, in order, with the local answers
+/// owed after each. A response passes through as its bytes arrive (`left` counts what is
+/// still to come of the one in flight), except the two Ward reads: ApiVersions (narrowed) and
+/// the full fetch that opens a session (its id), which wait for their whole frame.
+async fn relay(
+    ubuf: &mut BytesMut,
+    left: &mut usize,
+    owed: &mut VecDeque<Owed>,
+    kc: &mut KafkaConn,
+    cw: &mut tokio::net::tcp::OwnedWriteHalf,
+    max: usize,
+) -> Result<(), String> {
+    loop {
+        if *left > 0 {
+            if ubuf.is_empty() {
+                return Ok(());
+            }
+            let chunk = ubuf.split_to((*left).min(ubuf.len()));
+            cw.write_all(&chunk).await.map_err(|e| e.to_string())?;
+            *left -= chunk.len();
+            if *left == 0 {
+                flush_local(owed, cw).await.map_err(|e| e.to_string())?;
+            }
+            continue;
+        }
+        let Some(prefix) = ubuf.first_chunk::<{ parsers::kafka::FRAME_PREFIX_LEN }>() else {
+            return Ok(());
+        };
+        let size = i32::from_be_bytes(*prefix);
+        let len = usize::try_from(size).map_err(|_| format!("negative frame size {size}"))?;
+        if len > max {
+            return Err(format!("a {len}-byte frame exceeds the maximum of {max}"));
+        }
+        let whole_len = parsers::kafka::FRAME_PREFIX_LEN + len;
+        let Some(Owed::Broker {
+            api_key,
+            new_fetch_session,
+            ..
+        }) = owed.front()
+        else {
+            return Err("a response to no forwarded request".into());
+        };
+        if *api_key != 18 && new_fetch_session.is_none() {
+            owed.pop_front();
+            *left = whole_len;
+            continue;
+        }
+        if ubuf.len() < whole_len {
+            return Ok(());
+        }
+        let resp = ubuf.split_to(whole_len);
+        let Some(Owed::Broker {
+            api_key,
+            version,
+            new_fetch_session,
+        }) = owed.pop_front()
+        else {
+            unreachable!("checked above");
+        };
+        if let Some(topics) = new_fetch_session {
+            match parsers::kafka::fetch_response_session_id(version, body(&resp)) {
+                Some(id) if id != 0 => {
+                    kc.fetch_sessions.retain(|(s, _)| *s != id);
+                    if kc.fetch_sessions.len() == MAX_FETCH_SESSIONS {
+                        kc.fetch_sessions.pop_front();
+                    }
+                    kc.fetch_sessions.push_back((id, topics));
+                }
+                _ => {}
+            }
+        }
+        let narrowed = (api_key == 18)
+            .then(|| parsers::kafka::narrow_api_versions(version, body(&resp)))
+            .flatten();
+        cw.write_all(narrowed.as_deref().unwrap_or(&resp))
+            .await
+            .map_err(|e| e.to_string())?;
+        flush_local(owed, cw).await.map_err(|e| e.to_string())?;
     }
 }
 
