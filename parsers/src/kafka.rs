@@ -233,6 +233,9 @@ pub struct KafkaRequest {
     /// At least one topic is named only by its topic ID (Fetch v13+, Metadata v10+ with a null
     /// name), so [`Self::topics`] does not list every topic the request touches.
     pub topic_ids_only: bool,
+    /// The IDs of the topics named only by ID, first occurrence order, without duplicates
+    /// (at most [`MAX_ARRAY_LEN`]).
+    pub topic_ids: Vec<[u8; 16]>,
     /// The request covers every topic: Metadata with a null or empty topic list (Cilium treats
     /// both as "all"), or OffsetFetch with a null topic list.
     pub all_topics: bool,
@@ -261,6 +264,90 @@ impl FetchSession {
     pub fn is_incremental(self) -> bool {
         self.id != 0 && self.epoch > 0
     }
+}
+
+/// The (topic ID, name) pairs of a Metadata response (v10+, `frame` without its size prefix),
+/// read with the bounded reader; topics without a name or with a zero ID are left out. `None`
+/// if it does not walk.
+pub fn metadata_response_topic_ids(version: i16, frame: &[u8]) -> Option<Vec<([u8; 16], String)>> {
+    if version < 10 {
+        return None;
+    }
+    let key = ApiKey::Metadata;
+    let mut r = Reader {
+        buf: frame,
+        flexible: key.response_header_version(version) >= 1,
+    };
+    let walk = |r: &mut Reader<'_>| -> Walk<Vec<([u8; 16], String)>> {
+        r.skip(4)?; // correlation_id
+        r.skip_tagged_fields()?;
+        r.skip(4)?; // throttle_time_ms
+        for _ in 0..r.array()? {
+            r.skip(4)?; // node_id
+            r.string()?; // host
+            r.skip(4)?; // port
+            r.nullable_string()?; // rack
+            r.skip_tagged_fields()?;
+        }
+        r.nullable_string()?; // cluster_id
+        r.skip(4)?; // controller_id
+        let mut out = Vec::new();
+        for _ in 0..r.array()? {
+            r.skip(2)?; // error_code
+            let name = r.nullable_string()?;
+            let id = r.uuid()?;
+            r.skip(1)?; // is_internal
+            for _ in 0..r.array()? {
+                r.skip(2 + 4 + 4 + 4)?; // error_code, partition_index, leader_id, leader_epoch
+                for _ in 0..3 {
+                    // replica_nodes, isr_nodes, offline_replicas
+                    let n = r.array()?;
+                    r.skip(n.checked_mul(4).ok_or("array too long")?)?;
+                }
+                r.skip_tagged_fields()?;
+            }
+            r.skip(4)?; // topic_authorized_operations
+            r.skip_tagged_fields()?;
+            if let Some(name) = name.filter(|_| id != [0; 16]) {
+                out.push((id, name.to_owned()));
+            }
+        }
+        Ok(out)
+    };
+    walk(&mut r).ok()
+}
+
+/// A Metadata v12 request (framed) that asks for the topics with these IDs, with no topic
+/// auto-creation: what the proxy sends to resolve IDs it has not seen.
+pub fn metadata_request_for_ids(correlation_id: i32, ids: &[[u8; 16]]) -> Option<Vec<u8>> {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::MetadataRequest;
+    let version = 12;
+    let mut out = Vec::with_capacity(32 + ids.len() * 20);
+    out.put_i32(0);
+    RequestHeader::default()
+        .with_request_api_key(ApiKey::Metadata as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str("ward")))
+        .encode(&mut out, ApiKey::Metadata.request_header_version(version))
+        .ok()?;
+    MetadataRequest::default()
+        .with_topics(Some(
+            ids.iter()
+                .map(|id| {
+                    MetadataRequestTopic::default()
+                        .with_topic_id(uuid::Uuid::from_bytes(*id))
+                        .with_name(None)
+                })
+                .collect(),
+        ))
+        .with_allow_auto_topic_creation(false)
+        .encode(&mut out, version)
+        .ok()?;
+    let size = i32::try_from(out.len() - FRAME_PREFIX_LEN).ok()?;
+    out[..FRAME_PREFIX_LEN].copy_from_slice(&size.to_be_bytes());
+    Some(out)
 }
 
 /// `FETCH_SESSION_ID_NOT_FOUND`: the answer to an incremental fetch on a session Ward cannot
@@ -341,6 +428,7 @@ pub fn parse_request(frame: &[u8]) -> Result<KafkaRequest, KafkaError> {
         client_id: header.client_id.map(|c| c.to_string()),
         topics: Vec::new(),
         topic_ids_only: false,
+        topic_ids: Vec::new(),
         all_topics: false,
         no_response: false,
         header_len,
@@ -362,6 +450,7 @@ pub fn parse_request(frame: &[u8]) -> Result<KafkaRequest, KafkaError> {
             }
         }
         request.topic_ids_only = names.ids_only;
+        request.topic_ids = names.ids;
         request.topics = names.names.into_iter().map(str::to_owned).collect();
         // An empty list is "all topics" in Metadata v0 only; from v1 it asks for no topic
         // (brokers and cluster only), and `null` is "all".
@@ -382,6 +471,7 @@ struct TopicNames<'a> {
     names: Vec<&'a str>,
     seen: Option<std::collections::HashSet<&'a str>>,
     ids_only: bool,
+    ids: Vec<[u8; 16]>,
 }
 
 impl<'a> TopicNames<'a> {
@@ -389,6 +479,10 @@ impl<'a> TopicNames<'a> {
         for topic in topics {
             let Some(name) = topic.name else {
                 self.ids_only = true;
+                // Few IDs per request; a linear scan stays bounded by the walker's limits.
+                if self.ids.len() < LINEAR_DEDUP_MAX * 64 && !self.ids.contains(&topic.id) {
+                    self.ids.push(topic.id);
+                }
                 continue;
             };
             if self.seen.is_none() && self.names.len() >= LINEAR_DEDUP_MAX {
@@ -409,8 +503,9 @@ impl<'a> TopicNames<'a> {
 pub const UNSUPPORTED_VERSION: i16 = 35;
 
 /// The versions of `api_key` Ward can inspect: what `kafka-protocol` decodes, without the
-/// versions that name topics only by ID (Produce v13+, Fetch v13+, OffsetCommit v10+), whose
-/// topics a rule could not see. `None` for keys `kafka-protocol` does not know.
+/// versions that name topics only by ID where Ward does not resolve IDs yet (Produce v13+,
+/// OffsetCommit v10+; Fetch v13+ IDs are resolved through the proxy's topic-ID map).
+/// `None` for keys `kafka-protocol` does not know.
 pub fn inspectable_versions(api_key: i16) -> Option<(i16, i16)> {
     let key = ApiKey::try_from(api_key).ok()?;
     let range = key.valid_versions();
@@ -422,7 +517,7 @@ pub fn inspectable_versions(api_key: i16) -> Option<(i16, i16)> {
         range.min
     };
     let cap = match key {
-        ApiKey::Produce | ApiKey::Fetch => 12,
+        ApiKey::Produce => 12,
         ApiKey::OffsetCommit => 9,
         // v4+ batches transactions for broker-to-broker verification; clients send v0–3.
         ApiKey::AddPartitionsToTxn => 3,
@@ -1497,9 +1592,9 @@ mod tests {
             .iter()
             .map(|k| (k.api_key, k.min_version, k.max_version))
             .collect();
-        // Fetch stops before the versions that name topics by ID (Produce at what
-        // `kafka-protocol` knows, below its ID versions); the unknown key is gone.
-        assert_eq!(got, vec![(0, 3, 11), (1, 4, 12), (3, 0, 12), (18, 0, 4)]);
+        // Fetch goes up to what `kafka-protocol` knows (Ward resolves its topic IDs), Produce
+        // too (below its ID versions); the unknown key is gone.
+        assert_eq!(got, vec![(0, 3, 11), (1, 4, 17), (3, 0, 12), (18, 0, 4)]);
     }
 
     #[test]
@@ -2185,6 +2280,61 @@ mod tests {
         let req = parse_request(&frame).unwrap();
         assert_eq!(deny_error_code(&req, &frame), None);
         assert_eq!(deny_response(&req, &frame), None);
+    }
+
+    #[test]
+    fn metadata_responses_teach_topic_ids_and_ward_can_ask_for_ids() {
+        use kafka_protocol::messages::metadata_response::*;
+        use kafka_protocol::messages::*;
+        let id = [7u8; 16];
+        for version in 10..=ApiKey::Metadata.valid_versions().max {
+            let body = MetadataResponse::default()
+                .with_brokers(vec![MetadataResponseBroker::default()
+                    .with_host(StrBytes::from_static_str("b1"))
+                    .with_rack(Some(StrBytes::from_static_str("r1")))])
+                .with_cluster_id(Some(StrBytes::from_static_str("c")))
+                .with_topics(vec![
+                    MetadataResponseTopic::default()
+                        .with_name(Some(name("orders")))
+                        .with_topic_id(uuid::Uuid::from_bytes(id))
+                        .with_partitions(vec![MetadataResponsePartition::default()
+                            .with_replica_nodes(vec![BrokerId(1), BrokerId(2)])
+                            .with_isr_nodes(vec![BrokerId(1)])]),
+                    MetadataResponseTopic::default().with_name(Some(name("no-id"))),
+                ]);
+            let mut out = Vec::new();
+            ResponseHeader::default()
+                .with_correlation_id(9)
+                .encode(&mut out, ApiKey::Metadata.response_header_version(version))
+                .unwrap();
+            body.encode(&mut out, version).unwrap();
+            assert_eq!(
+                metadata_response_topic_ids(version, &out),
+                Some(vec![(id, "orders".to_owned())]),
+                "v{version}"
+            );
+            // Truncated: never a panic, never a wrong pair (the fields after the topics are
+            // not needed).
+            for len in 0..out.len() {
+                let got = metadata_response_topic_ids(version, &out[..len]);
+                assert!(
+                    got.is_none() || got == Some(vec![(id, "orders".to_owned())]),
+                    "v{version} at {len}"
+                );
+            }
+        }
+        // Ward's own request parses as a Metadata v12 for those IDs.
+        let req = metadata_request_for_ids(5, &[id, [8; 16]]).unwrap();
+        let Status::Complete(frame, _) = frame(&req).unwrap() else {
+            panic!("incomplete")
+        };
+        let parsed = parse_request(frame).unwrap();
+        assert_eq!(
+            (parsed.api_key, parsed.api_version, parsed.correlation_id),
+            (3, 12, 5)
+        );
+        assert_eq!(parsed.topic_ids, vec![id, [8; 16]]);
+        assert!(parsed.topic_ids_only && parsed.topics.is_empty());
     }
 
     #[test]

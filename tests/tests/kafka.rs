@@ -196,6 +196,45 @@ for _ in range(3):
 print("pipelined", order)
 "#;
 
+/// The topic IDs of `orders` and `audit`, asked of the broker directly (in its own pod).
+const TOPIC_IDS: &str = r#"
+from confluent_kafka.admin import AdminClient
+from confluent_kafka import TopicCollection
+a = AdminClient({"bootstrap.servers": BS})
+for topic, f in a.describe_topics(TopicCollection(["orders", "audit"])).items():
+    u = f.result(timeout=10).topic_id
+    b = (u.get_most_significant_bits() & (2**64 - 1)).to_bytes(8, "big") \
+        + (u.get_least_significant_bits() & (2**64 - 1)).to_bytes(8, "big")
+    print("id", topic, b.hex())
+"#;
+
+/// Fetch v13 (flexible; topics by ID only) of partition 0 of each ID in `IDS`, on one
+/// connection each; prints each answer's partition error code.
+const FETCH_BY_ID: &str = r#"
+def uv(n):
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out += bytes([b | 0x80])
+        else:
+            return out + bytes([b])
+def fetch13(topic_id, corr):
+    h = struct.pack(">hhih", 1, 13, corr, 3) + b"raw" + uv(0)
+    part = struct.pack(">iiqiqi", 0, -1, 0, -1, -1, 1 << 20) + uv(0)
+    body = struct.pack(">iiiibii", -1, 100, 1, 1 << 20, 0, 0, -1) + uv(2) + topic_id \
+        + uv(2) + part + uv(0) + uv(1) + uv(1) + uv(0)
+    return struct.pack(">i", len(h) + len(body)) + h + body
+for label, hexid in IDS:
+    r = exchange(fetch13(bytes.fromhex(hexid), 9))
+    # correlation, header tags, throttle, error, session, topics (1), topic id, partitions
+    # (1), partition index, partition error.
+    corr, tags, throttle, err, session, ntopics = struct.unpack(">ibihib", r[4:20])
+    perr = struct.unpack(">ih", r[20 + 16 + 1:20 + 16 + 1 + 6])[1]
+    print("fetch-by-id", label, corr, err, perr)
+"#;
+
 const SASL_V0: &str = r#"
 s = socket.create_connection((BS.split(":")[0], 9092), timeout=5)
 s.sendall(frame(17, 0, struct.pack(">h", 5) + b"PLAIN"))
@@ -455,6 +494,40 @@ print("outpost produce", "delivered" if out and out[0] is None else out)
     // SaslHandshake v0: UNSUPPORTED_VERSION, then the connection is closed.
     let out = py(&s, "hq", &bs, &format!("{RAW}{SASL_V0}"));
     assert!(out.contains("sasl 7 35 closed"), "{out}");
+    // Topics named by ID: librdkafka fetched `orders` with Fetch v13+ (topic IDs), learned
+    // from the Metadata answers Ward passed on.
+    s.wait_flow(Duration::from_secs(3), |f| {
+        f["l7"]["kafka"]["api_key"] == "fetch"
+            && f["l7"]["kafka"]["api_version"].as_i64() >= Some(13)
+            && f["l7"]["kafka"]["topics"][0] == "orders"
+            && f["verdict"] == "FORWARDED"
+    })
+    .expect("a Fetch v13+ by topic ID, named and forwarded");
+    // After a restart Ward has learned no ID: it asks the broker. `orders` passes, `audit`
+    // and an ID the broker does not know are denied.
+    let out = py(&s, "kafka", &bs, TOPIC_IDS);
+    let id = |topic: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("id {topic} ")))
+            .unwrap_or_else(|| panic!("no topic ID for {topic}: {out}"))
+            .to_owned()
+    };
+    let ids = format!(
+        "IDS = [('orders', {:?}), ('audit', {:?}), ('unknown', {:?})]\n",
+        id("orders"),
+        id("audit"),
+        "42".repeat(16)
+    );
+    s.stop_ward();
+    s.start_ward();
+    let out = py(&s, "outpost", &bs, &format!("{RAW}{ids}{FETCH_BY_ID}"));
+    assert!(
+        out.contains("fetch-by-id orders 9 0 0"),
+        "{out}\n{}",
+        s.ward_log()
+    );
+    assert!(out.contains("fetch-by-id audit 9 0 29"), "{out}");
+    assert!(out.contains("fetch-by-id unknown 9 0 29"), "{out}");
     // A TLS ClientHello: refused, with a flow saying why.
     let out = py(&s, "hq", &bs, &format!("{RAW}{TLS_HELLO}"));
     assert!(out.contains("tls refused"), "{out}");

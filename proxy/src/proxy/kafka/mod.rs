@@ -18,6 +18,11 @@
 //! tokens follow it) is answered `UNSUPPORTED_VERSION` and the connection closed; a TLS
 //! ClientHello is refused with a flow saying why.
 //!
+//! Topic IDs (Fetch v13+, Metadata by ID): the proxy keeps an ID → name map per broker, fed by
+//! the Metadata responses it passes on; an ID it has not seen is looked up with a Metadata
+//! request of Ward's own to the same broker before the request is judged, and an ID the broker
+//! does not name is judged as a topic no topic rule covers.
+//!
 //! Fetch sessions (KIP-227): an incremental fetch lists only the partitions it adds, and the
 //! broker answers for every partition its session holds. Ward binds each session to the
 //! connection whose full fetch created it, remembers every topic the session was given, and
@@ -27,7 +32,7 @@
 //! the client falls back to a full fetch, which is judged topic by topic. The cost is one rule
 //! check over the session's topics per fetch instead of over the changed ones.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -92,7 +97,20 @@ pub struct KafkaProxy {
     max_frame: usize,
     /// Leave client IDs out of flows.
     redact_client_id: bool,
+    /// Topic ID → name, per broker address: learned from the Metadata responses Ward passes
+    /// on, and from its own Metadata requests for IDs it has not seen. Per broker, so what
+    /// one pod's "broker" answers cannot rename another broker's topics.
+    topic_ids: std::sync::Mutex<HashMap<SocketAddr, TopicIds>>,
 }
+
+/// One broker's topic ID → name map.
+type TopicIds = HashMap<[u8; 16], Arc<str>>;
+
+/// Topic IDs remembered per broker; past it the broker's map starts over (and fills again
+/// from Metadata answers and lookups).
+const MAX_TOPIC_IDS_PER_BROKER: usize = 100_000;
+/// How long Ward waits for the broker to name topic IDs it has not seen.
+const TOPIC_ID_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Fetch sessions remembered per connection; a client uses one per broker connection.
 const MAX_FETCH_SESSIONS: usize = 8;
@@ -232,7 +250,13 @@ pub async fn serve_conn(k: Arc<KafkaProxy>, stream: TcpStream, client: SocketAdd
                         .first_chunk::<2>()
                         .and_then(|b| parsers::kafka::api_key_name(i16::from_be_bytes(*b)))
                         .unwrap_or("unknown");
-                    match k.judge(&mut kc, body(&frame)) {
+                    let parsed = parsers::kafka::parse_request(body(&frame));
+                    if let Ok(req) = &parsed {
+                        if !req.topic_ids.is_empty() {
+                            k.resolve_topic_ids(orig_dst, &req.topic_ids).await;
+                        }
+                    }
+                    match k.judge(&mut kc, body(&frame), parsed) {
                         Judged::Forward(req, new_fetch_session) => {
                             // The frame judged, prefix and all, byte for byte.
                             if uw.write_all(&frame).await.is_err() {
@@ -281,7 +305,7 @@ pub async fn serve_conn(k: Arc<KafkaProxy>, stream: TcpStream, client: SocketAdd
                     Ok(_) => {}
                     Err(e) => { debug!(error = %e, %orig_dst, "Kafka broker read"); break; }
                 }
-                if let Err(e) = relay(&mut ubuf, &mut response_left, &mut owed, &mut kc, &mut cw, k.max_frame).await {
+                if let Err(e) = relay(&k, orig_dst, &mut ubuf, &mut response_left, &mut owed, &mut kc, &mut cw).await {
                     warn!(error = %e, %client, %orig_dst, "Kafka broker response: connection closed");
                     break;
                 }
@@ -295,13 +319,15 @@ pub async fn serve_conn(k: Arc<KafkaProxy>, stream: TcpStream, client: SocketAdd
 /// still to come of the one in flight), except the two Ward reads: ApiVersions (narrowed) and
 /// the full fetch that opens a session (its id), which wait for their whole frame.
 async fn relay(
+    k: &KafkaProxy,
+    broker: SocketAddr,
     ubuf: &mut BytesMut,
     left: &mut usize,
     owed: &mut VecDeque<Owed>,
     kc: &mut KafkaConn,
     cw: &mut tokio::net::tcp::OwnedWriteHalf,
-    max: usize,
 ) -> Result<(), String> {
+    let max = k.max_frame;
     loop {
         if *left > 0 {
             if ubuf.is_empty() {
@@ -326,13 +352,16 @@ async fn relay(
         let whole_len = parsers::kafka::FRAME_PREFIX_LEN + len;
         let Some(Owed::Broker {
             api_key,
+            version,
             new_fetch_session,
-            ..
         }) = owed.front()
         else {
             return Err("a response to no forwarded request".into());
         };
-        if *api_key != 18 && new_fetch_session.is_none() {
+        // Read whole: ApiVersions (narrowed), Metadata with topic IDs (learned), and a full
+        // fetch that opens a session (its id).
+        let read = *api_key == 18 || (*api_key == 3 && *version >= 10);
+        if !read && new_fetch_session.is_none() {
             owed.pop_front();
             *left = whole_len;
             continue;
@@ -359,6 +388,11 @@ async fn relay(
                     kc.fetch_sessions.push_back((id, topics));
                 }
                 _ => {}
+            }
+        }
+        if api_key == 3 {
+            if let Some(pairs) = parsers::kafka::metadata_response_topic_ids(version, body(&resp)) {
+                k.learn_topic_ids(broker, pairs);
             }
         }
         let narrowed = (api_key == 18)
@@ -396,13 +430,86 @@ impl KafkaProxy {
             proxy,
             max_frame: cfg.max_frame_bytes,
             redact_client_id: cfg.redact_client_id,
+            topic_ids: Default::default(),
+        }
+    }
+
+    fn learn_topic_ids(&self, broker: SocketAddr, pairs: Vec<([u8; 16], String)>) {
+        if pairs.is_empty() {
+            return;
+        }
+        let mut all = self.topic_ids.lock().unwrap_or_else(|p| p.into_inner());
+        let map = all.entry(broker).or_default();
+        if map.len() + pairs.len() > MAX_TOPIC_IDS_PER_BROKER {
+            map.clear();
+        }
+        for (id, name) in pairs {
+            map.insert(id, name.into());
+        }
+    }
+
+    fn topic_name(&self, broker: SocketAddr, id: &[u8; 16]) -> Option<Arc<str>> {
+        let all = self.topic_ids.lock().unwrap_or_else(|p| p.into_inner());
+        all.get(&broker)?.get(id).cloned()
+    }
+
+    /// Asks `broker`, on a connection of Ward's own, for the names of the IDs it has not seen
+    /// (Metadata v12 by topic ID). An ID still unknown afterwards stays unknown: the request
+    /// that names it is judged with a topic no rule covers.
+    async fn resolve_topic_ids(&self, broker: SocketAddr, ids: &[[u8; 16]]) {
+        let unknown: Vec<[u8; 16]> = ids
+            .iter()
+            .filter(|id| self.topic_name(broker, id).is_none())
+            .copied()
+            .collect();
+        if unknown.is_empty() {
+            return;
+        }
+        let lookup = async {
+            let mut up = self
+                .proxy
+                .upstreams
+                .connect(broker)
+                .await
+                .map_err(|e| e.to_string())?;
+            let request = parsers::kafka::metadata_request_for_ids(1, &unknown)
+                .ok_or("cannot encode the Metadata request")?;
+            up.write_all(&request).await.map_err(|e| e.to_string())?;
+            let mut buf = BytesMut::with_capacity(4096);
+            loop {
+                reserve_for_read(&mut buf, 0);
+                if up.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                    return Err("the broker closed the connection".to_string());
+                }
+                match parsers::kafka::frame_within(&buf, self.max_frame) {
+                    Ok(parsers::Status::Complete(f, _)) => {
+                        return parsers::kafka::metadata_response_topic_ids(12, f)
+                            .ok_or_else(|| "the Metadata response does not walk".to_string());
+                    }
+                    Ok(parsers::Status::NeedMore) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        };
+        match tokio::time::timeout(TOPIC_ID_LOOKUP_TIMEOUT, lookup).await {
+            Ok(Ok(pairs)) => {
+                debug!(%broker, asked = unknown.len(), named = pairs.len(), "Kafka topic IDs looked up");
+                self.learn_topic_ids(broker, pairs);
+            }
+            Ok(Err(e)) => info!(%broker, error = %e, "Kafka topic ID lookup failed"),
+            Err(_) => info!(%broker, "Kafka topic ID lookup timed out"),
         }
     }
 
     /// Judges one request frame of `kc`'s client.
-    fn judge(&self, kc: &mut KafkaConn, frame: &[u8]) -> Judged {
+    fn judge(
+        &self,
+        kc: &mut KafkaConn,
+        frame: &[u8],
+        parsed: Result<KafkaRequest, KafkaError>,
+    ) -> Judged {
         let conn = &kc.conn;
-        let req = match parsers::kafka::parse_request(frame) {
+        let req = match parsed {
             Ok(r) => r,
             Err(e) => {
                 // KIP-511: a client newer than Ward learns the ApiVersions range Ward speaks.
@@ -439,12 +546,23 @@ impl KafkaProxy {
         }
         let view = self.proxy.view.load();
         let policy = conn.policy(&view);
+        // Topics named only by ID, by the names the broker gave them; an ID it did not name
+        // stays a topic no topic rule covers.
+        let by_id: Vec<Arc<str>> = req
+            .topic_ids
+            .iter()
+            .map(|id| {
+                self.topic_name(conn.orig_dst, id)
+                    .unwrap_or_else(|| Arc::from(""))
+            })
+            .collect();
         let mut topics: Vec<&str> = req.topics.iter().map(String::as_str).collect();
-        // A topic named only by its ID is one no topic rule covers (the ID→name map is not
-        // built yet; ApiVersions narrowing keeps clients on versions that name topics).
-        if req.topic_ids_only {
-            topics.push("");
+        for name in &by_id {
+            if !topics.contains(&&**name) {
+                topics.push(name);
+            }
         }
+        let named: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
         // An incremental fetch is answered for every partition of its session: judge them all.
         let session = req.fetch_session.filter(|s| s.is_incremental());
         let mut session_topics: Option<Vec<String>> = None;
@@ -456,7 +574,7 @@ impl KafkaProxy {
                     "an incremental fetch on a fetch session this connection did not create",
                 );
             };
-            for t in &req.topics {
+            for t in &named {
                 if !known.contains(t) {
                     known.push(t.clone());
                 }
@@ -480,6 +598,7 @@ impl KafkaProxy {
                         && req.topics.is_empty()
                         && !req.topic_ids_only,
                 })));
+        let topics_seen = session_topics.clone().unwrap_or_else(|| named.clone());
         let direction = decision
             .direction
             .unwrap_or(policy.default_direction)
@@ -490,7 +609,7 @@ impl KafkaProxy {
                 kc.fetch_sessions.retain(|(s, _)| *s != id);
                 let mut event = self.event(&policy, &req, "DROPPED", Why::Decision(decision));
                 event.direction = direction;
-                event.topics = session_topics.unwrap_or_default();
+                event.topics = topics_seen;
                 event.error_code = parsers::kafka::FETCH_SESSION_ID_NOT_FOUND;
                 self.proxy.flows.send_kafka(event);
                 match parsers::kafka::fetch_session_not_found(&req) {
@@ -516,6 +635,7 @@ impl KafkaProxy {
                 }
                 let mut event = self.event(&policy, &req, "DROPPED", Why::Decision(decision));
                 event.direction = direction;
+                event.topics = topics_seen;
                 event.error_code = code;
                 self.proxy.flows.send_kafka(event);
                 match answer {
@@ -531,12 +651,13 @@ impl KafkaProxy {
                 };
                 let mut event = self.event(&policy, &req, verdict, Why::Decision(decision));
                 event.direction = direction;
+                event.topics = topics_seen;
                 self.proxy.flows.send_kafka(event);
                 // A full fetch that asks for a session (epoch 0): its topics seed the session.
                 let new_session = match req.fetch_session {
                     Some(fs) if fs.epoch <= 0 => {
                         kc.fetch_sessions.retain(|(id, _)| *id != fs.id);
-                        (fs.epoch == 0).then(|| req.topics.clone())
+                        (fs.epoch == 0).then_some(named)
                     }
                     _ => None,
                 };
