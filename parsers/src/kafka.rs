@@ -135,15 +135,16 @@ pub const TOPIC_KINDS: &[i16] = &[
 ];
 
 /// API keys of the `role: produce` shorthand: Cilium's Produce, Metadata and ApiVersions, and
-/// (Ward's extension, docs/policy-semantics.md §4.2) the keys an idempotent or transactional
+/// (Ward's extension, docs/policy-semantics.md §4.1) SaslHandshake and SaslAuthenticate (a
+/// client authenticates before anything else) and the keys an idempotent or transactional
 /// producer of today needs: InitProducerId, AddPartitionsToTxn and EndTxn.
-pub const ROLE_PRODUCE: &[i16] = &[0, 3, 18, 22, 24, 26];
+pub const ROLE_PRODUCE: &[i16] = &[0, 3, 17, 18, 22, 24, 26, 36];
 
 /// API keys of the `role: consume` shorthand: Cilium's Fetch, ListOffsets, Metadata,
 /// OffsetCommit, OffsetFetch, FindCoordinator, JoinGroup, Heartbeat, LeaveGroup, SyncGroup and
-/// ApiVersions, and (Ward's extension) the KIP-848 consumer-group ConsumerGroupHeartbeat and
-/// ConsumerGroupDescribe.
-pub const ROLE_CONSUME: &[i16] = &[1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 18, 68, 69];
+/// ApiVersions, and (Ward's extension) SaslHandshake, SaslAuthenticate and the KIP-848
+/// consumer-group ConsumerGroupHeartbeat and ConsumerGroupDescribe.
+pub const ROLE_CONSUME: &[i16] = &[1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 17, 18, 36, 68, 69];
 
 /// The API key for a policy's `apiKey` name, case-insensitively: Cilium's names (`offsets`,
 /// `produce`, …) and the current Apache Kafka names (`listoffsets`, `saslauthenticate`, …).
@@ -1508,7 +1509,7 @@ mod tests {
             assert!(!is_topic_kind(key), "{key}");
         }
         assert_eq!(TOPIC_KINDS.len(), 19);
-        assert_eq!(ROLE_PRODUCE, &[0, 3, 18, 22, 24, 26]);
+        assert_eq!(ROLE_PRODUCE, &[0, 3, 17, 18, 22, 24, 26, 36]);
         assert!(ROLE_CONSUME.iter().all(|k| api_key_name(*k).is_some()));
     }
 

@@ -246,6 +246,9 @@ while True:
     r += chunk
 corr, err = struct.unpack(">ih", r[4:10])
 print("sasl", corr, err, "closed")
+# SaslHandshake v1 is judged (both roles cover it) and reaches the broker, which answers.
+r = exchange(frame(17, 1, struct.pack(">h", 5) + b"PLAIN", corr=8))
+print("sasl v1 answered by", struct.unpack(">i", r[4:8])[0], "closed" if r.endswith(b"<closed>") else "open")
 "#;
 
 const TLS_HELLO: &str = r#"
@@ -494,6 +497,17 @@ print("outpost produce", "delivered" if out and out[0] is None else out)
     // SaslHandshake v0: UNSUPPORTED_VERSION, then the connection is closed.
     let out = py(&s, "hq", &bs, &format!("{RAW}{SASL_V0}"));
     assert!(out.contains("sasl 7 35 closed"), "{out}");
+    assert!(
+        out.contains("sasl v1 answered by 8 open"),
+        "{out}\n{}",
+        s.ward_log()
+    );
+    s.wait_flow(Duration::from_secs(3), |f| {
+        f["l7"]["kafka"]["api_key"] == "saslhandshake"
+            && f["l7"]["kafka"]["api_version"] == 1
+            && f["verdict"] == "FORWARDED"
+    })
+    .expect("a forwarded SaslHandshake v1");
     // Topics named by ID: librdkafka fetched `orders` with Fetch v13+ (topic IDs), learned
     // from the Metadata answers Ward passed on.
     s.wait_flow(Duration::from_secs(3), |f| {

@@ -225,6 +225,8 @@ mod tests {
         let allowed = |rules: &[KafkaRule], k, t: &[&str]| {
             matches!(check(rules, &req(k, t)), KafkaVerdict::Allowed { .. })
         };
+        // SASL comes first, under either role.
+        assert!(allowed(&produce, 17, &[]) && allowed(&produce, 36, &[]));
         // InitProducerId and EndTxn carry no topic: the role's topic rule matches outright.
         assert!(allowed(&produce, 22, &[]));
         assert!(allowed(&produce, 26, &[]));
@@ -233,6 +235,7 @@ mod tests {
         assert!(!allowed(&produce, 24, &["orders", "audit"]));
         assert!(!allowed(&produce, 1, &["orders"]), "fetch is not produce");
         let consume = [rule(parsers::kafka::ROLE_CONSUME, Some("orders"))];
+        assert!(allowed(&consume, 17, &[]) && allowed(&consume, 36, &[]));
         assert!(allowed(&consume, 68, &[]), "KIP-848 ConsumerGroupHeartbeat");
         assert!(allowed(&consume, 69, &[]), "KIP-848 ConsumerGroupDescribe");
         assert!(!allowed(&consume, 22, &[]), "InitProducerId is not consume");
