@@ -22,6 +22,41 @@ pub fn bind_transparent(port: u16) -> std::io::Result<std::net::TcpListener> {
     Ok(s.into())
 }
 
+/// Accepts connections on `tcp` until `shutdown` fires, spawning `serve(stream, client)` for
+/// each on the current runtime. An accept error (EMFILE, …) is logged and retried after a
+/// pause rather than ending the listener. `what` names the listener in log lines.
+pub async fn accept_until<F, Fut>(
+    tcp: std::net::TcpListener,
+    what: &'static str,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let tcp = match tokio::net::TcpListener::from_std(tcp) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "{what}: the listener");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            r = tcp.accept() => match r {
+                Ok((stream, client)) => {
+                    tokio::spawn(serve(stream, client));
+                }
+                Err(e) => {
+                    warn!(error = %e, "{what}: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
 /// Upstream connect timeout.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 

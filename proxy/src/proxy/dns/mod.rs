@@ -47,28 +47,10 @@ pub fn start(
         .spawn(move || {
             rt.block_on(async move {
                 let udp_task = tokio::spawn(udp::serve(dns.clone(), udp, shutdown.clone()));
-                let tcp = match tokio::net::TcpListener::from_std(tcp) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(error = %e, "DNS: the TCP listener");
-                        return;
-                    }
-                };
-                let mut stop = shutdown.clone();
-                loop {
-                    tokio::select! {
-                        r = tcp.accept() => match r {
-                            Ok((stream, client)) => {
-                                tokio::spawn(tcp::serve_conn(dns.clone(), stream, client));
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "DNS: accept failed");
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                            }
-                        },
-                        _ = stop.changed() => break,
-                    }
-                }
+                super::transport::accept_until(tcp, "DNS over TCP", shutdown, |stream, client| {
+                    tcp::serve_conn(dns.clone(), stream, client)
+                })
+                .await;
                 match udp_task.await {
                     Ok(Err(e)) => tracing::error!(error = %e, "DNS: the UDP listener failed"),
                     Err(e) => tracing::error!(error = %e, "DNS: the UDP listener panicked"),

@@ -62,30 +62,12 @@ pub fn start(
     std::thread::Builder::new()
         .name("kafka".into())
         .spawn(move || {
-            rt.block_on(async move {
-                let tcp = match tokio::net::TcpListener::from_std(tcp) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(error = %e, "Kafka: the listener");
-                        return;
-                    }
-                };
-                let mut stop = shutdown.clone();
-                loop {
-                    tokio::select! {
-                        r = tcp.accept() => match r {
-                            Ok((stream, client)) => {
-                                tokio::spawn(serve_conn(kafka.clone(), stream, client));
-                            }
-                            Err(e) => {
-                                warn!(error = %e, "Kafka: accept failed");
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                            }
-                        },
-                        _ = stop.changed() => break,
-                    }
-                }
-            });
+            rt.block_on(super::transport::accept_until(
+                tcp,
+                "Kafka",
+                shutdown,
+                |stream, client| serve_conn(kafka.clone(), stream, client),
+            ));
             rt.shutdown_timeout(Duration::from_millis(200));
         })
 }
