@@ -40,6 +40,8 @@ pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
 pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
 /// `TRANSACTIONAL_ID_AUTHORIZATION_FAILED`: Ward's deny of a transaction API.
 pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+/// `DELEGATION_TOKEN_AUTHORIZATION_FAILED`: Ward's deny of a delegation-token API.
+pub const DELEGATION_TOKEN_AUTHORIZATION_FAILED: i16 = 65;
 
 /// Every name [`api_key_from_name`] accepts, with its key. Keys 0–33 carry Cilium's names
 /// (PROXY:`pkg/policy/api/kafka/kafka.go` `APIKeyMap`), which equal Apache Kafka's lower-cased
@@ -609,10 +611,13 @@ pub fn unsupported_api_versions(frame: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// The keys whose bodies are walked: the six topic-bearing kinds Cilium parses,
-/// AddPartitionsToTxn (topics, Ward's extension), and FindCoordinator and InitProducerId (for
-/// their deny responses).
+/// AddPartitionsToTxn (topics, Ward's extension), and FindCoordinator, InitProducerId,
+/// CreateTopics, DeleteTopics, DescribeGroups and DeleteGroups (for their deny responses;
+/// the topics of CreateTopics and DeleteTopics stay invisible to rules, as in Cilium).
 fn api_key_has_body_walker(api_key: i16) -> bool {
-    (0..=3).contains(&api_key) || (8..=10).contains(&api_key) || api_key == 22 || api_key == 24
+    (0..=3).contains(&api_key)
+        || (8..=10).contains(&api_key)
+        || matches!(api_key, 15 | 19 | 20 | 22 | 24 | 42)
 }
 
 /// The error code Ward's deny response to `req` carries (docs/policy-semantics.md §4.3): per
@@ -643,6 +648,18 @@ pub fn deny_error_code(req: &KafkaRequest, frame: &[u8]) -> Option<i16> {
             Some(_) => TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
             None => CLUSTER_AUTHORIZATION_FAILED,
         },
+        ApiKey::CreateTopics | ApiKey::DeleteTopics => TOPIC_AUTHORIZATION_FAILED,
+        ApiKey::DescribeGroups | ApiKey::DeleteGroups => GROUP_AUTHORIZATION_FAILED,
+        ApiKey::CreateDelegationToken
+        | ApiKey::RenewDelegationToken
+        | ApiKey::ExpireDelegationToken
+        | ApiKey::DescribeDelegationToken => DELEGATION_TOKEN_AUTHORIZATION_FAILED,
+        ApiKey::AlterPartitionReassignments
+        | ApiKey::ListPartitionReassignments
+        | ApiKey::DescribeClientQuotas
+        | ApiKey::DescribeUserScramCredentials
+        | ApiKey::DescribeQuorum
+        | ApiKey::UpdateFeatures => CLUSTER_AUTHORIZATION_FAILED,
         ApiKey::JoinGroup
         | ApiKey::Heartbeat
         | ApiKey::LeaveGroup
@@ -731,6 +748,22 @@ pub fn deny_response(req: &KafkaRequest, frame: &[u8]) -> Option<Vec<u8>> {
         ApiKey::ListTransactions => Some(top_level!(m::ListTransactionsResponse)),
         ApiKey::GetTelemetrySubscriptions => Some(top_level!(m::GetTelemetrySubscriptionsResponse)),
         ApiKey::PushTelemetry => Some(top_level!(m::PushTelemetryResponse)),
+        ApiKey::CreateDelegationToken => Some(top_level!(m::CreateDelegationTokenResponse)),
+        ApiKey::RenewDelegationToken => Some(top_level!(m::RenewDelegationTokenResponse)),
+        ApiKey::ExpireDelegationToken => Some(top_level!(m::ExpireDelegationTokenResponse)),
+        ApiKey::DescribeDelegationToken => Some(top_level!(m::DescribeDelegationTokenResponse)),
+        ApiKey::AlterPartitionReassignments => {
+            Some(top_level!(m::AlterPartitionReassignmentsResponse))
+        }
+        ApiKey::ListPartitionReassignments => {
+            Some(top_level!(m::ListPartitionReassignmentsResponse))
+        }
+        ApiKey::DescribeClientQuotas => Some(top_level!(m::DescribeClientQuotasResponse)),
+        ApiKey::DescribeUserScramCredentials => {
+            Some(top_level!(m::DescribeUserScramCredentialsResponse))
+        }
+        ApiKey::DescribeQuorum => Some(top_level!(m::DescribeQuorumResponse)),
+        ApiKey::UpdateFeatures => Some(top_level!(m::UpdateFeaturesResponse)),
         _ => None,
     };
     if let Some(encoded) = generic {
@@ -751,6 +784,57 @@ pub fn deny_response(req: &KafkaRequest, frame: &[u8]) -> Option<Vec<u8>> {
             deny_find_coordinator(&body, version, code).encode(&mut out, version)
         }
         ApiKey::AddPartitionsToTxn => deny_add_partitions_to_txn(&body).encode(&mut out, version),
+        ApiKey::CreateTopics => m::CreateTopicsResponse::default()
+            .with_topics(
+                topics_of(&body)
+                    .iter()
+                    .map(|t| {
+                        m::create_topics_response::CreatableTopicResult::default()
+                            .with_name(topic_name(t.name))
+                            .with_error_code(code)
+                            .with_num_partitions(-1)
+                            .with_replication_factor(-1)
+                    })
+                    .collect(),
+            )
+            .encode(&mut out, version),
+        ApiKey::DeleteTopics => m::DeleteTopicsResponse::default()
+            .with_responses(
+                topics_of(&body)
+                    .iter()
+                    .map(|t| {
+                        m::delete_topics_response::DeletableTopicResult::default()
+                            .with_name(t.name.map(|n| topic_name(Some(n))))
+                            .with_topic_id(uuid::Uuid::from_bytes(t.id))
+                            .with_error_code(code)
+                    })
+                    .collect(),
+            )
+            .encode(&mut out, version),
+        ApiKey::DescribeGroups => m::DescribeGroupsResponse::default()
+            .with_groups(
+                body.names
+                    .iter()
+                    .map(|g| {
+                        m::describe_groups_response::DescribedGroup::default()
+                            .with_group_id(GroupId(StrBytes::from_string((*g).to_owned())))
+                            .with_error_code(code)
+                    })
+                    .collect(),
+            )
+            .encode(&mut out, version),
+        ApiKey::DeleteGroups => m::DeleteGroupsResponse::default()
+            .with_results(
+                body.names
+                    .iter()
+                    .map(|g| {
+                        m::delete_groups_response::DeletableGroupResult::default()
+                            .with_group_id(GroupId(StrBytes::from_string((*g).to_owned())))
+                            .with_error_code(code)
+                    })
+                    .collect(),
+            )
+            .encode(&mut out, version),
         _ => return None,
     };
     encoded.ok()?;
@@ -1039,6 +1123,8 @@ struct Body<'a> {
     transactional_id: Option<&'a str>,
     /// Fetch v7+ session fields.
     fetch_session: Option<FetchSession>,
+    /// DescribeGroups and DeleteGroups: the groups named.
+    names: Vec<&'a str>,
 }
 
 type Walk<T> = Result<T, &'static str>;
@@ -1400,6 +1486,67 @@ fn walk(api_key: i16, v: i16, body: &[u8], keep: bool) -> Walk<Body<'_>> {
         ApiKey::InitProducerId => {
             out.walked_topics = false;
             out.transactional_id = r.nullable_string()?;
+        }
+        ApiKey::CreateTopics => {
+            out.topics = Some({
+                let mut topics = Vec::new();
+                for _ in 0..r.array()? {
+                    let name = r.string()?;
+                    r.skip(4 + 2)?; // num_partitions, replication_factor
+                    for _ in 0..r.array()? {
+                        // assignments
+                        r.skip(4)?; // partition_index
+                        let n = r.array()?;
+                        r.skip(n.checked_mul(4).ok_or("array too long")?)?; // broker_ids
+                        r.skip_tagged_fields()?;
+                    }
+                    for _ in 0..r.array()? {
+                        // configs
+                        r.string()?;
+                        r.nullable_string()?;
+                        r.skip_tagged_fields()?;
+                    }
+                    r.skip_tagged_fields()?;
+                    topics.push(Topic {
+                        name: Some(name),
+                        id: [0; 16],
+                        partitions: Vec::new(),
+                    });
+                }
+                topics
+            });
+        }
+        ApiKey::DeleteTopics => {
+            out.topics = Some({
+                let mut topics = Vec::new();
+                if v <= 5 {
+                    for _ in 0..r.array()? {
+                        topics.push(Topic {
+                            name: Some(r.string()?),
+                            id: [0; 16],
+                            partitions: Vec::new(),
+                        });
+                    }
+                } else {
+                    for _ in 0..r.array()? {
+                        let name = r.nullable_string()?;
+                        let id = r.uuid()?;
+                        r.skip_tagged_fields()?;
+                        topics.push(Topic {
+                            name,
+                            id,
+                            partitions: Vec::new(),
+                        });
+                    }
+                }
+                topics
+            });
+        }
+        ApiKey::DescribeGroups | ApiKey::DeleteGroups => {
+            out.walked_topics = false;
+            for _ in 0..r.array()? {
+                out.names.push(r.string()?);
+            }
         }
         ApiKey::AddPartitionsToTxn if v <= 3 => {
             r.string()?; // v3_and_below_transactional_id
@@ -2276,11 +2423,136 @@ mod tests {
             PushTelemetryResponse,
             31
         );
+        every_version!(
+            ApiKey::CreateDelegationToken,
+            CreateDelegationTokenRequest::default(),
+            CreateDelegationTokenResponse,
+            65
+        );
+        every_version!(
+            ApiKey::DescribeDelegationToken,
+            DescribeDelegationTokenRequest::default(),
+            DescribeDelegationTokenResponse,
+            65
+        );
+        every_version!(
+            ApiKey::AlterPartitionReassignments,
+            AlterPartitionReassignmentsRequest::default(),
+            AlterPartitionReassignmentsResponse,
+            31
+        );
+        every_version!(
+            ApiKey::ListPartitionReassignments,
+            ListPartitionReassignmentsRequest::default(),
+            ListPartitionReassignmentsResponse,
+            31
+        );
+        every_version!(
+            ApiKey::DescribeClientQuotas,
+            DescribeClientQuotasRequest::default(),
+            DescribeClientQuotasResponse,
+            31
+        );
+        every_version!(
+            ApiKey::UpdateFeatures,
+            UpdateFeaturesRequest::default(),
+            UpdateFeaturesResponse,
+            31
+        );
         // A key Ward has no answer for: no deny response, so the proxy closes the connection.
-        let frame = encode_request(ApiKey::CreateTopics, 5, &CreateTopicsRequest::default());
+        let frame = encode_request(
+            ApiKey::DescribeConfigs,
+            4,
+            &DescribeConfigsRequest::default(),
+        );
         let req = parse_request(&frame).unwrap();
         assert_eq!(deny_error_code(&req, &frame), None);
         assert_eq!(deny_response(&req, &frame), None);
+    }
+
+    #[test]
+    fn admin_apis_on_topics_and_groups_are_denied_item_by_item() {
+        use kafka_protocol::messages::*;
+        for version in versions(ApiKey::CreateTopics) {
+            let body = CreateTopicsRequest::default().with_topics(
+                TOPICS
+                    .iter()
+                    .map(|t| {
+                        create_topics_request::CreatableTopic::default()
+                            .with_name(name(t))
+                            .with_assignments(vec![
+                                create_topics_request::CreatableReplicaAssignment::default()
+                                    .with_broker_ids(vec![BrokerId(1), BrokerId(2)]),
+                            ])
+                            .with_configs(vec![
+                                create_topics_request::CreatableTopicConfig::default()
+                                    .with_name(StrBytes::from_static_str("retention.ms"))
+                                    .with_value(Some(StrBytes::from_static_str("1"))),
+                            ])
+                    })
+                    .collect(),
+            );
+            let (req, deny) = parse_and_deny(ApiKey::CreateTopics, version, &body);
+            assert_eq!(req.topics, want_topics(), "v{version}");
+            let resp: CreateTopicsResponse = decode_response(ApiKey::CreateTopics, version, &deny);
+            let got: Vec<_> = resp
+                .topics
+                .iter()
+                .map(|t| (t.name.as_str(), t.error_code))
+                .collect();
+            assert_eq!(got, [("orders", 29), ("payments", 29)], "v{version}");
+        }
+        for version in versions(ApiKey::DeleteTopics) {
+            let body = if version <= 5 {
+                DeleteTopicsRequest::default()
+                    .with_topic_names(TOPICS.iter().map(|t| name(t)).collect())
+            } else {
+                DeleteTopicsRequest::default().with_topics(
+                    TOPICS
+                        .iter()
+                        .map(|t| {
+                            delete_topics_request::DeleteTopicState::default()
+                                .with_name(Some(name(t)))
+                        })
+                        .collect(),
+                )
+            };
+            let (req, deny) = parse_and_deny(ApiKey::DeleteTopics, version, &body);
+            assert_eq!(req.topics, want_topics(), "v{version}");
+            let resp: DeleteTopicsResponse = decode_response(ApiKey::DeleteTopics, version, &deny);
+            assert_eq!(resp.responses.len(), 2, "v{version}");
+            assert!(
+                resp.responses.iter().all(|r| r.error_code == 29),
+                "v{version}"
+            );
+        }
+        let groups = vec![
+            GroupId(StrBytes::from_static_str("g1")),
+            GroupId(StrBytes::from_static_str("g2")),
+        ];
+        for version in versions(ApiKey::DescribeGroups) {
+            let body = DescribeGroupsRequest::default().with_groups(groups.clone());
+            let (_, deny) = parse_and_deny(ApiKey::DescribeGroups, version, &body);
+            let resp: DescribeGroupsResponse =
+                decode_response(ApiKey::DescribeGroups, version, &deny);
+            let got: Vec<_> = resp
+                .groups
+                .iter()
+                .map(|g| (g.group_id.as_str(), g.error_code))
+                .collect();
+            assert_eq!(got, [("g1", 30), ("g2", 30)], "v{version}");
+        }
+        for version in versions(ApiKey::DeleteGroups) {
+            let body = DeleteGroupsRequest::default().with_groups_names(groups.clone());
+            let (_, deny) = parse_and_deny(ApiKey::DeleteGroups, version, &body);
+            let resp: DeleteGroupsResponse = decode_response(ApiKey::DeleteGroups, version, &deny);
+            let got: Vec<_> = resp
+                .results
+                .iter()
+                .map(|g| (g.group_id.as_str(), g.error_code))
+                .collect();
+            assert_eq!(got, [("g1", 30), ("g2", 30)], "v{version}");
+        }
     }
 
     #[test]

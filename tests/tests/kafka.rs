@@ -463,6 +463,33 @@ print("outpost produce", "delivered" if out and out[0] is None else out)
         "{out}"
     );
 
+    // An admin call the producer's rules do not allow gets the authorization error, and the
+    // same admin connection goes on to be answered.
+    let out = py(
+        &s,
+        "hq",
+        &bs,
+        r#"
+import kafka.errors
+from kafka.admin import KafkaAdminClient, NewTopic
+a = KafkaAdminClient(bootstrap_servers=BS, request_timeout_ms=5000)
+for attempt in range(2):
+    try:
+        a.create_topics([NewTopic("rebels", 1, 1)])
+        print("created")
+    except kafka.errors.KafkaError as e:
+        print("create refused", type(e).__name__)
+a.close()
+"#,
+    );
+    assert_eq!(
+        out.matches("create refused TopicAuthorizationFailedError")
+            .count(),
+        2,
+        "{out}
+{}",
+        s.ward_log()
+    );
     // A denied acks=0 Produce has no response: Ward drops it and closes the connection; a
     // consumer reading `audit` straight from the broker's pod finds nothing, not even the
     // acks=1 attempts above.
