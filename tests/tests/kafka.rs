@@ -559,7 +559,13 @@ a.close()
         id("audit"),
         "42".repeat(16)
     );
+    // The restarted Ward also redacts client IDs and takes frames of at most 4 MiB.
     s.stop_ward();
+    s.node_config = format!(
+        "node: {{name: {}}}\nkafka: {{redact_client_id: true, max_frame_bytes: 4194304}}",
+        s.id
+    );
+    s.write_config();
     s.start_ward();
     let out = py(&s, "outpost", &bs, &format!("{RAW}{ids}{FETCH_BY_ID}"));
     assert!(
@@ -569,6 +575,32 @@ a.close()
     );
     assert!(out.contains("fetch-by-id audit 9 0 29"), "{out}");
     assert!(out.contains("fetch-by-id unknown 9 0 29"), "{out}");
+    let redacted = s
+        .wait_flow(Duration::from_secs(3), |f| {
+            f["l7"]["kafka"]["api_key"] == "fetch" && f["l7"]["kafka"]["api_version"] == 13
+        })
+        .expect("a flow of the Fetch by ID");
+    assert!(
+        redacted["l7"]["kafka"].get("client_id").is_none(),
+        "{redacted}"
+    );
+    let earlier = s
+        .wait_flow(Duration::from_secs(3), |f| {
+            f["l7"]["kafka"]["client_id"] == "raw"
+        })
+        .expect("client IDs were in flows before");
+    assert_eq!(earlier["l7"]["kafka"]["api_key"], "fetch");
+    let out = py(
+        &s,
+        "hq",
+        &bs,
+        &format!("{RAW}print(exchange(struct.pack('>i', 8 << 20) + b'x' * 64))"),
+    );
+    assert!(out.contains("<closed>"), "{out}");
+    s.wait_flow(Duration::from_secs(3), |f| {
+        f.to_string().contains("exceeds the maximum of 4194304")
+    })
+    .expect("a flow for the oversized frame");
     // A TLS ClientHello: refused, with a flow saying why.
     let out = py(&s, "hq", &bs, &format!("{RAW}{TLS_HELLO}"));
     assert!(out.contains("tls refused"), "{out}");
