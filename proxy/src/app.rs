@@ -224,7 +224,11 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
                 Some(t)
             }
         };
-        let workers = crate::proxy::Workers::start(threads, proxy)
+        let workers = crate::proxy::Workers::start(
+            threads,
+            proxy,
+            Duration::from_millis(cfg.drain_timeout_ms),
+        )
             .context("starting the proxy worker threads")?;
         info!(threads, "proxy workers started");
         let proxy_task = tokio::spawn(crate::proxy::serve(workers, listener, rx.clone()));
@@ -245,11 +249,18 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         tokio::select! {
-            _ = term.recv() => info!("SIGTERM: stopping (the datapath stays attached)"),
-            _ = int.recv() => info!("SIGINT: stopping (the datapath stays attached)"),
+            _ = term.recv() => info!(drain_timeout_ms = cfg.drain_timeout_ms, "SIGTERM: draining, then stopping (the datapath stays attached)"),
+            _ = int.recv() => info!(drain_timeout_ms = cfg.drain_timeout_ms, "SIGINT: draining, then stopping (the datapath stays attached)"),
         }
         let _ = tx.send(true);
-        let _ = proxy_task.await;
+        // The HTTP workers drain their connections (at most `drain_timeout_ms`).
+        let workers = proxy_task.await.unwrap_or_default();
+        let _ = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                let _ = w.join();
+            }
+        })
+        .await;
         let _ = admin_task.await;
         if let Some(t) = dns_thread {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;

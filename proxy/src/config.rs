@@ -223,6 +223,10 @@ pub struct KafkaSection {
     pub redact_client_id: bool,
 }
 
+fn default_drain_timeout_ms() -> u64 {
+    10_000
+}
+
 fn default_kafka_max_frame_bytes() -> usize {
     parsers::kafka::MAX_FRAME_LEN
 }
@@ -332,6 +336,10 @@ pub struct Config {
     /// The Kafka proxy.
     #[serde(default)]
     pub kafka: KafkaSection,
+    /// On SIGTERM, how long open HTTP connections get to finish (graceful shutdown:
+    /// `Connection: close`, GOAWAY) before they are cut, milliseconds.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
     /// Threads that own client connections (like nginx's `worker_processes`); default: one
     /// per CPU.
     #[serde(default)]
@@ -540,6 +548,12 @@ impl Config {
             issue(
                 "kafka.max_frame_bytes".into(),
                 "must be 1024..=1073741824 (1 KiB to 1 GiB)".into(),
+            );
+        }
+        if self.drain_timeout_ms > 600_000 {
+            issue(
+                "drain_timeout_ms".into(),
+                "must be at most 600000 (10 minutes)".into(),
             );
         }
         if self.proxy_threads == Some(0) {

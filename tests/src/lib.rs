@@ -526,6 +526,9 @@ impl Scene {
         let _ = writeln!(y, "listeners: {{{listeners}}}");
         let _ = writeln!(y, "admin_socket: {}", self.admin_socket().display());
         let _ = writeln!(y, "metrics: 127.0.0.1:9962");
+        // A stop waits at most this for open connections (a hung test client cannot hold it
+        // for the default 10 s; `terminate_ward` gives up at 10 s).
+        let _ = writeln!(y, "drain_timeout_ms: 3000");
         let _ = writeln!(y, "flow_log: {}", self.flow_log().display());
         // Without them, `endpoints: []` and no pod below.
         let listed: &[Pod] = if self.config_endpoints {

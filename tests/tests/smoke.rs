@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ward_tests::{eventually, privileged, Scene};
 
-const SERVER_PY: &str = r#"import http.server, sys
+const SERVER_PY: &str = r#"import http.server, sys, time
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def reply(self, code, body):
@@ -21,6 +21,8 @@ class H(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
     def do_POST(self):
+        # A request held in flight (a drain must let it finish).
+        time.sleep(int(self.headers.get("X-Delay-Ms") or 0) / 1000)
         self.reply(200, "Ship landed\n" if self.path == "/v1/request-landing" else "no\n")
     def do_PUT(self):
         self.reply(503, "Panic: deathstar exploded\n")
@@ -169,7 +171,22 @@ fn smoke_l7_deny_h2c_flows_admin_restart_uninstall() {
 
     // SIGTERM: exit 0, datapath stays; a restart re-attaches and enforces again. An admin
     // client that stays connected does not hold the shutdown up.
+    // A request in flight at SIGTERM is answered (with `Connection: close`) before Ward
+    // exits: the workers drain.
     let idle_admin = std::os::unix::net::UnixStream::connect(node.admin_socket()).unwrap();
+    let mut slow = node.cmd_in("tiefighter", "curl");
+    slow.args([
+        "-s",
+        "-i",
+        "--max-time",
+        "8",
+        "-H",
+        "X-Delay-Ms: 1500",
+        "-XPOST",
+        &land_url,
+    ]);
+    let in_flight = std::thread::spawn(move || slow.output());
+    std::thread::sleep(Duration::from_millis(500));
     let st = node.terminate_ward();
     drop(idle_admin);
     assert!(
@@ -177,6 +194,14 @@ fn smoke_l7_deny_h2c_flows_admin_restart_uninstall() {
         "exit status {st:?}:\n{}",
         node.ward_log()
     );
+    let out = in_flight.join().unwrap().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        out.status.success() && text.contains("ship landed") && text.contains("connection: close"),
+        "{out:?}\n{}",
+        node.ward_log()
+    );
+    assert!(node.ward_log().contains("drained"), "{}", node.ward_log());
     assert!(node.pin_root.join("links").read_dir().unwrap().count() >= 4);
     assert_eq!(
         curl(&node, &land).0,

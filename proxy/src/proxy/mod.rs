@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{warn, Instrument};
+use tracing::{info, warn, Instrument};
 
 pub use context::Proxy;
 
@@ -22,16 +22,28 @@ pub use context::Proxy;
 /// worker processes. A connection, its requests and its upstream connections stay on one
 /// thread: no work stealing, no cross-thread wake-ups on the request path. The accept loop
 /// hands connections out in turn.
+///
+/// When the accept loop ends (SIGTERM), each worker drains: every connection is told to shut
+/// down gracefully (HTTP/1.1: `Connection: close` on the response in flight, then close; an
+/// idle keep-alive connection closes; HTTP/2: GOAWAY, then the open streams finish), and the
+/// worker waits for them up to the drain timeout; what is left then (upgraded tunnels, stuck
+/// peers) is cut and counted in the log.
 pub struct Workers {
     senders: Vec<tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>>,
     next: std::sync::atomic::AtomicUsize,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Workers {
-    /// Starts `n` (at least 1) worker threads serving connections through `proxy`. They end
-    /// when the `Workers` is dropped.
-    pub fn start(n: usize, proxy: Arc<Proxy>) -> std::io::Result<Workers> {
+    /// Starts `n` (at least 1) worker threads serving connections through `proxy`. They drain
+    /// (within `drain_timeout`) and end when the `Workers` is dropped or [`Workers::stop`]ped.
+    pub fn start(
+        n: usize,
+        proxy: Arc<Proxy>,
+        drain_timeout: std::time::Duration,
+    ) -> std::io::Result<Workers> {
         let mut senders = Vec::new();
+        let mut threads = Vec::new();
         for i in 0..n.max(1) {
             let (tx, mut rx) =
                 tokio::sync::mpsc::unbounded_channel::<(std::net::TcpStream, SocketAddr)>();
@@ -39,11 +51,14 @@ impl Workers {
                 .enable_all()
                 .build()?;
             let proxy = proxy.clone();
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name(format!("proxy-{i}"))
                 .spawn(move || {
                     rt.block_on(async move {
+                        let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+                        let mut conns = tokio::task::JoinSet::new();
                         while let Some((stream, peer)) = rx.recv().await {
+                            while conns.try_join_next().is_some() {}
                             let stream = match TcpStream::from_std(stream) {
                                 Ok(s) => s,
                                 Err(e) => {
@@ -54,18 +69,46 @@ impl Workers {
                             let local = stream.local_addr().ok();
                             let span =
                                 tracing::debug_span!("conn", client = %peer, orig_dst = ?local);
-                            tokio::spawn(
-                                http::serve_conn(proxy.clone(), stream, peer).instrument(span),
+                            conns.spawn(
+                                http::serve_conn(proxy.clone(), stream, peer, drain_rx.clone())
+                                    .instrument(span),
                             );
+                        }
+                        while conns.try_join_next().is_some() {}
+                        if conns.is_empty() {
+                            return;
+                        }
+                        let open = conns.len();
+                        let _ = drain_tx.send(true);
+                        let drained = tokio::time::timeout(drain_timeout, async {
+                            while conns.join_next().await.is_some() {}
+                        })
+                        .await;
+                        match drained {
+                            Ok(()) => info!(worker = i, connections = open, "drained"),
+                            Err(_) => warn!(
+                                worker = i,
+                                cut = conns.len(),
+                                of = open,
+                                timeout_ms = drain_timeout.as_millis() as u64,
+                                "drain timeout: connections still open are cut"
+                            ),
                         }
                     })
                 })?;
             senders.push(tx);
+            threads.push(thread);
         }
         Ok(Workers {
             senders,
             next: Default::default(),
+            threads,
         })
+    }
+
+    /// Stops handing out connections and returns the worker threads, which drain and end.
+    pub fn stop(self) -> Vec<std::thread::JoinHandle<()>> {
+        self.threads
     }
 
     fn dispatch(&self, stream: TcpStream, peer: SocketAddr) {
@@ -83,12 +126,13 @@ impl Workers {
     }
 }
 
-/// Accepts until `shutdown` fires, handing connections to the workers.
+/// Accepts until `shutdown` fires, handing connections to the workers; then returns the worker
+/// threads, which drain their connections and end.
 pub async fn serve(
     workers: Workers,
     listener: TcpListener,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
+) -> Vec<std::thread::JoinHandle<()>> {
     loop {
         tokio::select! {
             r = listener.accept() => match r {
@@ -98,7 +142,7 @@ pub async fn serve(
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             },
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => return workers.stop(),
         }
     }
 }

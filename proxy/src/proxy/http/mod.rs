@@ -33,7 +33,14 @@ pub const MAX_H2_HEADER_LIST: u32 = 64 * 1024;
 /// A client must send its request head within this time.
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-pub async fn serve_conn(proxy: Arc<Proxy>, stream: TcpStream, client: SocketAddr) {
+/// Serves one client connection; when `drain` turns true, shuts it down gracefully (see
+/// [`super::Workers`]).
+pub async fn serve_conn(
+    proxy: Arc<Proxy>,
+    stream: TcpStream,
+    client: SocketAddr,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+) {
     let orig_dst = match stream.local_addr() {
         Ok(a) => a,
         Err(e) => {
@@ -66,10 +73,16 @@ pub async fn serve_conn(proxy: Arc<Proxy>, stream: TcpStream, client: SocketAddr
         .auto_date_header(false)
         .max_header_list_size(MAX_H2_HEADER_LIST)
         .timer(TokioTimer::new());
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(gate::Gated::new(stream)), svc)
-        .await
-    {
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(gate::Gated::new(stream)), svc);
+    tokio::pin!(conn);
+    let served = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = async { drop(drain.wait_for(|d| *d).await) } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = served {
         // The client's fault (malformed request, reset) or a stuck peer: this connection only.
         info!(error = %e, %client, %orig_dst, "connection closed with an error");
     }
