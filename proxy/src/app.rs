@@ -205,7 +205,13 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
                     crate::proxy::dns::DnsSettings::from_config(&cfg),
                     Some(learn.clone()),
                 ));
-                let t = crate::proxy::dns::start(dns, udp, tcp, rx.clone())
+                let t = crate::proxy::dns::start(
+                    dns,
+                    udp,
+                    tcp,
+                    rx.clone(),
+                    Duration::from_millis(cfg.drain_timeout_ms),
+                )
                     .context("starting the DNS proxy thread")?;
                 info!(port, "transparent DNS listener ready (UDP and TCP)");
                 Some(t)
@@ -218,7 +224,12 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
                     proxy.clone(),
                     &cfg.kafka,
                 ));
-                let t = crate::proxy::kafka::start(kafka, tcp, rx.clone())
+                let t = crate::proxy::kafka::start(
+                    kafka,
+                    tcp,
+                    rx.clone(),
+                    Duration::from_millis(cfg.drain_timeout_ms),
+                )
                     .context("starting the Kafka proxy thread")?;
                 info!(port, "transparent Kafka listener ready");
                 Some(t)

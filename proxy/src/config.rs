@@ -336,8 +336,8 @@ pub struct Config {
     /// The Kafka proxy.
     #[serde(default)]
     pub kafka: KafkaSection,
-    /// On SIGTERM, how long open HTTP connections get to finish (graceful shutdown:
-    /// `Connection: close`, GOAWAY) before they are cut, milliseconds.
+    /// On SIGTERM, how long open connections get to finish (HTTP: `Connection: close`,
+    /// GOAWAY; Kafka and DNS over TCP: the answers owed) before they are cut, milliseconds.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
     /// Threads that own client connections (like nginx's `worker_processes`); default: one

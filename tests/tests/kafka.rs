@@ -196,6 +196,23 @@ for _ in range(3):
 print("pipelined", order)
 "#;
 
+/// A Fetch the broker may hold (max_wait 1.5 s for more bytes than there are), sent just
+/// before Ward's SIGTERM: its answer still arrives, then the connection closes.
+const HELD_FETCH: &str = r#"
+s = socket.create_connection((BS.split(":")[0], 9092), timeout=10)
+name = struct.pack(">h", 6) + b"orders"
+body = struct.pack(">iiiib", -1, 1500, 100 << 20, 100 << 20, 0) + struct.pack(">i", 1) + name \
+    + struct.pack(">i", 1) + struct.pack(">iqi", 0, 0, 1 << 20)
+s.sendall(frame(1, 4, body, corr=11))
+r = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    r += chunk
+print("held fetch answered", struct.unpack(">i", r[4:8])[0] if len(r) >= 8 else None, "then closed")
+"#;
+
 /// The topic IDs of `orders` and `audit`, asked of the broker directly (in its own pod).
 const TOPIC_IDS: &str = r#"
 from confluent_kafka.admin import AdminClient
@@ -673,4 +690,23 @@ a.close()
             && m.contains(r#"ward_kafka_requests_total{api_key="fetch",verdict="FORWARDED"}"#),
         "{m}"
     );
+    // SIGTERM drains: a Fetch in flight is answered, then its connection closes.
+    let mut held = s.cmd_in("outpost", peers_python().to_str().unwrap());
+    held.args(["-c", &format!("BS = {bs:?}\n{RAW}{HELD_FETCH}")]);
+    let held = std::thread::spawn(move || held.output());
+    std::thread::sleep(Duration::from_millis(500));
+    let st = s.terminate_ward();
+    assert!(
+        st.is_some_and(|st| st.success()),
+        "{st:?}\n{}",
+        s.ward_log()
+    );
+    let out = held.join().unwrap().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("held fetch answered 11 then closed"),
+        "{out:?}\n{}",
+        s.ward_log()
+    );
+    assert!(s.ward_log().contains("Kafka: drained"), "{}", s.ward_log());
 }

@@ -22,16 +22,20 @@ pub fn bind_transparent(port: u16) -> std::io::Result<std::net::TcpListener> {
     Ok(s.into())
 }
 
-/// Accepts connections on `tcp` until `shutdown` fires, spawning `serve(stream, client)` for
-/// each on the current runtime. An accept error (EMFILE, …) is logged and retried after a
-/// pause rather than ending the listener. `what` names the listener in log lines.
+/// Accepts connections on `tcp` until `shutdown` fires, spawning `serve(stream, client, drain)`
+/// for each on the current runtime. An accept error (EMFILE, …) is logged and retried after a
+/// pause rather than ending the listener. Then drains: `drain` turns true (each connection
+/// stops reading new requests and ends once it has answered the ones it holds), and the
+/// connections get up to `drain_timeout` before they are cut. `what` names the listener in
+/// log lines.
 pub async fn accept_until<F, Fut>(
     tcp: std::net::TcpListener,
     what: &'static str,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
+    drain_timeout: std::time::Duration,
     serve: F,
 ) where
-    F: Fn(TcpStream, SocketAddr) -> Fut,
+    F: Fn(TcpStream, SocketAddr, tokio::sync::watch::Receiver<bool>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let tcp = match tokio::net::TcpListener::from_std(tcp) {
@@ -41,11 +45,14 @@ pub async fn accept_until<F, Fut>(
             return;
         }
     };
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             r = tcp.accept() => match r {
                 Ok((stream, client)) => {
-                    tokio::spawn(serve(stream, client));
+                    while conns.try_join_next().is_some() {}
+                    conns.spawn(serve(stream, client, drain_rx.clone()));
                 }
                 Err(e) => {
                     warn!(error = %e, "{what}: accept failed");
@@ -54,6 +61,24 @@ pub async fn accept_until<F, Fut>(
             },
             _ = shutdown.changed() => break,
         }
+    }
+    while conns.try_join_next().is_some() {}
+    if conns.is_empty() {
+        return;
+    }
+    let open = conns.len();
+    let _ = drain_tx.send(true);
+    let drained = tokio::time::timeout(drain_timeout, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    match drained {
+        Ok(()) => tracing::info!(connections = open, "{what}: drained"),
+        Err(_) => warn!(
+            cut = conns.len(),
+            of = open,
+            "{what}: drain timeout: connections still open are cut"
+        ),
     }
 }
 

@@ -38,6 +38,7 @@ pub fn start(
     udp: std::net::UdpSocket,
     tcp: std::net::TcpListener,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    drain_timeout: Duration,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -47,9 +48,13 @@ pub fn start(
         .spawn(move || {
             rt.block_on(async move {
                 let udp_task = tokio::spawn(udp::serve(dns.clone(), udp, shutdown.clone()));
-                super::transport::accept_until(tcp, "DNS over TCP", shutdown, |stream, client| {
-                    tcp::serve_conn(dns.clone(), stream, client)
-                })
+                super::transport::accept_until(
+                    tcp,
+                    "DNS over TCP",
+                    shutdown,
+                    drain_timeout,
+                    |stream, client, drain| tcp::serve_conn(dns.clone(), stream, client, drain),
+                )
                 .await;
                 match udp_task.await {
                     Ok(Err(e)) => tracing::error!(error = %e, "DNS: the UDP listener failed"),

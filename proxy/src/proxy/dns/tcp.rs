@@ -52,7 +52,14 @@ struct UpstreamConn {
 }
 
 /// Serves one client connection.
-pub async fn serve_conn(dns: Arc<DnsProxy>, stream: TcpStream, client: SocketAddr) {
+/// Serves one DNS-over-TCP client; once `drain` turns true, reads no more queries and ends
+/// when the ones it holds are answered.
+pub async fn serve_conn(
+    dns: Arc<DnsProxy>,
+    stream: TcpStream,
+    client: SocketAddr,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+) {
     let orig_dst = match stream.local_addr() {
         Ok(a) => a,
         Err(e) => {
@@ -83,6 +90,7 @@ pub async fn serve_conn(dns: Arc<DnsProxy>, stream: TcpStream, client: SocketAdd
             timer.as_mut().reset(wake.into());
         }
         tokio::select! {
+            _ = async { drop(drain.wait_for(|d| *d).await) }, if client_open => { client_open = false; continue; }
             r = cr.read_buf(&mut cbuf), if client_open => {
                 match r {
                     Ok(0) => { client_open = false; continue; }

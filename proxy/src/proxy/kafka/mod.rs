@@ -55,6 +55,7 @@ pub fn start(
     kafka: Arc<KafkaProxy>,
     tcp: std::net::TcpListener,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    drain_timeout: Duration,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -66,7 +67,8 @@ pub fn start(
                 tcp,
                 "Kafka",
                 shutdown,
-                |stream, client| serve_conn(kafka.clone(), stream, client),
+                drain_timeout,
+                |stream, client, drain| serve_conn(kafka.clone(), stream, client, drain),
             ));
             rt.shutdown_timeout(Duration::from_millis(200));
         })
@@ -165,8 +167,14 @@ fn body(frame: &[u8]) -> &[u8] {
     &frame[parsers::kafka::FRAME_PREFIX_LEN..]
 }
 
-/// Serves one client connection.
-pub async fn serve_conn(k: Arc<KafkaProxy>, stream: TcpStream, client: SocketAddr) {
+/// Serves one client connection; once `drain` turns true, reads no more requests and ends
+/// when every response it owes is written.
+pub async fn serve_conn(
+    k: Arc<KafkaProxy>,
+    stream: TcpStream,
+    client: SocketAddr,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+) {
     let orig_dst = match stream.local_addr() {
         Ok(a) => a,
         Err(e) => {
@@ -197,10 +205,11 @@ pub async fn serve_conn(k: Arc<KafkaProxy>, stream: TcpStream, client: SocketAdd
     // Bytes of the broker response being passed through that are still to come.
     let mut response_left = 0usize;
     loop {
-        if !client_open && owed.is_empty() {
+        if !client_open && owed.is_empty() && response_left == 0 {
             break;
         }
         tokio::select! {
+            _ = async { drop(drain.wait_for(|d| *d).await) }, if client_open => { client_open = false; continue; }
             r = async { reserve_for_read(&mut cbuf, 0); cr.read_buf(&mut cbuf).await }, if client_open => {
                 match r {
                     // Kafka clients never half-close: the client is gone, and so is the need
