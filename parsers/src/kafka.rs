@@ -144,9 +144,10 @@ pub const ROLE_PRODUCE: &[i16] = &[0, 3, 17, 18, 22, 24, 26, 36];
 
 /// API keys of the `role: consume` shorthand: Cilium's Fetch, ListOffsets, Metadata,
 /// OffsetCommit, OffsetFetch, FindCoordinator, JoinGroup, Heartbeat, LeaveGroup, SyncGroup and
-/// ApiVersions, and (Ward's extension) SaslHandshake, SaslAuthenticate and the KIP-848
+/// ApiVersions, and (Ward's extension) SaslHandshake, SaslAuthenticate, OffsetForLeaderEpoch
+/// (KIP-320: a consumer checks its position after a leader change) and the KIP-848
 /// consumer-group ConsumerGroupHeartbeat and ConsumerGroupDescribe.
-pub const ROLE_CONSUME: &[i16] = &[1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 17, 18, 36, 68, 69];
+pub const ROLE_CONSUME: &[i16] = &[1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 17, 18, 23, 36, 68, 69];
 
 /// The API key for a policy's `apiKey` name, case-insensitively: Cilium's names (`offsets`,
 /// `produce`, …) and the current Apache Kafka names (`listoffsets`, `saslauthenticate`, …).
@@ -617,7 +618,7 @@ pub fn unsupported_api_versions(frame: &[u8]) -> Option<Vec<u8>> {
 fn api_key_has_body_walker(api_key: i16) -> bool {
     (0..=3).contains(&api_key)
         || (8..=10).contains(&api_key)
-        || matches!(api_key, 15 | 19 | 20 | 22 | 24 | 42)
+        || matches!(api_key, 15 | 19 | 20 | 22 | 23 | 24 | 42)
 }
 
 /// The error code Ward's deny response to `req` carries (docs/policy-semantics.md §4.3): per
@@ -648,7 +649,9 @@ pub fn deny_error_code(req: &KafkaRequest, frame: &[u8]) -> Option<i16> {
             Some(_) => TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
             None => CLUSTER_AUTHORIZATION_FAILED,
         },
-        ApiKey::CreateTopics | ApiKey::DeleteTopics => TOPIC_AUTHORIZATION_FAILED,
+        ApiKey::CreateTopics | ApiKey::DeleteTopics | ApiKey::OffsetForLeaderEpoch => {
+            TOPIC_AUTHORIZATION_FAILED
+        }
         ApiKey::DescribeGroups | ApiKey::DeleteGroups => GROUP_AUTHORIZATION_FAILED,
         ApiKey::CreateDelegationToken
         | ApiKey::RenewDelegationToken
@@ -784,6 +787,29 @@ pub fn deny_response(req: &KafkaRequest, frame: &[u8]) -> Option<Vec<u8>> {
             deny_find_coordinator(&body, version, code).encode(&mut out, version)
         }
         ApiKey::AddPartitionsToTxn => deny_add_partitions_to_txn(&body).encode(&mut out, version),
+        ApiKey::OffsetForLeaderEpoch => m::OffsetForLeaderEpochResponse::default()
+            .with_topics(
+                topics_of(&body)
+                    .iter()
+                    .map(|t| {
+                        m::offset_for_leader_epoch_response::OffsetForLeaderTopicResult::default()
+                            .with_topic(topic_name(t.name))
+                            .with_partitions(
+                                t.partitions
+                                    .iter()
+                                    .map(|&p| {
+                                        m::offset_for_leader_epoch_response::EpochEndOffset::default()
+                                            .with_partition(p)
+                                            .with_error_code(code)
+                                            .with_leader_epoch(-1)
+                                            .with_end_offset(-1)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            )
+            .encode(&mut out, version),
         ApiKey::CreateTopics => m::CreateTopicsResponse::default()
             .with_topics(
                 topics_of(&body)
@@ -1486,6 +1512,18 @@ fn walk(api_key: i16, v: i16, body: &[u8], keep: bool) -> Walk<Body<'_>> {
         ApiKey::InitProducerId => {
             out.walked_topics = false;
             out.transactional_id = r.nullable_string()?;
+        }
+        ApiKey::OffsetForLeaderEpoch => {
+            if v >= 3 {
+                r.skip(4)?; // replica_id
+            }
+            out.topics = r.topics(false, keep, named, |r| {
+                let partition = r.i32()?;
+                // current_leader_epoch (v2+), leader_epoch
+                r.skip(if v >= 2 { 8 } else { 4 })?;
+                r.skip_tagged_fields()?;
+                Ok(partition)
+            })?;
         }
         ApiKey::CreateTopics => {
             out.topics = Some({
@@ -2468,6 +2506,37 @@ mod tests {
         let req = parse_request(&frame).unwrap();
         assert_eq!(deny_error_code(&req, &frame), None);
         assert_eq!(deny_response(&req, &frame), None);
+    }
+
+    #[test]
+    fn offset_for_leader_epoch_names_its_topics_and_is_denied_per_partition() {
+        use kafka_protocol::messages::offset_for_leader_epoch_request::*;
+        use kafka_protocol::messages::*;
+        let body = OffsetForLeaderEpochRequest::default().with_topics(
+            TOPICS
+                .iter()
+                .map(|t| {
+                    OffsetForLeaderTopic::default()
+                        .with_topic(name(t))
+                        .with_partitions(vec![
+                            OffsetForLeaderPartition::default().with_partition(0),
+                            OffsetForLeaderPartition::default().with_partition(3),
+                        ])
+                })
+                .collect(),
+        );
+        for version in versions(ApiKey::OffsetForLeaderEpoch) {
+            let (req, deny) = parse_and_deny(ApiKey::OffsetForLeaderEpoch, version, &body);
+            assert_eq!(req.topics, want_topics(), "v{version}");
+            let resp: OffsetForLeaderEpochResponse =
+                decode_response(ApiKey::OffsetForLeaderEpoch, version, &deny);
+            let got: Vec<(i32, i16)> = resp
+                .topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| (p.partition, p.error_code)))
+                .collect();
+            assert_eq!(got, [(0, 29), (3, 29), (0, 29), (3, 29)], "v{version}");
+        }
     }
 
     #[test]

@@ -76,10 +76,10 @@ pub enum KafkaVerdict {
     Denied { uncovered: Vec<String> },
 }
 
-/// Keys whose topics Cilium's Kafka parser reads (§4.2), and AddPartitionsToTxn (24, Ward's
-/// extension with the `role: produce` keys): for every other key a request counts as carrying
+/// Keys whose topics Cilium's Kafka parser reads (§4.2), and OffsetForLeaderEpoch (23) and
+/// AddPartitionsToTxn (24), Ward's extensions with the roles' keys: for every other key a request counts as carrying
 /// no topic, so a topic-restricted rule never matches it.
-pub const PARSED_TOPIC_KEYS: [i16; 7] = [0, 1, 2, 3, 8, 9, 24];
+pub const PARSED_TOPIC_KEYS: [i16; 8] = [0, 1, 2, 3, 8, 9, 23, 24];
 
 /// OR of rules with topic coverage. An empty rule list denies everything.
 pub fn check<R: std::borrow::Borrow<KafkaRule>>(
@@ -236,6 +236,8 @@ mod tests {
         assert!(!allowed(&produce, 1, &["orders"]), "fetch is not produce");
         let consume = [rule(parsers::kafka::ROLE_CONSUME, Some("orders"))];
         assert!(allowed(&consume, 17, &[]) && allowed(&consume, 36, &[]));
+        assert!(allowed(&consume, 23, &["orders"]), "OffsetForLeaderEpoch");
+        assert!(!allowed(&consume, 23, &["orders", "audit"]));
         assert!(allowed(&consume, 68, &[]), "KIP-848 ConsumerGroupHeartbeat");
         assert!(allowed(&consume, 69, &[]), "KIP-848 ConsumerGroupDescribe");
         assert!(!allowed(&consume, 22, &[]), "InitProducerId is not consume");
