@@ -591,6 +591,18 @@ impl Scene {
         panic!("ward run did not become ready:\n{}", self.ward_log());
     }
 
+    /// The node's `/metrics` text (empty when Ward does not answer).
+    pub fn metrics(&self) -> String {
+        let out = self.node(&[
+            "curl",
+            "-s",
+            "--max-time",
+            "3",
+            "http://127.0.0.1:9962/metrics",
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Stops `ward run` with SIGTERM (the datapath stays attached).
     pub fn stop_ward(&mut self) {
         let _ = self.terminate_ward();

@@ -365,17 +365,6 @@ print("audit holds", len([m for m in c]))
 c.close()
 "#;
 
-fn metrics(s: &Scene) -> String {
-    let out = s.node(&[
-        "curl",
-        "-s",
-        "--max-time",
-        "3",
-        "http://127.0.0.1:9962/metrics",
-    ]);
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn two_kafka_clients_are_judged_by_topic_and_crafted_frames_never_pass() {
     if !privileged("two_kafka_clients_are_judged_by_topic_and_crafted_frames_never_pass") {
@@ -684,7 +673,7 @@ a.close()
         "{text}"
     );
     assert!(text.lines().all(|l| l.contains("kafka-request")), "{text}");
-    let m = metrics(&s);
+    let m = s.metrics();
     assert!(
         m.contains(r#"ward_kafka_requests_total{api_key="produce",verdict="DROPPED"}"#)
             && m.contains(r#"ward_kafka_requests_total{api_key="fetch",verdict="FORWARDED"}"#),

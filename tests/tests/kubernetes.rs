@@ -154,10 +154,10 @@ fn policies_come_from_the_kubernetes_api() {
                 && e["note"].as_str().is_some_and(|n| n.contains("99999"))
         })
     });
-    assert!(metrics(&s).contains("ward_policy_rejected_documents 1\n"));
+    assert!(s.metrics().contains("ward_policy_rejected_documents 1\n"));
     api.delete("CiliumNetworkPolicy", "default", "broken");
     eventually("the refusal cleared", || {
-        metrics(&s).contains("ward_policy_rejected_documents 0\n")
+        s.metrics().contains("ward_policy_rejected_documents 0\n")
     });
     // Reported once: no Event storm while it stayed refused.
     let reported = api
@@ -314,7 +314,6 @@ fn namespace_labels_from_the_api_change_verdicts() {
     eventually("denied again", || s.curl("tiefighter", LAND).0 == 28);
 }
 
-/// `GET /readyz` on the node's metrics port: the HTTP status.
 /// Sets its flag when dropped.
 struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
 
@@ -324,18 +323,7 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
-/// The node's `/metrics` text.
-fn metrics(s: &Scene) -> String {
-    let out = s.node(&[
-        "curl",
-        "-s",
-        "--max-time",
-        "3",
-        "http://127.0.0.1:9962/metrics",
-    ]);
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
+/// `GET /readyz` on the node's metrics port: the HTTP status.
 fn readyz(s: &Scene) -> String {
     let out = s.node(&[
         "curl",

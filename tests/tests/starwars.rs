@@ -149,14 +149,7 @@ fn starwars_story() {
 
     // 5. Metrics: the kernel's drops by reason (read from its counters at scrape time) and
     // the proxy's verdicts.
-    let out = s.node(&[
-        "curl",
-        "-s",
-        "--max-time",
-        "3",
-        "http://127.0.0.1:9962/metrics",
-    ]);
-    let metrics = String::from_utf8_lossy(&out.stdout);
+    let metrics = s.metrics();
     let value = |name: &str| {
         metrics
             .lines()

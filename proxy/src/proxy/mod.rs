@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{info, warn, Instrument};
+use tracing::{warn, Instrument};
 
 pub use context::Proxy;
 
@@ -74,26 +74,8 @@ impl Workers {
                                     .instrument(span),
                             );
                         }
-                        while conns.try_join_next().is_some() {}
-                        if conns.is_empty() {
-                            return;
-                        }
-                        let open = conns.len();
-                        let _ = drain_tx.send(true);
-                        let drained = tokio::time::timeout(drain_timeout, async {
-                            while conns.join_next().await.is_some() {}
-                        })
-                        .await;
-                        match drained {
-                            Ok(()) => info!(worker = i, connections = open, "drained"),
-                            Err(_) => warn!(
-                                worker = i,
-                                cut = conns.len(),
-                                of = open,
-                                timeout_ms = drain_timeout.as_millis() as u64,
-                                "drain timeout: connections still open are cut"
-                            ),
-                        }
+                        let what = format!("HTTP worker {i}");
+                        transport::drain(conns, drain_tx, drain_timeout, &what).await;
                     })
                 })?;
             senders.push(tx);

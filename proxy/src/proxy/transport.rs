@@ -62,13 +62,25 @@ pub async fn accept_until<F, Fut>(
             _ = shutdown.changed() => break,
         }
     }
+    drain(conns, drain_tx, drain_timeout, what).await;
+}
+
+/// Drains a listener's connections: `drain` turns true (each connection finishes what it holds
+/// and ends), and they get up to `timeout`; what is left is cut when `conns` drops. Logs how
+/// many drained, or how many were cut.
+pub async fn drain(
+    mut conns: tokio::task::JoinSet<()>,
+    drain: tokio::sync::watch::Sender<bool>,
+    timeout: std::time::Duration,
+    what: &str,
+) {
     while conns.try_join_next().is_some() {}
     if conns.is_empty() {
         return;
     }
     let open = conns.len();
-    let _ = drain_tx.send(true);
-    let drained = tokio::time::timeout(drain_timeout, async {
+    let _ = drain.send(true);
+    let drained = tokio::time::timeout(timeout, async {
         while conns.join_next().await.is_some() {}
     })
     .await;
@@ -77,6 +89,7 @@ pub async fn accept_until<F, Fut>(
         Err(_) => warn!(
             cut = conns.len(),
             of = open,
+            timeout_ms = timeout.as_millis() as u64,
             "{what}: drain timeout: connections still open are cut"
         ),
     }
