@@ -612,13 +612,14 @@ pub fn unsupported_api_versions(frame: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// The keys whose bodies are walked: the six topic-bearing kinds Cilium parses,
-/// AddPartitionsToTxn (topics, Ward's extension), and FindCoordinator, InitProducerId,
-/// CreateTopics, DeleteTopics, DescribeGroups and DeleteGroups (for their deny responses;
-/// the topics of CreateTopics and DeleteTopics stay invisible to rules, as in Cilium).
+/// OffsetForLeaderEpoch and AddPartitionsToTxn (topics, Ward's extension), and FindCoordinator,
+/// InitProducerId, CreateTopics, DeleteTopics, DescribeGroups, DeleteGroups, TxnOffsetCommit
+/// and DescribeConfigs (for their deny responses; the topics of CreateTopics, DeleteTopics and
+/// TxnOffsetCommit stay invisible to rules, as in Cilium).
 fn api_key_has_body_walker(api_key: i16) -> bool {
     (0..=3).contains(&api_key)
         || (8..=10).contains(&api_key)
-        || matches!(api_key, 15 | 19 | 20 | 22 | 23 | 24 | 42)
+        || matches!(api_key, 15 | 19 | 20 | 22 | 23 | 24 | 28 | 32 | 42)
 }
 
 /// The error code Ward's deny response to `req` carries (docs/policy-semantics.md §4.3): per
@@ -652,7 +653,15 @@ pub fn deny_error_code(req: &KafkaRequest, frame: &[u8]) -> Option<i16> {
         ApiKey::CreateTopics | ApiKey::DeleteTopics | ApiKey::OffsetForLeaderEpoch => {
             TOPIC_AUTHORIZATION_FAILED
         }
-        ApiKey::DescribeGroups | ApiKey::DeleteGroups => GROUP_AUTHORIZATION_FAILED,
+        ApiKey::DescribeGroups | ApiKey::DeleteGroups | ApiKey::TxnOffsetCommit => {
+            GROUP_AUTHORIZATION_FAILED
+        }
+        ApiKey::DescribeConfigs => transactional()?
+            .resources
+            .first()
+            .map_or(CLUSTER_AUTHORIZATION_FAILED, |&(kind, _)| {
+                config_resource_error(kind)
+            }),
         ApiKey::CreateDelegationToken
         | ApiKey::RenewDelegationToken
         | ApiKey::ExpireDelegationToken
@@ -806,6 +815,40 @@ pub fn deny_response(req: &KafkaRequest, frame: &[u8]) -> Option<Vec<u8>> {
                                     })
                                     .collect(),
                             )
+                    })
+                    .collect(),
+            )
+            .encode(&mut out, version),
+        ApiKey::TxnOffsetCommit => m::TxnOffsetCommitResponse::default()
+            .with_topics(
+                topics_of(&body)
+                    .iter()
+                    .map(|t| {
+                        m::txn_offset_commit_response::TxnOffsetCommitResponseTopic::default()
+                            .with_name(topic_name(t.name))
+                            .with_partitions(
+                                t.partitions
+                                    .iter()
+                                    .map(|&p| {
+                                        m::txn_offset_commit_response::TxnOffsetCommitResponsePartition::default()
+                                            .with_partition_index(p)
+                                            .with_error_code(code)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            )
+            .encode(&mut out, version),
+        ApiKey::DescribeConfigs => m::DescribeConfigsResponse::default()
+            .with_results(
+                body.resources
+                    .iter()
+                    .map(|&(kind, name)| {
+                        m::describe_configs_response::DescribeConfigsResult::default()
+                            .with_error_code(config_resource_error(kind))
+                            .with_resource_type(kind)
+                            .with_resource_name(StrBytes::from_string(name.to_owned()))
                     })
                     .collect(),
             )
@@ -1062,6 +1105,16 @@ fn deny_offset_fetch(
     }
 }
 
+/// The authorization error for a config resource: a topic (2), a group (3), else the cluster
+/// (a broker, a broker logger, client metrics).
+fn config_resource_error(kind: i8) -> i16 {
+    match kind {
+        2 => TOPIC_AUTHORIZATION_FAILED,
+        3 => GROUP_AUTHORIZATION_FAILED,
+        _ => CLUSTER_AUTHORIZATION_FAILED,
+    }
+}
+
 fn deny_add_partitions_to_txn(
     body: &Body<'_>,
 ) -> kafka_protocol::messages::AddPartitionsToTxnResponse {
@@ -1151,6 +1204,8 @@ struct Body<'a> {
     fetch_session: Option<FetchSession>,
     /// DescribeGroups and DeleteGroups: the groups named.
     names: Vec<&'a str>,
+    /// DescribeConfigs: the resources (type, name).
+    resources: Vec<(i8, &'a str)>,
 }
 
 type Walk<T> = Result<T, &'static str>;
@@ -1524,6 +1579,40 @@ fn walk(api_key: i16, v: i16, body: &[u8], keep: bool) -> Walk<Body<'_>> {
                 r.skip_tagged_fields()?;
                 Ok(partition)
             })?;
+        }
+        ApiKey::TxnOffsetCommit => {
+            r.string()?; // transactional_id
+            r.string()?; // group_id
+            r.skip(8 + 2)?; // producer_id, producer_epoch
+            if v >= 3 {
+                r.skip(4)?; // generation_id
+                r.string()?; // member_id
+                r.nullable_string()?; // group_instance_id
+            }
+            out.topics = r.topics(false, keep, named, |r| {
+                let index = r.i32()?;
+                r.skip(8)?; // committed_offset
+                if v >= 2 {
+                    r.skip(4)?; // committed_leader_epoch
+                }
+                r.nullable_string()?; // committed_metadata
+                r.skip_tagged_fields()?;
+                Ok(index)
+            })?;
+        }
+        ApiKey::DescribeConfigs => {
+            out.walked_topics = false;
+            for _ in 0..r.array()? {
+                let kind = r.take(1)?[0] as i8;
+                let name = r.string()?;
+                if let Some(n) = r.nullable_array()? {
+                    for _ in 0..n {
+                        r.string()?; // configuration_keys
+                    }
+                }
+                r.skip_tagged_fields()?;
+                out.resources.push((kind, name));
+            }
         }
         ApiKey::CreateTopics => {
             out.topics = Some({
@@ -2498,11 +2587,7 @@ mod tests {
             31
         );
         // A key Ward has no answer for: no deny response, so the proxy closes the connection.
-        let frame = encode_request(
-            ApiKey::DescribeConfigs,
-            4,
-            &DescribeConfigsRequest::default(),
-        );
+        let frame = encode_request(ApiKey::AlterConfigs, 2, &AlterConfigsRequest::default());
         let req = parse_request(&frame).unwrap();
         assert_eq!(deny_error_code(&req, &frame), None);
         assert_eq!(deny_response(&req, &frame), None);
@@ -2536,6 +2621,64 @@ mod tests {
                 .flat_map(|t| t.partitions.iter().map(|p| (p.partition, p.error_code)))
                 .collect();
             assert_eq!(got, [(0, 29), (3, 29), (0, 29), (3, 29)], "v{version}");
+        }
+    }
+
+    #[test]
+    fn txn_offset_commit_and_describe_configs_are_denied_item_by_item() {
+        use kafka_protocol::messages::*;
+        for version in versions(ApiKey::TxnOffsetCommit) {
+            let body = TxnOffsetCommitRequest::default()
+                .with_group_instance_id(
+                    (version >= 3).then(|| StrBytes::from_static_str("i1")),
+                )
+                .with_topics(
+                    TOPICS
+                        .iter()
+                        .map(|t| {
+                            txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
+                                .with_name(name(t))
+                                .with_partitions(vec![
+                                    txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
+                                        .with_partition_index(2)
+                                        .with_committed_metadata(Some(StrBytes::from_static_str("m"))),
+                                ])
+                        })
+                        .collect(),
+                );
+            let (req, deny) = parse_and_deny(ApiKey::TxnOffsetCommit, version, &body);
+            assert_eq!(req.topics, want_topics(), "v{version}");
+            let resp: TxnOffsetCommitResponse =
+                decode_response(ApiKey::TxnOffsetCommit, version, &deny);
+            let got: Vec<(i32, i16)> = resp
+                .topics
+                .iter()
+                .flat_map(|t| {
+                    t.partitions
+                        .iter()
+                        .map(|p| (p.partition_index, p.error_code))
+                })
+                .collect();
+            assert_eq!(got, [(2, 30), (2, 30)], "v{version}");
+        }
+        for version in versions(ApiKey::DescribeConfigs) {
+            let resource = |kind: i8, n: &'static str| {
+                describe_configs_request::DescribeConfigsResource::default()
+                    .with_resource_type(kind)
+                    .with_resource_name(StrBytes::from_static_str(n))
+                    .with_configuration_keys(Some(vec![StrBytes::from_static_str("k")]))
+            };
+            let body = DescribeConfigsRequest::default()
+                .with_resources(vec![resource(2, "orders"), resource(4, "1")]);
+            let (_, deny) = parse_and_deny(ApiKey::DescribeConfigs, version, &body);
+            let resp: DescribeConfigsResponse =
+                decode_response(ApiKey::DescribeConfigs, version, &deny);
+            let got: Vec<_> = resp
+                .results
+                .iter()
+                .map(|r| (r.resource_type, r.resource_name.as_str(), r.error_code))
+                .collect();
+            assert_eq!(got, [(2, "orders", 29), (4, "1", 31)], "v{version}");
         }
     }
 
