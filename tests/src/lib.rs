@@ -66,6 +66,22 @@ pub fn peers_python() -> PathBuf {
     p
 }
 
+/// The tansu Kafka broker (`cargo xtask test` builds it and sets `WARD_TANSU`; else cargo's
+/// bin directory).
+pub fn tansu() -> PathBuf {
+    let p = std::env::var_os("WARD_TANSU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/tansu")
+        });
+    assert!(
+        p.exists(),
+        "{} is missing: `cargo xtask test` builds it",
+        p.display()
+    );
+    p
+}
+
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -589,6 +605,46 @@ impl Scene {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("ward run did not become ready:\n{}", self.ward_log());
+    }
+
+    /// Starts a tansu broker (memory storage) in `pod` listening and advertised on `port`,
+    /// with `topics` of one partition each; returns its `tcp://IP:PORT` URL.
+    pub fn start_tansu(&mut self, pod: &str, port: u16, topics: &[&str]) -> String {
+        let tansu = tansu();
+        let tansu = tansu.to_str().expect("a UTF-8 path");
+        let url = format!("tcp://{}:{port}", self.pod(pod).ip);
+        self.spawn_in(
+            pod,
+            &[
+                tansu,
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            &format!("tansu-{port}.log"),
+        );
+        self.wait_port(pod, port);
+        for topic in topics {
+            let out = self.exec(
+                pod,
+                &[
+                    tansu,
+                    "topic",
+                    "create",
+                    "--broker",
+                    &url,
+                    "--partitions",
+                    "1",
+                    topic,
+                ],
+            );
+            assert!(out.status.success(), "tansu topic create {topic}: {out:?}");
+        }
+        url
     }
 
     /// The node's `/metrics` text (empty when Ward does not answer).

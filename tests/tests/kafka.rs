@@ -4,7 +4,6 @@
 //! frames (a stolen fetch session, SaslHandshake v0, a TLS ClientHello, 10,000 random frames)
 //! come from raw sockets in the same pods.
 
-use std::path::PathBuf;
 use std::time::Duration;
 use ward_tests::{peers_python, privileged, Scene, KAFKA_LISTENER};
 
@@ -32,20 +31,6 @@ spec:
         - role: consume
           topic: orders
 "#;
-
-fn tansu() -> PathBuf {
-    let p = std::env::var_os("WARD_TANSU")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/tansu")
-        });
-    assert!(
-        p.exists(),
-        "{} is missing: `cargo xtask test` builds it",
-        p.display()
-    );
-    p
-}
 
 /// Runs a Python script in `pod` with `BS` (the bootstrap address) defined; stdout + stderr.
 fn py(s: &Scene, pod: &str, bootstrap: &str, script: &str) -> String {
@@ -376,39 +361,7 @@ fn two_kafka_clients_are_judged_by_topic_and_crafted_frames_never_pass() {
     s.add_pod("xwing", "default", &[("app", "xwing")]);
     let broker = s.add_pod("kafka", "default", &[("app", "kafka")]);
     s.kafka_listener = Some(KAFKA_LISTENER);
-    let url = format!("tcp://{}:9092", broker.ip);
-    let tansu = tansu();
-    s.spawn_in(
-        "kafka",
-        &[
-            tansu.to_str().unwrap(),
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "memory://tansu/",
-        ],
-        "tansu.log",
-    );
-    s.wait_port("kafka", 9092);
-    for topic in ["orders", "audit"] {
-        let out = s.exec(
-            "kafka",
-            &[
-                tansu.to_str().unwrap(),
-                "topic",
-                "create",
-                "--broker",
-                &url,
-                "--partitions",
-                "1",
-                topic,
-            ],
-        );
-        assert!(out.status.success(), "{out:?}");
-    }
+    s.start_tansu("kafka", 9092, &["orders", "audit"]);
     s.write_policy("kafka.yaml", POLICY);
     s.start_ward();
     let bs = format!("{}:9092", broker.ip);

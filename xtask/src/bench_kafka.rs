@@ -119,46 +119,13 @@ pub fn figures(smoke: bool, python: &std::path::Path) -> Result<serde_json::Valu
     } else {
         (3, 5.0, 500, 10.0)
     };
-    let tansu = std::env::var_os("WARD_TANSU").context("WARD_TANSU is not set")?;
-    let tansu = tansu.to_string_lossy().into_owned();
     let python = python.to_string_lossy().into_owned();
     let mut s = Scene::new("bkf");
     s.add_pod("client", "default", &[("role", "kafka-client")]);
     let broker = s.add_pod("kafka", "default", &[("app", "kafka")]);
     s.kafka_listener = Some(KAFKA_LISTENER);
     for port in [9092, 9093] {
-        let url = format!("tcp://{}:{port}", broker.ip);
-        s.spawn_in(
-            "kafka",
-            &[
-                &tansu,
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            &format!("tansu-{port}.log"),
-        );
-        s.wait_port("kafka", port);
-        let out = s.exec(
-            "kafka",
-            &[
-                &tansu,
-                "topic",
-                "create",
-                "--broker",
-                &url,
-                "--partitions",
-                "1",
-                "bench",
-            ],
-        );
-        if !out.status.success() {
-            bail!("tansu topic create on {port}: {out:?}");
-        }
+        s.start_tansu("kafka", port, &["bench"]);
     }
     s.write_policy("bench-kafka.yaml", POLICY);
     s.start_ward();
