@@ -1,21 +1,23 @@
 //! Kafka: the API-key names Cilium policies use, the topic/role key sets of Cilium's Kafka
 //! matcher (docs/policy-semantics.md §4), request framing and parsing, and the deny responses a
-//! proxy injects (§4.3), for every API version `kafka-protocol` knows, flexible versions included.
+//! proxy injects (§4.3), for every API version Ward knows, flexible versions included.
 //!
-//! Request headers are decoded and deny responses encoded with `kafka-protocol`. Request *bodies*
-//! are walked by this module instead: `kafka-protocol` 0.15 sizes each `Vec` from the array length
-//! on the wire before decoding a single element, so a 10-byte request declaring 2^31 topics would
-//! make it allocate gigabytes and abort the proxy. The walker reads only the fields up to and
-//! including the topic list (following `kafka-protocol`'s schemas, which the tests cross-check by
-//! encoding every version with `kafka-protocol` and walking it back), checks every count against
-//! the bytes left and [`MAX_ARRAY_LEN`], and allocates only for what it actually read.
+//! Versions come from two releases of `kafka-protocol`: 0.17 (Kafka 4.x schemas) and, below its
+//! minimum for a key, 0.15 (Kafka 3.9), because Kafka 4.0 dropped Produce v0–2, Fetch v0–3 and
+//! other old versions (KIP-896) that Cilium's v0–5 tables and Kafka 3.x brokers still use. Deny
+//! responses are encoded with the release that knows the version (`kafka_deny.rs`, included
+//! once per release); the unit tests run once per release too (`kafka_tests.rs`).
+//!
+//! Request headers and bodies are walked by this module, never decoded with `kafka-protocol`:
+//! it sizes each `Vec` from the array length on the wire before decoding a single element, so a
+//! 10-byte request declaring 2^31 topics would make it allocate gigabytes and abort the proxy.
+//! The walker reads only the fields up to and including the topic list (following
+//! `kafka-protocol`'s schemas, which the tests cross-check by encoding every version with both
+//! releases and walking it back), checks every count against the bytes left and
+//! [`MAX_ARRAY_LEN`], and allocates only for what it actually read.
 
 use bytes::BufMut;
-use kafka_protocol::messages::{
-    fetch_response, find_coordinator_response, list_offsets_response, metadata_response,
-    offset_commit_response, offset_fetch_response, produce_response, ApiKey, BrokerId, GroupId,
-    RequestHeader, ResponseHeader, TopicName,
-};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 use crate::Status;
@@ -123,11 +125,24 @@ const API_KEY_NAMES: &[(&str, i16)] = &[
     ("gettelemetrysubscriptions", 71),
     ("pushtelemetry", 72),
     ("assignreplicastodirs", 73),
+    ("listconfigresources", 74),
     ("listclientmetricsresources", 74),
     ("describetopicpartitions", 75),
+    ("sharegroupheartbeat", 76),
+    ("sharegroupdescribe", 77),
+    ("sharefetch", 78),
+    ("shareacknowledge", 79),
     ("addraftvoter", 80),
     ("removeraftvoter", 81),
     ("updateraftvoter", 82),
+    ("initializesharegroupstate", 83),
+    ("readsharegroupstate", 84),
+    ("writesharegroupstate", 85),
+    ("deletesharegroupstate", 86),
+    ("readsharegroupstatesummary", 87),
+    ("describesharegroupoffsets", 90),
+    ("altersharegroupoffsets", 91),
+    ("deletesharegroupoffsets", 92),
 ];
 
 /// Request kinds whose topics Cilium's matcher checks against a rule's `topic`
@@ -424,12 +439,12 @@ pub fn frame_within(buf: &[u8], max: usize) -> Result<Status<&[u8]>, KafkaError>
 /// Parses a request frame (without its size prefix): header with `kafka-protocol`, topics with
 /// this module's walker. Unknown keys and versions are errors.
 pub fn parse_request(frame: &[u8]) -> Result<KafkaRequest, KafkaError> {
-    let (api_key, version, header, header_len) = parse_header(frame)?;
+    let (api_key, version, correlation_id, client_id, header_len) = parse_header(frame)?;
     let mut request = KafkaRequest {
         api_key,
         api_version: version,
-        correlation_id: header.correlation_id,
-        client_id: header.client_id.map(|c| c.to_string()),
+        correlation_id,
+        client_id: client_id.map(str::to_owned),
         topics: Vec::new(),
         topic_ids_only: false,
         topic_ids: Vec::new(),
@@ -506,28 +521,26 @@ impl<'a> TopicNames<'a> {
 /// `UNSUPPORTED_VERSION`: the ApiVersions answer to a client newer than Ward (KIP-511).
 pub const UNSUPPORTED_VERSION: i16 = 35;
 
-/// The versions of `api_key` Ward can inspect: what `kafka-protocol` decodes, without the
-/// versions that name topics only by ID where Ward does not resolve IDs yet (Produce v13+,
-/// OffsetCommit v10+; Fetch v13+ IDs are resolved through the proxy's topic-ID map).
-/// `None` for keys `kafka-protocol` does not know.
+/// The versions of `api_key` Ward can inspect: what `kafka-protocol` 0.17 and, below its
+/// minimums, 0.15 know; topics named by ID (Fetch v13+, Produce v13) are
+/// resolved through the proxy's topic-ID map. `None` for keys neither knows.
 pub fn inspectable_versions(api_key: i16) -> Option<(i16, i16)> {
-    let key = ApiKey::try_from(api_key).ok()?;
-    let range = key.valid_versions();
+    let (min, max) = known_versions(api_key)?;
     // SaslHandshake v0 is followed by raw SASL tokens without Kafka framing, which Ward
     // cannot judge; v1 wraps them in SaslAuthenticate requests.
-    let min = if key == ApiKey::SaslHandshake {
-        range.min.max(1)
+    let min = if api_key == ApiKey::SaslHandshake as i16 {
+        min.max(1)
     } else {
-        range.min
+        min
     };
-    let cap = match key {
-        ApiKey::Produce => 12,
-        ApiKey::OffsetCommit => 9,
-        // v4+ batches transactions for broker-to-broker verification; clients send v0–3.
-        ApiKey::AddPartitionsToTxn => 3,
-        _ => i16::MAX,
+    // AddPartitionsToTxn v4+ batches transactions for broker-to-broker verification; clients
+    // send v0–3.
+    let cap = if api_key == ApiKey::AddPartitionsToTxn as i16 {
+        3
+    } else {
+        i16::MAX
     };
-    Some((min, range.max.min(cap)))
+    Some((min, max.min(cap)))
 }
 
 /// Ward's answer to a SaslHandshake v0, after which the client would send raw SASL tokens Ward
@@ -619,7 +632,28 @@ pub fn unsupported_api_versions(frame: &[u8]) -> Option<Vec<u8>> {
 fn api_key_has_body_walker(api_key: i16) -> bool {
     (0..=3).contains(&api_key)
         || (8..=10).contains(&api_key)
-        || matches!(api_key, 15 | 19 | 20 | 22 | 23 | 24 | 28 | 32 | 42)
+        || matches!(
+            api_key,
+            15 | 19
+                | 20
+                | 21
+                | 22
+                | 23
+                | 24
+                | 28
+                | 30
+                | 31
+                | 32
+                | 33
+                | 37
+                | 42
+                | 43
+                | 44
+                | 61
+                | 65
+                | 69
+                | 75
+        )
 }
 
 /// The error code Ward's deny response to `req` carries (docs/policy-semantics.md §4.3): per
@@ -650,18 +684,35 @@ pub fn deny_error_code(req: &KafkaRequest, frame: &[u8]) -> Option<i16> {
             Some(_) => TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
             None => CLUSTER_AUTHORIZATION_FAILED,
         },
-        ApiKey::CreateTopics | ApiKey::DeleteTopics | ApiKey::OffsetForLeaderEpoch => {
-            TOPIC_AUTHORIZATION_FAILED
+        ApiKey::CreateTopics
+        | ApiKey::DeleteTopics
+        | ApiKey::OffsetForLeaderEpoch
+        | ApiKey::DeleteRecords
+        | ApiKey::CreatePartitions
+        | ApiKey::DescribeProducers
+        | ApiKey::DescribeTopicPartitions => TOPIC_AUTHORIZATION_FAILED,
+        ApiKey::DescribeGroups
+        | ApiKey::DeleteGroups
+        | ApiKey::TxnOffsetCommit
+        | ApiKey::ConsumerGroupDescribe
+        | ApiKey::ShareGroupHeartbeat
+        | ApiKey::ShareFetch
+        | ApiKey::ShareAcknowledge => GROUP_AUTHORIZATION_FAILED,
+        ApiKey::DescribeTransactions => TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+        ApiKey::CreateAcls | ApiKey::DeleteAcls | ApiKey::ElectLeaders => {
+            CLUSTER_AUTHORIZATION_FAILED
         }
-        ApiKey::DescribeGroups | ApiKey::DeleteGroups | ApiKey::TxnOffsetCommit => {
-            GROUP_AUTHORIZATION_FAILED
+        // The top-level error code exists from v3.
+        ApiKey::DescribeLogDirs if req.api_version >= 3 => CLUSTER_AUTHORIZATION_FAILED,
+        ApiKey::ListConfigResources => CLUSTER_AUTHORIZATION_FAILED,
+        ApiKey::DescribeConfigs | ApiKey::AlterConfigs | ApiKey::IncrementalAlterConfigs => {
+            transactional()?
+                .resources
+                .first()
+                .map_or(CLUSTER_AUTHORIZATION_FAILED, |&(kind, _)| {
+                    config_resource_error(kind)
+                })
         }
-        ApiKey::DescribeConfigs => transactional()?
-            .resources
-            .first()
-            .map_or(CLUSTER_AUTHORIZATION_FAILED, |&(kind, _)| {
-                config_resource_error(kind)
-            }),
         ApiKey::CreateDelegationToken
         | ApiKey::RenewDelegationToken
         | ApiKey::ExpireDelegationToken
@@ -689,419 +740,177 @@ pub fn deny_error_code(req: &KafkaRequest, frame: &[u8]) -> Option<i16> {
     })
 }
 
-fn parse_header(frame: &[u8]) -> Result<(i16, i16, RequestHeader, usize), KafkaError> {
+/// The request header: api key, version, correlation id, client id (header v1+; `None` in
+/// v0 or when null) and the header's length. Read with the bounded reader, as both
+/// `kafka-protocol` releases lay it out (v2 adds tagged fields; the client id is never compact).
+fn parse_header(frame: &[u8]) -> Result<(i16, i16, i32, Option<&str>, usize), KafkaError> {
     if frame.len() < MIN_REQUEST_LEN {
         return Err(KafkaError::TooShort(frame.len()));
     }
     let api_key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
-    let key = ApiKey::try_from(api_key).map_err(|()| KafkaError::UnknownApiKey(api_key))?;
-    let range = key.valid_versions();
-    if version < range.min || version > range.max {
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let (min, max) = known_versions(api_key).ok_or(KafkaError::UnknownApiKey(api_key))?;
+    if version < min || version > max {
         return Err(KafkaError::UnsupportedVersion { api_key, version });
     }
-    let header_version = key.request_header_version(version);
-    let mut rest = frame;
-    let mut header = RequestHeader::decode(&mut rest, header_version)
-        .map_err(|_| KafkaError::MalformedHeader { api_key, version })?;
-    if header_version == 0 {
-        header.client_id = None;
+    let header_version = request_header_version(api_key, version)
+        .ok_or(KafkaError::UnsupportedVersion { api_key, version })?;
+    let malformed = |_| KafkaError::MalformedHeader { api_key, version };
+    let mut r = Reader {
+        buf: &frame[MIN_REQUEST_LEN..],
+        flexible: false,
+    };
+    let client_id = if header_version >= 1 {
+        r.nullable_string().map_err(malformed)?
+    } else {
+        None
+    };
+    if header_version >= 2 {
+        r.flexible = true;
+        r.skip_tagged_fields().map_err(malformed)?;
     }
-    Ok((api_key, version, header, frame.len() - rest.len()))
+    Ok((
+        api_key,
+        version,
+        correlation_id,
+        client_id,
+        frame.len() - r.buf.len(),
+    ))
 }
 
 /// Builds the response a denied request gets (docs/policy-semantics.md §4.3): the request's own
-/// response type, same correlation id, `TOPIC_AUTHORIZATION_FAILED` on every topic/partition
-/// (Produce, Fetch, ListOffsets, OffsetCommit, OffsetFetch), on every requested topic with no
-/// brokers (Metadata), or at the top level / per coordinator key (FindCoordinator). Returns the
-/// whole frame including the size prefix; `None` for other keys, for Produce with `acks = 0` (the
-/// client expects no response), or if `frame` does not parse.
+/// response type at the request's version, same correlation id, with the error of
+/// [`deny_error_code`] per topic/partition, per group or resource, or at the top level. Returns
+/// the whole frame including the size prefix; `None` for keys Ward has no answer for, for
+/// Produce with `acks = 0` (the client expects no response), or if `frame` does not parse.
+///
+/// Encoded with `kafka-protocol` 0.17 (Kafka 4.x) from its minimum version of the key up, and
+/// with 0.15 (Kafka 3.9) below it: Kafka 4.0 dropped Produce v0–2, Fetch v0–3 and others
+/// (KIP-896), which Cilium's v0–5 tables and Kafka 3.x brokers still use.
 pub fn deny_response(req: &KafkaRequest, frame: &[u8]) -> Option<Vec<u8>> {
-    use kafka_protocol::messages as m;
-    let key = ApiKey::try_from(req.api_key).ok()?;
     if req.no_response {
         return None;
     }
     let code = deny_error_code(req, frame)?;
-    let (_, _, _, header_len) = parse_header(frame).ok()?;
-    let version = req.api_version;
-    let header = ResponseHeader::default().with_correlation_id(req.correlation_id);
-    let header_version = key.response_header_version(version);
-    let mut out = Vec::with_capacity(256);
-    out.put_i32(0);
-    header.encode(&mut out, header_version).ok()?;
-    // Keys answered with a top-level error code alone.
-    macro_rules! top_level {
-        ($t:ty) => {
-            <$t>::default()
-                .with_error_code(code)
-                .encode(&mut out, version)
-        };
-    }
-    let generic = match key {
-        ApiKey::JoinGroup => Some(top_level!(m::JoinGroupResponse)),
-        ApiKey::Heartbeat => Some(top_level!(m::HeartbeatResponse)),
-        ApiKey::LeaveGroup => Some(top_level!(m::LeaveGroupResponse)),
-        ApiKey::SyncGroup => Some(top_level!(m::SyncGroupResponse)),
-        ApiKey::ListGroups => Some(top_level!(m::ListGroupsResponse)),
-        ApiKey::OffsetDelete => Some(top_level!(m::OffsetDeleteResponse)),
-        ApiKey::ConsumerGroupHeartbeat => Some(top_level!(m::ConsumerGroupHeartbeatResponse)),
-        ApiKey::InitProducerId => Some(
-            m::InitProducerIdResponse::default()
-                .with_error_code(code)
-                .with_producer_id(m::ProducerId(-1))
-                .with_producer_epoch(-1)
-                .encode(&mut out, version),
-        ),
-        ApiKey::AddOffsetsToTxn => Some(top_level!(m::AddOffsetsToTxnResponse)),
-        ApiKey::EndTxn => Some(top_level!(m::EndTxnResponse)),
-        ApiKey::DescribeAcls => Some(top_level!(m::DescribeAclsResponse)),
-        ApiKey::DescribeCluster => Some(top_level!(m::DescribeClusterResponse)),
-        ApiKey::ListTransactions => Some(top_level!(m::ListTransactionsResponse)),
-        ApiKey::GetTelemetrySubscriptions => Some(top_level!(m::GetTelemetrySubscriptionsResponse)),
-        ApiKey::PushTelemetry => Some(top_level!(m::PushTelemetryResponse)),
-        ApiKey::CreateDelegationToken => Some(top_level!(m::CreateDelegationTokenResponse)),
-        ApiKey::RenewDelegationToken => Some(top_level!(m::RenewDelegationTokenResponse)),
-        ApiKey::ExpireDelegationToken => Some(top_level!(m::ExpireDelegationTokenResponse)),
-        ApiKey::DescribeDelegationToken => Some(top_level!(m::DescribeDelegationTokenResponse)),
-        ApiKey::AlterPartitionReassignments => {
-            Some(top_level!(m::AlterPartitionReassignmentsResponse))
-        }
-        ApiKey::ListPartitionReassignments => {
-            Some(top_level!(m::ListPartitionReassignmentsResponse))
-        }
-        ApiKey::DescribeClientQuotas => Some(top_level!(m::DescribeClientQuotasResponse)),
-        ApiKey::DescribeUserScramCredentials => {
-            Some(top_level!(m::DescribeUserScramCredentialsResponse))
-        }
-        ApiKey::DescribeQuorum => Some(top_level!(m::DescribeQuorumResponse)),
-        ApiKey::UpdateFeatures => Some(top_level!(m::UpdateFeaturesResponse)),
-        _ => None,
-    };
-    if let Some(encoded) = generic {
-        encoded.ok()?;
-        let size = i32::try_from(out.len() - FRAME_PREFIX_LEN).ok()?;
-        out[..FRAME_PREFIX_LEN].copy_from_slice(&size.to_be_bytes());
-        return Some(out);
-    }
-    let body = walk_body(req.api_key, req.api_version, &frame[header_len..], true).ok()?;
-    let encoded = match key {
-        ApiKey::Produce => deny_produce(&body).encode(&mut out, version),
-        ApiKey::Fetch => deny_fetch(&body, version).encode(&mut out, version),
-        ApiKey::ListOffsets => deny_list_offsets(&body).encode(&mut out, version),
-        ApiKey::Metadata => deny_metadata(&body, version).encode(&mut out, version),
-        ApiKey::OffsetCommit => deny_offset_commit(&body).encode(&mut out, version),
-        ApiKey::OffsetFetch => deny_offset_fetch(&body, version).encode(&mut out, version),
-        ApiKey::FindCoordinator => {
-            deny_find_coordinator(&body, version, code).encode(&mut out, version)
-        }
-        ApiKey::AddPartitionsToTxn => deny_add_partitions_to_txn(&body).encode(&mut out, version),
-        ApiKey::OffsetForLeaderEpoch => m::OffsetForLeaderEpochResponse::default()
-            .with_topics(
-                topics_of(&body)
-                    .iter()
-                    .map(|t| {
-                        m::offset_for_leader_epoch_response::OffsetForLeaderTopicResult::default()
-                            .with_topic(topic_name(t.name))
-                            .with_partitions(
-                                t.partitions
-                                    .iter()
-                                    .map(|&p| {
-                                        m::offset_for_leader_epoch_response::EpochEndOffset::default()
-                                            .with_partition(p)
-                                            .with_error_code(code)
-                                            .with_leader_epoch(-1)
-                                            .with_end_offset(-1)
-                                    })
-                                    .collect(),
-                            )
-                    })
-                    .collect(),
-            )
-            .encode(&mut out, version),
-        ApiKey::TxnOffsetCommit => m::TxnOffsetCommitResponse::default()
-            .with_topics(
-                topics_of(&body)
-                    .iter()
-                    .map(|t| {
-                        m::txn_offset_commit_response::TxnOffsetCommitResponseTopic::default()
-                            .with_name(topic_name(t.name))
-                            .with_partitions(
-                                t.partitions
-                                    .iter()
-                                    .map(|&p| {
-                                        m::txn_offset_commit_response::TxnOffsetCommitResponsePartition::default()
-                                            .with_partition_index(p)
-                                            .with_error_code(code)
-                                    })
-                                    .collect(),
-                            )
-                    })
-                    .collect(),
-            )
-            .encode(&mut out, version),
-        ApiKey::DescribeConfigs => m::DescribeConfigsResponse::default()
-            .with_results(
-                body.resources
-                    .iter()
-                    .map(|&(kind, name)| {
-                        m::describe_configs_response::DescribeConfigsResult::default()
-                            .with_error_code(config_resource_error(kind))
-                            .with_resource_type(kind)
-                            .with_resource_name(StrBytes::from_string(name.to_owned()))
-                    })
-                    .collect(),
-            )
-            .encode(&mut out, version),
-        ApiKey::CreateTopics => m::CreateTopicsResponse::default()
-            .with_topics(
-                topics_of(&body)
-                    .iter()
-                    .map(|t| {
-                        m::create_topics_response::CreatableTopicResult::default()
-                            .with_name(topic_name(t.name))
-                            .with_error_code(code)
-                            .with_num_partitions(-1)
-                            .with_replication_factor(-1)
-                    })
-                    .collect(),
-            )
-            .encode(&mut out, version),
-        ApiKey::DeleteTopics => m::DeleteTopicsResponse::default()
-            .with_responses(
-                topics_of(&body)
-                    .iter()
-                    .map(|t| {
-                        m::delete_topics_response::DeletableTopicResult::default()
-                            .with_name(t.name.map(|n| topic_name(Some(n))))
-                            .with_topic_id(uuid::Uuid::from_bytes(t.id))
-                            .with_error_code(code)
-                    })
-                    .collect(),
-            )
-            .encode(&mut out, version),
-        ApiKey::DescribeGroups => m::DescribeGroupsResponse::default()
-            .with_groups(
-                body.names
-                    .iter()
-                    .map(|g| {
-                        m::describe_groups_response::DescribedGroup::default()
-                            .with_group_id(GroupId(StrBytes::from_string((*g).to_owned())))
-                            .with_error_code(code)
-                    })
-                    .collect(),
-            )
-            .encode(&mut out, version),
-        ApiKey::DeleteGroups => m::DeleteGroupsResponse::default()
-            .with_results(
-                body.names
-                    .iter()
-                    .map(|g| {
-                        m::delete_groups_response::DeletableGroupResult::default()
-                            .with_group_id(GroupId(StrBytes::from_string((*g).to_owned())))
-                            .with_error_code(code)
-                    })
-                    .collect(),
-            )
-            .encode(&mut out, version),
-        _ => return None,
-    };
-    encoded.ok()?;
-    let size = i32::try_from(out.len() - FRAME_PREFIX_LEN).ok()?;
-    out[..FRAME_PREFIX_LEN].copy_from_slice(&size.to_be_bytes());
-    Some(out)
-}
-
-fn topic_name(name: Option<&str>) -> TopicName {
-    TopicName(StrBytes::from_string(name.unwrap_or_default().to_owned()))
-}
-
-fn topics_of<'b, 'a>(body: &'b Body<'a>) -> &'b [Topic<'a>] {
-    body.topics.as_deref().unwrap_or_default()
-}
-
-fn deny_produce(body: &Body<'_>) -> kafka_protocol::messages::ProduceResponse {
-    use produce_response::*;
-    ProduceResponse::default().with_responses(
-        topics_of(body)
-            .iter()
-            .map(|t| {
-                TopicProduceResponse::default()
-                    .with_name(topic_name(t.name))
-                    .with_partition_responses(
-                        t.partitions
-                            .iter()
-                            .map(|&p| {
-                                PartitionProduceResponse::default()
-                                    .with_index(p)
-                                    .with_error_code(TOPIC_AUTHORIZATION_FAILED)
-                                    .with_base_offset(-1)
-                                    .with_log_append_time_ms(-1)
-                                    .with_log_start_offset(-1)
-                            })
-                            .collect(),
-                    )
-            })
-            .collect(),
-    )
-}
-
-fn deny_fetch(body: &Body<'_>, version: i16) -> kafka_protocol::messages::FetchResponse {
-    use fetch_response::*;
-    FetchResponse::default().with_responses(
-        topics_of(body)
-            .iter()
-            .map(|t| {
-                let topic = FetchableTopicResponse::default().with_partitions(
-                    t.partitions
-                        .iter()
-                        .map(|&p| {
-                            PartitionData::default()
-                                .with_partition_index(p)
-                                .with_error_code(TOPIC_AUTHORIZATION_FAILED)
-                                .with_high_watermark(-1)
-                        })
-                        .collect(),
-                );
-                if version >= 13 {
-                    topic.with_topic_id(uuid::Uuid::from_bytes(t.id))
-                } else {
-                    topic.with_topic(topic_name(t.name))
-                }
-            })
-            .collect(),
-    )
-}
-
-fn deny_list_offsets(body: &Body<'_>) -> kafka_protocol::messages::ListOffsetsResponse {
-    use list_offsets_response::*;
-    ListOffsetsResponse::default().with_topics(
-        topics_of(body)
-            .iter()
-            .map(|t| {
-                ListOffsetsTopicResponse::default()
-                    .with_name(topic_name(t.name))
-                    .with_partitions(
-                        t.partitions
-                            .iter()
-                            .map(|&p| {
-                                ListOffsetsPartitionResponse::default()
-                                    .with_partition_index(p)
-                                    .with_error_code(TOPIC_AUTHORIZATION_FAILED)
-                            })
-                            .collect(),
-                    )
-            })
-            .collect(),
-    )
-}
-
-fn deny_metadata(body: &Body<'_>, version: i16) -> kafka_protocol::messages::MetadataResponse {
-    use metadata_response::*;
-    MetadataResponse::default().with_topics(
-        topics_of(body)
-            .iter()
-            .map(|t| {
-                let topic = MetadataResponseTopic::default()
-                    .with_error_code(TOPIC_AUTHORIZATION_FAILED)
-                    .with_name(t.name.map(|n| topic_name(Some(n))));
-                if version >= 10 {
-                    topic.with_topic_id(uuid::Uuid::from_bytes(t.id))
-                } else {
-                    topic
-                }
-            })
-            .collect(),
-    )
-}
-
-fn deny_offset_commit(body: &Body<'_>) -> kafka_protocol::messages::OffsetCommitResponse {
-    use offset_commit_response::*;
-    OffsetCommitResponse::default().with_topics(
-        topics_of(body)
-            .iter()
-            .map(|t| {
-                OffsetCommitResponseTopic::default()
-                    .with_name(topic_name(t.name))
-                    .with_partitions(
-                        t.partitions
-                            .iter()
-                            .map(|&p| {
-                                OffsetCommitResponsePartition::default()
-                                    .with_partition_index(p)
-                                    .with_error_code(TOPIC_AUTHORIZATION_FAILED)
-                            })
-                            .collect(),
-                    )
-            })
-            .collect(),
-    )
-}
-
-fn deny_offset_fetch(
-    body: &Body<'_>,
-    version: i16,
-) -> kafka_protocol::messages::OffsetFetchResponse {
-    use offset_fetch_response::*;
-    if version >= 8 {
-        return OffsetFetchResponse::default().with_groups(
-            body.groups
-                .iter()
-                .map(|g| {
-                    let group = OffsetFetchResponseGroup::default()
-                        .with_group_id(GroupId(StrBytes::from_string(g.id.to_owned())));
-                    match &g.topics {
-                        None => group.with_error_code(TOPIC_AUTHORIZATION_FAILED),
-                        Some(topics) => group.with_topics(
-                            topics
-                                .iter()
-                                .map(|t| {
-                                    OffsetFetchResponseTopics::default()
-                                        .with_name(topic_name(t.name))
-                                        .with_partitions(
-                                            t.partitions
-                                                .iter()
-                                                .map(|&p| {
-                                                    OffsetFetchResponsePartitions::default()
-                                                        .with_partition_index(p)
-                                                        .with_committed_offset(-1)
-                                                        .with_error_code(TOPIC_AUTHORIZATION_FAILED)
-                                                })
-                                                .collect(),
-                                        )
-                                })
-                                .collect(),
-                        ),
-                    }
-                })
-                .collect(),
-        );
-    }
-    let response = OffsetFetchResponse::default().with_topics(
-        topics_of(body)
-            .iter()
-            .map(|t| {
-                OffsetFetchResponseTopic::default()
-                    .with_name(topic_name(t.name))
-                    .with_partitions(
-                        t.partitions
-                            .iter()
-                            .map(|&p| {
-                                OffsetFetchResponsePartition::default()
-                                    .with_partition_index(p)
-                                    .with_committed_offset(-1)
-                                    .with_error_code(TOPIC_AUTHORIZATION_FAILED)
-                            })
-                            .collect(),
-                    )
-            })
-            .collect(),
-    );
-    if version >= 2 {
-        // The top-level error exists from v2; it is the only way to deny "all topics" (null).
-        response.with_error_code(TOPIC_AUTHORIZATION_FAILED)
+    let body = if api_key_has_body_walker(req.api_key) {
+        let (_, _, _, _, header_len) = parse_header(frame).ok()?;
+        Some(walk_body(req.api_key, req.api_version, &frame[header_len..], true).ok()?)
     } else {
-        response
+        None
+    };
+    if is_legacy(req.api_key, req.api_version) {
+        legacy::deny(req, body.as_ref(), code)
+    } else {
+        current::deny(req, body.as_ref(), code)
+    }
+}
+
+/// The deny encoders on `kafka-protocol` 0.17 (Kafka 4.x).
+mod current {
+    use kafka_protocol as kp;
+
+    /// Produce v13+ names topics by ID only.
+    fn produce_topic_id(
+        t: kp::messages::produce_response::TopicProduceResponse,
+        topic: &Topic<'_>,
+        version: i16,
+    ) -> kp::messages::produce_response::TopicProduceResponse {
+        if version >= 13 {
+            t.with_topic_id(uuid::Uuid::from_bytes(topic.id))
+        } else {
+            t
+        }
+    }
+
+    /// The keys Kafka 4.x added: top-level errors for the share-group APIs and
+    /// ListConfigResources.
+    fn deny_own_keys(api_key: i16, code: i16, version: i16, out: &mut Vec<u8>) -> Option<bool> {
+        use kp::messages as m;
+        use kp::protocol::Encodable;
+        let encoded = match ApiKey::try_from(api_key).ok()? {
+            ApiKey::ShareGroupHeartbeat => m::ShareGroupHeartbeatResponse::default()
+                .with_error_code(code)
+                .encode(out, version),
+            ApiKey::ShareFetch => m::ShareFetchResponse::default()
+                .with_error_code(code)
+                .encode(out, version),
+            ApiKey::ShareAcknowledge => m::ShareAcknowledgeResponse::default()
+                .with_error_code(code)
+                .encode(out, version),
+            ApiKey::ListConfigResources => m::ListConfigResourcesResponse::default()
+                .with_error_code(code)
+                .encode(out, version),
+            _ => return None,
+        };
+        Some(encoded.is_ok())
+    }
+
+    include!("kafka_deny.rs");
+}
+
+/// The deny encoders on `kafka-protocol` 0.15 (Kafka 3.9), for the versions 0.17 dropped.
+mod legacy {
+    use kafka_protocol_legacy as kp;
+
+    /// No Produce version of 0.15 names topics by ID.
+    fn produce_topic_id(
+        t: kp::messages::produce_response::TopicProduceResponse,
+        _: &Topic<'_>,
+        _: i16,
+    ) -> kp::messages::produce_response::TopicProduceResponse {
+        t
+    }
+
+    /// Every key 0.15 knows is answered by the shared encoders (or not at all).
+    fn deny_own_keys(_: i16, _: i16, _: i16, _: &mut Vec<u8>) -> Option<bool> {
+        None
+    }
+
+    include!("kafka_deny.rs");
+}
+
+/// Whether `version` of `api_key` is below what `kafka-protocol` 0.17 knows (or the key is
+/// gone from it), so the 0.15 schemas apply.
+fn is_legacy(api_key: i16, version: i16) -> bool {
+    ApiKey::try_from(api_key).map_or(true, |k| version < k.valid_versions().min)
+}
+
+/// The versions of `api_key` Ward knows: from the smaller minimum of `kafka-protocol` 0.15 and
+/// 0.17 up to 0.17's maximum (0.15's for the keys Kafka 4.0 removed). `None` for a key neither
+/// knows.
+fn known_versions(api_key: i16) -> Option<(i16, i16)> {
+    let current = ApiKey::try_from(api_key).ok().map(|k| {
+        let range = k.valid_versions();
+        // 0.17.0's `ApiKey` advertises versions its request schemas do not have yet
+        // (OffsetCommit v10, OffsetFetch v10, InitProducerId v6): Ward cannot walk them.
+        let cap = match k {
+            ApiKey::OffsetCommit | ApiKey::OffsetFetch => 9,
+            ApiKey::InitProducerId => 5,
+            _ => i16::MAX,
+        };
+        (range.min, range.max.min(cap))
+    });
+    let legacy = kafka_protocol_legacy::messages::ApiKey::try_from(api_key)
+        .ok()
+        .map(|k| (k.valid_versions().min, k.valid_versions().max));
+    match (current, legacy) {
+        (Some(c), Some(l)) => Some((c.0.min(l.0), c.1.max(l.1))),
+        (c, l) => c.or(l),
+    }
+}
+
+/// The request header version of `version` of `api_key`, from the release that knows it.
+fn request_header_version(api_key: i16, version: i16) -> Option<i16> {
+    if is_legacy(api_key, version) {
+        let key = kafka_protocol_legacy::messages::ApiKey::try_from(api_key).ok()?;
+        Some(key.request_header_version(version))
+    } else {
+        Some(
+            ApiKey::try_from(api_key)
+                .ok()?
+                .request_header_version(version),
+        )
     }
 }
 
@@ -1114,58 +923,6 @@ fn config_resource_error(kind: i8) -> i16 {
         _ => CLUSTER_AUTHORIZATION_FAILED,
     }
 }
-
-fn deny_add_partitions_to_txn(
-    body: &Body<'_>,
-) -> kafka_protocol::messages::AddPartitionsToTxnResponse {
-    use kafka_protocol::messages::add_partitions_to_txn_response::*;
-    AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(
-        topics_of(body)
-            .iter()
-            .map(|t| {
-                AddPartitionsToTxnTopicResult::default()
-                    .with_name(topic_name(t.name))
-                    .with_results_by_partition(
-                        t.partitions
-                            .iter()
-                            .map(|&p| {
-                                AddPartitionsToTxnPartitionResult::default()
-                                    .with_partition_index(p)
-                                    .with_partition_error_code(TOPIC_AUTHORIZATION_FAILED)
-                            })
-                            .collect(),
-                    )
-            })
-            .collect(),
-    )
-}
-
-fn deny_find_coordinator(
-    body: &Body<'_>,
-    version: i16,
-    code: i16,
-) -> kafka_protocol::messages::FindCoordinatorResponse {
-    use find_coordinator_response::*;
-    if version >= 4 {
-        return FindCoordinatorResponse::default().with_coordinators(
-            body.coordinator_keys
-                .iter()
-                .map(|k| {
-                    Coordinator::default()
-                        .with_key(StrBytes::from_string((*k).to_owned()))
-                        .with_node_id(BrokerId(-1))
-                        .with_port(-1)
-                        .with_error_code(code)
-                })
-                .collect(),
-        );
-    }
-    FindCoordinatorResponse::default()
-        .with_error_code(code)
-        .with_node_id(BrokerId(-1))
-        .with_port(-1)
-}
-
 // ---------------------------------------------------------------------------------------------
 // The body walker.
 
@@ -1204,8 +961,10 @@ struct Body<'a> {
     fetch_session: Option<FetchSession>,
     /// DescribeGroups and DeleteGroups: the groups named.
     names: Vec<&'a str>,
-    /// DescribeConfigs: the resources (type, name).
+    /// DescribeConfigs, AlterConfigs, IncrementalAlterConfigs: the resources (type, name).
     resources: Vec<(i8, &'a str)>,
+    /// CreateAcls and DeleteAcls: how many creations or filters (each gets a result).
+    items: usize,
 }
 
 type Walk<T> = Result<T, &'static str>;
@@ -1390,9 +1149,9 @@ fn walk_body(
     })
 }
 
-fn walk(api_key: i16, v: i16, body: &[u8], keep: bool) -> Walk<Body<'_>> {
+fn walk<'a>(api_key: i16, v: i16, body: &'a [u8], keep: bool) -> Walk<Body<'a>> {
     let key = ApiKey::try_from(api_key).map_err(|()| "unknown api key")?;
-    let flexible = key.request_header_version(v) >= 2;
+    let flexible = request_header_version(api_key, v).ok_or("unknown api key")? >= 2;
     let mut r = Reader {
         buf: body,
         flexible,
@@ -1408,7 +1167,14 @@ fn walk(api_key: i16, v: i16, body: &[u8], keep: bool) -> Walk<Body<'_>> {
             }
             out.acks = r.i16()?;
             r.skip(4)?; // timeout_ms
-            out.topics = r.topics(false, keep, named, |r| {
+            let name_or_id = |r: &mut Reader<'a>| {
+                if v >= 13 {
+                    Ok((None, r.uuid()?))
+                } else {
+                    named(r)
+                }
+            };
+            out.topics = r.topics(false, keep, name_or_id, |r| {
                 let index = r.i32()?;
                 r.skip_nullable_bytes()?; // records
                 r.skip_tagged_fields()?;
@@ -1675,6 +1441,73 @@ fn walk(api_key: i16, v: i16, body: &[u8], keep: bool) -> Walk<Body<'_>> {
                 out.names.push(r.string()?);
             }
         }
+        ApiKey::DeleteRecords => {
+            out.topics = r.topics(false, keep, named, |r| {
+                let index = r.i32()?;
+                r.skip(8)?; // offset
+                r.skip_tagged_fields()?;
+                Ok(index)
+            })?;
+        }
+        ApiKey::ElectLeaders => {
+            if v >= 1 {
+                r.skip(1)?; // election_type
+            }
+            out.topics = r.topics(true, keep, named, |r| r.i32())?;
+        }
+        ApiKey::DescribeProducers => {
+            out.topics = r.topics(false, keep, named, |r| r.i32())?;
+        }
+        ApiKey::CreatePartitions | ApiKey::DescribeTopicPartitions => {
+            let mut topics = Vec::new();
+            for _ in 0..r.array()? {
+                let name = r.string()?;
+                if key == ApiKey::CreatePartitions {
+                    r.skip(4)?; // count
+                    if let Some(n) = r.nullable_array()? {
+                        for _ in 0..n {
+                            let ids = r.array()?; // broker_ids
+                            r.skip(ids.checked_mul(4).ok_or("array too long")?)?;
+                            r.skip_tagged_fields()?;
+                        }
+                    }
+                }
+                r.skip_tagged_fields()?;
+                topics.push(Topic {
+                    name: Some(name),
+                    id: [0; 16],
+                    partitions: Vec::new(),
+                });
+            }
+            out.topics = Some(topics);
+        }
+        ApiKey::AlterConfigs | ApiKey::IncrementalAlterConfigs => {
+            out.walked_topics = false;
+            for _ in 0..r.array()? {
+                let kind = r.take(1)?[0] as i8;
+                let name = r.string()?;
+                for _ in 0..r.array()? {
+                    r.string()?; // name
+                    if key == ApiKey::IncrementalAlterConfigs {
+                        r.skip(1)?; // config_operation
+                    }
+                    r.nullable_string()?; // value
+                    r.skip_tagged_fields()?;
+                }
+                r.skip_tagged_fields()?;
+                out.resources.push((kind, name));
+            }
+        }
+        ApiKey::CreateAcls | ApiKey::DeleteAcls => {
+            out.walked_topics = false;
+            out.items = r.array()?; // creations or filters: one result each
+        }
+        ApiKey::DescribeTransactions | ApiKey::ConsumerGroupDescribe => {
+            out.walked_topics = false;
+            for _ in 0..r.array()? {
+                out.names.push(r.string()?); // transactional_ids or group_ids
+            }
+        }
         ApiKey::AddPartitionsToTxn if v <= 3 => {
             r.string()?; // v3_and_below_transactional_id
             r.skip(8 + 2)?; // v3_and_below_producer_id, v3_and_below_producer_epoch
@@ -1685,336 +1518,87 @@ fn walk(api_key: i16, v: i16, body: &[u8], keep: bool) -> Walk<Body<'_>> {
     Ok(out)
 }
 
+/// The unit tests, on `kafka-protocol` 0.17 (Kafka 4.x) messages.
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use kafka_protocol as kp;
 
-    #[test]
-    fn cilium_names() {
-        let cilium = [
-            "produce",
-            "fetch",
-            "offsets",
-            "metadata",
-            "leaderandisr",
-            "stopreplica",
-            "updatemetadata",
-            "controlledshutdown",
-            "offsetcommit",
-            "offsetfetch",
-            "findcoordinator",
-            "joingroup",
-            "heartbeat",
-            "leavegroup",
-            "syncgroup",
-            "describegroups",
-            "listgroups",
-            "saslhandshake",
-            "apiversions",
-            "createtopics",
-            "deletetopics",
-            "deleterecords",
-            "initproducerid",
-            "offsetforleaderepoch",
-            "addpartitionstotxn",
-            "addoffsetstotxn",
-            "endtxn",
-            "writetxnmarkers",
-            "txnoffsetcommit",
-            "describeacls",
-            "createacls",
-            "deleteacls",
-            "describeconfigs",
-            "alterconfigs",
-        ];
-        for (key, name) in (0i16..).zip(cilium) {
-            assert_eq!(api_key_from_name(name), Some(key), "{name}");
-            assert_eq!(
-                api_key_from_name(&name.to_ascii_uppercase()),
-                Some(key),
-                "{name}"
-            );
-            assert_eq!(api_key_name(key), Some(name), "{key}");
-        }
+    fn produce_request_topic_id(
+        t: kp::messages::produce_request::TopicProduceData,
+        id: uuid::Uuid,
+    ) -> kp::messages::produce_request::TopicProduceData {
+        t.with_topic_id(id)
     }
 
+    fn produce_response_topic_id(
+        t: &kp::messages::produce_response::TopicProduceResponse,
+    ) -> uuid::Uuid {
+        t.topic_id
+    }
+
+    include!("kafka_tests.rs");
+
     #[test]
-    fn kafka_names_cover_kafka_protocol() {
-        let mut known = 0;
-        for key in 0..=i16::MAX {
-            let Ok(api_key) = ApiKey::try_from(key) else {
-                assert_eq!(api_key_name(key), None, "{key}");
-                continue;
+    fn share_group_apis_and_list_config_resources_get_a_top_level_error() {
+        use kp::messages::*;
+        macro_rules! every_version {
+            ($key:expr, $req:ty, $resp:ty, $code:expr) => {
+                for version in versions($key) {
+                    let (_, deny) = parse_and_deny($key, version, &<$req>::default());
+                    let resp: $resp = decode_response($key, version, &deny);
+                    assert_eq!(resp.error_code, $code, "{:?} v{version}", $key);
+                }
             };
-            known += 1;
-            let kafka_name = format!("{api_key:?}");
-            assert_eq!(api_key_from_name(&kafka_name), Some(key), "{kafka_name}");
-            assert!(api_key_name(key).is_some(), "{key}");
         }
-        assert!(known >= 78, "kafka-protocol knows {known} keys");
-    }
-
-    #[test]
-    fn name_lookups() {
-        let cases: &[(&str, Option<i16>)] = &[
-            ("ListOffsets", Some(2)),
-            ("Offsets", Some(2)),
-            ("SaslAuthenticate", Some(36)),
-            ("describecluster", Some(60)),
-            ("PRODUCE", Some(0)),
-            ("produce ", None),
-            ("", None),
-            ("nosuchkey", None),
-        ];
-        for &(name, want) in cases {
-            assert_eq!(api_key_from_name(name), want, "{name:?}");
-        }
-        assert_eq!(api_key_name(-1), None);
-        assert_eq!(api_key_name(76), None);
-        assert_eq!(api_key_name(36), Some("saslauthenticate"));
-    }
-
-    #[test]
-    fn key_sets() {
-        for key in [0, 1, 2, 3, 37] {
-            assert!(is_topic_kind(key), "{key}");
-        }
-        for key in [7, 10, 18, 36, -1] {
-            assert!(!is_topic_kind(key), "{key}");
-        }
-        assert_eq!(TOPIC_KINDS.len(), 19);
-        assert_eq!(ROLE_PRODUCE, &[0, 3, 17, 18, 22, 24, 26, 36]);
-        assert!(ROLE_CONSUME.iter().all(|k| api_key_name(*k).is_some()));
-    }
-
-    // ---- message side -------------------------------------------------------------------
-
-    use bytes::Bytes;
-    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
-    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-    use kafka_protocol::messages::offset_commit_request::{
-        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
-    };
-    use kafka_protocol::messages::offset_fetch_request::{
-        OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
-    };
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    use kafka_protocol::messages::*;
-
-    const TOPICS: [&str; 2] = ["orders", "payments"];
-    const PARTITIONS: [i32; 2] = [0, 3];
-    const CORRELATION: i32 = 0x1234_5678;
-
-    fn name(s: &str) -> TopicName {
-        TopicName(StrBytes::from_string(s.to_owned()))
-    }
-
-    fn topic_id(i: usize) -> uuid::Uuid {
-        uuid::Uuid::from_bytes([u8::try_from(i + 1).unwrap(); 16])
-    }
-
-    #[test]
-    fn metadata_empty_list_is_all_topics_in_v0_only() {
-        for (version, all) in [(0, true), (1, false), (12, false)] {
-            let body = MetadataRequest::default().with_topics(Some(vec![]));
-            let frame = encode_request(ApiKey::Metadata, version, &body);
-            let req = parse_request(&frame).unwrap();
-            assert_eq!(req.all_topics, all, "v{version}");
-            assert!(req.topics.is_empty());
-        }
-        let frame = encode_request(
-            ApiKey::Metadata,
-            12,
-            &MetadataRequest::default().with_topics(None),
+        every_version!(
+            ApiKey::ShareGroupHeartbeat,
+            ShareGroupHeartbeatRequest,
+            ShareGroupHeartbeatResponse,
+            30
         );
-        assert!(parse_request(&frame).unwrap().all_topics);
-    }
-
-    #[test]
-    fn api_versions_are_narrowed_to_what_ward_inspects() {
-        use kafka_protocol::messages::api_versions_response::ApiVersion;
-        let range = |k: i16, min: i16, max: i16| {
-            ApiVersion::default()
-                .with_api_key(k)
-                .with_min_version(min)
-                .with_max_version(max)
-        };
-        let body = ApiVersionsResponse::default().with_api_keys(vec![
-            range(0, 3, 13),
-            range(1, 4, 17),
-            range(3, 0, 12),
-            range(18, 0, 4),
-            range(9999, 0, 1),
-        ]);
-        let mut frame = Vec::new();
-        ResponseHeader::default()
-            .with_correlation_id(CORRELATION)
-            .encode(&mut frame, 0)
-            .unwrap();
-        body.encode(&mut frame, 3).unwrap();
-        let out = narrow_api_versions(3, &frame).unwrap();
-        assert_eq!(
-            i32::from_be_bytes(out[..4].try_into().unwrap()) as usize,
-            out.len() - FRAME_PREFIX_LEN
+        every_version!(
+            ApiKey::ShareFetch,
+            ShareFetchRequest,
+            ShareFetchResponse,
+            30
         );
-        let mut rest = &out[FRAME_PREFIX_LEN..];
-        let header = ResponseHeader::decode(&mut rest, 0).unwrap();
-        assert_eq!(header.correlation_id, CORRELATION);
-        let got = ApiVersionsResponse::decode(&mut rest, 3).unwrap();
-        let got: Vec<(i16, i16, i16)> = got
-            .api_keys
-            .iter()
-            .map(|k| (k.api_key, k.min_version, k.max_version))
-            .collect();
-        // Fetch goes up to what `kafka-protocol` knows (Ward resolves its topic IDs), Produce
-        // too (below its ID versions); the unknown key is gone.
-        assert_eq!(got, vec![(0, 3, 11), (1, 4, 17), (3, 0, 12), (18, 0, 4)]);
-    }
-
-    #[test]
-    fn a_newer_api_versions_request_gets_the_kip_511_answer() {
-        let mut frame = encode_request(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
-        frame[3] = 99; // version 99
-        let req = &frame[..];
-        assert!(matches!(
-            parse_request(req),
-            Err(KafkaError::UnsupportedVersion {
-                api_key: 18,
-                version: 99
-            })
-        ));
-        let out = unsupported_api_versions(req).unwrap();
-        let mut rest = &out[FRAME_PREFIX_LEN..];
-        assert_eq!(
-            ResponseHeader::decode(&mut rest, 0).unwrap().correlation_id,
-            CORRELATION
+        every_version!(
+            ApiKey::ShareAcknowledge,
+            ShareAcknowledgeRequest,
+            ShareAcknowledgeResponse,
+            30
         );
-        let body = ApiVersionsResponse::decode(&mut rest, 0).unwrap();
-        assert_eq!(body.error_code, UNSUPPORTED_VERSION);
-        assert_eq!(body.api_keys.len(), 1);
-        assert_eq!(body.api_keys[0].api_key, 18);
-    }
-
-    fn encode_request(key: ApiKey, version: i16, body: &impl Encodable) -> Vec<u8> {
-        let header_version = key.request_header_version(version);
-        let mut header = RequestHeader::default()
-            .with_request_api_key(key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(CORRELATION);
-        if header_version >= 1 {
-            header = header.with_client_id(Some(StrBytes::from_static_str("ward-test")));
-        }
-        let mut buf = Vec::new();
-        header.encode(&mut buf, header_version).unwrap();
-        body.encode(&mut buf, version).unwrap();
-        buf
-    }
-
-    fn versions(key: ApiKey) -> std::ops::RangeInclusive<i16> {
-        let range = key.valid_versions();
-        range.min..=range.max
-    }
-
-    /// Decodes a deny response frame with kafka-protocol, checking prefix and header.
-    fn decode_response<R: Decodable>(key: ApiKey, version: i16, framed: &[u8]) -> R {
-        let Status::Complete(body, n) = frame(framed).unwrap() else {
-            panic!("incomplete response frame");
-        };
-        assert_eq!(n, framed.len());
-        let mut buf = body;
-        let header = ResponseHeader::decode(&mut buf, key.response_header_version(version))
-            .unwrap_or_else(|e| panic!("{key:?} v{version} header: {e}"));
-        assert_eq!(header.correlation_id, CORRELATION);
-        let response =
-            R::decode(&mut buf, version).unwrap_or_else(|e| panic!("{key:?} v{version} body: {e}"));
-        assert!(
-            buf.is_empty(),
-            "{key:?} v{version}: {} trailing bytes",
-            buf.len()
+        every_version!(
+            ApiKey::ListConfigResources,
+            ListConfigResourcesRequest,
+            ListConfigResourcesResponse,
+            31
         );
-        response
+    }
+}
+
+/// The same unit tests on `kafka-protocol` 0.15 (Kafka 3.9) messages, whose older versions
+/// take Ward's legacy path.
+#[cfg(test)]
+mod tests_legacy {
+    use kafka_protocol_legacy as kp;
+
+    fn produce_request_topic_id(
+        _: kp::messages::produce_request::TopicProduceData,
+        _: uuid::Uuid,
+    ) -> kp::messages::produce_request::TopicProduceData {
+        unreachable!("0.15 has no Produce v13")
     }
 
-    fn parse_and_deny(key: ApiKey, version: i16, body: &impl Encodable) -> (KafkaRequest, Vec<u8>) {
-        let frame = encode_request(key, version, body);
-        let req = parse_request(&frame).unwrap_or_else(|e| panic!("{key:?} v{version}: {e}"));
-        assert_eq!(
-            (req.api_key, req.api_version, req.correlation_id),
-            (key as i16, version, CORRELATION)
-        );
-        let header_version = key.request_header_version(version);
-        let want_client = (header_version >= 1).then(|| "ward-test".to_owned());
-        assert_eq!(req.client_id, want_client, "{key:?} v{version}");
-        let deny = deny_response(&req, &frame)
-            .unwrap_or_else(|| panic!("{key:?} v{version}: no deny response"));
-        (req, deny)
+    fn produce_response_topic_id(
+        _: &kp::messages::produce_response::TopicProduceResponse,
+    ) -> uuid::Uuid {
+        unreachable!("0.15 has no Produce v13")
     }
 
-    fn want_topics() -> Vec<String> {
-        TOPICS.iter().map(|t| (*t).to_owned()).collect()
-    }
+    include!("kafka_tests.rs");
 
-    #[test]
-    fn frames() {
-        type Want<'a> = Result<Status<&'a [u8]>, KafkaError>;
-        let cases: &[(&[u8], Want<'_>)] = &[
-            (b"", Ok(Status::NeedMore)),
-            (b"\0\0\0", Ok(Status::NeedMore)),
-            (b"\0\0\0\x03ab", Ok(Status::NeedMore)),
-            (b"\0\0\0\x03abcd", Ok(Status::Complete(b"abc", 7))),
-            (b"\0\0\0\0", Ok(Status::Complete(b"", 4))),
-            (
-                b"\xff\xff\xff\xff",
-                Err(KafkaError::NegativeFrameLength(-1)),
-            ),
-            (
-                b"\x06\x40\x00\x01",
-                Err(KafkaError::FrameTooLarge {
-                    len: MAX_FRAME_LEN + 1,
-                    max: MAX_FRAME_LEN,
-                }),
-            ),
-        ];
-        for (buf, want) in cases {
-            assert_eq!(&frame(buf), want, "{buf:?}");
-        }
-    }
-
-    #[test]
-    fn rejects_bad_headers() {
-        let cases: &[(&[u8], KafkaError)] = &[
-            (b"\0\0\0\0\0\0\0", KafkaError::TooShort(7)),
-            (b"\x00\x4c\0\0\0\0\0\x01", KafkaError::UnknownApiKey(76)),
-            (b"\xff\xff\0\0\0\0\0\x01", KafkaError::UnknownApiKey(-1)),
-            (
-                b"\0\0\0\x0c\0\0\0\x01",
-                KafkaError::UnsupportedVersion {
-                    api_key: 0,
-                    version: 12,
-                },
-            ),
-            (
-                b"\0\0\xff\xff\0\0\0\x01",
-                KafkaError::UnsupportedVersion {
-                    api_key: 0,
-                    version: -1,
-                },
-            ),
-            // Produce v3: client_id length 5 but only 1 byte follows.
-            (
-                b"\0\0\0\x03\0\0\0\x01\0\x05a",
-                KafkaError::MalformedHeader {
-                    api_key: 0,
-                    version: 3,
-                },
-            ),
-        ];
-        for (buf, want) in cases {
-            assert_eq!(parse_request(buf).as_ref().err(), Some(want), "{buf:?}");
-        }
-    }
-
+    /// ControlledShutdown v0, the one request with header v0, is gone from Kafka 4.0.
     #[test]
     fn header_v0_has_no_client_id() {
         let frame = encode_request(
@@ -2027,940 +1611,5 @@ mod tests {
         assert_eq!(req.header_len, 8);
         assert!(req.topics.is_empty());
         assert_eq!(deny_response(&req, &frame), None);
-        // A non-topic kind on a flexible version parses its header only.
-        let frame = encode_request(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
-        let req = parse_request(&frame).unwrap();
-        assert_eq!(req.client_id.as_deref(), Some("ward-test"));
-        assert!(req.topics.is_empty() && !req.all_topics && !req.topic_ids_only);
-        assert_eq!(deny_response(&req, &frame), None);
-    }
-
-    #[test]
-    fn produce_every_version() {
-        for version in versions(ApiKey::Produce) {
-            let body = ProduceRequest::default()
-                .with_acks(-1)
-                .with_timeout_ms(1000)
-                .with_topic_data(
-                    TOPICS
-                        .iter()
-                        .map(|t| {
-                            TopicProduceData::default()
-                                .with_name(name(t))
-                                .with_partition_data(
-                                    PARTITIONS
-                                        .iter()
-                                        .map(|&p| {
-                                            PartitionProduceData::default()
-                                                .with_index(p)
-                                                .with_records(Some(Bytes::from_static(b"records")))
-                                        })
-                                        .collect(),
-                                )
-                        })
-                        .collect(),
-                );
-            let body = if version >= 3 {
-                body.with_transactional_id(Some(StrBytes::from_static_str("tx").into()))
-            } else {
-                body
-            };
-            let (req, deny) = parse_and_deny(ApiKey::Produce, version, &body);
-            assert_eq!(req.topics, want_topics(), "v{version}");
-            assert!(!req.no_response);
-            let resp: ProduceResponse = decode_response(ApiKey::Produce, version, &deny);
-            assert_eq!(resp.responses.len(), 2, "v{version}");
-            for (t, want) in resp.responses.iter().zip(TOPICS) {
-                assert_eq!(t.name.0.as_str(), want);
-                let got: Vec<_> = t
-                    .partition_responses
-                    .iter()
-                    .map(|p| (p.index, p.error_code))
-                    .collect();
-                assert_eq!(got, [(0, 29), (3, 29)], "v{version}");
-            }
-        }
-    }
-
-    #[test]
-    fn produce_without_acks_gets_no_response() {
-        let body = ProduceRequest::default()
-            .with_acks(0)
-            .with_topic_data(vec![TopicProduceData::default().with_name(name("t"))]);
-        let frame = encode_request(ApiKey::Produce, 7, &body);
-        let req = parse_request(&frame).unwrap();
-        assert!(req.no_response);
-        assert_eq!(deny_response(&req, &frame), None);
-    }
-
-    #[test]
-    fn produce_deny_matches_cilium_wire_example() {
-        // docs/policy-semantics.md §4.3: Produce v3, topics EF and GH with no partitions.
-        let body = ProduceRequest::default().with_acks(1).with_topic_data(vec![
-            TopicProduceData::default().with_name(name("EF")),
-            TopicProduceData::default().with_name(name("GH")),
-        ]);
-        let mut frame = encode_request(ApiKey::Produce, 3, &body);
-        frame[4..8].copy_from_slice(&0x0001_0001i32.to_be_bytes());
-        let req = parse_request(&frame).unwrap();
-        let want: &[u8] = &[
-            0, 0, 0, 0x1c, 0, 1, 0, 1, 0, 0, 0, 2, 0, 2, 0x45, 0x46, 0, 0, 0, 0, 0, 2, 0x47, 0x48,
-            0, 0, 0, 0, 0, 0, 0, 0,
-        ];
-        assert_eq!(deny_response(&req, &frame).unwrap(), want);
-    }
-
-    #[test]
-    fn fetch_every_version() {
-        for version in versions(ApiKey::Fetch) {
-            let topics = TOPICS
-                .iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    let topic = FetchTopic::default().with_partitions(
-                        PARTITIONS
-                            .iter()
-                            .map(|&p| FetchPartition::default().with_partition(p))
-                            .collect(),
-                    );
-                    if version >= 13 {
-                        topic.with_topic_id(topic_id(i))
-                    } else {
-                        topic.with_topic(name(t))
-                    }
-                })
-                .collect();
-            let mut body = FetchRequest::default()
-                .with_max_wait_ms(500)
-                .with_topics(topics);
-            if version >= 7 {
-                body = body.with_forgotten_topics_data(vec![ForgottenTopic::default()]);
-            }
-            if version >= 12 {
-                body = body.with_cluster_id(Some(StrBytes::from_static_str("cluster")));
-            }
-            let (req, deny) = parse_and_deny(ApiKey::Fetch, version, &body);
-            if version >= 13 {
-                assert!(req.topics.is_empty() && req.topic_ids_only, "v{version}");
-            } else {
-                assert_eq!(req.topics, want_topics(), "v{version}");
-                assert!(!req.topic_ids_only);
-            }
-            let resp: FetchResponse = decode_response(ApiKey::Fetch, version, &deny);
-            assert_eq!(resp.responses.len(), 2, "v{version}");
-            for (i, t) in resp.responses.iter().enumerate() {
-                if version >= 13 {
-                    assert_eq!(t.topic_id, topic_id(i));
-                } else {
-                    assert_eq!(t.topic.0.as_str(), TOPICS[i]);
-                }
-                let got: Vec<_> = t
-                    .partitions
-                    .iter()
-                    .map(|p| (p.partition_index, p.error_code))
-                    .collect();
-                assert_eq!(got, [(0, 29), (3, 29)], "v{version}");
-            }
-        }
-    }
-
-    #[test]
-    fn list_offsets_every_version() {
-        for version in versions(ApiKey::ListOffsets) {
-            let body = ListOffsetsRequest::default().with_topics(
-                TOPICS
-                    .iter()
-                    .map(|t| {
-                        ListOffsetsTopic::default()
-                            .with_name(name(t))
-                            .with_partitions(
-                                PARTITIONS
-                                    .iter()
-                                    .map(|&p| {
-                                        ListOffsetsPartition::default()
-                                            .with_partition_index(p)
-                                            .with_timestamp(-1)
-                                    })
-                                    .collect(),
-                            )
-                    })
-                    .collect(),
-            );
-            let (req, deny) = parse_and_deny(ApiKey::ListOffsets, version, &body);
-            assert_eq!(req.topics, want_topics(), "v{version}");
-            let resp: ListOffsetsResponse = decode_response(ApiKey::ListOffsets, version, &deny);
-            for (t, want) in resp.topics.iter().zip(TOPICS) {
-                assert_eq!(t.name.0.as_str(), want);
-                let got: Vec<_> = t
-                    .partitions
-                    .iter()
-                    .map(|p| (p.partition_index, p.error_code))
-                    .collect();
-                assert_eq!(got, [(0, 29), (3, 29)], "v{version}");
-            }
-            assert_eq!(resp.topics.len(), 2);
-        }
-    }
-
-    #[test]
-    fn metadata_every_version() {
-        for version in versions(ApiKey::Metadata) {
-            let topics: Vec<_> = TOPICS
-                .iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    let topic = MetadataRequestTopic::default().with_name(Some(name(t)));
-                    if version >= 10 {
-                        topic.with_topic_id(topic_id(i))
-                    } else {
-                        topic
-                    }
-                })
-                .collect();
-            let body = MetadataRequest::default().with_topics(Some(topics));
-            let (req, deny) = parse_and_deny(ApiKey::Metadata, version, &body);
-            assert_eq!(req.topics, want_topics(), "v{version}");
-            assert!(!req.all_topics && !req.topic_ids_only);
-            let resp: MetadataResponse = decode_response(ApiKey::Metadata, version, &deny);
-            assert!(resp.brokers.is_empty());
-            let got: Vec<_> = resp
-                .topics
-                .iter()
-                .map(|t| (t.name.as_ref().unwrap().0.as_str(), t.error_code))
-                .collect();
-            assert_eq!(got, [("orders", 29), ("payments", 29)], "v{version}");
-
-            // "All topics": null from v1, empty in every version.
-            let all = if version >= 1 { None } else { Some(vec![]) };
-            let (req, deny) = parse_and_deny(
-                ApiKey::Metadata,
-                version,
-                &MetadataRequest::default().with_topics(all),
-            );
-            assert!(req.all_topics && req.topics.is_empty(), "v{version}");
-            let resp: MetadataResponse = decode_response(ApiKey::Metadata, version, &deny);
-            assert!(resp.topics.is_empty() && resp.brokers.is_empty());
-        }
-        // v10+: a topic named only by ID.
-        let body = MetadataRequest::default().with_topics(Some(vec![
-            MetadataRequestTopic::default()
-                .with_topic_id(topic_id(0))
-                .with_name(None),
-            MetadataRequestTopic::default().with_name(Some(name("named"))),
-        ]));
-        let (req, deny) = parse_and_deny(ApiKey::Metadata, 12, &body);
-        assert!(req.topic_ids_only);
-        assert_eq!(req.topics, ["named"]);
-        let resp: MetadataResponse = decode_response(ApiKey::Metadata, 12, &deny);
-        assert_eq!(resp.topics[0].topic_id, topic_id(0));
-        assert_eq!(resp.topics[0].error_code, 29);
-    }
-
-    #[test]
-    fn many_topics_are_deduplicated_in_order() {
-        let names: Vec<String> = (0..100).map(|i| format!("t{}", i % 40)).collect();
-        let body = MetadataRequest::default().with_topics(Some(
-            names
-                .iter()
-                .map(|n| MetadataRequestTopic::default().with_name(Some(name(n))))
-                .collect(),
-        ));
-        let frame = encode_request(ApiKey::Metadata, 9, &body);
-        let req = parse_request(&frame).unwrap();
-        let want: Vec<String> = (0..40).map(|i| format!("t{i}")).collect();
-        assert_eq!(req.topics, want);
-    }
-
-    #[test]
-    fn offset_commit_every_version() {
-        for version in versions(ApiKey::OffsetCommit) {
-            let body = OffsetCommitRequest::default()
-                .with_group_id(GroupId(StrBytes::from_static_str("g")))
-                .with_topics(
-                    TOPICS
-                        .iter()
-                        .map(|t| {
-                            OffsetCommitRequestTopic::default()
-                                .with_name(name(t))
-                                .with_partitions(
-                                    PARTITIONS
-                                        .iter()
-                                        .map(|&p| {
-                                            OffsetCommitRequestPartition::default()
-                                                .with_partition_index(p)
-                                                .with_committed_offset(42)
-                                                .with_committed_metadata(Some(
-                                                    StrBytes::from_static_str("meta"),
-                                                ))
-                                        })
-                                        .collect(),
-                                )
-                        })
-                        .collect(),
-                );
-            let body = if version >= 1 {
-                body.with_member_id(StrBytes::from_static_str("member"))
-            } else {
-                body
-            };
-            let (req, deny) = parse_and_deny(ApiKey::OffsetCommit, version, &body);
-            assert_eq!(req.topics, want_topics(), "v{version}");
-            let resp: OffsetCommitResponse = decode_response(ApiKey::OffsetCommit, version, &deny);
-            for (t, want) in resp.topics.iter().zip(TOPICS) {
-                assert_eq!(t.name.0.as_str(), want);
-                let got: Vec<_> = t
-                    .partitions
-                    .iter()
-                    .map(|p| (p.partition_index, p.error_code))
-                    .collect();
-                assert_eq!(got, [(0, 29), (3, 29)], "v{version}");
-            }
-            assert_eq!(resp.topics.len(), 2);
-        }
-    }
-
-    #[test]
-    fn offset_fetch_every_version() {
-        for version in versions(ApiKey::OffsetFetch) {
-            if version >= 8 {
-                let group = |id: &'static str, topics: Option<&[&str]>| {
-                    OffsetFetchRequestGroup::default()
-                        .with_group_id(GroupId(StrBytes::from_static_str(id)))
-                        .with_topics(topics.map(|ts| {
-                            ts.iter()
-                                .map(|t| {
-                                    OffsetFetchRequestTopics::default()
-                                        .with_name(name(t))
-                                        .with_partition_indexes(PARTITIONS.to_vec())
-                                })
-                                .collect()
-                        }))
-                };
-                let body = OffsetFetchRequest::default().with_groups(vec![
-                    group("g1", Some(&TOPICS)),
-                    group("g2", Some(&["orders", "audit"])),
-                    group("g3", None),
-                ]);
-                let (req, deny) = parse_and_deny(ApiKey::OffsetFetch, version, &body);
-                assert_eq!(req.topics, ["orders", "payments", "audit"], "v{version}");
-                assert!(req.all_topics);
-                let resp: OffsetFetchResponse =
-                    decode_response(ApiKey::OffsetFetch, version, &deny);
-                assert_eq!(resp.groups.len(), 3);
-                let g1 = &resp.groups[0];
-                assert_eq!(g1.group_id.0.as_str(), "g1");
-                let got: Vec<_> = g1.topics[1]
-                    .partitions
-                    .iter()
-                    .map(|p| (p.partition_index, p.error_code))
-                    .collect();
-                assert_eq!(got, [(0, 29), (3, 29)], "v{version}");
-                assert_eq!(resp.groups[2].error_code, 29);
-                continue;
-            }
-            let topics = TOPICS
-                .iter()
-                .map(|t| {
-                    OffsetFetchRequestTopic::default()
-                        .with_name(name(t))
-                        .with_partition_indexes(PARTITIONS.to_vec())
-                })
-                .collect();
-            let body = OffsetFetchRequest::default()
-                .with_group_id(GroupId(StrBytes::from_static_str("g")))
-                .with_topics(Some(topics));
-            let (req, deny) = parse_and_deny(ApiKey::OffsetFetch, version, &body);
-            assert_eq!(req.topics, want_topics(), "v{version}");
-            assert!(!req.all_topics);
-            let resp: OffsetFetchResponse = decode_response(ApiKey::OffsetFetch, version, &deny);
-            for (t, want) in resp.topics.iter().zip(TOPICS) {
-                assert_eq!(t.name.0.as_str(), want);
-                let got: Vec<_> = t
-                    .partitions
-                    .iter()
-                    .map(|p| (p.partition_index, p.error_code))
-                    .collect();
-                assert_eq!(got, [(0, 29), (3, 29)], "v{version}");
-            }
-            if version >= 2 {
-                assert_eq!(resp.error_code, 29);
-                let all = OffsetFetchRequest::default()
-                    .with_group_id(GroupId(StrBytes::from_static_str("g")))
-                    .with_topics(None);
-                let (req, deny) = parse_and_deny(ApiKey::OffsetFetch, version, &all);
-                assert!(req.all_topics && req.topics.is_empty(), "v{version}");
-                let resp: OffsetFetchResponse =
-                    decode_response(ApiKey::OffsetFetch, version, &deny);
-                assert_eq!(resp.error_code, 29);
-            }
-        }
-    }
-
-    #[test]
-    fn find_coordinator_every_version() {
-        for version in versions(ApiKey::FindCoordinator) {
-            let body = if version >= 4 {
-                FindCoordinatorRequest::default().with_coordinator_keys(vec![
-                    StrBytes::from_static_str("g1"),
-                    StrBytes::from_static_str("g2"),
-                ])
-            } else {
-                FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g1"))
-            };
-            let (req, deny) = parse_and_deny(ApiKey::FindCoordinator, version, &body);
-            assert!(req.topics.is_empty() && !req.all_topics, "v{version}");
-            let resp: FindCoordinatorResponse =
-                decode_response(ApiKey::FindCoordinator, version, &deny);
-            if version >= 4 {
-                let got: Vec<_> = resp
-                    .coordinators
-                    .iter()
-                    .map(|c| (c.key.as_str(), c.error_code))
-                    .collect();
-                assert_eq!(got, [("g1", 30), ("g2", 30)], "v{version}");
-            } else {
-                assert_eq!(resp.error_code, 30, "v{version}");
-            }
-            if version >= 1 {
-                // A transaction coordinator: TRANSACTIONAL_ID_AUTHORIZATION_FAILED.
-                let (_, deny) =
-                    parse_and_deny(ApiKey::FindCoordinator, version, &body.with_key_type(1));
-                let resp: FindCoordinatorResponse =
-                    decode_response(ApiKey::FindCoordinator, version, &deny);
-                let code = resp
-                    .coordinators
-                    .first()
-                    .map_or(resp.error_code, |c| c.error_code);
-                assert_eq!(code, 53, "v{version}");
-            }
-        }
-    }
-
-    #[test]
-    fn group_transaction_and_cluster_apis_get_their_own_authorization_error() {
-        use kafka_protocol::messages::*;
-        // Encodes a default request of `key` at every version, denies it, and returns the
-        // top-level error code of the decoded response.
-        macro_rules! every_version {
-            ($key:expr, $req:expr, $resp:ty, $code:expr) => {
-                for version in versions($key) {
-                    let (_, deny) = parse_and_deny($key, version, &$req);
-                    let resp: $resp = decode_response($key, version, &deny);
-                    assert_eq!(resp.error_code, $code, "{:?} v{version}", $key);
-                    let frame = encode_request($key, version, &$req);
-                    let req = parse_request(&frame).unwrap();
-                    assert_eq!(deny_error_code(&req, &frame), Some($code));
-                }
-            };
-        }
-        let group = GroupId(StrBytes::from_static_str("g1"));
-        every_version!(
-            ApiKey::JoinGroup,
-            JoinGroupRequest::default()
-                .with_group_id(group.clone())
-                .with_protocol_type(StrBytes::from_static_str("consumer")),
-            JoinGroupResponse,
-            30
-        );
-        every_version!(
-            ApiKey::Heartbeat,
-            HeartbeatRequest::default().with_group_id(group.clone()),
-            HeartbeatResponse,
-            30
-        );
-        every_version!(
-            ApiKey::LeaveGroup,
-            LeaveGroupRequest::default().with_group_id(group.clone()),
-            LeaveGroupResponse,
-            30
-        );
-        every_version!(
-            ApiKey::SyncGroup,
-            SyncGroupRequest::default().with_group_id(group.clone()),
-            SyncGroupResponse,
-            30
-        );
-        every_version!(
-            ApiKey::ListGroups,
-            ListGroupsRequest::default(),
-            ListGroupsResponse,
-            30
-        );
-        every_version!(
-            ApiKey::OffsetDelete,
-            OffsetDeleteRequest::default().with_group_id(group.clone()),
-            OffsetDeleteResponse,
-            30
-        );
-        every_version!(
-            ApiKey::ConsumerGroupHeartbeat,
-            ConsumerGroupHeartbeatRequest::default().with_group_id(group.clone()),
-            ConsumerGroupHeartbeatResponse,
-            30
-        );
-        let txn = TransactionalId(StrBytes::from_static_str("t1"));
-        every_version!(
-            ApiKey::InitProducerId,
-            InitProducerIdRequest::default().with_transactional_id(Some(txn.clone())),
-            InitProducerIdResponse,
-            53
-        );
-        every_version!(
-            ApiKey::InitProducerId,
-            InitProducerIdRequest::default().with_transactional_id(None),
-            InitProducerIdResponse,
-            31
-        );
-        every_version!(
-            ApiKey::AddOffsetsToTxn,
-            AddOffsetsToTxnRequest::default()
-                .with_transactional_id(txn.clone())
-                .with_group_id(group.clone()),
-            AddOffsetsToTxnResponse,
-            53
-        );
-        every_version!(
-            ApiKey::EndTxn,
-            EndTxnRequest::default().with_transactional_id(txn.clone()),
-            EndTxnResponse,
-            53
-        );
-        every_version!(
-            ApiKey::DescribeCluster,
-            DescribeClusterRequest::default(),
-            DescribeClusterResponse,
-            31
-        );
-        every_version!(
-            ApiKey::ListTransactions,
-            ListTransactionsRequest::default(),
-            ListTransactionsResponse,
-            31
-        );
-        // KIP-714 client telemetry (librdkafka asks for it after ApiVersions).
-        every_version!(
-            ApiKey::GetTelemetrySubscriptions,
-            GetTelemetrySubscriptionsRequest::default(),
-            GetTelemetrySubscriptionsResponse,
-            31
-        );
-        every_version!(
-            ApiKey::PushTelemetry,
-            PushTelemetryRequest::default(),
-            PushTelemetryResponse,
-            31
-        );
-        every_version!(
-            ApiKey::CreateDelegationToken,
-            CreateDelegationTokenRequest::default(),
-            CreateDelegationTokenResponse,
-            65
-        );
-        every_version!(
-            ApiKey::DescribeDelegationToken,
-            DescribeDelegationTokenRequest::default(),
-            DescribeDelegationTokenResponse,
-            65
-        );
-        every_version!(
-            ApiKey::AlterPartitionReassignments,
-            AlterPartitionReassignmentsRequest::default(),
-            AlterPartitionReassignmentsResponse,
-            31
-        );
-        every_version!(
-            ApiKey::ListPartitionReassignments,
-            ListPartitionReassignmentsRequest::default(),
-            ListPartitionReassignmentsResponse,
-            31
-        );
-        every_version!(
-            ApiKey::DescribeClientQuotas,
-            DescribeClientQuotasRequest::default(),
-            DescribeClientQuotasResponse,
-            31
-        );
-        every_version!(
-            ApiKey::UpdateFeatures,
-            UpdateFeaturesRequest::default(),
-            UpdateFeaturesResponse,
-            31
-        );
-        // A key Ward has no answer for: no deny response, so the proxy closes the connection.
-        let frame = encode_request(ApiKey::AlterConfigs, 2, &AlterConfigsRequest::default());
-        let req = parse_request(&frame).unwrap();
-        assert_eq!(deny_error_code(&req, &frame), None);
-        assert_eq!(deny_response(&req, &frame), None);
-    }
-
-    #[test]
-    fn offset_for_leader_epoch_names_its_topics_and_is_denied_per_partition() {
-        use kafka_protocol::messages::offset_for_leader_epoch_request::*;
-        use kafka_protocol::messages::*;
-        let body = OffsetForLeaderEpochRequest::default().with_topics(
-            TOPICS
-                .iter()
-                .map(|t| {
-                    OffsetForLeaderTopic::default()
-                        .with_topic(name(t))
-                        .with_partitions(vec![
-                            OffsetForLeaderPartition::default().with_partition(0),
-                            OffsetForLeaderPartition::default().with_partition(3),
-                        ])
-                })
-                .collect(),
-        );
-        for version in versions(ApiKey::OffsetForLeaderEpoch) {
-            let (req, deny) = parse_and_deny(ApiKey::OffsetForLeaderEpoch, version, &body);
-            assert_eq!(req.topics, want_topics(), "v{version}");
-            let resp: OffsetForLeaderEpochResponse =
-                decode_response(ApiKey::OffsetForLeaderEpoch, version, &deny);
-            let got: Vec<(i32, i16)> = resp
-                .topics
-                .iter()
-                .flat_map(|t| t.partitions.iter().map(|p| (p.partition, p.error_code)))
-                .collect();
-            assert_eq!(got, [(0, 29), (3, 29), (0, 29), (3, 29)], "v{version}");
-        }
-    }
-
-    #[test]
-    fn txn_offset_commit_and_describe_configs_are_denied_item_by_item() {
-        use kafka_protocol::messages::*;
-        for version in versions(ApiKey::TxnOffsetCommit) {
-            let body = TxnOffsetCommitRequest::default()
-                .with_group_instance_id(
-                    (version >= 3).then(|| StrBytes::from_static_str("i1")),
-                )
-                .with_topics(
-                    TOPICS
-                        .iter()
-                        .map(|t| {
-                            txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
-                                .with_name(name(t))
-                                .with_partitions(vec![
-                                    txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
-                                        .with_partition_index(2)
-                                        .with_committed_metadata(Some(StrBytes::from_static_str("m"))),
-                                ])
-                        })
-                        .collect(),
-                );
-            let (req, deny) = parse_and_deny(ApiKey::TxnOffsetCommit, version, &body);
-            assert_eq!(req.topics, want_topics(), "v{version}");
-            let resp: TxnOffsetCommitResponse =
-                decode_response(ApiKey::TxnOffsetCommit, version, &deny);
-            let got: Vec<(i32, i16)> = resp
-                .topics
-                .iter()
-                .flat_map(|t| {
-                    t.partitions
-                        .iter()
-                        .map(|p| (p.partition_index, p.error_code))
-                })
-                .collect();
-            assert_eq!(got, [(2, 30), (2, 30)], "v{version}");
-        }
-        for version in versions(ApiKey::DescribeConfigs) {
-            let resource = |kind: i8, n: &'static str| {
-                describe_configs_request::DescribeConfigsResource::default()
-                    .with_resource_type(kind)
-                    .with_resource_name(StrBytes::from_static_str(n))
-                    .with_configuration_keys(Some(vec![StrBytes::from_static_str("k")]))
-            };
-            let body = DescribeConfigsRequest::default()
-                .with_resources(vec![resource(2, "orders"), resource(4, "1")]);
-            let (_, deny) = parse_and_deny(ApiKey::DescribeConfigs, version, &body);
-            let resp: DescribeConfigsResponse =
-                decode_response(ApiKey::DescribeConfigs, version, &deny);
-            let got: Vec<_> = resp
-                .results
-                .iter()
-                .map(|r| (r.resource_type, r.resource_name.as_str(), r.error_code))
-                .collect();
-            assert_eq!(got, [(2, "orders", 29), (4, "1", 31)], "v{version}");
-        }
-    }
-
-    #[test]
-    fn admin_apis_on_topics_and_groups_are_denied_item_by_item() {
-        use kafka_protocol::messages::*;
-        for version in versions(ApiKey::CreateTopics) {
-            let body = CreateTopicsRequest::default().with_topics(
-                TOPICS
-                    .iter()
-                    .map(|t| {
-                        create_topics_request::CreatableTopic::default()
-                            .with_name(name(t))
-                            .with_assignments(vec![
-                                create_topics_request::CreatableReplicaAssignment::default()
-                                    .with_broker_ids(vec![BrokerId(1), BrokerId(2)]),
-                            ])
-                            .with_configs(vec![
-                                create_topics_request::CreatableTopicConfig::default()
-                                    .with_name(StrBytes::from_static_str("retention.ms"))
-                                    .with_value(Some(StrBytes::from_static_str("1"))),
-                            ])
-                    })
-                    .collect(),
-            );
-            let (req, deny) = parse_and_deny(ApiKey::CreateTopics, version, &body);
-            assert_eq!(req.topics, want_topics(), "v{version}");
-            let resp: CreateTopicsResponse = decode_response(ApiKey::CreateTopics, version, &deny);
-            let got: Vec<_> = resp
-                .topics
-                .iter()
-                .map(|t| (t.name.as_str(), t.error_code))
-                .collect();
-            assert_eq!(got, [("orders", 29), ("payments", 29)], "v{version}");
-        }
-        for version in versions(ApiKey::DeleteTopics) {
-            let body = if version <= 5 {
-                DeleteTopicsRequest::default()
-                    .with_topic_names(TOPICS.iter().map(|t| name(t)).collect())
-            } else {
-                DeleteTopicsRequest::default().with_topics(
-                    TOPICS
-                        .iter()
-                        .map(|t| {
-                            delete_topics_request::DeleteTopicState::default()
-                                .with_name(Some(name(t)))
-                        })
-                        .collect(),
-                )
-            };
-            let (req, deny) = parse_and_deny(ApiKey::DeleteTopics, version, &body);
-            assert_eq!(req.topics, want_topics(), "v{version}");
-            let resp: DeleteTopicsResponse = decode_response(ApiKey::DeleteTopics, version, &deny);
-            assert_eq!(resp.responses.len(), 2, "v{version}");
-            assert!(
-                resp.responses.iter().all(|r| r.error_code == 29),
-                "v{version}"
-            );
-        }
-        let groups = vec![
-            GroupId(StrBytes::from_static_str("g1")),
-            GroupId(StrBytes::from_static_str("g2")),
-        ];
-        for version in versions(ApiKey::DescribeGroups) {
-            let body = DescribeGroupsRequest::default().with_groups(groups.clone());
-            let (_, deny) = parse_and_deny(ApiKey::DescribeGroups, version, &body);
-            let resp: DescribeGroupsResponse =
-                decode_response(ApiKey::DescribeGroups, version, &deny);
-            let got: Vec<_> = resp
-                .groups
-                .iter()
-                .map(|g| (g.group_id.as_str(), g.error_code))
-                .collect();
-            assert_eq!(got, [("g1", 30), ("g2", 30)], "v{version}");
-        }
-        for version in versions(ApiKey::DeleteGroups) {
-            let body = DeleteGroupsRequest::default().with_groups_names(groups.clone());
-            let (_, deny) = parse_and_deny(ApiKey::DeleteGroups, version, &body);
-            let resp: DeleteGroupsResponse = decode_response(ApiKey::DeleteGroups, version, &deny);
-            let got: Vec<_> = resp
-                .results
-                .iter()
-                .map(|g| (g.group_id.as_str(), g.error_code))
-                .collect();
-            assert_eq!(got, [("g1", 30), ("g2", 30)], "v{version}");
-        }
-    }
-
-    #[test]
-    fn metadata_responses_teach_topic_ids_and_ward_can_ask_for_ids() {
-        use kafka_protocol::messages::metadata_response::*;
-        use kafka_protocol::messages::*;
-        let id = [7u8; 16];
-        for version in 10..=ApiKey::Metadata.valid_versions().max {
-            let body = MetadataResponse::default()
-                .with_brokers(vec![MetadataResponseBroker::default()
-                    .with_host(StrBytes::from_static_str("b1"))
-                    .with_rack(Some(StrBytes::from_static_str("r1")))])
-                .with_cluster_id(Some(StrBytes::from_static_str("c")))
-                .with_topics(vec![
-                    MetadataResponseTopic::default()
-                        .with_name(Some(name("orders")))
-                        .with_topic_id(uuid::Uuid::from_bytes(id))
-                        .with_partitions(vec![MetadataResponsePartition::default()
-                            .with_replica_nodes(vec![BrokerId(1), BrokerId(2)])
-                            .with_isr_nodes(vec![BrokerId(1)])]),
-                    MetadataResponseTopic::default().with_name(Some(name("no-id"))),
-                ]);
-            let mut out = Vec::new();
-            ResponseHeader::default()
-                .with_correlation_id(9)
-                .encode(&mut out, ApiKey::Metadata.response_header_version(version))
-                .unwrap();
-            body.encode(&mut out, version).unwrap();
-            assert_eq!(
-                metadata_response_topic_ids(version, &out),
-                Some(vec![(id, "orders".to_owned())]),
-                "v{version}"
-            );
-            // Truncated: never a panic, never a wrong pair (the fields after the topics are
-            // not needed).
-            for len in 0..out.len() {
-                let got = metadata_response_topic_ids(version, &out[..len]);
-                assert!(
-                    got.is_none() || got == Some(vec![(id, "orders".to_owned())]),
-                    "v{version} at {len}"
-                );
-            }
-        }
-        // Ward's own request parses as a Metadata v12 for those IDs.
-        let req = metadata_request_for_ids(5, &[id, [8; 16]]).unwrap();
-        let Status::Complete(frame, _) = frame(&req).unwrap() else {
-            panic!("incomplete")
-        };
-        let parsed = parse_request(frame).unwrap();
-        assert_eq!(
-            (parsed.api_key, parsed.api_version, parsed.correlation_id),
-            (3, 12, 5)
-        );
-        assert_eq!(parsed.topic_ids, vec![id, [8; 16]]);
-        assert!(parsed.topic_ids_only && parsed.topics.is_empty());
-    }
-
-    #[test]
-    fn sasl_handshake_v0_is_refused_and_v1_is_inspectable() {
-        use kafka_protocol::messages::*;
-        let body =
-            SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"));
-        let frame = encode_request(ApiKey::SaslHandshake, 0, &body);
-        let req = parse_request(&frame).unwrap();
-        let answer = refuse_sasl_handshake_v0(&req).unwrap();
-        let resp: SaslHandshakeResponse = decode_response(ApiKey::SaslHandshake, 0, &answer);
-        assert_eq!(resp.error_code, UNSUPPORTED_VERSION);
-        let v1 = parse_request(&encode_request(ApiKey::SaslHandshake, 1, &body)).unwrap();
-        assert_eq!(refuse_sasl_handshake_v0(&v1), None);
-        assert_eq!(inspectable_versions(17), Some((1, 1)));
-    }
-
-    #[test]
-    fn fetch_sessions_are_read_and_refused_by_session_not_found() {
-        use kafka_protocol::messages::*;
-        for version in versions(ApiKey::Fetch) {
-            let body = FetchRequest::default()
-                .with_session_id(42)
-                .with_session_epoch(3);
-            let frame = encode_request(ApiKey::Fetch, version, &body);
-            let req = parse_request(&frame).unwrap();
-            if version < 7 {
-                assert_eq!(req.fetch_session, None);
-                assert_eq!(fetch_session_not_found(&req), None);
-                continue;
-            }
-            assert_eq!(req.fetch_session, Some(FetchSession { id: 42, epoch: 3 }));
-            assert!(req.fetch_session.unwrap().is_incremental());
-            let answer = fetch_session_not_found(&req).unwrap();
-            let resp: FetchResponse = decode_response(ApiKey::Fetch, version, &answer);
-            assert_eq!((resp.error_code, resp.session_id), (70, 0), "v{version}");
-            // The session id of a broker's response.
-            let mut out = Vec::new();
-            ResponseHeader::default()
-                .with_correlation_id(7)
-                .encode(&mut out, ApiKey::Fetch.response_header_version(version))
-                .unwrap();
-            FetchResponse::default()
-                .with_session_id(99)
-                .encode(&mut out, version)
-                .unwrap();
-            assert_eq!(
-                fetch_response_session_id(version, &out),
-                Some(99),
-                "v{version}"
-            );
-            assert_eq!(fetch_response_session_id(version, &out[..9]), None);
-        }
-    }
-
-    #[test]
-    fn add_partitions_to_txn_names_its_topics_and_is_denied_per_partition() {
-        use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
-        use kafka_protocol::messages::*;
-        let body = AddPartitionsToTxnRequest::default()
-            .with_v3_and_below_transactional_id(TransactionalId(StrBytes::from_static_str("t1")))
-            .with_v3_and_below_topics(
-                TOPICS
-                    .iter()
-                    .map(|t| {
-                        AddPartitionsToTxnTopic::default()
-                            .with_name(name(t))
-                            .with_partitions(vec![0, 1])
-                    })
-                    .collect(),
-            );
-        for version in 0..=3 {
-            let (req, deny) = parse_and_deny(ApiKey::AddPartitionsToTxn, version, &body);
-            assert_eq!(req.topics, want_topics(), "v{version}");
-            let resp: AddPartitionsToTxnResponse =
-                decode_response(ApiKey::AddPartitionsToTxn, version, &deny);
-            let codes: Vec<i16> = resp
-                .results_by_topic_v3_and_below
-                .iter()
-                .flat_map(|t| {
-                    t.results_by_partition
-                        .iter()
-                        .map(|p| p.partition_error_code)
-                })
-                .collect();
-            assert_eq!(codes.len(), TOPICS.len() * 2, "v{version}");
-            assert!(codes.iter().all(|c| *c == 29), "v{version}");
-        }
-        // v4+ (broker-to-broker batches) is not inspectable: refused, never forwarded.
-        let frame = encode_request(
-            ApiKey::AddPartitionsToTxn,
-            4,
-            &AddPartitionsToTxnRequest::default(),
-        );
-        assert!(matches!(
-            parse_request(&frame),
-            Err(KafkaError::MalformedBody { api_key: 24, .. })
-        ));
-        assert_eq!(inspectable_versions(24), Some((0, 3)));
-    }
-
-    #[test]
-    fn hostile_counts_are_refused_without_allocating() {
-        // Metadata v0 declaring 54 million topics in 4 bytes (the kafka-protocol OOM reproducer).
-        let mut frame = b"\x00\x03\x00\x00\x00\x00\x00\x01\x00\x00".to_vec();
-        frame.extend_from_slice(&0x033c_0c00i32.to_be_bytes());
-        let err = parse_request(&frame).unwrap_err();
-        assert!(
-            matches!(err, KafkaError::MalformedBody { api_key: 3, .. }),
-            "{err:?}"
-        );
-
-        // Produce v9 (flexible) whose partition array claims u32::MAX - 1 elements.
-        let mut frame = encode_request(ApiKey::Produce, 9, &ProduceRequest::default());
-        frame.truncate(frame.len() - 2); // drop the empty topic array and tagged fields
-        frame.extend_from_slice(&[0x02, 0x02, b'a', 0xff, 0xff, 0xff, 0xff, 0x0f]);
-        let err = parse_request(&frame).unwrap_err();
-        assert!(
-            matches!(err, KafkaError::MalformedBody { api_key: 0, .. }),
-            "{err:?}"
-        );
-    }
-
-    #[test]
-    fn every_truncation_is_an_error_not_a_panic() {
-        let body = ProduceRequest::default().with_acks(1).with_topic_data(vec![
-            TopicProduceData::default()
-                .with_name(name("orders"))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(1)
-                    .with_records(Some(Bytes::from_static(b"xyz")))]),
-        ]);
-        for version in [3, 9, 11] {
-            let frame = encode_request(ApiKey::Produce, version, &body);
-            assert!(parse_request(&frame).is_ok());
-            for len in 0..frame.len() {
-                assert!(
-                    parse_request(&frame[..len]).is_err(),
-                    "v{version} truncated to {len}"
-                );
-            }
-        }
     }
 }
