@@ -212,6 +212,7 @@ pub struct Metrics {
     /// The DNS proxy's counters.
     pub dns: DnsMetrics,
     kafka_requests: Family<KafkaRequestLabels, Counter>,
+    kafka_spliced: Counter,
     registry: Registry,
     kernel: Arc<OnceLock<bpf_redirect::CounterReader>>,
     change_to_maps: Histogram,
@@ -318,8 +319,15 @@ impl Metrics {
             "Kafka requests handled by the proxy, by API key and verdict",
             kafka_requests.clone(),
         );
+        let kafka_spliced = Counter::default();
+        registry.register(
+            "kafka_spliced_bytes",
+            "Bytes of broker responses passed to Kafka clients by splice(2), never copied into Ward",
+            kafka_spliced.clone(),
+        );
         Metrics {
             kafka_requests,
+            kafka_spliced,
             ready,
             rejected_documents,
             dns,
@@ -360,6 +368,11 @@ impl Metrics {
         self.kafka_requests
             .get_or_create(&KafkaRequestLabels { api_key, verdict })
             .inc();
+    }
+
+    /// `n` bytes of a broker response passed through by splice(2).
+    pub fn kafka_spliced(&self, n: usize) {
+        self.kafka_spliced.inc_by(n as u64);
     }
 
     /// The counter of flows the flow log had to drop.
@@ -481,6 +494,7 @@ mod tests {
             "ward_proxy_requests_total{protocol=\"kafka\",verdict=\"DROPPED\"} 1",
             "ward_proxy_request_duration_seconds_count 4",
             "ward_flows_lost_total 1",
+            "ward_kafka_spliced_bytes_total 0",
             "ward_proxy_request_duration_seconds_bucket",
             "ward_policy_apply_duration_seconds_count 2",
             "ward_policy_change_to_maps_seconds_count 1",

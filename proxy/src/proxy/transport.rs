@@ -181,6 +181,12 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// The connection itself, for borrowed halves and splice(2); it stays registered while
+    /// the `Upstream` lives.
+    pub fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
     /// Closes with a reset instead of a FIN when dropped: a connection that spoke from the
     /// client's own address must not leave a TIME_WAIT socket on the client's tuple, which
     /// the client may reuse at once.

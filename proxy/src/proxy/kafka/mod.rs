@@ -112,6 +112,26 @@ enum Owed {
     Local(Vec<u8>),
 }
 
+impl Owed {
+    /// A broker response Ward passes on as it arrives, without reading it whole.
+    fn passes_through(&self) -> bool {
+        match self {
+            Owed::Broker {
+                api_key,
+                version,
+                new_fetch_session,
+            } => !reads_whole(*api_key, *version) && new_fetch_session.is_none(),
+            Owed::Local(_) => false,
+        }
+    }
+}
+
+/// The responses Ward reads whole besides a session-opening fetch: ApiVersions (narrowed) and
+/// Metadata with topic IDs (learned).
+fn reads_whole(api_key: i16, version: i16) -> bool {
+    api_key == 18 || (api_key == 3 && version >= 10)
+}
+
 /// What to do with one request frame.
 enum Judged {
     Forward(KafkaRequest, Option<Vec<String>>),
@@ -162,6 +182,66 @@ fn reserve_for_read(buf: &mut BytesMut, passing: usize) {
     buf.reserve(pending.clamp(READ_CHUNK, RESERVE_AHEAD_MAX));
 }
 
+/// A response with at least this much still to come passes broker → client by splice(2)
+/// through a pipe, never copied into Ward (Fetch answers, mostly).
+const SPLICE_MIN: usize = 64 * 1024;
+/// The pipe's capacity asked for (the kernel's default is 64 KiB).
+const PIPE_SIZE: i32 = 1024 * 1024;
+
+/// A non-blocking pipe for splice(2), per connection.
+struct Pipe {
+    r: std::os::fd::OwnedFd,
+    w: std::os::fd::OwnedFd,
+    cap: usize,
+}
+
+impl Pipe {
+    fn new() -> std::io::Result<Pipe> {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        let (r, w) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+        let cap = fcntl(&w, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE))
+            .ok()
+            .and_then(|c| usize::try_from(c).ok())
+            .unwrap_or(64 * 1024);
+        Ok(Pipe { r, w, cap })
+    }
+}
+
+/// Moves what the broker has ready of the response in flight, up to `max` bytes, into `pipe`
+/// and from there to the client, without copying it into Ward. `Ok(None)`: nothing was
+/// ready after all; `Ok(Some(0))`: the broker closed.
+async fn splice_step(
+    from: &tokio::net::TcpStream,
+    to: &tokio::net::TcpStream,
+    pipe: &Pipe,
+    max: usize,
+) -> std::io::Result<Option<usize>> {
+    use nix::fcntl::{splice, SpliceFFlags};
+    use tokio::io::Interest;
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    // The pipe is empty here: every step drains it before returning.
+    let n = match from.try_io(Interest::READABLE, || {
+        splice(from, None, &pipe.w, None, max.min(pipe.cap), flags).map_err(std::io::Error::from)
+    }) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut left = n;
+    while left > 0 {
+        to.writable().await?;
+        match to.try_io(Interest::WRITABLE, || {
+            splice(&pipe.r, None, to, None, left, flags).map_err(std::io::Error::from)
+        }) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(k) => left -= k,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(n))
+}
+
 /// A frame without its size prefix.
 fn body(frame: &[u8]) -> &[u8] {
     &frame[parsers::kafka::FRAME_PREFIX_LEN..]
@@ -188,7 +268,7 @@ pub async fn serve_conn(
         logged: 0,
         fetch_sessions: VecDeque::new(),
     };
-    let upstream = match k.proxy.upstreams.connect(orig_dst).await {
+    let mut upstream = match k.proxy.upstreams.connect(orig_dst).await {
         Ok(u) => u,
         Err(e) => {
             warn!(error = %e, %client, %orig_dst, "Kafka: cannot connect to the broker");
@@ -196,7 +276,9 @@ pub async fn serve_conn(
         }
     };
     let (mut cr, mut cw) = stream.into_split();
-    let (mut ur, mut uw) = tokio::io::split(upstream);
+    let (mut ur, mut uw) = upstream.stream_mut().split();
+    // Created on the first large response passed through; `None` inside after a failure.
+    let mut pipe: Option<Option<Pipe>> = None;
     let mut cbuf = BytesMut::with_capacity(8192);
     let mut ubuf = BytesMut::with_capacity(8192);
     let mut owed: VecDeque<Owed> = VecDeque::new();
@@ -208,6 +290,10 @@ pub async fn serve_conn(
         if !client_open && owed.is_empty() && response_left == 0 {
             break;
         }
+        // The rest of a large response in flight moves broker → client by splice(2).
+        let splicing = response_left >= SPLICE_MIN
+            && ubuf.is_empty()
+            && pipe.get_or_insert_with(|| Pipe::new().ok()).is_some();
         tokio::select! {
             _ = async { drop(drain.wait_for(|d| *d).await) }, if client_open => { client_open = false; continue; }
             r = async { reserve_for_read(&mut cbuf, 0); cr.read_buf(&mut cbuf).await }, if client_open => {
@@ -290,10 +376,40 @@ pub async fn serve_conn(
                     break;
                 }
             }
-            r = async { reserve_for_read(&mut ubuf, response_left); ur.read_buf(&mut ubuf).await } => {
+            r = async {
+                if splicing {
+                    ur.as_ref().readable().await.map(|()| None)
+                } else {
+                    reserve_for_read(&mut ubuf, response_left);
+                    // Between responses, a response that passes through is read no further
+                    // than its first chunk: the rest can then be spliced.
+                    let limit = if response_left == 0 && owed.front().is_some_and(Owed::passes_through) {
+                        READ_CHUNK
+                    } else {
+                        usize::MAX
+                    };
+                    (&mut ur).take(limit as u64).read_buf(&mut ubuf).await.map(Some)
+                }
+            } => {
                 match r {
-                    Ok(0) => { debug!(%client, %orig_dst, "Kafka broker closed"); break; }
-                    Ok(_) => {}
+                    Ok(None) => {
+                        let Some(Some(p)) = &pipe else { unreachable!("splicing has a pipe") };
+                        match splice_step(ur.as_ref(), cw.as_ref(), p, response_left).await {
+                            Ok(None) => continue,
+                            Ok(Some(0)) => { debug!(%client, %orig_dst, "Kafka broker closed"); break; }
+                            Ok(Some(n)) => {
+                                k.proxy.metrics.kafka_spliced(n);
+                                response_left -= n;
+                                if response_left == 0 && flush_local(&mut owed, &mut cw).await.is_err() {
+                                    break;
+                                }
+                                continue;
+                            }
+                            Err(e) => { debug!(error = %e, %orig_dst, "Kafka response splice"); break; }
+                        }
+                    }
+                    Ok(Some(0)) => { debug!(%client, %orig_dst, "Kafka broker closed"); break; }
+                    Ok(Some(_)) => {}
                     Err(e) => { debug!(error = %e, %orig_dst, "Kafka broker read"); break; }
                 }
                 if let Err(e) = relay(&k, orig_dst, &mut ubuf, &mut response_left, &mut owed, &mut kc, &mut cw).await {
@@ -351,7 +467,7 @@ async fn relay(
         };
         // Read whole: ApiVersions (narrowed), Metadata with topic IDs (learned), and a full
         // fetch that opens a session (its id).
-        let read = *api_key == 18 || (*api_key == 3 && *version >= 10);
+        let read = reads_whole(*api_key, *version);
         if !read && new_fetch_session.is_none() {
             owed.pop_front();
             *left = whole_len;
