@@ -30,6 +30,51 @@ pub(super) struct Refusal {
     pub location: Option<String>,
 }
 
+/// Most of a denied request's body read and thrown away so its connection stays usable (as
+/// nginx discards the body of a request it answers itself).
+const DISCARD_MAX: usize = 64 * 1024;
+/// How long a denied request's body may take to arrive before its connection is closed instead.
+const DISCARD_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Reads and drops the rest of a request body Ward answers without forwarding, so the next
+/// request on the connection starts where the client thinks it does. `false` when it is longer
+/// than [`DISCARD_MAX`], slower than [`DISCARD_WAIT`], or broken: the answer must then close
+/// the connection (with `Connection: close`, so the client knows not to reuse it).
+async fn discard_body(body: &mut Incoming) -> bool {
+    use http_body::Body as _;
+    if body.is_end_stream() {
+        return true;
+    }
+    if body.size_hint().lower() > DISCARD_MAX as u64 {
+        return false;
+    }
+    let drain = async {
+        let mut read = 0usize;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            if let Some(data) = frame.data_ref() {
+                read += data.len();
+                if read > DISCARD_MAX {
+                    return false;
+                }
+            }
+        }
+        true
+    };
+    tokio::time::timeout(DISCARD_WAIT, drain)
+        .await
+        .unwrap_or(false)
+}
+
+/// `r` with `Connection: close` when `close`.
+fn close_if(close: bool, mut r: Response<Body>) -> Response<Body> {
+    if close {
+        r.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
 pub(super) async fn handle(
     proxy: Arc<Proxy>,
     ctx: Arc<ConnCtx>,
@@ -102,7 +147,11 @@ pub(super) async fn handle(
                 .metrics
                 .request(proto_label, "DROPPED", started.elapsed());
             proxy.flows.send_http(event);
-            return close(refuse(refusal.status, grpc, refusal.location.as_deref()));
+            let keep = version == Version::HTTP_2 || discard_body(req.body_mut()).await;
+            return close_if(
+                !keep,
+                close(refuse(refusal.status, grpc, refusal.location.as_deref())),
+            );
         }
     };
     let Judged {
@@ -129,7 +178,8 @@ pub(super) async fn handle(
             .metrics
             .request(proto_label, "DROPPED", started.elapsed());
         proxy.flows.send_http(event);
-        return close(resp);
+        let keep = version == Version::HTTP_2 || discard_body(req.body_mut()).await;
+        return close_if(!keep, close(resp));
     }
     let verdict = match decision.verdict {
         L7Verdict::Audit => "AUDIT",
