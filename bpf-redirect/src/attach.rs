@@ -25,7 +25,10 @@ impl Datapath {
     /// proxy-side TIME_WAIT socket (see `ward_tw_redirect` in `ebpf/ward.bpf.c`).
     pub fn attach_sk_lookup(&mut self) -> Result<()> {
         let path = self.pin_root.join("links").join(SK_LOOKUP_LINK);
-        detach_pin(&path)?;
+        // The new link is attached and pinned beside the old one before the old one goes, so
+        // a restart leaves no moment without the lookup (both select the same listener).
+        let next = path.with_extension("next");
+        detach_pin(&next)?;
         let netns = fs::File::open("/proc/thread-self/ns/net")
             .map_err(io_err("opening this thread's network namespace"))?;
         let name = program_names::SK_LOOKUP;
@@ -37,10 +40,12 @@ impl Datapath {
             .take_link(id)
             .map_err(|source| Error::Program { name, source })?
             .into();
-        link.pin(&path).map_err(|source| Error::Pin {
-            path: path.clone(),
+        link.pin(&next).map_err(|source| Error::Pin {
+            path: next.clone(),
             source,
         })?;
+        detach_pin(&path)?;
+        fs::rename(&next, &path).map_err(io_err(format!("renaming {}", next.display())))?;
         Ok(())
     }
 

@@ -44,37 +44,112 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
         .enable_all()
         .worker_threads(1)
         .build()?;
-    // 1. The listener first: redirected flows fail closed until it exists.
-    let std_listener =
-        crate::proxy::transport::bind_transparent(cfg.listeners.http).with_context(|| {
+    // 0. A running `ward run` hands its listening sockets over (hitless restart, upgrade).
+    let handover_path = crate::handover::socket_path(&cfg.admin_socket);
+    let mut inherited = crate::handover::take(&handover_path)
+        .context("taking the listening sockets over from the running ward")?;
+    if let Some(h) = &inherited {
+        info!(
+            pid = h.pid,
+            version = %h.version,
+            sockets = ?h.offered(),
+            "taking the listening sockets over from the running ward"
+        );
+    }
+    let tcp = |inherited: &mut Option<crate::handover::Inherited>,
+               name: &str,
+               port: u16|
+     -> anyhow::Result<std::net::TcpListener> {
+        if let Some(l) = inherited.as_mut().and_then(|h| h.tcp(name, port)) {
+            return Ok(l);
+        }
+        crate::proxy::transport::bind_transparent(port).with_context(|| {
             format!(
-                "binding the transparent listener on port {} (needs CAP_NET_ADMIN)",
-                cfg.listeners.http
+                "binding the transparent {name} listener on TCP port {port} (needs CAP_NET_ADMIN)"
             )
-        })?;
+        })
+    };
+    // 1. The listener first: redirected flows fail closed until it exists.
+    let std_listener = tcp(&mut inherited, "http", cfg.listeners.http)?;
     // The DNS listener, UDP and TCP on one port, when configured.
     let dns_listeners = match cfg.listeners.dns {
         None => None,
         Some(port) => {
-            let udp = crate::proxy::transport::bind_transparent_udp(port).with_context(|| {
-                format!("binding the transparent DNS listener on UDP port {port}")
-            })?;
-            let tcp = crate::proxy::transport::bind_transparent(port).with_context(|| {
-                format!("binding the transparent DNS listener on TCP port {port}")
-            })?;
+            let tcp = tcp(&mut inherited, "dns_tcp", port)?;
+            let udp = match inherited.as_mut().and_then(|h| h.udp("dns_udp", port)) {
+                Some(u) => u,
+                None => crate::proxy::transport::bind_transparent_udp(port).with_context(|| {
+                    format!("binding the transparent DNS listener on UDP port {port}")
+                })?,
+            };
             Some((port, udp, tcp))
         }
     };
     // The Kafka listener, when configured.
     let kafka_listener = match cfg.listeners.kafka {
         None => None,
-        Some(port) => Some((
-            port,
-            crate::proxy::transport::bind_transparent(port).with_context(|| {
-                format!("binding the transparent Kafka listener on TCP port {port}")
-            })?,
-        )),
+        Some(port) => Some((port, tcp(&mut inherited, "kafka", port)?)),
     };
+    // The metrics endpoint's listener.
+    let metrics_listener = match cfg.metrics {
+        None => None,
+        Some(addr) => Some(
+            match inherited
+                .as_mut()
+                .and_then(|h| h.tcp("metrics", addr.port()))
+            {
+                Some(l) => l,
+                None => {
+                    let l = std::net::TcpListener::bind(addr)
+                        .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+                    l.set_nonblocking(true)?;
+                    l
+                }
+            },
+        ),
+    };
+    // What the next `ward run` will be offered: the same sockets.
+    let mut offered = vec![(
+        crate::handover::Named {
+            name: "http".into(),
+            port: cfg.listeners.http,
+        },
+        std::os::fd::OwnedFd::from(std_listener.try_clone()?),
+    )];
+    if let Some((port, udp, tcp)) = &dns_listeners {
+        offered.push((
+            crate::handover::Named {
+                name: "dns_udp".into(),
+                port: *port,
+            },
+            udp.try_clone()?.into(),
+        ));
+        offered.push((
+            crate::handover::Named {
+                name: "dns_tcp".into(),
+                port: *port,
+            },
+            tcp.try_clone()?.into(),
+        ));
+    }
+    if let Some((port, tcp)) = &kafka_listener {
+        offered.push((
+            crate::handover::Named {
+                name: "kafka".into(),
+                port: *port,
+            },
+            tcp.try_clone()?.into(),
+        ));
+    }
+    if let Some(l) = &metrics_listener {
+        offered.push((
+            crate::handover::Named {
+                name: "metrics".into(),
+                port: l.local_addr()?.port(),
+            },
+            l.try_clone()?.into(),
+        ));
+    }
     // 2. Datapath: maps, desired state, hooks, routing.
     let metrics = Arc::new(Metrics::new());
     let mut dp = Datapath::open(&cfg.pin_root)
@@ -244,24 +319,46 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
         info!(threads, "proxy workers started");
         let proxy_task = tokio::spawn(crate::proxy::serve(workers, listener, rx.clone()));
         let admin_task = {
-            let l = crate::admin::server::bind(&cfg.admin_socket)?;
+            // Taking over: the running ward's admin socket is replaced, not a stale one.
+            let l = crate::admin::server::bind(&cfg.admin_socket, inherited.is_some())?;
             info!(socket = %cfg.admin_socket.display(), "admin socket ready");
             tokio::spawn(crate::admin::server::serve(l, admin, rx.clone()))
         };
-        if let Some(addr) = cfg.metrics {
+        if let Some(l) = metrics_listener {
             let m = metrics.clone();
             let rx = rx.clone();
             tokio::spawn(async move {
-                if let Err(e) = crate::metrics::serve(addr, m, rx).await {
-                    error!(error = %e, %addr, "metrics endpoint failed");
+                if let Err(e) = crate::metrics::serve(l, m, rx).await {
+                    error!(error = %e, "metrics endpoint failed");
                 }
             });
         }
+        // Offer the sockets to the next `ward run`, then let the previous one go.
+        let (handed_tx, mut handed_rx) = tokio::sync::watch::channel(None::<Option<u32>>);
+        let handover_listener = crate::handover::bind(&handover_path)
+            .with_context(|| format!("binding the handover socket {}", handover_path.display()))?;
+        std::thread::Builder::new()
+            .name("handover".into())
+            .spawn(move || {
+                crate::handover::offer(handover_listener, offered, |pid| {
+                    let _ = handed_tx.send(Some(pid));
+                });
+            })?;
+        if let Some(h) = inherited.take() {
+            let pid = h.pid;
+            h.ready().context("telling the previous ward to drain")?;
+            info!(pid, "serving; the previous ward drains and stops");
+        }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let mut handed_over = false;
         tokio::select! {
             _ = term.recv() => info!(drain_timeout_ms = cfg.drain_timeout_ms, "SIGTERM: draining, then stopping (the datapath stays attached)"),
             _ = int.recv() => info!(drain_timeout_ms = cfg.drain_timeout_ms, "SIGINT: draining, then stopping (the datapath stays attached)"),
+            pid = async { handed_rx.wait_for(Option::is_some).await.ok().and_then(|p| *p) } => {
+                handed_over = true;
+                info!(pid = ?pid.flatten(), drain_timeout_ms = cfg.drain_timeout_ms, "handed the listening sockets over: draining, then stopping");
+            }
         }
         let _ = tx.send(true);
         // The HTTP workers drain their connections (at most `drain_timeout_ms`).
@@ -279,7 +376,18 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
         if let Some(t) = kafka_thread {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
-        let _ = std::fs::remove_file(&cfg.admin_socket);
+        if handed_over && cfg.after_handover == crate::config::AfterHandover::Wait {
+            info!("drained after the handover; waiting for SIGTERM (after_handover: wait)");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        // After a handover these paths are the new process's.
+        if !handed_over {
+            let _ = std::fs::remove_file(&cfg.admin_socket);
+            let _ = std::fs::remove_file(&handover_path);
+        }
         anyhow::Ok(0)
     })?;
     stop.store(true, Ordering::Relaxed);

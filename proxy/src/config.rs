@@ -135,6 +135,19 @@ pub enum DnsTimeoutResponse {
     Silence,
 }
 
+/// What a `ward run` does once it has handed its listening sockets to a new one and drained.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterHandover {
+    /// Exit 0.
+    #[default]
+    Exit,
+    /// Stay up, serving nothing, until SIGTERM: for a supervisor that restarts an exited
+    /// process (a Kubernetes DaemonSet surging a new pod next to the old one), which would
+    /// otherwise start the old version again and take the sockets back.
+    Wait,
+}
+
 /// The DNS proxy and `toFQDNs` learning (`dns:` in the node config).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -340,6 +353,10 @@ pub struct Config {
     /// GOAWAY; Kafka and DNS over TCP: the answers owed) before they are cut, milliseconds.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// After handing the listening sockets to a new `ward run` and draining: `exit` or
+    /// `wait` for SIGTERM.
+    #[serde(default)]
+    pub after_handover: AfterHandover,
     /// Threads that own client connections (like nginx's `worker_processes`); default: one
     /// per CPU.
     #[serde(default)]

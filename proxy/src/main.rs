@@ -20,6 +20,7 @@ mod controller;
 mod datapath;
 mod flows;
 mod fqdn;
+mod handover;
 
 mod metrics;
 mod proxy;

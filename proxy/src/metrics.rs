@@ -413,14 +413,14 @@ impl Metrics {
 /// Serves `GET /metrics` on `addr`, and `GET /readyz` (200 once ready, 503 before: a
 /// DaemonSet's readiness probe).
 pub async fn serve(
-    addr: std::net::SocketAddr,
+    listener: std::net::TcpListener,
     metrics: Arc<Metrics>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     use http_body_util::Full;
     use hyper_util::rt::TokioIo;
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "metrics listening");
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    tracing::info!(addr = %listener.local_addr()?, "metrics listening");
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => r?,

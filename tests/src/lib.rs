@@ -568,29 +568,7 @@ impl Scene {
 
     /// Starts `ward run` in the node namespace and waits for its admin socket.
     pub fn start_ward(&mut self) {
-        if !self.config_written {
-            self.write_config();
-        }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("ward.log"))
-            .expect("ward.log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.node_ns])
-            .arg(ward_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(self.config_path())
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn ward run");
+        let child = self.spawn_ward();
         self.ward = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
@@ -605,6 +583,68 @@ impl Scene {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("ward run did not become ready:\n{}", self.ward_log());
+    }
+
+    /// `ward run` on this scene's config, its output appended to `ward.log`.
+    fn spawn_ward(&mut self) -> Child {
+        if !self.config_written {
+            self.write_config();
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("ward.log"))
+            .expect("ward.log");
+        Command::new("ip")
+            .args(["netns", "exec", &self.node_ns])
+            .arg(ward_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(self.config_path())
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn ward run")
+    }
+
+    /// A hitless restart: starts a second `ward run` while the first serves; the new one takes
+    /// the listening sockets over and the old one drains and exits 0. Returns the time from
+    /// the new process's start to the old one's exit.
+    pub fn upgrade_ward(&mut self) -> Duration {
+        let mut old = self.ward.take().expect("a running ward to upgrade");
+        let start = Instant::now();
+        let mut new = self.spawn_ward();
+        let deadline = start + Duration::from_secs(30);
+        let status = loop {
+            if let Ok(Some(status)) = new.try_wait() {
+                panic!("the new ward run exited ({status}):\n{}", self.ward_log());
+            }
+            if let Ok(Some(status)) = old.try_wait() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = old.kill();
+                let _ = new.kill();
+                panic!(
+                    "the old ward did not hand over and exit:\n{}",
+                    self.ward_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let took = start.elapsed();
+        assert!(
+            status.success(),
+            "the old ward exited {status}:\n{}",
+            self.ward_log()
+        );
+        self.ward = Some(new);
+        took
     }
 
     /// Starts a tansu broker (memory storage) in `pod` listening and advertised on `port`,

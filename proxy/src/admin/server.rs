@@ -29,12 +29,13 @@ pub struct AdminContext {
     pub routing: ProxyRouting,
 }
 
-pub fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+/// Binds the admin socket at `path`. A socket left by a killed run is replaced; a live one
+/// only when `replace` (a handover: the running ward is about to stop).
+pub fn bind(path: &Path, replace: bool) -> std::io::Result<tokio::net::UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    // A stale socket from a killed run.
-    if path.exists() && UnixStream::connect(path).is_err() {
+    if path.exists() && (replace || UnixStream::connect(path).is_err()) {
         std::fs::remove_file(path)?;
     }
     tokio::net::UnixListener::bind(path)

@@ -61,6 +61,17 @@ pub fn start(
                     Err(e) => tracing::error!(error = %e, "DNS: the UDP listener panicked"),
                     Ok(Ok(())) => {}
                 }
+                // UDP sessions answer the queries they hold, within the drain timeout.
+                let deadline = tokio::time::Instant::now() + drain_timeout;
+                while dns.sessions_open() > 0 && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                if dns.sessions_open() > 0 {
+                    tracing::warn!(
+                        sessions = dns.sessions_open(),
+                        "DNS: drain timeout with queries still waiting upstream"
+                    );
+                }
             });
             // Sessions and connections still open end with the runtime.
             rt.shutdown_timeout(Duration::from_millis(200));
@@ -304,6 +315,11 @@ impl DnsProxy {
 
     pub fn close_session(&self) {
         self.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// UDP client sessions still open.
+    pub fn sessions_open(&self) -> usize {
+        self.sessions.load(Ordering::Relaxed)
     }
 
     /// The upstream's answer to `p`: checked, counted, its flow written, and its `toFQDNs`

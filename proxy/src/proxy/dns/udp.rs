@@ -175,7 +175,13 @@ impl Session {
         // Closed once the session decided to end: the listener then starts a new session for
         // the client's next datagram, and this one only finishes what it already took.
         let mut inbox_open = true;
+        // Shutting down: the session takes nothing new from the listener and ends once the
+        // queries it holds are answered or timed out.
+        let mut draining = false;
         loop {
+            if draining && self.pending.is_empty() {
+                break;
+            }
             // The next thing to wake for: the oldest query's deadline, or the idle end.
             let wake = match self.deadlines.front() {
                 Some((d, _)) => *d,
@@ -221,7 +227,16 @@ impl Session {
                         }
                     }
                 }
-                _ = shutdown.changed() => break,
+                _ = shutdown.changed(), if !draining => {
+                    draining = true;
+                    if inbox_open {
+                        rx.close();
+                        inbox_open = false;
+                    }
+                    for m in self.arrived(&mut rx, &mut cbuf) {
+                        self.query(&m).await;
+                    }
+                }
             }
         }
         // The reply socket goes first, right after the last look at its queue: from then on

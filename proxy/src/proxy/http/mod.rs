@@ -13,6 +13,7 @@ mod session;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -33,8 +34,30 @@ pub const MAX_H2_HEADER_LIST: u32 = 64 * 1024;
 /// A client must send its request head within this time.
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How long a draining HTTP/1.1 connection may stay idle before it is closed. Until then its
+/// next response carries `Connection: close`, so a client that keeps using it learns of the
+/// close from an answer instead of finding the connection gone under its next request.
+pub const DRAIN_IDLE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What a connection has served, for its drain.
+#[derive(Default)]
+struct Seen {
+    h2: std::sync::atomic::AtomicBool,
+    requests: std::sync::atomic::AtomicU64,
+}
+
+impl Seen {
+    fn request(&self, h2: bool) {
+        if h2 {
+            self.h2.store(true, Ordering::Relaxed);
+        }
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Serves one client connection; when `drain` turns true, shuts it down gracefully (see
-/// [`super::Workers`]).
+/// [`super::Workers`]): an HTTP/2 connection gets GOAWAY at once, an HTTP/1.1 connection
+/// `Connection: close` on its next response, and is closed after [`DRAIN_IDLE_GRACE`] idle.
 pub async fn serve_conn(
     proxy: Arc<Proxy>,
     stream: TcpStream,
@@ -51,10 +74,24 @@ pub async fn serve_conn(
     let _ = stream.set_nodelay(true);
     debug!("accepted");
     let ctx = Arc::new(ConnCtx::new(ConnState::new(client, orig_dst)));
-    let svc = hyper::service::service_fn(move |req| {
+    let seen = Arc::new(Seen::default());
+    let (svc_seen, svc_drain) = (seen.clone(), drain.clone());
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let proxy = proxy.clone();
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(handle::handle(proxy, ctx, req).await) }
+        let is_h2 = req.version() == http::Version::HTTP_2;
+        svc_seen.request(is_h2);
+        let draining = !is_h2 && *svc_drain.borrow();
+        async move {
+            let mut resp = handle::handle(proxy, ctx, req).await;
+            if draining && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, Infallible>(resp)
+        }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -78,8 +115,29 @@ pub async fn serve_conn(
     let served = tokio::select! {
         r = conn.as_mut() => r,
         _ = async { drop(drain.wait_for(|d| *d).await) } => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+            let mut done = None;
+            if !seen.h2.load(Ordering::Relaxed) {
+                // HTTP/1.1: answers now say `Connection: close`; a connection that took no
+                // request for a whole grace is closed.
+                let mut before = seen.requests.load(Ordering::Relaxed);
+                loop {
+                    tokio::select! {
+                        r = conn.as_mut() => { done = Some(r); break; }
+                        _ = tokio::time::sleep(DRAIN_IDLE_GRACE) => {
+                            let now = seen.requests.load(Ordering::Relaxed);
+                            if now == before { break; }
+                            before = now;
+                        }
+                    }
+                }
+            }
+            match done {
+                Some(r) => r,
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
         }
     };
     if let Err(e) = served {

@@ -1,0 +1,280 @@
+//! Hitless restart (issue 15): `ward run` is restarted again and again by handing its listening
+//! sockets to a new process while HTTP/1.1 (keep-alive and new connections, to nginx) and h2c
+//! (gRPC, grpcio on one channel) clients send requests through L7 rules at a fixed rate. Every
+//! request must get its verdict: no failure, no wrong answer, no reset.
+
+use std::time::{Duration, Instant};
+
+use ward_tests::{eventually, peers_python, privileged, Scene};
+
+/// nginx's `http {}`: HTTP/1.1 on 80, the landing answers.
+const NGINX: &str = r#"
+    access_log off;
+    server {
+        listen 80;
+        location = /v1/request-landing { return 200 "Ship landed\n"; }
+        location / { return 404 "Not found\n"; }
+    }
+"#;
+
+/// A gRPC server (h2c) on 50051 with `/pkg.Svc/Land` and `/pkg.Svc/Exhaust`, raw bytes.
+const GRPC_SERVER: &str = r#"
+import grpc, sys
+from concurrent import futures
+h = grpc.method_handlers_generic_handler("pkg.Svc", {
+    "Land": grpc.unary_unary_rpc_method_handler(lambda req, ctx: b"landed"),
+    "Exhaust": grpc.unary_unary_rpc_method_handler(lambda req, ctx: b"boom"),
+})
+s = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+s.add_generic_rpc_handlers((h,))
+s.add_insecure_port("0.0.0.0:50051")
+s.start()
+s.wait_for_termination()
+"#;
+
+/// gRPC at RATE calls/s on one channel until STOP exists; every fifth call is the denied
+/// method. Prints one JSON line.
+const GRPC_LOAD: &str = r#"
+import grpc, json, os, sys, time
+target, rate, stop = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+st = {"ok": 0, "denied": 0, "wrong": 0, "failed": 0, "errors": []}
+with grpc.insecure_channel(target) as ch:
+    land, exhaust = ch.unary_unary("/pkg.Svc/Land"), ch.unary_unary("/pkg.Svc/Exhaust")
+    start, i = time.time(), 0
+    while not os.path.exists(stop) and time.time() - start < 300:
+        due = start + i / rate
+        now = time.time()
+        if due > now:
+            time.sleep(due - now)
+        denied = i % 5 == 4
+        try:
+            out = (exhaust if denied else land)(b"x", timeout=5)
+            if not denied and out == b"landed":
+                st["ok"] += 1
+            else:
+                st["wrong"] += 1
+                st["errors"].append("answered %r" % out)
+        except grpc.RpcError as e:
+            if denied and e.code() == grpc.StatusCode.PERMISSION_DENIED:
+                st["denied"] += 1
+            else:
+                st["failed"] += 1
+                st["errors"].append("%s %s" % (e.code(), e.details()))
+        i += 1
+st["errors"] = st["errors"][:10]
+print(json.dumps(st), flush=True)
+"#;
+
+const POLICY: &str = r#"apiVersion: "cilium.io/v2"
+kind: CiliumNetworkPolicy
+metadata:
+  name: "landing-only"
+spec:
+  endpointSelector:
+    matchLabels: {org: empire, class: deathstar}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {org: empire}
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - method: "POST"
+          path: "/v1/request-landing"
+    - ports: [{port: "50051", protocol: TCP}]
+      rules:
+        http:
+        - method: "POST"
+          path: "/pkg.Svc/Land"
+"#;
+
+/// HTTP/1.1 at RATE requests/s until STOP exists: every other request on one keep-alive
+/// connection, the others each on a new one; every fifth is a denied PUT. A reused connection
+/// that the server closed just as the request left (no byte of answer) is retried once on a
+/// new connection, as curl and browsers do; everything else that is not the expected status
+/// counts as failed or wrong. Prints one JSON line.
+const HTTP1_LOAD: &str = r#"
+import http.client, json, os, sys, time
+host, rate, stop = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+st = {"ok": 0, "denied": 0, "wrong": 0, "failed": 0, "stale_retried": 0, "errors": []}
+keep = None
+start, i = time.time(), 0
+while not os.path.exists(stop) and time.time() - start < 300:
+    due = start + i / rate
+    now = time.time()
+    if due > now:
+        time.sleep(due - now)
+    method, path, want = ("PUT", "/v1/exhaust-port", 403) if i % 5 == 4 else ("POST", "/v1/request-landing", 200)
+    reuse = i % 2 == 0
+    for attempt in range(2):
+        fresh = not reuse or keep is None
+        try:
+            conn = keep if (reuse and keep is not None) else http.client.HTTPConnection(host, 80, timeout=5)
+            if reuse:
+                keep = conn
+            conn.request(method, path, body=b"x")
+            r = conn.getresponse()
+            body = r.read()
+            if not reuse or r.will_close:
+                conn.close()
+                if reuse:
+                    keep = None
+            if r.status == want:
+                st["ok" if want == 200 else "denied"] += 1
+            else:
+                st["wrong"] += 1
+                st["errors"].append("%s %s -> %d %r" % (method, path, r.status, body[:40]))
+            break
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+            if keep is not None:
+                keep.close()
+            keep = None
+            if reuse and not fresh and attempt == 0:
+                st["stale_retried"] += 1
+                continue
+            st["failed"] += 1
+            st["errors"].append(repr(e))
+            break
+        except Exception as e:
+            if keep is not None:
+                keep.close()
+            keep = None
+            st["failed"] += 1
+            st["errors"].append(repr(e))
+            break
+    i += 1
+st["errors"] = st["errors"][:10]
+print(json.dumps(st), flush=True)
+"#;
+
+#[test]
+fn restarts_under_http1_and_h2c_load_lose_no_request() {
+    if !privileged("restarts_under_http1_and_h2c_load_lose_no_request") {
+        return;
+    }
+    let mut s = Scene::new("hitless");
+    s.add_pod(
+        "deathstar",
+        "default",
+        &[("org", "empire"), ("class", "deathstar")],
+    );
+    s.add_pod(
+        "tiefighter",
+        "default",
+        &[("org", "empire"), ("class", "tiefighter")],
+    );
+    let python = peers_python().to_string_lossy().into_owned();
+    s.start_nginx("deathstar", NGINX);
+    let grpc_server = s.dir.join("grpc_server.py");
+    std::fs::write(&grpc_server, GRPC_SERVER).unwrap();
+    let grpc_server = grpc_server.to_string_lossy().into_owned();
+    s.spawn_in("deathstar", &[&python, &grpc_server], "grpc-server.log");
+    s.wait_port("deathstar", 80);
+    s.wait_port("deathstar", 50051);
+    s.start_ward();
+    s.write_policy("landing.yaml", POLICY);
+    let ip = s.pod("deathstar").ip.to_string();
+    eventually("the L7 rule", Duration::from_secs(5), || {
+        s.curl(
+            "tiefighter",
+            &["-XPUT", &format!("http://{ip}/v1/exhaust-port")],
+        )
+        .1 == "Access denied\r\n"
+    });
+
+    // A denied request's body is read and dropped, so its keep-alive connection serves the
+    // next request; a body too large to drop closes the connection, and the answer says so.
+    let out = s.exec(
+        "tiefighter",
+        &[
+            "python3",
+            "-c",
+            &format!(
+                r#"
+import http.client
+c = http.client.HTTPConnection("{ip}", 80, timeout=5)
+for body in (b"x" * 1000, b"y" * 70000):
+    c.request("PUT", "/v1/exhaust-port", body=body)
+    r = c.getresponse(); r.read()
+    print(r.status, "close" if r.will_close else "keep-alive")
+    if not r.will_close:
+        c.request("POST", "/v1/request-landing", body=b"z")
+        r = c.getresponse(); print(r.status, r.read().decode().strip())
+"#
+            ),
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "403 keep-alive\n200 Ship landed\n403 close\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The loads, until told to stop: HTTP/1.1 and gRPC (h2c, one channel that reconnects
+    // after a GOAWAY).
+    let stop = s.dir.join("stop-load");
+    let (h1_script, grpc_script) = (s.dir.join("http1_load.py"), s.dir.join("grpc_load.py"));
+    std::fs::write(&h1_script, HTTP1_LOAD).unwrap();
+    std::fs::write(&grpc_script, GRPC_LOAD).unwrap();
+    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    let (h1_script, grpc_script, stop_path) = (path(&h1_script), path(&grpc_script), path(&stop));
+    s.spawn_in(
+        "tiefighter",
+        &["python3", &h1_script, &ip, "100", &stop_path],
+        "http1-load.log",
+    );
+    let target = format!("{ip}:50051");
+    s.spawn_in(
+        "tiefighter",
+        &[&python, &grpc_script, &target, "50", &stop_path],
+        "grpc-load.log",
+    );
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Restarts: each a new `ward run` taking the sockets over.
+    let mut took = Vec::new();
+    for _ in 0..20 {
+        took.push(s.upgrade_ward());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::fs::write(&stop, "").unwrap();
+    let read = |log: &str| std::fs::read_to_string(s.dir.join(log)).unwrap_or_default();
+    eventually("the loads to end", Duration::from_secs(20), || {
+        read("http1-load.log").contains('}') && read("grpc-load.log").contains('}')
+    });
+    let log = s.ward_log();
+    let result = |name: &str| -> serde_json::Value {
+        let text = read(name);
+        serde_json::from_str(text.lines().last().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{name}: {e}: {text}"))
+    };
+    // Every request answered with its verdict.
+    let (h1, grpc) = (result("http1-load.log"), result("grpc-load.log"));
+    for r in [&h1, &grpc] {
+        assert_eq!(r["failed"], 0, "{r}\n{log}");
+        assert_eq!(r["wrong"], 0, "{r}");
+    }
+    // Not even a keep-alive connection closed under a request: each learnt of its close from
+    // a `Connection: close` answer.
+    assert_eq!(h1["stale_retried"], 0, "{h1}");
+    assert!(h1["ok"].as_u64() > Some(500), "{h1}");
+    assert!(h1["denied"].as_u64() > Some(100), "{h1}");
+    assert!(grpc["ok"].as_u64() > Some(300), "{grpc}");
+    assert!(grpc["denied"].as_u64() > Some(50), "{grpc}");
+    assert!(
+        started.elapsed() > Duration::from_secs(5),
+        "the loads overlapped the restarts"
+    );
+    // Each new process re-attached to the pinned datapath without replacing it.
+    assert!(log.matches("outcome=Kept").count() >= 20, "{log}");
+    assert_eq!(log.matches("taking the listening sockets over").count(), 20);
+    assert_eq!(log.matches("handed the listening sockets over").count(), 20);
+    took.sort();
+    eprintln!(
+        "handover (new process start → old process exit): median {:?}, max {:?}; HTTP/1.1 {h1}; gRPC {grpc}",
+        took[took.len() / 2],
+        took[took.len() - 1]
+    );
+}
