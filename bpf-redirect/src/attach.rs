@@ -27,7 +27,8 @@ impl Datapath {
         let path = self.pin_root.join("links").join(SK_LOOKUP_LINK);
         // The new link is attached and pinned beside the old one before the old one goes, so
         // a restart leaves no moment without the lookup (both select the same listener).
-        let next = path.with_extension("next");
+        // (bpffs refuses names with a dot.)
+        let next = path.with_file_name(format!("{SK_LOOKUP_LINK}-next"));
         detach_pin(&next)?;
         let netns = fs::File::open("/proc/thread-self/ns/net")
             .map_err(io_err("opening this thread's network namespace"))?;

@@ -246,6 +246,8 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
         }
     };
     let learn = events.clone();
+    let restore = events.clone();
+    let save_fqdn = events.clone();
     let admin = Arc::new(AdminContext {
         published: published.clone(),
         endpoints: AdminSource::new(events),
@@ -335,19 +337,32 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
         }
         // Offer the sockets to the next `ward run`, then let the previous one go.
         let (handed_tx, mut handed_rx) = tokio::sync::watch::channel(None::<Option<u32>>);
+        let successor = Arc::new(std::sync::Mutex::new(None::<crate::handover::Successor>));
+        let successor_in = successor.clone();
         let handover_listener = crate::handover::bind(&handover_path)
             .with_context(|| format!("binding the handover socket {}", handover_path.display()))?;
         std::thread::Builder::new()
             .name("handover".into())
             .spawn(move || {
-                crate::handover::offer(handover_listener, offered, |pid| {
+                crate::handover::offer(handover_listener, offered, |pid, next| {
+                    *successor_in.lock().unwrap_or_else(|p| p.into_inner()) = Some(next);
                     let _ = handed_tx.send(Some(pid));
                 });
             })?;
         if let Some(h) = inherited.take() {
             let pid = h.pid;
-            h.ready().context("telling the previous ward to drain")?;
+            let drained = h.ready().context("telling the previous ward to drain")?;
             info!(pid, "serving; the previous ward drains and stops");
+            // What it learned from DNS until it drained is in its final FQDN checkpoint.
+            let wait = Duration::from_millis(cfg.drain_timeout_ms) + Duration::from_secs(5);
+            std::thread::Builder::new()
+                .name("handover-fqdn".into())
+                .spawn(move || {
+                    if !drained.wait(wait) {
+                        warn!(pid, "the previous ward did not say it drained; restoring its FQDN checkpoint as it is");
+                    }
+                    let _ = restore.send(crate::sources::SourceEvent::RestoreFqdn);
+                })?;
         }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -376,6 +391,17 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
         if let Some(t) = kafka_thread {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
+        if handed_over {
+            // The next process reads the FQDN checkpoint once this one says it drained.
+            let (reply, saved) = mpsc::sync_channel(1);
+            if save_fqdn.send(crate::sources::SourceEvent::SaveFqdn { reply }).is_ok() {
+                let _ = tokio::task::spawn_blocking(move || saved.recv_timeout(Duration::from_secs(2))).await;
+            }
+            if let Some(next) = successor.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                next.drained();
+            }
+        }
+        drop(save_fqdn);
         if handed_over && cfg.after_handover == crate::config::AfterHandover::Wait {
             info!("drained after the handover; waiting for SIGTERM (after_handover: wait)");
             tokio::select! {

@@ -312,7 +312,14 @@ impl<K: Kernel> Controller<K> {
             let key = (a.namespace.clone(), a.name.clone());
             c.pods.cni.insert(key, a.clone());
         }
-        let desired = c.desired.clone();
+        // Learned addresses from the previous process's checkpoint go into the first commit,
+        // so a restart never drops a `toFQDNs` address the maps held.
+        let (desired, recompute) = if c.restore_fqdn() > 0 {
+            let (desired, _) = c.update(Update::default())?;
+            (desired, recompute)
+        } else {
+            (c.desired.clone(), recompute)
+        };
         c.commit(desired, recompute, None)?;
         let remote: Vec<_> = c
             .cfg
@@ -537,10 +544,61 @@ impl<K: Kernel> Controller<K> {
     }
 
     fn publish_rows(&mut self) {
-        self.published
-            .fqdn
-            .store(Arc::new(self.fqdn.rows(Instant::now())));
+        let rows = self.fqdn.rows(Instant::now());
+        self.save_fqdn(&rows);
+        self.published.fqdn.store(Arc::new(rows));
         self.rows_at = Instant::now();
+    }
+
+    /// Writes the learned addresses to the FQDN checkpoint (by endpoint address, which a
+    /// restart keeps; ids may change), replacing it whole.
+    fn save_fqdn(&self, rows: &[crate::fqdn::CacheRow]) {
+        let addresses: BTreeMap<u16, Ipv4Addr> = self
+            .desired
+            .endpoint_configs()
+            .filter_map(|(id, e)| Some((id, *e.ips.first()?)))
+            .collect();
+        let saved: Vec<crate::fqdn::SavedRow> = rows
+            .iter()
+            .filter_map(|r| crate::fqdn::SavedRow::from_row(r, *addresses.get(&r.endpoint)?))
+            .collect();
+        let path = crate::fqdn::checkpoint_path(&self.cfg.admin_socket);
+        if let Err(e) = crate::fqdn::write_checkpoint(&path, &saved) {
+            warn!(error = %e, path = %path.display(), "writing the FQDN checkpoint");
+        }
+    }
+
+    /// Learns what the FQDN checkpoint holds (addresses whose time is left, and zombies for
+    /// a second, so their live connections keep them). How many rows were learned.
+    fn restore_fqdn(&mut self) -> usize {
+        let path = crate::fqdn::checkpoint_path(&self.cfg.admin_socket);
+        let rows = match crate::fqdn::read_checkpoint(&path) {
+            Ok(Some(rows)) => rows,
+            Ok(None) => return 0,
+            Err(e) => {
+                warn!(error = %e, path = %path.display(), "the FQDN checkpoint does not read; learned addresses start empty");
+                return 0;
+            }
+        };
+        let now = Instant::now();
+        let mut learned = 0;
+        for r in rows {
+            let Some(ttl) = r.ttl_left(SystemTime::now()) else {
+                continue;
+            };
+            let endpoint = self
+                .desired
+                .endpoint_configs()
+                .find(|(_, e)| e.ips.contains(&r.client))
+                .map(|(id, _)| id);
+            let Some(endpoint) = endpoint else { continue };
+            self.fqdn.learn(endpoint, &r.name, &[r.ip], ttl, now);
+            learned += 1;
+        }
+        if learned > 0 {
+            info!(learned, path = %path.display(), "learned DNS addresses restored from the FQDN checkpoint");
+        }
+        learned
     }
 
     /// Drops learned addresses whose time passed (keeping those with live connections).
@@ -651,12 +709,12 @@ impl<K: Kernel> Controller<K> {
                         }
                         continue;
                     }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 }
             } else {
                 match inbox.recv() {
                     Ok(e) => e,
-                    Err(_) => return,
+                    Err(_) => break,
                 }
             };
             let mut batch = vec![first];
@@ -696,6 +754,8 @@ impl<K: Kernel> Controller<K> {
                 self.write_checkpoint();
             }
         }
+        // The inbox closed: the process stops. The next one starts from what was learned.
+        self.publish_rows();
     }
 
     /// Kubernetes mode: writes the policy documents in force and the endpoints for a restart
@@ -758,6 +818,15 @@ impl<K: Kernel> Controller<K> {
                     .join("\n");
                 self.source_errors.insert(source, text);
                 self.publish_rejections();
+            }
+            SourceEvent::SaveFqdn { reply } => {
+                self.publish_rows();
+                let _ = reply.try_send(Ok(()));
+            }
+            SourceEvent::RestoreFqdn => {
+                if self.restore_fqdn() > 0 && self.fqdn.has_changes() {
+                    self.write_fqdn("restored DNS addresses");
+                }
             }
             SourceEvent::SourceRecovered { source } => {
                 if self.source_errors.remove(source).is_some() {
@@ -1315,12 +1384,18 @@ spec:
     }
 
     fn started(kernel: Recorder) -> Controller<Recorder> {
-        let cfg = Config::parse(
+        let mut cfg = Config::parse(
             "node.yaml",
             "policy_dirs: [/nonexistent]\nendpoints:\n- {name: deathstar-1, labels: {org: empire, class: deathstar}, ips: [10.200.1.2], interface: lxc1}\n",
             std::path::Path::new("/"),
         )
         .unwrap();
+        // Each controller its own FQDN checkpoint (beside the admin socket).
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        cfg.admin_socket = std::env::temp_dir()
+            .join(format!("ward-controller-test-{}-{n}", std::process::id()))
+            .join("admin.sock");
         let files: BTreeMap<PathBuf, String> =
             [(PathBuf::from("/p/rule1.yaml"), RULE.to_string())].into();
         let store = initial_store(&files).unwrap();

@@ -92,10 +92,35 @@ impl Inherited {
     }
 
     /// Tells the old process this one serves: it stops accepting, drains and exits. Sockets
-    /// offered but not taken (a port the new config no longer has) close here.
-    pub fn ready(mut self) -> std::io::Result<()> {
+    /// offered but not taken (a port the new config no longer has) close here. The returned
+    /// stream says `drained` once the old process has drained and saved its FQDN checkpoint
+    /// (or ends, if it died).
+    pub fn ready(mut self) -> std::io::Result<Drained> {
         self.stream.write_all(b"ready\n")?;
-        self.stream.flush()
+        self.stream.flush()?;
+        Ok(Drained(self.stream))
+    }
+}
+
+/// The old process's side of a finished handover, until it has drained.
+pub struct Drained(UnixStream);
+
+impl Drained {
+    /// Waits (up to `timeout`) for the old process to have drained; `true` when it said so.
+    pub fn wait(self, timeout: Duration) -> bool {
+        let _ = self.0.set_read_timeout(Some(timeout));
+        let mut line = String::new();
+        BufReader::new(&self.0).read_line(&mut line).is_ok() && line.trim_end() == "drained"
+    }
+}
+
+/// The new process's side of a finished handover, kept by the old one until it has drained.
+pub struct Successor(UnixStream);
+
+impl Successor {
+    /// Tells the new process this one has drained (its FQDN checkpoint is written).
+    pub fn drained(mut self) {
+        let _ = self.0.write_all(b"drained\n");
     }
 }
 
@@ -178,11 +203,11 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Offers `sockets` to whoever connects to `listener` until one says `ready`, then calls
-/// `handed_over` with its pid and returns. Runs on its own thread for the process's life.
+/// `handed_over` with its pid and the connection to it, and returns. Runs on its own thread.
 pub fn offer(
     listener: UnixListener,
     sockets: Vec<(Named, OwnedFd)>,
-    handed_over: impl FnOnce(Option<u32>),
+    handed_over: impl FnOnce(Option<u32>, Successor),
 ) {
     let names: Vec<Named> = sockets.iter().map(|(n, _)| n.clone()).collect();
     let offer = Offer {
@@ -226,7 +251,7 @@ pub fn offer(
         let mut answer = String::new();
         match BufReader::new(&stream).read_line(&mut answer) {
             Ok(_) if answer.trim_end() == "ready" => {
-                handed_over(pid);
+                handed_over(pid, Successor(stream));
                 return;
             }
             _ => tracing::warn!(

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use ward_tests::{eventually, peers_python, privileged, Scene};
+use ward_tests::{eventually, peers_python, privileged, Scene, DNS_LISTENER, OUTSIDE_IP};
 
 /// nginx's `http {}`: HTTP/1.1 on 80, the landing answers.
 const NGINX: &str = r#"
@@ -277,4 +277,186 @@ for body in (b"x" * 1000, b"y" * 70000):
         took[took.len() / 2],
         took[took.len() - 1]
     );
+}
+
+const DNS_POLICY: &str = r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: to-api, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: dns}}]
+    toPorts:
+    - ports: [{port: "53", protocol: UDP}, {port: "53", protocol: TCP}]
+      rules:
+        dns: [{matchName: api.test}, {matchName: allowed.test}]
+  - toFQDNs: [{matchName: api.test}]
+    toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+"#;
+
+/// DNS over UDP at RATE queries/s until STOP exists, each from a new socket (a new client
+/// port): `allowed.test` must answer 10.99.0.1, every fifth query (`denied.test`) REFUSED;
+/// no answer within 2 s is a lost query. Alongside, a new TCP connection to the learned
+/// `api.test` address every 100 ms. Prints one JSON line.
+const DNS_LOAD: &str = r#"
+import json, os, random, socket, struct, sys, threading, time
+server, rate, stop, api = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
+st = {"answered": 0, "refused": 0, "lost": 0, "wrong": 0, "api_ok": 0, "api_failed": 0, "errors": []}
+def query(name):
+    qid = random.randrange(65536)
+    q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    try:
+        s.sendto(q, (server, 53))
+        while True:
+            r = s.recv(4096)
+            if struct.unpack(">H", r[:2])[0] == qid:
+                return r
+    except socket.timeout:
+        return None
+    finally:
+        s.close()
+def probe():
+    while not os.path.exists(stop):
+        try:
+            socket.create_connection((api, 8080), 1).close()
+            st["api_ok"] += 1
+        except OSError as e:
+            st["api_failed"] += 1
+            st["errors"].append("api %r" % e)
+        time.sleep(0.1)
+t = threading.Thread(target=probe)
+t.start()
+start, i = time.time(), 0
+while not os.path.exists(stop) and time.time() - start < 300:
+    due = start + i / rate
+    now = time.time()
+    if due > now:
+        time.sleep(due - now)
+    denied = i % 5 == 4
+    r = query("denied.test" if denied else "allowed.test")
+    if r is None:
+        st["lost"] += 1
+        st["errors"].append("lost %d at %.3f" % (i, time.time()))
+    elif denied and r[3] & 0xF == 5:
+        st["refused"] += 1
+    elif not denied and r[3] & 0xF == 0 and r.endswith(socket.inet_aton("10.99.0.1")):
+        st["answered"] += 1
+    else:
+        st["wrong"] += 1
+        st["errors"].append("wrong %r" % r[:12])
+    i += 1
+t.join()
+st["errors"] = st["errors"][:10]
+print(json.dumps(st), flush=True)
+"#;
+
+#[test]
+fn restarts_under_dns_load_lose_no_query_and_keep_learned_addresses() {
+    if !privileged("restarts_under_dns_load_lose_no_query_and_keep_learned_addresses") {
+        return;
+    }
+    let mut s = Scene::new("hitdns");
+    s.add_pod("client", "default", &[("app", "client")]);
+    let server = s.add_pod("dns", "default", &[("app", "dns")]);
+    s.add_outside();
+    s.dns_listener = Some(DNS_LISTENER);
+    s.spawn_in(
+        "outside",
+        &["python3", "-m", "http.server", "8080", "--bind", "0.0.0.0"],
+        "http-outside.log",
+    );
+    let conf = s.dir.join("dnsmasq.conf");
+    let dir = s.dir.display().to_string();
+    std::fs::write(
+        &conf,
+        format!(
+            "port=53\nlisten-address={}\nbind-interfaces\nno-resolv\nno-hosts\nno-poll\n\
+             user=root\ncache-size=0\nlocal-ttl=300\npid-file={dir}/dnsmasq.pid\nlocal=/test/\n\
+             host-record=api.test,{OUTSIDE_IP}\nhost-record=allowed.test,10.99.0.1\n\
+             host-record=denied.test,10.99.0.3\n",
+            server.ip
+        ),
+    )
+    .unwrap();
+    let conf = conf.display().to_string();
+    s.spawn_in(
+        "dns",
+        &[
+            "dnsmasq",
+            "--keep-in-foreground",
+            &format!("--conf-file={conf}"),
+        ],
+        "dnsmasq.log",
+    );
+    s.write_policy("fqdn.yaml", DNS_POLICY);
+    s.start_ward();
+    s.wait_port("outside", 8080);
+    // `api.test` learned once, before the restarts: its address must stay open across them.
+    let out = s.exec(
+        "client",
+        &[
+            "dig",
+            "+time=3",
+            "+tries=1",
+            "+short",
+            &format!("@{}", server.ip),
+            "api.test",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        OUTSIDE_IP.to_string()
+    );
+    assert!(
+        s.tcp_reachable("client", OUTSIDE_IP, 8080),
+        "{}",
+        s.ward_log()
+    );
+
+    let stop = s.dir.join("stop-load");
+    let script = s.dir.join("dns_load.py");
+    std::fs::write(&script, DNS_LOAD).unwrap();
+    let (script, stop_path) = (
+        script.to_string_lossy().into_owned(),
+        stop.to_string_lossy().into_owned(),
+    );
+    let (server_ip, api) = (server.ip.to_string(), OUTSIDE_IP.to_string());
+    s.spawn_in(
+        "client",
+        &["python3", &script, &server_ip, "50", &stop_path, &api],
+        "dns-load.log",
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    for _ in 0..10 {
+        s.upgrade_ward();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&stop, "").unwrap();
+    let read = || std::fs::read_to_string(s.dir.join("dns-load.log")).unwrap_or_default();
+    eventually("the DNS load to end", Duration::from_secs(20), || {
+        read().contains('}')
+    });
+    let text = read();
+    let r: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {text}"));
+    let log = s.ward_log();
+    assert_eq!(r["lost"], 0, "{r}\n{log}");
+    assert_eq!(r["wrong"], 0, "{r}");
+    assert_eq!(r["api_failed"], 0, "{r}\n{log}");
+    assert!(r["answered"].as_u64() > Some(150), "{r}");
+    assert!(r["refused"].as_u64() > Some(40), "{r}");
+    assert!(r["api_ok"].as_u64() > Some(30), "{r}");
+    // Each new process restored the learned address before its first commit.
+    assert!(
+        log.matches("learned DNS addresses restored from the FQDN checkpoint")
+            .count()
+            >= 10,
+        "{log}"
+    );
+    eprintln!("DNS under 10 handovers: {r}");
 }

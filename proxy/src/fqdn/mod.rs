@@ -323,6 +323,78 @@ impl FqdnCache {
     }
 }
 
+/// One learned address as the FQDN checkpoint keeps it across a restart: by the endpoint's
+/// address (ids may change), with its wall-clock expiry.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedRow {
+    pub client: Ipv4Addr,
+    pub name: String,
+    pub ip: Ipv4Addr,
+    /// Milliseconds since the Unix epoch.
+    pub expires_ms: u64,
+    pub zombie: bool,
+}
+
+/// How long a zombie restored from the checkpoint lives before its connections are looked at.
+const RESTORED_ZOMBIE_TTL: u32 = 1;
+
+impl SavedRow {
+    pub fn from_row(r: &CacheRow, client: Ipv4Addr) -> Option<SavedRow> {
+        let expires_ms = r
+            .expires
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_millis();
+        Some(SavedRow {
+            client,
+            name: r.name.clone(),
+            ip: r.ip,
+            expires_ms: u64::try_from(expires_ms).ok()?,
+            zombie: r.zombie,
+        })
+    }
+
+    /// The seconds left to live at `now` (at least 1); a zombie gets
+    /// [`RESTORED_ZOMBIE_TTL`]; `None` for an address whose time passed.
+    pub fn ttl_left(&self, now: SystemTime) -> Option<u32> {
+        let expires = std::time::UNIX_EPOCH + Duration::from_millis(self.expires_ms);
+        match expires.duration_since(now) {
+            Ok(left) => Some(u32::try_from(left.as_secs().max(1)).unwrap_or(u32::MAX)),
+            Err(_) if self.zombie => Some(RESTORED_ZOMBIE_TTL),
+            Err(_) => None,
+        }
+    }
+}
+
+/// The FQDN checkpoint beside the admin socket (`fqdn-cache.json`).
+pub fn checkpoint_path(admin_socket: &std::path::Path) -> std::path::PathBuf {
+    admin_socket.with_file_name("fqdn-cache.json")
+}
+
+/// Writes `rows` to `path` whole (a temporary file renamed over it).
+pub fn write_checkpoint(path: &std::path::Path, rows: &[SavedRow]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec(rows).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The checkpoint's rows; `None` when there is none.
+pub fn read_checkpoint(path: &std::path::Path) -> std::io::Result<Option<Vec<SavedRow>>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(std::io::Error::other),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

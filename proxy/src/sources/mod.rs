@@ -34,6 +34,11 @@ pub enum SourceEvent {
     },
     /// The source reads its input again (its error is cleared).
     SourceRecovered { source: &'static str },
+    /// The process this one took the sockets over from has drained: learn what its final
+    /// FQDN checkpoint holds that this one's cache lacks.
+    RestoreFqdn,
+    /// Write the FQDN checkpoint now (a drained process, before the next one reads it).
+    SaveFqdn { reply: Reply<()> },
     /// A local endpoint to add (its id is answered).
     EndpointAdd {
         endpoint: EndpointConfig,
