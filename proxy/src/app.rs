@@ -38,6 +38,7 @@ pub struct InitialPolicy {
 /// `ward run`.
 pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
     info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "effective config");
+    raise_open_files_limit();
     let cfg = Arc::new(cfg);
     // Accept, admin and metrics; client connections live on the proxy workers.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -269,6 +270,7 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
         })?;
         let proxy = Arc::new(
             crate::proxy::Proxy::new(published.state.clone(), flows.clone(), metrics.clone())
+                .with_http(&cfg.http)
                 .with_proxy_sockets(sockets),
         );
         let threads = cfg.proxy_threads.unwrap_or_else(|| {
@@ -428,6 +430,20 @@ pub fn run(cfg: Config, policy: InitialPolicy) -> anyhow::Result<()> {
     }
     info!("stopped");
     std::process::exit(code);
+}
+
+/// Every client connection is a descriptor (two while forwarded): the soft limit (often 1024)
+/// goes up to the hard one, as nginx's `worker_rlimit_nofile` and Go programs do.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                Ok(()) => info!(from = soft, to = hard, "open files limit raised"),
+                Err(e) => warn!(error = %e, soft, hard, "cannot raise the open files limit"),
+            }
+        }
+    }
 }
 
 /// `ward uninstall`: detach everything, remove pins and the routing rule.

@@ -240,6 +240,36 @@ fn default_drain_timeout_ms() -> u64 {
     10_000
 }
 
+/// The HTTP proxy's timeouts (`http:` in the node config).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// From a forwarded request to the upstream's response head, milliseconds; past it the
+    /// client gets 504 (gRPC: UNAVAILABLE), as Envoy's 15 s route timeout. 0: no limit.
+    #[serde(default = "default_upstream_timeout_ms")]
+    pub upstream_timeout_ms: u64,
+    /// A client must send a request head within this, milliseconds (slowloris).
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+}
+
+fn default_upstream_timeout_ms() -> u64 {
+    15_000
+}
+
+fn default_header_timeout_ms() -> u64 {
+    30_000
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            upstream_timeout_ms: default_upstream_timeout_ms(),
+            header_timeout_ms: default_header_timeout_ms(),
+        }
+    }
+}
+
 fn default_kafka_max_frame_bytes() -> usize {
     parsers::kafka::MAX_FRAME_LEN
 }
@@ -349,6 +379,9 @@ pub struct Config {
     /// The Kafka proxy.
     #[serde(default)]
     pub kafka: KafkaSection,
+    /// The HTTP proxy's timeouts.
+    #[serde(default)]
+    pub http: HttpSection,
     /// On SIGTERM, how long open connections get to finish (HTTP: `Connection: close`,
     /// GOAWAY; Kafka and DNS over TCP: the answers owed) before they are cut, milliseconds.
     #[serde(default = "default_drain_timeout_ms")]
@@ -572,6 +605,9 @@ impl Config {
                 "drain_timeout_ms".into(),
                 "must be at most 600000 (10 minutes)".into(),
             );
+        }
+        if self.http.header_timeout_ms == 0 {
+            issue("http.header_timeout_ms".into(), "must be at least 1".into());
         }
         if self.proxy_threads == Some(0) {
             issue("proxy_threads".into(), "must be at least 1".into());

@@ -57,9 +57,10 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("demo") => demo(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("soak") => soak(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  test   install prerequisites (as root), build, run every test and policy case file\n  demo   the Star Wars story (see README)\n  bench  criterion benches and the end-to-end comparison (`--smoke` quick, `--e2e` only, `--baseline-bin PATH` another ward build in the same rounds, `--dns` only the DNS figures, `--kube` only the Kubernetes-mode figures, `--kafka` only the Kafka figures)"
+                "usage: cargo xtask <command>\n\n  test   install prerequisites (as root), build, run every test and policy case file\n  demo   the Star Wars story (see README)\n  soak   the mixed soak on one `ward run` for 10 minutes (`--secs N`), as root\n  bench  criterion benches and the end-to-end comparison (`--smoke` quick, `--e2e` only, `--baseline-bin PATH` another ward build in the same rounds, `--dns` only the DNS figures, `--kube` only the Kubernetes-mode figures, `--kafka` only the Kafka figures)"
             );
             return ExitCode::from(2);
         }
@@ -263,6 +264,37 @@ fn test(args: &[String]) -> Result<()> {
     run(cargo().args(["build", "--quiet", "-p", "l7-rules", "--bin", "ward-check"]))?;
     // Last, so its summary is the run's closing line.
     policy_cases()
+}
+
+/// `cargo xtask soak [--secs N]`: the soak test of `tests/tests/restart.rs` (45 s in `test`)
+/// for 10 minutes, its figures printed.
+fn soak(args: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!("the soak runs in network namespaces on the real datapath: run it as root");
+    }
+    let secs = match args.iter().position(|a| a == "--secs") {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse::<u64>().ok())
+            .context("--secs takes a number of seconds")?,
+        None => 600,
+    };
+    prerequisites()?;
+    python_peers()?;
+    run(cargo().args(["build", "-p", "ward", "--bin", "ward"]))?;
+    run(cargo()
+        .args([
+            "test",
+            "-p",
+            "ward-tests",
+            "--test",
+            "restart",
+            "mixed_soak",
+            "--",
+            "--nocapture",
+        ])
+        .env("WARD_SOAK_SECS", secs.to_string())
+        .env("WARD_REQUIRE_PRIVILEGED", "1"))
 }
 
 /// Runs `ward-check` on every `config/cases/NAME.jsonl` against `config/policies/NAME`.

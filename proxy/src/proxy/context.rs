@@ -17,6 +17,54 @@ pub struct Proxy {
     pub flows: FlowWriter,
     pub metrics: Arc<Metrics>,
     pub upstreams: Upstreams,
+    /// Upgraded connections and CONNECT tunnels open now (a drain waits for them).
+    pub tunnels: Arc<Tunnels>,
+    /// Upstream response-head timeout (`None`: no limit) and client request-head timeout.
+    pub upstream_timeout: Option<std::time::Duration>,
+    pub header_timeout: std::time::Duration,
+}
+
+/// The tunnels open (upgrades, CONNECT): a drain keeps them until they end or its timeout.
+#[derive(Default)]
+pub struct Tunnels {
+    open: std::sync::atomic::AtomicUsize,
+    closed: tokio::sync::Notify,
+}
+
+/// One open tunnel; counted until dropped.
+pub struct TunnelGuard(Arc<Tunnels>);
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.closed.notify_waiters();
+    }
+}
+
+impl Tunnels {
+    pub fn open(self: &Arc<Self>) -> TunnelGuard {
+        self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        TunnelGuard(self.clone())
+    }
+
+    pub fn count(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until no tunnel is open or `deadline`; how many are still open.
+    pub async fn wait_closed(&self, deadline: tokio::time::Instant) -> usize {
+        loop {
+            let closed = self.closed.notified();
+            if self.count() == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, closed).await.is_err() {
+                return self.count();
+            }
+        }
+    }
 }
 
 impl Proxy {
@@ -26,7 +74,18 @@ impl Proxy {
             flows,
             metrics,
             upstreams: Upstreams::default(),
+            tunnels: Arc::default(),
+            upstream_timeout: Some(std::time::Duration::from_secs(15)),
+            header_timeout: crate::proxy::http::HEADER_READ_TIMEOUT,
         }
+    }
+
+    /// The HTTP timeouts of the node config.
+    pub fn with_http(mut self, http: &crate::config::HttpSection) -> Proxy {
+        self.upstream_timeout = (http.upstream_timeout_ms > 0)
+            .then(|| std::time::Duration::from_millis(http.upstream_timeout_ms));
+        self.header_timeout = std::time::Duration::from_millis(http.header_timeout_ms.max(1));
+        self
     }
 
     /// Registers every upstream socket in the datapath's proxy-socket map: the kernel honours

@@ -78,9 +78,19 @@ pub struct Gated<S> {
     head_scanned: usize,
     /// The pending head's request line was whole and parsed.
     line_checked: bool,
+    /// A request head begun must be whole within this (slowloris): hyper's own header
+    /// timeout never starts while the gate holds a partial head back from it.
+    head_timeout: Option<std::time::Duration>,
+    head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S> Gated<S> {
+    /// A partial request head held longer than `timeout` ends the connection.
+    pub fn with_head_timeout(mut self, timeout: std::time::Duration) -> Gated<S> {
+        self.head_timeout = Some(timeout);
+        self
+    }
+
     pub fn new(inner: S) -> Gated<S> {
         Gated {
             inner,
@@ -92,6 +102,8 @@ impl<S> Gated<S> {
             at_start: true,
             refusal: None,
             head_scanned: 0,
+            head_timeout: None,
+            head_deadline: None,
             line_checked: false,
         }
     }
@@ -389,6 +401,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Gated<S> {
                 }
                 continue;
             }
+            // A partial head is held back from hyper: it must be whole in time.
+            if this.state == State::Head {
+                if let (None, Some(t)) = (&this.head_deadline, this.head_timeout) {
+                    this.head_deadline = Some(Box::pin(tokio::time::sleep(t)));
+                }
+            }
             // Read more behind what is pending, then classify.
             let len = this.pending.len();
             this.pending.resize(len + READ_CHUNK, 0);
@@ -406,6 +424,20 @@ impl<S: AsyncRead + Unpin> AsyncRead for Gated<S> {
                         // Whatever is left goes to hyper as it is.
                         this.out.append(&mut this.pending);
                     }
+                    if this.pending.is_empty() || this.state != State::Head {
+                        this.head_deadline = None;
+                    }
+                }
+                Poll::Pending => {
+                    if let Some(deadline) = this.head_deadline.as_mut() {
+                        if std::future::Future::poll(deadline.as_mut(), cx).is_ready() {
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "request head not complete within http.header_timeout_ms",
+                            )));
+                        }
+                    }
+                    return Poll::Pending;
                 }
                 other => return other,
             }

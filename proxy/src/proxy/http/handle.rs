@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 
 use super::headers::{apply_actions, is_upgrade, strip_hop_by_hop};
 use super::pool::{self, UpstreamError};
-use super::respond::{bad_gateway, deny_grpc, deny_http, refuse, Body};
+use super::respond::{deny_grpc, deny_http, refuse, upstream_timeout, upstream_unavailable, Body};
 use super::session::{is_grpc, version_str, ConnCtx};
 use crate::flows::{HttpEvent, Why};
 use crate::proxy::context::Proxy;
@@ -40,11 +40,20 @@ const DISCARD_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 /// request on the connection starts where the client thinks it does. `false` when it is longer
 /// than [`DISCARD_MAX`], slower than [`DISCARD_WAIT`], or broken: the answer must then close
 /// the connection (with `Connection: close`, so the client knows not to reuse it).
-async fn discard_body(body: &mut Incoming) -> bool {
+async fn discard_body(req: &mut Request<Incoming>) -> bool {
     use http_body::Body as _;
-    if body.is_end_stream() {
+    if req.body().is_end_stream() {
         return true;
     }
+    // Reading would send `100 Continue` and invite a body the answer refuses: close instead.
+    if req
+        .headers()
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        return false;
+    }
+    let body = req.body_mut();
     if body.size_hint().lower() > DISCARD_MAX as u64 {
         return false;
     }
@@ -147,7 +156,7 @@ pub(super) async fn handle(
                 .metrics
                 .request(proto_label, "DROPPED", started.elapsed());
             proxy.flows.send_http(event);
-            let keep = version == Version::HTTP_2 || discard_body(req.body_mut()).await;
+            let keep = version == Version::HTTP_2 || discard_body(&mut req).await;
             return close_if(
                 !keep,
                 close(refuse(refusal.status, grpc, refusal.location.as_deref())),
@@ -178,7 +187,7 @@ pub(super) async fn handle(
             .metrics
             .request(proto_label, "DROPPED", started.elapsed());
         proxy.flows.send_http(event);
-        let keep = version == Version::HTTP_2 || discard_body(req.body_mut()).await;
+        let keep = version == Version::HTTP_2 || discard_body(&mut req).await;
         return close_if(!keep, close(resp));
     }
     let verdict = match decision.verdict {
@@ -228,10 +237,30 @@ pub(super) async fn handle(
 
     let tunnel = upgrade || connect;
     let down_upgrade = tunnel.then(|| hyper::upgrade::on(&mut req));
-    let result = if version == Version::HTTP_2 {
-        pool::send_h2(&proxy.upstreams, ctx.conn.orig_dst, req).await
-    } else {
-        pool::send_h1(&proxy.upstreams, ctx.conn.orig_dst, &ctx.upstream_h1, req).await
+    let send = async {
+        if version == Version::HTTP_2 {
+            pool::send_h2(&proxy.upstreams, ctx.conn.orig_dst, req).await
+        } else {
+            pool::send_h1(&proxy.upstreams, ctx.conn.orig_dst, &ctx.upstream_h1, req).await
+        }
+    };
+    // A hung upstream holds this request only, for `http.upstream_timeout_ms`.
+    let result = match proxy.upstream_timeout {
+        Some(limit) => match tokio::time::timeout(limit, send).await {
+            Ok(r) => r,
+            Err(_) => {
+                warn!(client = %ctx.conn.client, upstream = %ctx.conn.orig_dst, timeout_ms = limit.as_millis() as u64, "upstream response timeout");
+                let resp = close(upstream_timeout(grpc));
+                proxy
+                    .metrics
+                    .request(proto_label, verdict, started.elapsed());
+                proxy
+                    .flows
+                    .send_http(flow(verdict, 504, method, uri, host, why));
+                return resp;
+            }
+        },
+        None => send.await,
     };
     let (resp, code) = match result {
         Ok(mut resp) => {
@@ -244,7 +273,9 @@ pub(super) async fn handle(
             strip_hop_by_hop(resp.headers_mut(), switched && upgrade);
             if let (true, Some(down)) = (switched, down_upgrade) {
                 let up = hyper::upgrade::on(&mut resp);
+                let open = proxy.tunnels.open();
                 tokio::spawn(async move {
+                    let _open = open;
                     match tokio::try_join!(down, up) {
                         Ok((d, u)) => {
                             let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
@@ -267,7 +298,7 @@ pub(super) async fn handle(
         }
         Err(e) => {
             warn!(error = %e, client = %ctx.conn.client, upstream = %ctx.conn.orig_dst, "upstream request failed");
-            (close(bad_gateway()), 502)
+            (close(upstream_unavailable(grpc)), 503)
         }
     };
     proxy

@@ -31,7 +31,7 @@ pub const MAX_HEAD_BYTES: usize = parsers::http1::MAX_HEAD_LEN;
 pub const MAX_HEADERS: usize = parsers::http1::MAX_HEADERS;
 /// HTTP/2 header list limit (SETTINGS_MAX_HEADER_LIST_SIZE).
 pub const MAX_H2_HEADER_LIST: u32 = 64 * 1024;
-/// A client must send its request head within this time.
+/// A client must send its request head within this time (`http.header_timeout_ms`'s default).
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How long a draining HTTP/1.1 connection may stay idle before it is closed. Until then its
@@ -74,6 +74,7 @@ pub async fn serve_conn(
     let _ = stream.set_nodelay(true);
     debug!("accepted");
     let ctx = Arc::new(ConnCtx::new(ConnState::new(client, orig_dst)));
+    let header_timeout = proxy.header_timeout;
     let seen = Arc::new(Seen::default());
     let (svc_seen, svc_drain) = (seen.clone(), drain.clone());
     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -104,13 +105,16 @@ pub async fn serve_conn(
         .max_headers(MAX_HEADERS)
         .max_buf_size(MAX_HEAD_BYTES.max(8192))
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(header_timeout);
     builder
         .http2()
         .auto_date_header(false)
         .max_header_list_size(MAX_H2_HEADER_LIST)
         .timer(TokioTimer::new());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(gate::Gated::new(stream)), svc);
+    let conn = builder.serve_connection_with_upgrades(
+        TokioIo::new(gate::Gated::new(stream).with_head_timeout(header_timeout)),
+        svc,
+    );
     tokio::pin!(conn);
     let served = tokio::select! {
         r = conn.as_mut() => r,

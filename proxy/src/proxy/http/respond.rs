@@ -42,12 +42,42 @@ pub fn deny_grpc() -> Response<Body> {
     r
 }
 
-pub fn bad_gateway() -> Response<Body> {
-    full(
-        StatusCode::BAD_GATEWAY,
-        "text/plain",
+/// The upstream failed before its response head (refused, reset, closed), as Envoy answers it:
+/// 503, or for gRPC `UNAVAILABLE` (14).
+pub fn upstream_unavailable(grpc: bool) -> Response<Body> {
+    upstream_error(
+        grpc,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Upstream unavailable",
         "Upstream unavailable\r\n",
     )
+}
+
+/// The upstream sent no response head within `http.upstream_timeout_ms`: 504, or for gRPC
+/// `UNAVAILABLE` (14).
+pub fn upstream_timeout(grpc: bool) -> Response<Body> {
+    upstream_error(
+        grpc,
+        StatusCode::GATEWAY_TIMEOUT,
+        "Upstream request timeout",
+        "Upstream request timeout\r\n",
+    )
+}
+
+fn upstream_error(
+    grpc: bool,
+    status: StatusCode,
+    message: &'static str,
+    body: &'static str,
+) -> Response<Body> {
+    if grpc {
+        let mut r = deny_grpc();
+        let h = r.headers_mut();
+        h.insert("grpc-status", HeaderValue::from_static("14"));
+        h.insert("grpc-message", HeaderValue::from_static(message));
+        return r;
+    }
+    full(status, "text/plain", body)
 }
 
 pub fn refuse(status: StatusCode, grpc: bool, location: Option<&str>) -> Response<Body> {
