@@ -612,6 +612,26 @@ impl Scene {
             .expect("spawn ward run")
     }
 
+    /// A handover with `after_handover: wait` in the config: starts a second `ward run`,
+    /// waits until the old one says it drained and waits for SIGTERM, and returns the old
+    /// process (still running) for the caller to stop.
+    pub fn upgrade_ward_keeping_old(&mut self) -> Child {
+        let old = self.ward.take().expect("a running ward to upgrade");
+        let before = self.ward_log().matches("waiting for SIGTERM").count();
+        let new = self.spawn_ward();
+        self.ward = Some(new);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.ward_log().matches("waiting for SIGTERM").count() == before {
+            assert!(
+                Instant::now() < deadline,
+                "no drained old ward:\n{}",
+                self.ward_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        old
+    }
+
     /// A hitless restart: starts a second `ward run` while the first serves; the new one takes
     /// the listening sockets over and the old one drains and exits 0. Returns the time from
     /// the new process's start to the old one's exit.

@@ -658,14 +658,34 @@ fn a_tunnel_is_kept_through_a_handover_until_the_drain_timeout() {
         s.ward_log()
     );
     // Meanwhile the new process serves.
-    assert_eq!(
+    let denied = |s: &Scene| {
         s.curl(
             "tiefighter",
-            &["-XPUT", &format!("http://{ip}/v1/exhaust-port")]
+            &["-XPUT", &format!("http://{ip}/v1/exhaust-port")],
         )
-        .1,
-        "Access denied\r\n"
+        .1 == "Access denied\r\n"
+    };
+    assert!(denied(&s));
+
+    // `after_handover: wait` (the DaemonSet's): the old process drains, then stays up, serving
+    // nothing, until SIGTERM, so a supervisor does not start it again to take the sockets back.
+    // (A process reads it at its start: the next one starts with it, the one after takes over.)
+    s.node_config = format!("node: {{name: {}}}\nafter_handover: wait", s.id);
+    s.write_config();
+    s.upgrade_ward();
+    let mut old = s.upgrade_ward_keeping_old();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(old.try_wait().unwrap().is_none(), "the old ward exited");
+    assert!(denied(&s));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
     );
+    let status = old.wait().unwrap();
+    assert!(status.success(), "{status}");
+    // The new process still serves, on its own admin socket.
+    assert!(denied(&s));
+    assert!(s.ward_cli(&["status"]).status.success());
 }
 
 /// Ward's open descriptors and resident memory (KiB).

@@ -17,11 +17,18 @@ pub struct Proxy {
     pub flows: FlowWriter,
     pub metrics: Arc<Metrics>,
     pub upstreams: Upstreams,
-    /// Upgraded connections and CONNECT tunnels open now (a drain waits for them).
-    pub tunnels: Arc<Tunnels>,
     /// Upstream response-head timeout (`None`: no limit) and client request-head timeout.
     pub upstream_timeout: Option<std::time::Duration>,
     pub header_timeout: std::time::Duration,
+}
+
+thread_local! {
+    static WORKER_TUNNELS: Arc<Tunnels> = Arc::default();
+}
+
+/// The tunnels open on this thread's runtime (a proxy worker's): its drain waits for them.
+pub fn worker_tunnels() -> Arc<Tunnels> {
+    WORKER_TUNNELS.with(Arc::clone)
 }
 
 /// The tunnels open (upgrades, CONNECT): a drain keeps them until they end or its timeout.
@@ -74,7 +81,6 @@ impl Proxy {
             flows,
             metrics,
             upstreams: Upstreams::default(),
-            tunnels: Arc::default(),
             upstream_timeout: Some(std::time::Duration::from_secs(15)),
             header_timeout: crate::proxy::http::HEADER_READ_TIMEOUT,
         }

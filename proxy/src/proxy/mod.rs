@@ -79,19 +79,17 @@ impl Workers {
                         transport::drain(conns, drain_tx, drain_timeout, &what).await;
                         // Upgraded connections and CONNECT tunnels live on this runtime: kept
                         // until they end or the drain timeout, then cut and counted.
-                        let open = proxy.tunnels.count();
+                        let tunnels = context::worker_tunnels();
+                        let open = tunnels.count();
                         if open > 0 {
-                            let cut = proxy.tunnels.wait_closed(deadline).await;
-                            // The count is the proxy's: one worker reports it.
-                            if i == 0 && cut > 0 {
-                                warn!(
+                            match tunnels.wait_closed(deadline).await {
+                                0 => tracing::info!(tunnels = open, "{what}: tunnels ended"),
+                                cut => warn!(
                                     cut,
                                     of = open,
                                     timeout_ms = drain_timeout.as_millis() as u64,
-                                    "HTTP workers: drain timeout: tunnels still open are cut"
-                                );
-                            } else if i == 0 {
-                                tracing::info!(tunnels = open, "HTTP workers: tunnels ended");
+                                    "{what}: drain timeout: tunnels still open are cut"
+                                ),
                             }
                         }
                     })

@@ -273,7 +273,7 @@ pub(super) async fn handle(
             strip_hop_by_hop(resp.headers_mut(), switched && upgrade);
             if let (true, Some(down)) = (switched, down_upgrade) {
                 let up = hyper::upgrade::on(&mut resp);
-                let open = proxy.tunnels.open();
+                let open = crate::proxy::context::worker_tunnels().open();
                 tokio::spawn(async move {
                     let _open = open;
                     match tokio::try_join!(down, up) {
