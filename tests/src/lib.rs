@@ -670,9 +670,21 @@ impl Scene {
     /// Starts a tansu broker (memory storage) in `pod` listening and advertised on `port`,
     /// with `topics` of one partition each; returns its `tcp://IP:PORT` URL.
     pub fn start_tansu(&mut self, pod: &str, port: u16, topics: &[&str]) -> String {
+        self.start_tansu_advertised(pod, port, port, topics)
+    }
+
+    /// [`Scene::start_tansu`] advertising another port than it listens on (a relay's).
+    pub fn start_tansu_advertised(
+        &mut self,
+        pod: &str,
+        port: u16,
+        advertised: u16,
+        topics: &[&str],
+    ) -> String {
         let tansu = tansu();
         let tansu = tansu.to_str().expect("a UTF-8 path");
         let url = format!("tcp://{}:{port}", self.pod(pod).ip);
+        let advertised = format!("tcp://{}:{advertised}", self.pod(pod).ip);
         self.spawn_in(
             pod,
             &[
@@ -681,7 +693,7 @@ impl Scene {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
                 "--storage-engine",
                 "memory://tansu/",
             ],

@@ -1,7 +1,8 @@
 //! The Kafka end-to-end bench: confluent-kafka (librdkafka) producing and consuming 1 KiB
 //! records against two tansu brokers in one pod, one on a port without Kafka rules (direct,
 //! L3/L4 only) and one on a `rules.kafka` port (through Ward's Kafka proxy), in alternating
-//! rounds of one run; the added produce latency at a fixed rate; Ward's CPU per MB.
+//! rounds of one run; the added produce latency at a fixed rate, through Ward and through socat
+//! (a plain TCP relay, the peer); Ward's CPU per MB.
 
 use anyhow::{bail, Context, Result};
 use std::time::Duration;
@@ -22,7 +23,7 @@ spec:
         kafka:
         - {role: produce, topic: bench}
         - {role: consume, topic: bench}
-    - ports: [{port: "9093", protocol: TCP}]
+    - ports: [{port: "9093", protocol: TCP}, {port: "9094", protocol: TCP}]
 "#;
 
 /// The client: `produce` (as fast as it can for SECS, acks=1), `consume` (N records from
@@ -125,6 +126,15 @@ pub fn figures(smoke: bool, python: &std::path::Path) -> Result<serde_json::Valu
     for port in [9092, 9093] {
         s.start_tansu("kafka", port, &["bench"]);
     }
+    // The peer for latency: socat relaying 9094 to a third broker on 9095 that advertises
+    // 9094, so every request crosses the relay as every request crosses Ward on 9092.
+    s.start_tansu_advertised("kafka", 9095, 9094, &["bench"]);
+    let upstream = format!("TCP:{}:9095,nodelay", broker.ip);
+    s.spawn_in(
+        "kafka",
+        &["socat", "TCP-LISTEN:9094,fork,reuseaddr,nodelay", &upstream],
+        "socat.log",
+    );
     s.write_policy("bench-kafka.yaml", POLICY);
     s.start_ward();
     std::thread::sleep(Duration::from_millis(500));
@@ -167,9 +177,10 @@ pub fn figures(smoke: bool, python: &std::path::Path) -> Result<serde_json::Valu
     }
     // Latency rounds interleave direct and Ward, and the quantiles are taken over the pooled
     // samples: one 5,000-sample p99 on this 2-core VM moves by ±0.15 ms from run to run.
-    let (mut dl, mut wl) = (Vec::new(), Vec::new());
+    let relay = addr(9094);
+    let (mut dl, mut wl, mut sl) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds.min(3) {
-        for (bs, pool) in [(&direct, &mut dl), (&ward, &mut wl)] {
+        for (bs, pool) in [(&direct, &mut dl), (&ward, &mut wl), (&relay, &mut sl)] {
             let v = driver(
                 &s,
                 &python,
@@ -190,6 +201,7 @@ pub fn figures(smoke: bool, python: &std::path::Path) -> Result<serde_json::Valu
         q(&mut wl, 0.5),
         q(&mut wl, 0.99),
     );
+    let (s50, s99) = (q(&mut sl, 0.5), q(&mut sl, 0.99));
     let json = serde_json::json!({
         "direct_produce_mbps": median(dp.clone()),
         "ward_produce_mbps": median(wp.clone()),
@@ -201,6 +213,8 @@ pub fn figures(smoke: bool, python: &std::path::Path) -> Result<serde_json::Valu
         "direct_p99_ms": d99,
         "ward_p50_added_ms": w50 - d50,
         "ward_p99_added_ms": w99 - d99,
+        "socat_p50_added_ms": s50 - d50,
+        "socat_p99_added_ms": s99 - d99,
         "latency_rate_per_s": rate,
         "latency_samples_each": dl.len(),
         "ward_cpu_ms_per_mb": median(cpu_ms_per_mb),
@@ -227,6 +241,10 @@ pub(crate) fn table(table: &mut String, k: &serde_json::Value) {
         (
             "ward_p99_added_ms",
             "Kafka produce added p99 (fixed rate), ms",
+        ),
+        (
+            "socat_p99_added_ms",
+            "Kafka produce added p99 through socat (peer), ms",
         ),
         ("ward_cpu_ms_per_mb", "Kafka Ward CPU ms per MB"),
     ] {

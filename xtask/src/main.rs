@@ -25,6 +25,8 @@ const APT_PACKAGES: &[&str] = &[
     "nginx",
     "python3-venv",
     "wrk",
+    // The Kafka bench's latency peer (a plain TCP relay).
+    "socat",
     "nghttp2-client",
     // DNS peers: dnsmasq and unbound as servers, dig as the client, dnsperf for the bench.
     "dnsmasq-base",
