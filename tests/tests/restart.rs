@@ -41,7 +41,7 @@ st = {"ok": 0, "denied": 0, "wrong": 0, "failed": 0, "errors": []}
 with grpc.insecure_channel(target) as ch:
     land, exhaust = ch.unary_unary("/pkg.Svc/Land"), ch.unary_unary("/pkg.Svc/Exhaust")
     start, i = time.time(), 0
-    while not os.path.exists(stop) and time.time() - start < 300:
+    while not os.path.exists(stop) and time.time() - start < 7200:
         due = start + i / rate
         now = time.time()
         if due > now:
@@ -99,7 +99,7 @@ host, rate, stop = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 st = {"ok": 0, "denied": 0, "wrong": 0, "failed": 0, "stale_retried": 0, "errors": [], "lat": []}
 keep = None
 start, i = time.time(), 0
-while not os.path.exists(stop) and time.time() - start < 300:
+while not os.path.exists(stop) and time.time() - start < 7200:
     due = start + i / rate
     now = time.time()
     if due > now:
@@ -399,7 +399,7 @@ t = threading.Thread(target=probe)
 if api != "-":
     t.start()
 start, i = time.time(), 0
-while not os.path.exists(stop) and time.time() - start < 300:
+while not os.path.exists(stop) and time.time() - start < 7200:
     due = start + i / rate
     now = time.time()
     if due > now:
