@@ -142,6 +142,18 @@ pub fn ensure_bpffs() {
     must(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]));
 }
 
+/// A process's open descriptors and resident memory (KiB), from `/proc`.
+pub fn proc_usage(pid: u32) -> (usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    (fds, rss)
+}
+
 /// Waits up to `within` until `f` holds (policy changes and servers come up asynchronously);
 /// panics naming `what` otherwise.
 pub fn eventually(what: &str, within: Duration, f: impl Fn() -> bool) {

@@ -106,18 +106,6 @@ while open_ and time.time() - start < 20:
 print("closed by the server", n - len(open_), "of", n, flush=True)
 "#;
 
-/// Ward's open descriptors and resident memory (KiB).
-fn usage(pid: u32) -> (usize, u64) {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    (fds, rss)
-}
-
 #[test]
 fn upstream_faults_slowloris_and_idle_connections_leave_the_proxy_serving() {
     if !privileged("upstream_faults_slowloris_and_idle_connections_leave_the_proxy_serving") {
@@ -176,7 +164,7 @@ fn upstream_faults_slowloris_and_idle_connections_leave_the_proxy_serving() {
     // 10,000 idle connections: accepted, held, and a request still served; once they close,
     // the descriptors are back. (First, on fresh client ports: a SYN that reuses the tuple of
     // a connection Ward closed waits in TIME_WAIT for a retransmission, as with any server.)
-    let (fds0, rss0) = usage(pid);
+    let (fds0, rss0) = ward_tests::proc_usage(pid);
     let held = s.dir.join("held");
     let idle = write(&s, "idle.py", IDLE);
     let held_s = held.to_string_lossy().into_owned();
@@ -189,7 +177,7 @@ fn upstream_faults_slowloris_and_idle_connections_leave_the_proxy_serving() {
         held.exists()
     });
     std::thread::sleep(Duration::from_millis(500));
-    let (fds_held, rss_held) = usage(pid);
+    let (fds_held, rss_held) = ward_tests::proc_usage(pid);
     let idle_log = || std::fs::read_to_string(s.dir.join("idle.log")).unwrap_or_default();
     assert!(
         idle_log().contains("connected 10000 failed 0"),
@@ -205,9 +193,9 @@ fn upstream_faults_slowloris_and_idle_connections_leave_the_proxy_serving() {
     eventually(
         "the idle connections to close",
         Duration::from_secs(30),
-        || idle_log().contains("closed") && usage(pid).0 <= fds0 + 50,
+        || idle_log().contains("closed") && ward_tests::proc_usage(pid).0 <= fds0 + 50,
     );
-    let (fds1, rss1) = usage(pid);
+    let (fds1, rss1) = ward_tests::proc_usage(pid);
     assert_eq!(status(&s, "/ok"), "200");
     // The upstream dies mid-request: 503, as Envoy answers an upstream reset.
     assert_eq!(status(&s, "/die"), "503");

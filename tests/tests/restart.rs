@@ -149,6 +149,37 @@ st["errors"] = st["errors"][:10]
 print(json.dumps(st), flush=True)
 "#;
 
+/// Rewrites a second policy file every `every` until `stop` exists: a rule for a path the
+/// loads never ask comes and goes, so each write is a reload that changes no verdict. The
+/// thread answers how many reloads it wrote.
+fn reload_until(
+    s: &Scene,
+    stop: &std::path::Path,
+    every: Duration,
+) -> std::thread::JoinHandle<u32> {
+    let (dir, stop) = (s.dir.clone(), stop.to_path_buf());
+    std::thread::spawn(move || {
+        let mut n = 0u32;
+        while !stop.exists() {
+            let path = if n.is_multiple_of(2) {
+                "/v1/other"
+            } else {
+                "/v1/else"
+            };
+            let yaml = POLICY
+                .replace("landing-only", "reloaded")
+                .replace("/v1/request-landing", path)
+                .replace("/pkg.Svc/Land", path);
+            let tmp = dir.join(".reloaded.yaml.tmp");
+            std::fs::write(&tmp, yaml).unwrap();
+            std::fs::rename(&tmp, dir.join("policies/reloaded.yaml")).unwrap();
+            n += 1;
+            std::thread::sleep(every);
+        }
+        n
+    })
+}
+
 #[test]
 fn restarts_and_reloads_under_http1_and_h2c_load_lose_no_request() {
     if !privileged("restarts_and_reloads_under_http1_and_h2c_load_lose_no_request") {
@@ -237,29 +268,7 @@ for body in (b"x" * 1000, b"y" * 70000):
 
     // Meanwhile the policy is reloaded 10 times a second: a second file whose rule (for a
     // path the loads never ask) comes and goes.
-    let reloads = {
-        let (dir, stop) = (s.dir.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut n = 0u32;
-            while !stop.exists() {
-                let path = if n.is_multiple_of(2) {
-                    "/v1/other"
-                } else {
-                    "/v1/else"
-                };
-                let yaml = POLICY
-                    .replace("landing-only", "reloaded")
-                    .replace("/v1/request-landing", path)
-                    .replace("/pkg.Svc/Land", path);
-                let tmp = dir.join(".reloaded.yaml.tmp");
-                std::fs::write(&tmp, yaml).unwrap();
-                std::fs::rename(&tmp, dir.join("policies/reloaded.yaml")).unwrap();
-                n += 1;
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            n
-        })
-    };
+    let reloads = reload_until(&s, &stop, Duration::from_millis(100));
     // Restarts: each a new `ward run` taking the sockets over.
     let (mut took, mut windows) = (Vec::new(), Vec::new());
     let epoch = || {
@@ -688,18 +697,6 @@ fn a_tunnel_is_kept_through_a_handover_until_the_drain_timeout() {
     assert!(s.ward_cli(&["status"]).status.success());
 }
 
-/// Ward's open descriptors and resident memory (KiB).
-fn usage(pid: u32) -> (usize, u64) {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    (fds, rss)
-}
-
 /// The soak: HTTP/1.1, gRPC and DNS load and a policy reload every second for
 /// `WARD_SOAK_SECS` (45 in `cargo xtask test`, 600 in `cargo xtask soak`), on one `ward run`.
 /// Its descriptors and memory at the end are within 10% of what they were after warming up,
@@ -792,35 +789,13 @@ fn mixed_soak_keeps_descriptors_and_memory_flat() {
         &["python3", &dnsl, &dns_ip, "50", &stop_path, "-"],
         "dns-load.log",
     );
-    let reloads = {
-        let (dir, stop) = (s.dir.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut n = 0u32;
-            while !stop.exists() {
-                let path = if n.is_multiple_of(2) {
-                    "/v1/other"
-                } else {
-                    "/v1/else"
-                };
-                let yaml = POLICY
-                    .replace("landing-only", "reloaded")
-                    .replace("/v1/request-landing", path)
-                    .replace("/pkg.Svc/Land", path);
-                let tmp = dir.join(".reloaded.yaml.tmp");
-                std::fs::write(&tmp, yaml).unwrap();
-                std::fs::rename(&tmp, dir.join("policies/reloaded.yaml")).unwrap();
-                n += 1;
-                std::thread::sleep(Duration::from_secs(1));
-            }
-            n
-        })
-    };
+    let reloads = reload_until(&s, &stop, Duration::from_secs(1));
     let pid = s.ward_pid().expect("ward's pid");
     let warm = Duration::from_secs(10.min(secs / 4));
     std::thread::sleep(warm);
-    let (fd0, rss0) = usage(pid);
+    let (fd0, rss0) = ward_tests::proc_usage(pid);
     std::thread::sleep(Duration::from_secs(secs) - warm);
-    let (fd1, rss1) = usage(pid);
+    let (fd1, rss1) = ward_tests::proc_usage(pid);
     std::fs::write(&stop, "").unwrap();
     let reloads = reloads.join().unwrap();
     let read = |log: &str| std::fs::read_to_string(s.dir.join(log)).unwrap_or_default();
