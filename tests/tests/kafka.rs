@@ -177,6 +177,25 @@ print("bulk intact", intact, "of", len(seen))
 c.close()
 "#;
 
+/// A producer (librdkafka, acks=1) sending a record to `orders` every 10 ms until STOP
+/// exists; prints how many it sent, how many were delivered and how many failed.
+const STEADY_PRODUCER: &str = r#"
+import os, time
+from confluent_kafka import Producer
+p = Producer({"bootstrap.servers": BS, "acks": "1", "linger.ms": 0, "message.timeout.ms": 20000})
+done = [0, 0]
+def cb(err, msg):
+    done[0 if err is None else 1] += 1
+sent = 0
+print("sending", flush=True)
+while not os.path.exists(STOP):
+    p.produce("orders", b"steady-%d" % sent, on_delivery=cb)
+    sent += 1
+    p.poll(0.01)
+p.flush(20)
+print("steady sent", sent, "delivered", done[0], "failed", done[1], flush=True)
+"#;
+
 /// Raw frames: `frame(key, version, body)` with a v1 request header (client id "raw").
 const RAW: &str = r#"
 import socket, struct
@@ -597,14 +616,55 @@ a.close()
         id("audit"),
         "42".repeat(16)
     );
-    // The restarted Ward also redacts client IDs and takes frames of at most 4 MiB.
-    s.stop_ward();
+    // The restart is a handover (a new `ward run` takes the Kafka listener over) while a
+    // producer sends a record every 10 ms: every record is delivered. The new Ward also
+    // redacts client IDs and takes frames of at most 4 MiB.
+    let python = peers_python().to_string_lossy().into_owned();
+    let stop = s.dir.join("stop-producer");
+    let producer = s.dir.join("steady_producer.py");
+    std::fs::write(
+        &producer,
+        format!(
+            "BS = {bs:?}\nSTOP = {:?}\n{STEADY_PRODUCER}",
+            stop.to_string_lossy()
+        ),
+    )
+    .unwrap();
+    let producer = producer.to_string_lossy().into_owned();
+    s.spawn_in("hq", &[&python, &producer], "steady-producer.log");
+    let steady = || std::fs::read_to_string(s.dir.join("steady-producer.log")).unwrap_or_default();
+    ward_tests::eventually("the steady producer", Duration::from_secs(10), || {
+        steady().contains("sending")
+    });
+    std::thread::sleep(Duration::from_millis(500));
     s.node_config = format!(
         "node: {{name: {}}}\nkafka: {{redact_client_id: true, max_frame_bytes: 4194304}}",
         s.id
     );
     s.write_config();
-    s.start_ward();
+    s.upgrade_ward();
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&stop, "").unwrap();
+    let steady_log = s.dir.join("steady-producer.log");
+    let steady = || std::fs::read_to_string(&steady_log).unwrap_or_default();
+    ward_tests::eventually(
+        "the steady producer's report",
+        Duration::from_secs(30),
+        || steady().contains("steady sent"),
+    );
+    let report = steady();
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("steady sent"))
+        .unwrap_or_default();
+    let n: Vec<u64> = line.split(' ').filter_map(|w| w.parse().ok()).collect();
+    assert!(
+        n.len() == 3 && n[0] >= 50 && n[1] == n[0] && n[2] == 0,
+        "{report}\n{}",
+        s.ward_log()
+    );
+    assert!(s.ward_log().contains("taking the listening sockets over"));
+    eprintln!("Kafka across a handover: {line}");
     let out = py(&s, "outpost", &bs, &format!("{RAW}{ids}{FETCH_BY_ID}"));
     assert!(
         out.contains("fetch-by-id orders 9 0 0"),
