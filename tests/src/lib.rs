@@ -507,6 +507,31 @@ impl Scene {
     }
 
     /// Writes (or replaces) a policy file in the scene's watched policy directory.
+    /// The Star Wars pair most scenes start from: `deathstar` (org=empire, class=deathstar)
+    /// and `tiefighter` (org=empire, class=tiefighter).
+    pub fn empire_pair(tag: &str) -> Scene {
+        let mut s = Scene::new(tag);
+        s.add_pod(
+            "deathstar",
+            "default",
+            &[("org", "empire"), ("class", "deathstar")],
+        );
+        s.add_pod(
+            "tiefighter",
+            "default",
+            &[("org", "empire"), ("class", "tiefighter")],
+        );
+        s
+    }
+
+    /// Writes `text` to `name` in the scene's directory (a script, a config) and returns
+    /// the path as a string, ready for a command line.
+    pub fn write_file(&self, name: &str, text: &str) -> String {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {name}: {e}"));
+        path.to_string_lossy().into_owned()
+    }
+
     pub fn write_policy(&self, file: &str, yaml: &str) {
         let path = self.dir.join("policies").join(file);
         // Write then rename, so the watcher never sees half a file.

@@ -111,23 +111,8 @@ fn upstream_faults_slowloris_and_idle_connections_leave_the_proxy_serving() {
     if !privileged("upstream_faults_slowloris_and_idle_connections_leave_the_proxy_serving") {
         return;
     }
-    let mut s = Scene::new("faults");
-    s.add_pod(
-        "deathstar",
-        "default",
-        &[("org", "empire"), ("class", "deathstar")],
-    );
-    s.add_pod(
-        "tiefighter",
-        "default",
-        &[("org", "empire"), ("class", "tiefighter")],
-    );
-    let write = |s: &Scene, name: &str, text: &str| {
-        let p = s.dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p.to_string_lossy().into_owned()
-    };
-    let backend = write(&s, "backend.py", BACKEND);
+    let mut s = Scene::empire_pair("faults");
+    let backend = s.write_file("backend.py", BACKEND);
     s.spawn_in("deathstar", &["python3", &backend], "backend.log");
     s.wait_port("deathstar", 80);
     s.node_config = format!(
@@ -166,7 +151,7 @@ fn upstream_faults_slowloris_and_idle_connections_leave_the_proxy_serving() {
     // a connection Ward closed waits in TIME_WAIT for a retransmission, as with any server.)
     let (fds0, rss0) = ward_tests::proc_usage(pid);
     let held = s.dir.join("held");
-    let idle = write(&s, "idle.py", IDLE);
+    let idle = s.write_file("idle.py", IDLE);
     let held_s = held.to_string_lossy().into_owned();
     s.spawn_in(
         "tiefighter",
@@ -233,7 +218,7 @@ fn upstream_faults_slowloris_and_idle_connections_leave_the_proxy_serving() {
 
     // Slowloris: 200 connections that never finish their head are closed after
     // `header_timeout_ms`; others are served meanwhile.
-    let slow = write(&s, "slowloris.py", SLOWLORIS);
+    let slow = s.write_file("slowloris.py", SLOWLORIS);
     s.spawn_in(
         "tiefighter",
         &["python3", &slow, &ip, "200"],

@@ -107,22 +107,6 @@ fn wait_for_exhaust_port_denied(s: &Scene) {
     });
 }
 
-/// A scene with the two Empire pods of the Star Wars story, nothing started.
-fn empire_pair(tag: &str) -> Scene {
-    let mut s = Scene::new(tag);
-    s.add_pod(
-        "deathstar",
-        "default",
-        &[("org", "empire"), ("class", "deathstar")],
-    );
-    s.add_pod(
-        "tiefighter",
-        "default",
-        &[("org", "empire"), ("class", "tiefighter")],
-    );
-    s
-}
-
 /// nginx's `http {}`: h2c on 80 (the landing answers, everything else 404).
 const NGINX_H2: &str = r#"
     access_log off;
@@ -138,7 +122,7 @@ fn http2_prior_knowledge_allowed_and_denied() {
     if !privileged("http2_prior_knowledge_allowed_and_denied") {
         return;
     }
-    let mut s = empire_pair("h2");
+    let mut s = Scene::empire_pair("h2");
     s.start_nginx("deathstar", NGINX_H2);
     s.wait_port("deathstar", 80);
     s.start_ward();
@@ -222,7 +206,7 @@ fn upstream_connections_follow_client_keepalive() {
     if !privileged("upstream_connections_follow_client_keepalive") {
         return;
     }
-    let mut s = empire_pair("ka");
+    let mut s = Scene::empire_pair("ka");
     s.start_nginx("deathstar", KEEPALIVE_NGINX);
     s.wait_port("deathstar", 80);
     s.wait_port("deathstar", 8080);
@@ -333,7 +317,7 @@ fn allowed_upgrade_is_tunnelled_and_denied_upgrade_gets_403() {
     if !privileged("allowed_upgrade_is_tunnelled_and_denied_upgrade_gets_403") {
         return;
     }
-    let mut s = empire_pair("up");
+    let mut s = Scene::empire_pair("up");
     s.spawn_in(
         "deathstar",
         &["python3", "-c", UPGRADE_SERVER, "80"],
@@ -519,7 +503,7 @@ fn a_reused_client_port_is_not_swallowed_by_time_wait() {
     if !privileged("a_reused_client_port_is_not_swallowed_by_time_wait") {
         return;
     }
-    let mut s = empire_pair("tw");
+    let mut s = Scene::empire_pair("tw");
     s.start_deathstar("deathstar", 80);
     s.start_ward();
     s.write_policy("rule1.yaml", &scene_policy("starwars-l7"));

@@ -185,22 +185,10 @@ fn restarts_and_reloads_under_http1_and_h2c_load_lose_no_request() {
     if !privileged("restarts_and_reloads_under_http1_and_h2c_load_lose_no_request") {
         return;
     }
-    let mut s = Scene::new("hitless");
-    s.add_pod(
-        "deathstar",
-        "default",
-        &[("org", "empire"), ("class", "deathstar")],
-    );
-    s.add_pod(
-        "tiefighter",
-        "default",
-        &[("org", "empire"), ("class", "tiefighter")],
-    );
+    let mut s = Scene::empire_pair("hitless");
     let python = peers_python().to_string_lossy().into_owned();
     s.start_nginx("deathstar", NGINX);
-    let grpc_server = s.dir.join("grpc_server.py");
-    std::fs::write(&grpc_server, GRPC_SERVER).unwrap();
-    let grpc_server = grpc_server.to_string_lossy().into_owned();
+    let grpc_server = s.write_file("grpc_server.py", GRPC_SERVER);
     s.spawn_in("deathstar", &[&python, &grpc_server], "grpc-server.log");
     s.wait_port("deathstar", 80);
     s.wait_port("deathstar", 50051);
@@ -247,11 +235,11 @@ for body in (b"x" * 1000, b"y" * 70000):
     // The loads, until told to stop: HTTP/1.1 and gRPC (h2c, one channel that reconnects
     // after a GOAWAY).
     let stop = s.dir.join("stop-load");
-    let (h1_script, grpc_script) = (s.dir.join("http1_load.py"), s.dir.join("grpc_load.py"));
-    std::fs::write(&h1_script, HTTP1_LOAD).unwrap();
-    std::fs::write(&grpc_script, GRPC_LOAD).unwrap();
-    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
-    let (h1_script, grpc_script, stop_path) = (path(&h1_script), path(&grpc_script), path(&stop));
+    let (h1_script, grpc_script) = (
+        s.write_file("http1_load.py", HTTP1_LOAD),
+        s.write_file("grpc_load.py", GRPC_LOAD),
+    );
+    let stop_path = stop.to_string_lossy().into_owned();
     s.spawn_in(
         "tiefighter",
         &["python3", &h1_script, &ip, "100", &stop_path],
@@ -496,12 +484,8 @@ fn restarts_under_dns_load_lose_no_query_and_keep_learned_addresses() {
     );
 
     let stop = s.dir.join("stop-load");
-    let script = s.dir.join("dns_load.py");
-    std::fs::write(&script, DNS_LOAD).unwrap();
-    let (script, stop_path) = (
-        script.to_string_lossy().into_owned(),
-        stop.to_string_lossy().into_owned(),
-    );
+    let script = s.write_file("dns_load.py", DNS_LOAD);
+    let stop_path = stop.to_string_lossy().into_owned();
     let (server_ip, api) = (server.ip.to_string(), OUTSIDE_IP.to_string());
     s.spawn_in(
         "client",
@@ -597,20 +581,8 @@ fn a_tunnel_is_kept_through_a_handover_until_the_drain_timeout() {
     if !privileged("a_tunnel_is_kept_through_a_handover_until_the_drain_timeout") {
         return;
     }
-    let mut s = Scene::new("hittun");
-    s.add_pod(
-        "deathstar",
-        "default",
-        &[("org", "empire"), ("class", "deathstar")],
-    );
-    s.add_pod(
-        "tiefighter",
-        "default",
-        &[("org", "empire"), ("class", "tiefighter")],
-    );
-    let backend = s.dir.join("echo_upgrade.py");
-    std::fs::write(&backend, ECHO_UPGRADE).unwrap();
-    let backend = backend.to_string_lossy().into_owned();
+    let mut s = Scene::empire_pair("hittun");
+    let backend = s.write_file("echo_upgrade.py", ECHO_UPGRADE);
     s.spawn_in("deathstar", &["python3", &backend], "echo.log");
     s.wait_port("deathstar", 80);
     s.start_ward();
@@ -629,9 +601,7 @@ fn a_tunnel_is_kept_through_a_handover_until_the_drain_timeout() {
         )
         .1 == "Access denied\r\n"
     });
-    let client = s.dir.join("tunnel_client.py");
-    std::fs::write(&client, TUNNEL_CLIENT).unwrap();
-    let client = client.to_string_lossy().into_owned();
+    let client = s.write_file("tunnel_client.py", TUNNEL_CLIENT);
     s.spawn_in("tiefighter", &["python3", &client, &ip], "tunnel.log");
     let tunnel_log = s.dir.join("tunnel.log");
     let read = || std::fs::read_to_string(&tunnel_log).unwrap_or_default();
@@ -711,31 +681,15 @@ fn mixed_soak_keeps_descriptors_and_memory_flat() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(45);
     let python = peers_python().to_string_lossy().into_owned();
-    let mut s = Scene::new("soak");
-    s.add_pod(
-        "deathstar",
-        "default",
-        &[("org", "empire"), ("class", "deathstar")],
-    );
-    s.add_pod(
-        "tiefighter",
-        "default",
-        &[("org", "empire"), ("class", "tiefighter")],
-    );
+    let mut s = Scene::empire_pair("soak");
     s.add_pod("client", "default", &[("app", "client")]);
     let dns = s.add_pod("dns", "default", &[("app", "dns")]);
     s.dns_listener = Some(DNS_LISTENER);
     s.start_nginx("deathstar", NGINX);
-    let write = |s: &Scene, name: &str, text: &str| {
-        let p = s.dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p.to_string_lossy().into_owned()
-    };
-    let grpc_server = write(&s, "grpc_server.py", GRPC_SERVER);
+    let grpc_server = s.write_file("grpc_server.py", GRPC_SERVER);
     s.spawn_in("deathstar", &[&python, &grpc_server], "grpc-server.log");
     let dir = s.dir.display().to_string();
-    let conf = write(
-        &s,
+    let conf = s.write_file(
         "dnsmasq.conf",
         &format!(
             "port=53\nlisten-address={}\nbind-interfaces\nno-resolv\nno-hosts\nno-poll\n\
@@ -769,9 +723,9 @@ fn mixed_soak_keeps_descriptors_and_memory_flat() {
     let stop = s.dir.join("stop-load");
     let stop_path = stop.to_string_lossy().into_owned();
     let (h1, grpc, dnsl) = (
-        write(&s, "http1_load.py", HTTP1_LOAD),
-        write(&s, "grpc_load.py", GRPC_LOAD),
-        write(&s, "dns_load.py", DNS_LOAD),
+        s.write_file("http1_load.py", HTTP1_LOAD),
+        s.write_file("grpc_load.py", GRPC_LOAD),
+        s.write_file("dns_load.py", DNS_LOAD),
     );
     let (target, dns_ip) = (format!("{ip}:50051"), dns.ip.to_string());
     s.spawn_in(

@@ -66,17 +66,7 @@ fn smoke_l7_deny_h2c_flows_admin_restart_uninstall() {
     if !privileged("smoke_l7_deny_h2c_flows_admin_restart_uninstall") {
         return;
     }
-    let mut node = Scene::new("smoke");
-    node.add_pod(
-        "deathstar",
-        "default",
-        &[("org", "empire"), ("class", "deathstar")],
-    );
-    node.add_pod(
-        "tiefighter",
-        "default",
-        &[("org", "empire"), ("class", "tiefighter")],
-    );
+    let mut node = Scene::empire_pair("smoke");
     let script = node.dir.join("server.py");
     std::fs::write(&script, SERVER_PY).unwrap();
     let script = script.to_string_lossy().into_owned();
