@@ -483,6 +483,115 @@ pub fn parse_request(frame: &[u8]) -> Result<KafkaRequest, KafkaError> {
     Ok(request)
 }
 
+/// Where the records of a Produce request lie, for a request the proxy can judge before the
+/// records have arrived: exactly one topic with one partition, whose record batch runs to the
+/// end of the frame but for the tagged-field counts that close the partition, the topic and the
+/// request (flexible versions). The records are opaque to policy, so such a request is judged on
+/// its head and trailer alone, and the records can pass client → broker by splice(2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceSplit {
+    /// Offset, within the frame (without its size prefix), of the records' length field.
+    pub length_at: usize,
+    /// Offset of the records, where the length field ends.
+    pub records_at: usize,
+    /// Length of the records.
+    pub records_len: usize,
+    /// Bytes after the records: 3 tagged-field counts in flexible versions, none before.
+    pub trailer_len: usize,
+}
+
+/// The longest head [`produce_split`] waits for before it calls a Produce frame unsplittable.
+pub const PRODUCE_HEAD_MAX: usize = 16 * 1024;
+
+/// Decides from the first bytes of a request frame (`head`, without the size prefix) of
+/// `frame_len` bytes whether it is a Produce request laid out as [`ProduceSplit`] describes.
+/// `NeedMore`: `head` is too short to tell; `Complete(None, _)`: any other request, which is
+/// read whole and parsed by [`parse_request`].
+pub fn produce_split(head: &[u8], frame_len: usize) -> Status<Option<ProduceSplit>> {
+    match produce_head(head, frame_len) {
+        Ok(split) => Status::Complete(split, 0),
+        Err("truncated") if head.len() < frame_len.min(PRODUCE_HEAD_MAX) => Status::NeedMore,
+        Err(_) => Status::Complete(None, 0),
+    }
+}
+
+fn produce_head(head: &[u8], frame_len: usize) -> Walk<Option<ProduceSplit>> {
+    if head.len() < MIN_REQUEST_LEN {
+        return Err("truncated");
+    }
+    if i16::from_be_bytes([head[0], head[1]]) != ApiKey::Produce as i16 {
+        return Ok(None);
+    }
+    let (_, v, _, _, header_len) = match parse_header(head) {
+        Ok(h) => h,
+        Err(KafkaError::MalformedHeader { .. }) => return Err("truncated"),
+        Err(_) => return Ok(None),
+    };
+    let flexible = request_header_version(ApiKey::Produce as i16, v) == Some(2);
+    let mut r = Reader {
+        buf: &head[header_len..],
+        flexible,
+    };
+    if v >= 3 {
+        r.nullable_string()?; // transactional_id
+    }
+    r.skip(2 + 4)?; // acks, timeout_ms
+    if r.nullable_len(true)? != Some(1) {
+        return Ok(None); // topic_data
+    }
+    if v >= 13 {
+        r.uuid()?;
+    } else {
+        r.string()?;
+    }
+    if r.nullable_len(true)? != Some(1) {
+        return Ok(None); // partition_data
+    }
+    r.skip(4)?; // index
+    let length_at = head.len() - r.buf.len();
+    let Some(records_len) = r.nullable_len(true)? else {
+        return Ok(None);
+    };
+    let records_at = head.len() - r.buf.len();
+    let trailer_len = if flexible { 3 } else { 0 };
+    if records_at
+        .checked_add(records_len)
+        .and_then(|n| n.checked_add(trailer_len))
+        != Some(frame_len)
+    {
+        return Ok(None);
+    }
+    Ok(Some(ProduceSplit {
+        length_at,
+        records_at,
+        records_len,
+        trailer_len,
+    }))
+}
+
+/// Parses a Produce request laid out as `split` says from its head (at least
+/// `split.records_at` bytes, the records' length field included) and its trailer, the records
+/// left out: the request [`parse_request`] would read from the whole frame, and the frame it
+/// judged (records empty) for [`deny_response`].
+pub fn parse_produce_split(
+    head: &[u8],
+    split: &ProduceSplit,
+    trailer: &[u8],
+) -> Result<(KafkaRequest, Vec<u8>), KafkaError> {
+    let mut judged = Vec::with_capacity(split.length_at + 4 + trailer.len());
+    judged.extend_from_slice(&head[..split.length_at]);
+    // The records, empty: compact (length + 1) in flexible versions, which alone have a
+    // trailer; an int32 before.
+    if split.trailer_len > 0 {
+        judged.push(1);
+    } else {
+        judged.extend_from_slice(&0i32.to_be_bytes());
+    }
+    judged.extend_from_slice(trailer);
+    let req = parse_request(&judged)?;
+    Ok((req, judged))
+}
+
 /// Topic names in first-occurrence order without duplicates. Requests name a few topics; past
 /// [`LINEAR_DEDUP_MAX`] a hash set keeps a hostile request with a million names linear.
 #[derive(Default)]

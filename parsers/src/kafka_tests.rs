@@ -1509,3 +1509,112 @@ fn admin_and_describe_apis_are_denied_item_by_item() {
         assert_eq!(resp.error_code, 31);
     }
 }
+
+/// A Produce frame of one topic and one partition, with `records` as its records.
+fn single_partition_produce(version: i16, records: Option<Bytes>) -> Vec<u8> {
+    let topic = if version >= 13 {
+        produce_request_topic_id(TopicProduceData::default(), topic_id(0))
+    } else {
+        TopicProduceData::default().with_name(name("orders"))
+    };
+    let body = ProduceRequest::default().with_acks(1).with_topic_data(vec![topic
+        .with_partition_data(vec![PartitionProduceData::default()
+            .with_index(0)
+            .with_records(records)])]);
+    let body = if version >= 3 {
+        body.with_transactional_id(Some(StrBytes::from_static_str("tx").into()))
+    } else {
+        body
+    };
+    encode_request(ApiKey::Produce, version, &body)
+}
+
+#[test]
+fn a_single_partition_produce_is_judged_from_its_head_and_trailer() {
+    let records = Bytes::from((0..100_000u32).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>());
+    for version in versions(ApiKey::Produce) {
+        let full = single_partition_produce(version, Some(records.clone()));
+        // Too short to tell, then told as soon as the records' length field is in.
+        let mut told = None;
+        for n in 0..=full.len() {
+            match produce_split(&full[..n], full.len()) {
+                Status::NeedMore => assert!(told.is_none(), "v{version}: NeedMore after told"),
+                Status::Complete(split, _) => {
+                    let split = split.unwrap_or_else(|| panic!("v{version}: not split at {n}"));
+                    told.get_or_insert((n, split));
+                }
+            }
+        }
+        let (at, split) = told.unwrap();
+        assert_eq!(at, split.records_at, "v{version}");
+        let end = split.records_at + split.records_len;
+        assert_eq!(&full[split.records_at..end], &records[..], "v{version}");
+        assert_eq!(split.trailer_len, full.len() - end, "v{version}");
+        // Judged on head and trailer: what the whole frame parses to, and the same deny.
+        let (req, judged) =
+            parse_produce_split(&full[..split.records_at], &split, &full[end..]).unwrap();
+        let whole = parse_request(&full).unwrap();
+        assert_eq!(req, whole, "v{version}");
+        assert_eq!(
+            deny_response(&req, &judged),
+            deny_response(&whole, &full),
+            "v{version}"
+        );
+    }
+}
+
+#[test]
+fn other_produce_layouts_and_other_keys_are_not_split() {
+    let records = Some(Bytes::from_static(&[7u8; 1000]));
+    for version in versions(ApiKey::Produce) {
+        let full = single_partition_produce(version, records.clone());
+        // A frame longer or shorter than the records say (bytes after the records, or a
+        // trailer that is not there) is read whole.
+        for len in [full.len() - 1, full.len() + 1] {
+            assert_eq!(
+                produce_split(&full, len),
+                Status::Complete(None, 0),
+                "v{version} len {len}"
+            );
+        }
+        let null = single_partition_produce(version, None);
+        assert_eq!(produce_split(&null, null.len()), Status::Complete(None, 0));
+        // Two partitions, or two topics.
+        let two = |topics: usize, partitions: usize| {
+            let body = ProduceRequest::default().with_acks(1).with_topic_data(
+                (0..topics)
+                    .map(|i| {
+                        let t = if version >= 13 {
+                            produce_request_topic_id(TopicProduceData::default(), topic_id(i))
+                        } else {
+                            TopicProduceData::default().with_name(name(TOPICS[i]))
+                        };
+                        t.with_partition_data(
+                            (0..partitions as i32)
+                                .map(|p| {
+                                    PartitionProduceData::default()
+                                        .with_index(p)
+                                        .with_records(records.clone())
+                                })
+                                .collect(),
+                        )
+                    })
+                    .collect(),
+            );
+            encode_request(ApiKey::Produce, version, &body)
+        };
+        for frame in [two(1, 2), two(2, 1)] {
+            assert_eq!(produce_split(&frame, frame.len()), Status::Complete(None, 0));
+        }
+    }
+    let fetch = encode_request(ApiKey::Fetch, 12, &FetchRequest::default());
+    assert_eq!(produce_split(&fetch, fetch.len()), Status::Complete(None, 0));
+    // A head that never parses is called unsplittable once PRODUCE_HEAD_MAX bytes are in.
+    let mut junk = single_partition_produce(9, records.clone())[..MIN_REQUEST_LEN].to_vec();
+    junk.resize(PRODUCE_HEAD_MAX, 0xff);
+    assert_eq!(
+        produce_split(&junk[..100], 1_000_000),
+        Status::NeedMore
+    );
+    assert_eq!(produce_split(&junk, 1_000_000), Status::Complete(None, 0));
+}

@@ -107,6 +107,11 @@ struct KafkaRequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SpliceLabels {
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrnoLabels {
     errno: String,
 }
@@ -212,7 +217,8 @@ pub struct Metrics {
     /// The DNS proxy's counters.
     pub dns: DnsMetrics,
     kafka_requests: Family<KafkaRequestLabels, Counter>,
-    kafka_spliced: Counter,
+    /// `to_client` (broker responses), `to_broker` (Produce records).
+    kafka_spliced: [Counter; 2],
     registry: Registry,
     kernel: Arc<OnceLock<bpf_redirect::CounterReader>>,
     change_to_maps: Histogram,
@@ -319,12 +325,14 @@ impl Metrics {
             "Kafka requests handled by the proxy, by API key and verdict",
             kafka_requests.clone(),
         );
-        let kafka_spliced = Counter::default();
+        let spliced = Family::<SpliceLabels, Counter>::default();
         registry.register(
             "kafka_spliced_bytes",
-            "Bytes of broker responses passed to Kafka clients by splice(2), never copied into Ward",
-            kafka_spliced.clone(),
+            "Bytes passed through the Kafka proxy by splice(2), never copied into Ward: broker responses (to_client) and Produce records (to_broker)",
+            spliced.clone(),
         );
+        let kafka_spliced = ["to_client", "to_broker"]
+            .map(|direction| spliced.get_or_create(&SpliceLabels { direction }).clone());
         Metrics {
             kafka_requests,
             kafka_spliced,
@@ -370,9 +378,10 @@ impl Metrics {
             .inc();
     }
 
-    /// `n` bytes of a broker response passed through by splice(2).
-    pub fn kafka_spliced(&self, n: usize) {
-        self.kafka_spliced.inc_by(n as u64);
+    /// `n` bytes passed through by splice(2): of a broker response (`to_broker` false) or of
+    /// a Produce request's records.
+    pub fn kafka_spliced(&self, to_broker: bool, n: usize) {
+        self.kafka_spliced[usize::from(to_broker)].inc_by(n as u64);
     }
 
     /// The counter of flows the flow log had to drop.
@@ -494,7 +503,8 @@ mod tests {
             "ward_proxy_requests_total{protocol=\"kafka\",verdict=\"DROPPED\"} 1",
             "ward_proxy_request_duration_seconds_count 4",
             "ward_flows_lost_total 1",
-            "ward_kafka_spliced_bytes_total 0",
+            "ward_kafka_spliced_bytes_total{direction=\"to_client\"} 0",
+            "ward_kafka_spliced_bytes_total{direction=\"to_broker\"} 0",
             "ward_proxy_request_duration_seconds_bucket",
             "ward_policy_apply_duration_seconds_count 2",
             "ward_policy_change_to_maps_seconds_count 1",

@@ -177,6 +177,41 @@ print("bulk intact", intact, "of", len(seen))
 c.close()
 "#;
 
+const KP_BULK_PRODUCE: &str = r#"
+import kafka
+def record(i):
+    head = b"kpbulk-%06d:" % i
+    return head + bytes((i * 13 + j) % 251 for j in range(1024 - len(head)))
+p = kafka.KafkaProducer(bootstrap_servers=BS, acks="all", batch_size=1 << 20, linger_ms=200,
+                        request_timeout_ms=10000)
+fs = [p.send("orders", record(i)) for i in range(1000)]
+p.flush(30)
+print("kpbulk delivered", sum(1 for f in fs if f.succeeded()))
+p.close()
+"#;
+
+const KP_BULK_CONSUME: &str = r#"
+from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING
+def record(i):
+    head = b"kpbulk-%06d:" % i
+    return head + bytes((i * 13 + j) % 251 for j in range(1024 - len(head)))
+c = Consumer({"bootstrap.servers": BS, "group.id": "kpbulk", "enable.auto.commit": False})
+c.assign([TopicPartition("orders", 0, OFFSET_BEGINNING)])
+seen, intact, idle = set(), 0, 0
+while len(seen) < 1000 and idle < 16:
+    msgs = c.consume(1000, 0.5)
+    idle = 0 if msgs else idle + 1
+    for m in msgs:
+        v = m.value() if m.error() is None else b""
+        if v.startswith(b"kpbulk-"):
+            i = int(v[7:13])
+            if i not in seen and v == record(i):
+                intact += 1
+            seen.add(i)
+print("kpbulk intact", intact, "of", len(seen))
+c.close()
+"#;
+
 /// A producer (librdkafka, acks=1) sending a record to `orders` every 10 ms until STOP
 /// exists; prints how many it sent, how many were delivered and how many failed.
 const STEADY_PRODUCER: &str = r#"
@@ -221,6 +256,66 @@ def exchange(payload, timeout=5, half_close=False):
         data += b"<timeout>"
     s.close()
     return data
+"#;
+
+/// Large Produce v9 frames of one topic and partition, which Ward judges on their head and
+/// splices the records of: denied (`audit`, its 200 KB dropped, answered 29, the connection
+/// still answered after), allowed (`orders`, 200 records the broker accepts, so the frame
+/// reached it whole and intact), and allowed but ending in a tagged field Ward did not judge
+/// (the connection is closed before the frame is whole, so no answer).
+const SPLIT_PRODUCE: &str = r#"
+def uv(n):
+    out = b""
+    while True:
+        b, n = n & 0x7f, n >> 7
+        out += bytes([b | 0x80 if n else b])
+        if not n:
+            return out
+def produce_v9(topic, records, corr, trailer=b"\0\0\0"):
+    h = struct.pack(">hhih", 0, 9, corr, 3) + b"raw" + b"\0"
+    t = topic.encode()
+    body = b"\0" + struct.pack(">hi", 1, 5000) + uv(2) + uv(len(t) + 1) + t + uv(2) \
+        + struct.pack(">i", 0) + uv(len(records) + 1) + records + trailer
+    return struct.pack(">i", len(h) + len(body)) + h + body
+class Conn:
+    def __init__(self):
+        self.s = socket.create_connection((BS.split(":")[0], 9092), timeout=5)
+        self.buf = b""
+    def frame(self):
+        while len(self.buf) < 4 or len(self.buf) < 4 + struct.unpack(">i", self.buf[:4])[0]:
+            chunk = self.s.recv(65536)
+            if not chunk:
+                return None
+            self.buf += chunk
+        n = 4 + struct.unpack(">i", self.buf[:4])[0]
+        f, self.buf = self.buf[:n], self.buf[n:]
+        return f
+def produce_answer(f):
+    # Response header v1 (tags), one topic (compact name), one partition: index, error.
+    corr, n = struct.unpack(">i", f[4:8])[0], f[10] - 1
+    return corr, struct.unpack(">h", f[16 + n:18 + n])[0]
+from kafka.record.memory_records import MemoryRecordsBuilder
+batch = MemoryRecordsBuilder(magic=2, compression_type=0, batch_size=1 << 20)
+for i in range(200):
+    batch.append(timestamp=None, key=None, value=b"split-%04d" % i + bytes(1000), headers=[])
+batch.close()
+records = bytes(batch.buffer())
+c = Conn()
+c.s.sendall(produce_v9("audit", records, 21) + frame(3, 1, struct.pack(">ih", 1, 6) + b"orders", corr=22))
+print("denied", produce_answer(c.frame()))
+m = c.frame()
+print("then metadata", struct.unpack(">i", m[4:8])[0] if m else "closed")
+c = Conn()
+c.s.sendall(produce_v9("orders", records, 23))
+f = c.frame()
+print("allowed answered", produce_answer(f) if f else "closed")
+c = Conn()
+try:
+    c.s.sendall(produce_v9("orders", records, 24, trailer=b"\x01\0\0"))
+    f = c.frame()
+    print("odd trailer", "answered" if f else "closed")
+except OSError as e:
+    print("odd trailer closed", e)
 "#;
 
 const STOLEN_FETCH_SESSION: &str = r#"
@@ -512,13 +607,25 @@ print("outpost produce", "delivered" if out and out[0] is None else out)
             s.ward_log()
         );
     }
-    let spliced = s
-        .metrics()
-        .lines()
-        .find_map(|l| l.strip_prefix("ward_kafka_spliced_bytes_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or(0.0);
-    assert!(spliced >= 1e6, "spliced {spliced} bytes");
+    // And large Produce batches pass client → broker by splice(2) too, from both clients:
+    // kafka-python's 1,000 records are read back intact by librdkafka.
+    let out = py(&s, "hq", &bs, KP_BULK_PRODUCE);
+    assert!(out.contains("kpbulk delivered 1000"), "{out}");
+    let out = py(&s, "outpost", &bs, KP_BULK_CONSUME);
+    assert!(out.contains("kpbulk intact 1000 of 1000"), "{out}");
+    let metrics = s.metrics();
+    for direction in ["to_client", "to_broker"] {
+        let spliced = metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "ward_kafka_spliced_bytes_total{{direction=\"{direction}\"}} "
+                ))
+            })
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        assert!(spliced >= 1e6, "spliced {spliced} bytes {direction}");
+    }
 
     // An admin call the producer's rules do not allow gets the authorization error, and the
     // same admin connection goes on to be answered.
@@ -565,6 +672,19 @@ a.close()
         "{}",
         s.ward_log()
     );
+    // Large single-partition Produce frames, judged on their head, records spliced.
+    let out = py(&s, "hq", &bs, &format!("{RAW}{SPLIT_PRODUCE}"));
+    assert!(out.contains("denied (21, 29)"), "{out}\n{}", s.ward_log());
+    assert!(out.contains("then metadata 22"), "{out}");
+    assert!(out.contains("allowed answered (23, 0)"), "{out}");
+    assert!(out.contains("odd trailer closed"), "{out}");
+    s.wait_flow(Duration::from_secs(3), |f| {
+        f["verdict"] == "DROPPED"
+            && f["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("tagged fields Ward did not judge"))
+    })
+    .expect("a flow for the Produce whose trailer was not the one judged");
     let out = py(&s, "kafka", &bs, DIRECT_AUDIT);
     assert!(out.contains("audit holds 0"), "{out}");
 
@@ -682,12 +802,10 @@ a.close()
         redacted["l7"]["kafka"].get("client_id").is_none(),
         "{redacted}"
     );
-    let earlier = s
-        .wait_flow(Duration::from_secs(3), |f| {
-            f["l7"]["kafka"]["client_id"] == "raw"
-        })
-        .expect("client IDs were in flows before");
-    assert_eq!(earlier["l7"]["kafka"]["api_key"], "fetch");
+    s.wait_flow(Duration::from_secs(3), |f| {
+        f["l7"]["kafka"]["client_id"] == "raw" && f["l7"]["kafka"]["api_key"] == "fetch"
+    })
+    .expect("client IDs were in flows before");
     let out = py(
         &s,
         "hq",

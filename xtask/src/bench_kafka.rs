@@ -145,8 +145,11 @@ pub fn figures(smoke: bool, python: &std::path::Path) -> Result<serde_json::Valu
     let (mut dp, mut wp, mut dc, mut wc, mut cpu_ms_per_mb) =
         (vec![], vec![], vec![], vec![], vec![]);
     let mbps = |v: &serde_json::Value, bytes: f64| bytes / 1e6 / v["secs"].as_f64().unwrap_or(1.0);
-    for _ in 0..rounds {
-        for (i, bs) in [&direct, &ward].into_iter().enumerate() {
+    for round in 0..rounds {
+        // Odd rounds go Ward first, so neither path always runs on the fuller broker.
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let bs = [&direct, &ward][i];
             let cpu0 = cpu_seconds(ward_pid);
             let p = driver(&s, &python, &[bs, "produce", &secs.to_string()])?;
             let records = p["records"].as_u64().unwrap_or(0);
@@ -179,22 +182,30 @@ pub fn figures(smoke: bool, python: &std::path::Path) -> Result<serde_json::Valu
     // samples: one 5,000-sample p99 on this 2-core VM moves by ±0.15 ms from run to run.
     let relay = addr(9094);
     let (mut dl, mut wl, mut sl) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds.min(3) {
-        for (bs, pool) in [(&direct, &mut dl), (&ward, &mut wl), (&relay, &mut sl)] {
-            let v = driver(
-                &s,
-                &python,
-                &[bs, "latency", &rate.to_string(), &rate_secs.to_string()],
-            )?;
-            let samples = v["lat_us"].as_array().context("latency samples")?;
-            pool.extend(samples.iter().filter_map(serde_json::Value::as_f64));
-        }
-    }
     let q = |pool: &mut Vec<f64>, f: f64| {
         pool.sort_by(f64::total_cmp);
         pool.get(((pool.len().max(1) - 1) as f64 * f) as usize)
             .map_or(0.0, |us| us / 1000.0)
     };
+    // Each round's own added p99 (Ward's p99 minus direct's), shown beside the pooled figure.
+    let mut p99_added_rounds = Vec::new();
+    for _ in 0..rounds.min(3) {
+        let mut round: [Vec<f64>; 3] = Default::default();
+        for (bs, samples) in [&direct, &ward, &relay].into_iter().zip(&mut round) {
+            let v = driver(
+                &s,
+                &python,
+                &[bs, "latency", &rate.to_string(), &rate_secs.to_string()],
+            )?;
+            let got = v["lat_us"].as_array().context("latency samples")?;
+            samples.extend(got.iter().filter_map(serde_json::Value::as_f64));
+        }
+        let [mut d, mut w, r] = round;
+        p99_added_rounds.push(((q(&mut w, 0.99) - q(&mut d, 0.99)) * 1000.0).round() / 1000.0);
+        dl.extend(d);
+        wl.extend(w);
+        sl.extend(r);
+    }
     let (d50, d99, w50, w99) = (
         q(&mut dl, 0.5),
         q(&mut dl, 0.99),
@@ -202,17 +213,30 @@ pub fn figures(smoke: bool, python: &std::path::Path) -> Result<serde_json::Valu
         q(&mut wl, 0.99),
     );
     let (s50, s99) = (q(&mut sl, 0.5), q(&mut sl, 0.99));
+    // Each round's Ward figure over the direct figure of the same round, then the median of
+    // those ratios: the machine's drift between rounds (other work, the brokers' growing
+    // memory) falls on both sides of a ratio.
+    let ratios = |w: &[f64], d: &[f64]| -> Vec<f64> {
+        w.iter()
+            .zip(d)
+            .map(|(w, d)| (w / d.max(1e-9) * 1000.0).round() / 1000.0)
+            .collect()
+    };
+    let (produce_ratios, consume_ratios) = (ratios(&wp, &dp), ratios(&wc, &dc));
     let json = serde_json::json!({
         "direct_produce_mbps": median(dp.clone()),
         "ward_produce_mbps": median(wp.clone()),
-        "produce_over_direct": median(wp) / median(dp).max(1e-9),
+        "produce_over_direct": median(produce_ratios.clone()),
+        "produce_over_direct_rounds": produce_ratios,
         "direct_consume_mbps": median(dc.clone()),
         "ward_consume_mbps": median(wc.clone()),
-        "consume_over_direct": median(wc) / median(dc).max(1e-9),
+        "consume_over_direct": median(consume_ratios.clone()),
+        "consume_over_direct_rounds": consume_ratios,
         "direct_p50_ms": d50,
         "direct_p99_ms": d99,
         "ward_p50_added_ms": w50 - d50,
         "ward_p99_added_ms": w99 - d99,
+        "ward_p99_added_ms_rounds": p99_added_rounds,
         "socat_p50_added_ms": s50 - d50,
         "socat_p99_added_ms": s99 - d99,
         "latency_rate_per_s": rate,

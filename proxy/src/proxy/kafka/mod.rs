@@ -6,6 +6,12 @@
 //! the connection keeps what it owes the client, in order, and a local answer waits behind the
 //! broker responses owed before it.
 //!
+//! Large frames are not copied through Ward where policy does not need their bytes: a broker
+//! response with at least [`SPLICE_MIN`] still to come passes broker → client by splice(2), and
+//! so do the records of a Produce of one topic and one partition, which is judged on its head
+//! (the records are opaque to policy) before they arrive; a frame that does not end with the
+//! trailer judged is never completed to the broker ([`take_requests`]).
+//!
 //! What is never forwarded unjudged:
 //! - a frame that does not parse (unknown key, a version Ward cannot read, a malformed header
 //!   or topic list) closes the connection with a flow and a log line;
@@ -150,17 +156,6 @@ struct KafkaConn {
     fetch_sessions: VecDeque<(i32, Vec<String>)>,
 }
 
-/// Splits the complete frames, each with its size prefix, off the front of `buf`.
-fn frames(buf: &mut BytesMut, max: usize) -> Result<Vec<BytesMut>, KafkaError> {
-    let mut out = Vec::new();
-    loop {
-        match parsers::kafka::frame_within(buf, max)? {
-            parsers::Status::Complete(_, used) => out.push(buf.split_to(used)),
-            parsers::Status::NeedMore => return Ok(out),
-        }
-    }
-}
-
 /// Spare room a read gets at least.
 const READ_CHUNK: usize = 64 * 1024;
 /// Most room reserved ahead for a frame still arriving (it grows as its bytes come).
@@ -277,9 +272,15 @@ pub async fn serve_conn(
     };
     let (mut cr, mut cw) = stream.into_split();
     let (mut ur, mut uw) = upstream.stream_mut().split();
-    // Created on the first large response passed through; `None` inside after a failure.
+    // Created on the first large response (or Produce) passed through; `None` inside after a
+    // failure.
     let mut pipe: Option<Option<Pipe>> = None;
-    let mut cbuf = BytesMut::with_capacity(8192);
+    let mut produce_pipe: Option<Option<Pipe>> = None;
+    let mut cs = ClientSide {
+        buf: BytesMut::with_capacity(8192),
+        incoming: None,
+        plain_front: false,
+    };
     let mut ubuf = BytesMut::with_capacity(8192);
     let mut owed: VecDeque<Owed> = VecDeque::new();
     let mut client_open = true;
@@ -294,85 +295,78 @@ pub async fn serve_conn(
         let splicing = response_left >= SPLICE_MIN
             && ubuf.is_empty()
             && pipe.get_or_insert_with(|| Pipe::new().ok()).is_some();
+        // The records of an allowed Produce move client → broker by splice(2).
+        let splicing_in = cs.buf.is_empty()
+            && cs
+                .incoming
+                .as_ref()
+                .is_some_and(|i| i.forward && i.left > 0)
+            && produce_pipe
+                .get_or_insert_with(|| Pipe::new().ok())
+                .is_some();
         tokio::select! {
-            _ = async { drop(drain.wait_for(|d| *d).await) }, if client_open => { client_open = false; continue; }
-            r = async { reserve_for_read(&mut cbuf, 0); cr.read_buf(&mut cbuf).await }, if client_open => {
+            _ = async { drop(drain.wait_for(|d| *d).await) }, if client_open && cs.incoming.is_none() => { client_open = false; continue; }
+            r = async {
+                if splicing_in {
+                    return cr.as_ref().readable().await.map(|()| None);
+                }
+                let limit = match &cs.incoming {
+                    // Dropping a denied Produce's records: as fast as they come.
+                    Some(i) if !i.forward => {
+                        reserve_for_read(&mut cs.buf, i.left);
+                        usize::MAX
+                    }
+                    _ if cs.plain_front => {
+                        reserve_for_read(&mut cs.buf, 0);
+                        usize::MAX
+                    }
+                    // A frame's first chunk, so that a large Produce's records can be spliced.
+                    _ => {
+                        cs.buf.reserve(READ_CHUNK);
+                        READ_CHUNK
+                    }
+                };
+                (&mut cr).take(limit as u64).read_buf(&mut cs.buf).await.map(Some)
+            }, if client_open => {
                 match r {
+                    Ok(None) => {
+                        let (Some(Some(p)), Some(i)) = (&produce_pipe, &mut cs.incoming) else {
+                            unreachable!("splicing in has a pipe and a Produce in flight")
+                        };
+                        match splice_step(cr.as_ref(), uw.as_ref(), p, i.left).await {
+                            Ok(None) => continue,
+                            Ok(Some(0)) => break,
+                            Ok(Some(n)) => {
+                                k.proxy.metrics.kafka_spliced(true, n);
+                                i.left -= n;
+                                // Without a trailer to check, the frame is through.
+                                if i.left == 0 && i.trailer.is_empty() {
+                                    cs.incoming = None;
+                                }
+                                continue;
+                            }
+                            Err(e) => { debug!(error = %e, %client, %orig_dst, "Kafka Produce splice"); break; }
+                        }
+                    }
                     // Kafka clients never half-close: the client is gone, and so is the need
                     // for the broker's answers (a broker that never answers cannot hold the
                     // connection).
-                    Ok(0) => break,
-                    Ok(_) => {}
+                    Ok(Some(0)) => break,
+                    Ok(Some(_)) => {}
                     Err(e) => { debug!(error = %e, %client, "Kafka client read"); break; }
                 }
-                if std::mem::take(&mut first_read) && looks_like_tls(&cbuf) {
+                if std::mem::take(&mut first_read) && looks_like_tls(&cs.buf) {
                     info!(%client, %orig_dst, "TLS ClientHello on a Kafka L7 port: connection closed");
                     k.refused(&kc.conn, None, "TLS ClientHello on a Kafka L7 port: Ward judges plaintext Kafka only; connection closed");
                     k.proxy.metrics.kafka_request("unknown", "DROPPED");
                     break;
                 }
-                let reqs = match frames(&mut cbuf, k.max_frame) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        info!(error = %e, %client, %orig_dst, "Kafka framing error: connection closed");
-                        k.refused(&kc.conn, None, &e.to_string());
-                        k.proxy.metrics.kafka_request("unknown", "DROPPED");
-                        break;
-                    }
-                };
-                let mut close = false;
-                for frame in reqs {
-                    let start = Instant::now();
-                    let name = body(&frame)
-                        .first_chunk::<2>()
-                        .and_then(|b| parsers::kafka::api_key_name(i16::from_be_bytes(*b)))
-                        .unwrap_or("unknown");
-                    let parsed = parsers::kafka::parse_request(body(&frame));
-                    if let Ok(req) = &parsed {
-                        if !req.topic_ids.is_empty() {
-                            k.resolve_topic_ids(orig_dst, &req.topic_ids).await;
-                        }
-                    }
-                    match k.judge(&mut kc, body(&frame), parsed) {
-                        Judged::Forward(req, new_fetch_session) => {
-                            // The frame judged, prefix and all, byte for byte.
-                            if uw.write_all(&frame).await.is_err() {
-                                close = true;
-                                break;
-                            }
-                            if !req.no_response {
-                                owed.push_back(Owed::Broker {
-                                    api_key: req.api_key,
-                                    version: req.api_version,
-                                    new_fetch_session,
-                                });
-                            }
-                            k.proxy.metrics.request("kafka", "FORWARDED", start.elapsed());
-                            k.proxy.metrics.kafka_request(name, "FORWARDED");
-                        }
-                        Judged::Answer(bytes) => {
-                            k.proxy.metrics.request("kafka", "DROPPED", start.elapsed());
-                            k.proxy.metrics.kafka_request(name, "DROPPED");
-                            owed.push_back(Owed::Local(bytes));
-                        }
-                        Judged::AnswerAndClose(bytes) => {
-                            k.proxy.metrics.request("kafka", "DROPPED", start.elapsed());
-                            k.proxy.metrics.kafka_request(name, "DROPPED");
-                            owed.push_back(Owed::Local(bytes));
-                            // Read no more; the loop ends once the answer is written.
-                            client_open = false;
-                            break;
-                        }
-                        Judged::Close => {
-                            k.proxy.metrics.request("kafka", "DROPPED", start.elapsed());
-                            k.proxy.metrics.kafka_request(name, "DROPPED");
-                            close = true;
-                            break;
-                        }
-                    }
+                let next = take_requests(&k, &mut kc, &mut cs, &mut uw, &mut owed).await;
+                if next == Next::StopReading {
+                    client_open = false;
                 }
                 // Mid-response, the answers wait: `relay` writes them when it ends.
-                if (response_left == 0 && flush_local(&mut owed, &mut cw).await.is_err()) || close {
+                if (response_left == 0 && flush_local(&mut owed, &mut cw).await.is_err()) || next == Next::Close {
                     break;
                 }
             }
@@ -398,7 +392,7 @@ pub async fn serve_conn(
                             Ok(None) => continue,
                             Ok(Some(0)) => { debug!(%client, %orig_dst, "Kafka broker closed"); break; }
                             Ok(Some(n)) => {
-                                k.proxy.metrics.kafka_spliced(n);
+                                k.proxy.metrics.kafka_spliced(false, n);
                                 response_left -= n;
                                 if response_left == 0 && flush_local(&mut owed, &mut cw).await.is_err() {
                                     break;
@@ -418,6 +412,183 @@ pub async fn serve_conn(
                 }
             }
         }
+    }
+}
+
+/// The client's side of a connection: what it sent that is not yet judged or passed on.
+struct ClientSide {
+    buf: BytesMut,
+    /// A large Produce judged on its head, whose records are still coming.
+    incoming: Option<Incoming>,
+    /// The frame at the front of `buf` is read whole (it is not a Produce Ward can judge on
+    /// its head), so reads need not stop at its first chunk.
+    plain_front: bool,
+}
+
+/// A Produce request judged on its head and passed on as its records arrive
+/// ([`parsers::kafka::ProduceSplit`]): the records, opaque to policy, are spliced client →
+/// broker (or dropped, if it was denied), and the frame must end with the trailer judged.
+struct Incoming {
+    /// Bytes of records still to come from the client.
+    left: usize,
+    /// The trailer judged: the tagged-field counts of a flexible version, each zero.
+    trailer: &'static [u8],
+    /// Allowed: the records go to the broker. Denied: they are read and dropped.
+    forward: bool,
+}
+
+/// The trailer of a [`parsers::kafka::ProduceSplit`] Produce as Ward judges it: no tagged
+/// fields after the partition, the topic and the request.
+const NO_TAGGED_FIELDS: [u8; 3] = [0; 3];
+
+/// What the connection does after taking what the client sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Read,
+    /// Read no more; end once everything owed is written.
+    StopReading,
+    Close,
+}
+
+/// Judges and passes on (or answers) the requests in `cs.buf`. A complete frame is parsed
+/// whole. A frame still arriving that is a Produce of one topic and partition with at least
+/// [`SPLICE_MIN`] still to come is judged on its head ([`parsers::kafka::produce_split`]):
+/// the head goes to the broker at once and the records follow by splice(2); if the frame then
+/// ends otherwise than with the trailer judged, the connection is closed, and the broker, which
+/// acts on whole frames only, never has the frame whole.
+async fn take_requests(
+    k: &KafkaProxy,
+    kc: &mut KafkaConn,
+    cs: &mut ClientSide,
+    uw: &mut tokio::net::tcp::WriteHalf<'_>,
+    owed: &mut VecDeque<Owed>,
+) -> Next {
+    loop {
+        if let Some(i) = &mut cs.incoming {
+            let n = i.left.min(cs.buf.len());
+            if n > 0 {
+                let records = cs.buf.split_to(n);
+                if i.forward && uw.write_all(&records).await.is_err() {
+                    return Next::Close;
+                }
+                i.left -= n;
+            }
+            if i.left > 0 || cs.buf.len() < i.trailer.len() {
+                return Next::Read;
+            }
+            let trailer = cs.buf.split_to(i.trailer.len());
+            if trailer != i.trailer {
+                let why = "a Produce request judged on its head ends with tagged fields Ward did not judge: connection closed";
+                info!(client = %kc.conn.client, "{why}");
+                k.refused(&kc.conn, None, why);
+                k.proxy.metrics.kafka_request("produce", "DROPPED");
+                return Next::Close;
+            }
+            if i.forward && uw.write_all(&trailer).await.is_err() {
+                return Next::Close;
+            }
+            cs.incoming = None;
+            continue;
+        }
+        let len = match parsers::kafka::frame_within(&cs.buf, k.max_frame) {
+            Ok(parsers::Status::Complete(_, used)) => {
+                cs.plain_front = false;
+                let frame = cs.buf.split_to(used);
+                let start = Instant::now();
+                let parsed = parsers::kafka::parse_request(body(&frame));
+                match k.judge_counted(kc, body(&frame), parsed, start).await {
+                    Judged::Forward(req, new_fetch_session) => {
+                        // The frame judged, prefix and all, byte for byte.
+                        if uw.write_all(&frame).await.is_err() {
+                            return Next::Close;
+                        }
+                        owe_broker(owed, &req, new_fetch_session);
+                    }
+                    Judged::Answer(b) => owed.push_back(Owed::Local(b)),
+                    Judged::AnswerAndClose(b) => {
+                        owed.push_back(Owed::Local(b));
+                        return Next::StopReading;
+                    }
+                    Judged::Close => return Next::Close,
+                }
+                continue;
+            }
+            Ok(parsers::Status::NeedMore) if !cs.plain_front => {
+                match cs.buf.first_chunk::<{ parsers::kafka::FRAME_PREFIX_LEN }>() {
+                    // Checked by `frame_within`: not negative, at most the maximum.
+                    Some(p) => i32::from_be_bytes(*p) as usize,
+                    None => return Next::Read,
+                }
+            }
+            Ok(parsers::Status::NeedMore) => return Next::Read,
+            Err(e) => {
+                info!(error = %e, client = %kc.conn.client, broker = %kc.conn.orig_dst, "Kafka framing error: connection closed");
+                k.refused(&kc.conn, None, &e.to_string());
+                k.proxy.metrics.kafka_request("unknown", "DROPPED");
+                return Next::Close;
+            }
+        };
+        let prefix = parsers::kafka::FRAME_PREFIX_LEN;
+        if prefix + len - cs.buf.len() < SPLICE_MIN {
+            cs.plain_front = true;
+            return Next::Read;
+        }
+        let split = match parsers::kafka::produce_split(&cs.buf[prefix..], len) {
+            parsers::Status::NeedMore => return Next::Read,
+            parsers::Status::Complete(None, _) => {
+                cs.plain_front = true;
+                return Next::Read;
+            }
+            parsers::Status::Complete(Some(s), _) => s,
+        };
+        let trailer = &NO_TAGGED_FIELDS[..split.trailer_len];
+        let head = &cs.buf[prefix..prefix + split.records_at];
+        let start = Instant::now();
+        let (parsed, judged) = match parsers::kafka::parse_produce_split(head, &split, trailer) {
+            Ok((req, judged)) => (Ok(req), judged),
+            Err(e) => (Err(e), head.to_vec()),
+        };
+        let left = prefix + split.records_at + split.records_len - cs.buf.len();
+        let forward = match k.judge_counted(kc, &judged, parsed, start).await {
+            Judged::Forward(req, new_fetch_session) => {
+                // The head (and what came of the records with it) now; the records follow.
+                if uw.write_all(&cs.buf).await.is_err() {
+                    return Next::Close;
+                }
+                owe_broker(owed, &req, new_fetch_session);
+                true
+            }
+            Judged::Answer(b) => {
+                owed.push_back(Owed::Local(b));
+                false
+            }
+            Judged::AnswerAndClose(b) => {
+                owed.push_back(Owed::Local(b));
+                return Next::StopReading;
+            }
+            Judged::Close => return Next::Close,
+        };
+        cs.buf.clear();
+        cs.incoming = Some(Incoming {
+            left,
+            trailer,
+            forward,
+        });
+    }
+}
+
+/// Records the broker response a forwarded request is owed (none for `acks=0` Produce).
+fn owe_broker(
+    owed: &mut VecDeque<Owed>,
+    req: &KafkaRequest,
+    new_fetch_session: Option<Vec<String>>,
+) {
+    if !req.no_response {
+        owed.push_back(Owed::Broker {
+            api_key: req.api_key,
+            version: req.api_version,
+            new_fetch_session,
+        });
     }
 }
 
@@ -606,6 +777,36 @@ impl KafkaProxy {
             Ok(Err(e)) => info!(%broker, error = %e, "Kafka topic ID lookup failed"),
             Err(_) => info!(%broker, "Kafka topic ID lookup timed out"),
         }
+    }
+
+    /// Resolves the topic IDs a request names, judges it ([`Self::judge`]) and counts it.
+    async fn judge_counted(
+        &self,
+        kc: &mut KafkaConn,
+        frame: &[u8],
+        parsed: Result<KafkaRequest, KafkaError>,
+        start: Instant,
+    ) -> Judged {
+        let name = frame
+            .first_chunk::<2>()
+            .and_then(|b| parsers::kafka::api_key_name(i16::from_be_bytes(*b)))
+            .unwrap_or("unknown");
+        if let Ok(req) = &parsed {
+            if !req.topic_ids.is_empty() {
+                self.resolve_topic_ids(kc.conn.orig_dst, &req.topic_ids)
+                    .await;
+            }
+        }
+        let judged = self.judge(kc, frame, parsed);
+        let verdict = match judged {
+            Judged::Forward(..) => "FORWARDED",
+            _ => "DROPPED",
+        };
+        self.proxy
+            .metrics
+            .request("kafka", verdict, start.elapsed());
+        self.proxy.metrics.kafka_request(name, verdict);
+        judged
     }
 
     /// Judges one request frame of `kc`'s client.
