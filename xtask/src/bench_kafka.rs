@@ -179,7 +179,7 @@ pub fn figures(smoke: bool, python: &std::path::Path) -> Result<serde_json::Valu
         }
     }
     // Latency rounds interleave direct and Ward, and the quantiles are taken over the pooled
-    // samples: one 5,000-sample p99 on this 2-core VM moves by ±0.15 ms from run to run.
+    // samples: one 5,000-sample p99 on this 2-core VM moves by ±0.2 ms from run to run.
     let relay = addr(9094);
     let (mut dl, mut wl, mut sl) = (Vec::new(), Vec::new(), Vec::new());
     let q = |pool: &mut Vec<f64>, f: f64| {
@@ -189,7 +189,7 @@ pub fn figures(smoke: bool, python: &std::path::Path) -> Result<serde_json::Valu
     };
     // Each round's own added p99 (Ward's p99 minus direct's), shown beside the pooled figure.
     let mut p99_added_rounds = Vec::new();
-    for _ in 0..rounds.min(3) {
+    for _ in 0..rounds {
         let mut round: [Vec<f64>; 3] = Default::default();
         for (bs, samples) in [&direct, &ward, &relay].into_iter().zip(&mut round) {
             let v = driver(
