@@ -118,97 +118,78 @@ print("consumed", ",".join(sorted(got)))
 c.close()
 "#;
 
-/// The bulk records: `bulk-NNNNNN` padded to 1 KiB with bytes that depend on N.
+/// Python defining the bulk records: N records `PREFIX` + `NNNNNN:` padded to 1 KiB with bytes
+/// that depend on the number and `step`, and NAME, the prefix without its dash.
+fn bulk(prefix: &str, step: u32, n: u32) -> String {
+    format!(
+        r#"PREFIX, N, NAME = b"{prefix}", {n}, "{name}"
+def record(i):
+    head = PREFIX + b"%06d:" % i
+    return head + bytes((i * {step} + j) % 251 for j in range(1024 - len(head)))
+def number(v):
+    return int(v[len(PREFIX):len(PREFIX) + 6])
+"#,
+        name = prefix.trim_end_matches('-')
+    )
+}
+
 const BULK_PRODUCE: &str = r#"
 from confluent_kafka import Producer
-def record(i):
-    head = b"bulk-%06d:" % i
-    return head + bytes((i * 7 + j) % 251 for j in range(1024 - len(head)))
 p = Producer({"bootstrap.servers": BS, "acks": "1", "linger.ms": 20})
 ok = [0]
-for i in range(3000):
+for i in range(N):
     p.produce("orders", record(i), on_delivery=lambda err, msg: ok.__setitem__(0, ok[0] + (err is None)))
     p.poll(0)
 p.flush(30)
-print("bulk delivered", ok[0])
+print(NAME, "delivered", ok[0])
+"#;
+
+/// kafka-python's producer, in batches of up to 1 MiB.
+const BULK_PRODUCE_KAFKA_PYTHON: &str = r#"
+import kafka
+p = kafka.KafkaProducer(bootstrap_servers=BS, acks="all", batch_size=1 << 20, linger_ms=200,
+                        request_timeout_ms=10000)
+fs = [p.send("orders", record(i)) for i in range(N)]
+p.flush(30)
+print(NAME, "delivered", sum(1 for f in fs if f.succeeded()))
+p.close()
 "#;
 
 const BULK_CONSUME: &str = r#"
 import kafka
-def record(i):
-    head = b"bulk-%06d:" % i
-    return head + bytes((i * 7 + j) % 251 for j in range(1024 - len(head)))
 c = kafka.KafkaConsumer(bootstrap_servers=BS, auto_offset_reset="earliest",
                         enable_auto_commit=False, consumer_timeout_ms=8000,
                         request_timeout_ms=6000)
 c.assign([kafka.TopicPartition("orders", 0)])
 seen, intact = set(), 0
 for m in c:
-    if m.value.startswith(b"bulk-"):
-        i = int(m.value[5:11])
+    if m.value.startswith(PREFIX):
+        i = number(m.value)
         if i not in seen and m.value == record(i):
             intact += 1
         seen.add(i)
-    if len(seen) == 3000:
+    if len(seen) == N:
         break
-print("bulk intact", intact, "of", len(seen))
+print(NAME, "intact", intact, "of", len(seen))
 c.close()
 "#;
 
 const BULK_CONSUME_CONFLUENT: &str = r#"
 from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING
-def record(i):
-    head = b"bulk-%06d:" % i
-    return head + bytes((i * 7 + j) % 251 for j in range(1024 - len(head)))
-c = Consumer({"bootstrap.servers": BS, "group.id": "bulk", "enable.auto.commit": False})
+c = Consumer({"bootstrap.servers": BS, "group.id": NAME, "enable.auto.commit": False})
 c.assign([TopicPartition("orders", 0, OFFSET_BEGINNING)])
 seen, intact, idle = set(), 0, 0
-while len(seen) < 3000 and idle < 16:
+while len(seen) < N and idle < 16:
     msgs = c.consume(1000, 0.5)
     idle = 0 if msgs else idle + 1
     for m in msgs:
         v = m.value() if m.error() is None else b""
-        if v.startswith(b"bulk-"):
-            i = int(v[5:11])
+        if v.startswith(PREFIX):
+            i = number(v)
             if i not in seen and v == record(i):
                 intact += 1
             seen.add(i)
-print("bulk intact", intact, "of", len(seen))
-c.close()
-"#;
-
-const KP_BULK_PRODUCE: &str = r#"
-import kafka
-def record(i):
-    head = b"kpbulk-%06d:" % i
-    return head + bytes((i * 13 + j) % 251 for j in range(1024 - len(head)))
-p = kafka.KafkaProducer(bootstrap_servers=BS, acks="all", batch_size=1 << 20, linger_ms=200,
-                        request_timeout_ms=10000)
-fs = [p.send("orders", record(i)) for i in range(1000)]
-p.flush(30)
-print("kpbulk delivered", sum(1 for f in fs if f.succeeded()))
-p.close()
-"#;
-
-const KP_BULK_CONSUME: &str = r#"
-from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING
-def record(i):
-    head = b"kpbulk-%06d:" % i
-    return head + bytes((i * 13 + j) % 251 for j in range(1024 - len(head)))
-c = Consumer({"bootstrap.servers": BS, "group.id": "kpbulk", "enable.auto.commit": False})
-c.assign([TopicPartition("orders", 0, OFFSET_BEGINNING)])
-seen, intact, idle = set(), 0, 0
-while len(seen) < 1000 and idle < 16:
-    msgs = c.consume(1000, 0.5)
-    idle = 0 if msgs else idle + 1
-    for m in msgs:
-        v = m.value() if m.error() is None else b""
-        if v.startswith(b"kpbulk-"):
-            i = int(v[7:13])
-            if i not in seen and v == record(i):
-                intact += 1
-            seen.add(i)
-print("kpbulk intact", intact, "of", len(seen))
+print(NAME, "intact", intact, "of", len(seen))
 c.close()
 "#;
 
@@ -597,10 +578,11 @@ print("outpost produce", "delivered" if out and out[0] is None else out)
 
     // Large fetch answers pass broker → client by splice(2): 3,000 distinct 1 KiB records,
     // produced by librdkafka and read back byte for byte by kafka-python through Ward.
-    let out = py(&s, "hq", &bs, BULK_PRODUCE);
+    let librdkafka_bulk = bulk("bulk-", 7, 3000);
+    let out = py(&s, "hq", &bs, &format!("{librdkafka_bulk}{BULK_PRODUCE}"));
     assert!(out.contains("bulk delivered 3000"), "{out}");
     for script in [BULK_CONSUME, BULK_CONSUME_CONFLUENT] {
-        let out = py(&s, "outpost", &bs, script);
+        let out = py(&s, "outpost", &bs, &format!("{librdkafka_bulk}{script}"));
         assert!(
             out.contains("bulk intact 3000 of 3000"),
             "{out}\n{}",
@@ -609,9 +591,20 @@ print("outpost produce", "delivered" if out and out[0] is None else out)
     }
     // And large Produce batches pass client → broker by splice(2) too, from both clients:
     // kafka-python's 1,000 records are read back intact by librdkafka.
-    let out = py(&s, "hq", &bs, KP_BULK_PRODUCE);
+    let kafka_python_bulk = bulk("kpbulk-", 13, 1000);
+    let out = py(
+        &s,
+        "hq",
+        &bs,
+        &format!("{kafka_python_bulk}{BULK_PRODUCE_KAFKA_PYTHON}"),
+    );
     assert!(out.contains("kpbulk delivered 1000"), "{out}");
-    let out = py(&s, "outpost", &bs, KP_BULK_CONSUME);
+    let out = py(
+        &s,
+        "outpost",
+        &bs,
+        &format!("{kafka_python_bulk}{BULK_CONSUME_CONFLUENT}"),
+    );
     assert!(out.contains("kpbulk intact 1000 of 1000"), "{out}");
     let metrics = s.metrics();
     for direction in ["to_client", "to_broker"] {
