@@ -506,7 +506,6 @@ impl Scene {
         self.wait_port(pod, port);
     }
 
-    /// Writes (or replaces) a policy file in the scene's watched policy directory.
     /// The Star Wars pair most scenes start from: `deathstar` (org=empire, class=deathstar)
     /// and `tiefighter` (org=empire, class=tiefighter).
     pub fn empire_pair(tag: &str) -> Scene {
@@ -532,6 +531,7 @@ impl Scene {
         path.to_string_lossy().into_owned()
     }
 
+    /// Writes (or replaces) a policy file in the scene's watched policy directory.
     pub fn write_policy(&self, file: &str, yaml: &str) {
         let path = self.dir.join("policies").join(file);
         // Write then rename, so the watcher never sees half a file.

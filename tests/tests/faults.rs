@@ -124,22 +124,27 @@ fn upstream_faults_slowloris_and_idle_connections_leave_the_proxy_serving() {
     s.write_policy("get.yaml", POLICY);
     let ip = s.pod("deathstar").ip.to_string();
     let url = |path: &str| format!("http://{ip}{path}");
+    // curl printing only the status code of GET `path`.
+    let curl_status = |path: &str| {
+        [
+            "curl",
+            "-s",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain([url(path)])
+        .collect::<Vec<_>>()
+    };
     let status = |s: &Scene, path: &str| {
-        let out = s.exec(
-            "tiefighter",
-            &[
-                "curl",
-                "-s",
-                "--max-time",
-                "10",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                &url(path),
-            ],
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let args = curl_status(path);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        String::from_utf8_lossy(&s.exec("tiefighter", &args).stdout).into_owned()
     };
     eventually("the L7 rule", Duration::from_secs(5), || {
         s.curl("tiefighter", &["-XPUT", &url("/ok")]).1 == "Access denied\r\n"
@@ -189,21 +194,9 @@ fn upstream_faults_slowloris_and_idle_connections_leave_the_proxy_serving() {
     // The upstream hangs: that request gets 504 after `upstream_timeout_ms`; a request sent
     // meanwhile is answered before it.
     let hang_log = s.dir.join("hang.log");
-    s.spawn_in(
-        "tiefighter",
-        &[
-            "curl",
-            "-s",
-            "--max-time",
-            "10",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &url("/hang"),
-        ],
-        "hang.log",
-    );
+    let hang = curl_status("/hang");
+    let hang: Vec<&str> = hang.iter().map(String::as_str).collect();
+    s.spawn_in("tiefighter", &hang, "hang.log");
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(status(&s, "/ok"), "200");
     assert_eq!(
